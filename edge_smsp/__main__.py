@@ -1,0 +1,3 @@
+from edge_smsp.cli import entry_point
+
+entry_point()

@@ -1,0 +1,42 @@
+"""Command line: parse arguments, call the library, print. Nothing else lives here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from edge_smsp import __version__
+from edge_smsp.cli import adapt_commands, deploy_commands, model_commands, pool_commands
+from edge_smsp.errors import EdgeSmspError
+
+COMMAND_MODULES = (model_commands, pool_commands, adapt_commands, deploy_commands)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="edge-smsp",
+        description="Prune a pre-trained vision model for a new task with SMSP and deploy it to an edge device.",
+    )
+    parser.add_argument("--version", action="version", version=f"edge-smsp {__version__}")
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        module.register(subcommands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except EdgeSmspError as error:
+        print(f"edge-smsp: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("edge-smsp: interrupted", file=sys.stderr)
+        return 130
+
+
+def entry_point() -> None:
+    sys.exit(main())

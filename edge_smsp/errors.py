@@ -1,0 +1,39 @@
+"""Typed errors. The CLI turns every EdgeSmspError into one line on stderr and exit code 2."""
+
+
+class EdgeSmspError(Exception):
+    """Base class: a problem the user can act on (bad input, missing file, unreachable device)."""
+
+    exit_code = 2
+
+
+class ModelError(EdgeSmspError):
+    """Unknown model name, unreadable checkpoint, weights that cannot be had offline."""
+
+
+class PruneError(EdgeSmspError):
+    """Bad ratio, scores of the wrong shape, unknown unit groups, a pruned-model file that does not match."""
+
+
+class DataError(EdgeSmspError):
+    """Unknown dataset, missing data files, class ids out of range."""
+
+
+class PoolError(EdgeSmspError):
+    """Pool database missing, corrupt, empty, or built for another backbone."""
+
+
+class ProfileError(EdgeSmspError):
+    """Device profile that is missing or invalid (message names the field path)."""
+
+
+class PlanError(EdgeSmspError):
+    """No pruning ratio meets the device's budget."""
+
+
+class ExportError(EdgeSmspError):
+    """ONNX export, simplification, checking or parity failed; corrupt ONNX file."""
+
+
+class TransportError(EdgeSmspError):
+    """Device unreachable, host key refused, upload corrupted, remote command failed or timed out."""

@@ -1,9 +1,170 @@
-"""Commands of this area (filled in by its issue)."""
+"""`edge-smsp pool <verb>`: inspect (and build) the pruned-model pool."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
+from typing import Any
+
+from edge_smsp.cli.common import print_json
+from edge_smsp.pool import Pool, default_pool_path
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
-    """Add this module's commands to the parser."""
+    """Add `pool` and its verbs to the parser."""
+    parser = subcommands.add_parser(
+        "pool",
+        help="the pool of pruned models of earlier tasks",
+        description="Inspect or build the pool of pruned models that SMSP draws on.",
+    )
+    verbs = parser.add_subparsers(dest="pool_command", metavar="VERB", required=True)
+    register_list(verbs)
+    register_build(verbs)
+
+
+def add_pool_argument(parser: argparse.ArgumentParser) -> None:
+    """--pool PATH, shared by every command that reads or writes the pool."""
+    parser.add_argument(
+        "--pool",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"pool database file (default: $EDGE_SMSP_POOL or {default_pool_path()})",
+    )
+
+
+def pool_path(args: argparse.Namespace) -> Path:
+    """The pool file named by --pool, else the default."""
+    return args.pool if args.pool is not None else default_pool_path()
+
+
+def register_build(verbs: argparse._SubParsersAction) -> None:
+    """`pool build`: prune N generated tasks from scratch (iterative pruning) and store them; resumable."""
+    from edge_smsp.cli.common import add_backbone_arguments, add_task_arguments, ratio_arg
+
+    parser = verbs.add_parser(
+        "build",
+        help="prune generated tasks from scratch and store them in the pool",
+        description="Build the pool: N tasks of K classes, each pruned with iterative Taylor (or magnitude) "
+        "pruning and fine-tuning between rounds. Finished tasks are skipped, so an interrupted build resumes.",
+    )
+    add_backbone_arguments(parser)
+    add_task_arguments(parser, classes=False)
+    add_pool_argument(parser)
+    parser.add_argument("--tasks", type=int, required=True, metavar="N", help="number of tasks")
+    parser.add_argument("--classes-per-task", type=int, default=3, metavar="K")
+    parser.add_argument("--ratio", type=ratio_arg, required=True)
+    parser.add_argument("--iters", type=int, default=1000, help="iterations per task over all rounds")
+    parser.add_argument("--rounds", type=int, default=4, help="pruning rounds (fine-tuning between them)")
+    parser.add_argument("--importance", choices=("taylor", "magnitude"), default="taylor")
+    parser.add_argument("--round-to", type=int, default=8)
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=run_build)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    import sys
+
+    from edge_smsp import smsp
+    from edge_smsp.cli.adapt_commands import backbone_from_args, task_from_args
+    from edge_smsp.cli.common import show_progress
+    from edge_smsp.data import generate_tasks
+
+    config = smsp.AdaptConfig(
+        ratio=args.ratio,
+        iters=args.iters,
+        method="scratch",
+        scratch_rounds=args.rounds,
+        scratch_importance=args.importance,
+        round_to=args.round_to,
+        batch_size=args.batch_size,
+        seed=args.seed,
+    )
+    class_sets = generate_tasks(args.dataset, args.tasks, args.classes_per_task, args.seed, data_dir=args.data_dir)
+    backbone = backbone_from_args(args)
+    tasks = [task_from_args(args, backbone, classes) for classes in class_sets]
+    done: list[dict[str, Any]] = []
+
+    def report(task: Any, result: Any) -> None:
+        row = {"task_id": task.task_id, "skipped": result is None}
+        if result is not None:
+            row.update(val_accuracy=result.val_accuracy, seconds=result.seconds["total"])
+        done.append(row)
+        if not args.json:
+            state = "already in pool" if result is None else f"val accuracy {100 * result.val_accuracy:.2f}%"
+            print(f"[{len(done)}/{len(tasks)}] {task.task_id}: {state}", file=sys.stderr, flush=True)
+
+    path = pool_path(args)
+    with Pool(path) as pool:
+        added = smsp.build_pool(backbone, pool, tasks, config, progress=show_progress(args), on_task=report)
+        total = len(pool.entries(backbone_name=args.backbone))
+    summary = {"pool": str(path), "backbone": args.backbone, "ratio": args.ratio, "iters": args.iters,
+               "added": added, "tasks": done, "entries": total}
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"pool {path}: {len(added)} entries added, {total} for {args.backbone}")
+    return 0
+
+
+def register_list(verbs: argparse._SubParsersAction) -> None:
+    """`pool list`: the stored entries as a table or a JSON list."""
+    parser = verbs.add_parser(
+        "list", help="list the pool's entries", description="List the pool's pruned models."
+    )
+    add_pool_argument(parser)
+    parser.add_argument("--backbone", metavar="NAME", default=None, help="only entries of this backbone")
+    parser.add_argument("--json", action="store_true", help="print a JSON list of entries")
+    parser.set_defaults(handler=run_list)
+
+
+def run_list(args: argparse.Namespace) -> int:
+    path = pool_path(args)
+    with Pool(path, create=False) as pool:
+        rows = pool.entry_dicts(backbone_name=args.backbone)
+    if args.json:
+        print_json(rows)
+    elif not rows:
+        print(f"pool {path} has no entries" + (f" for backbone {args.backbone}" if args.backbone else ""))
+    else:
+        print(_table(rows))
+        print(f"{len(rows)} entries in {path}")
+    return 0
+
+
+_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("id", "ID"),
+    ("task_id", "TASK"),
+    ("dataset", "DATASET"),
+    ("classes", "CLASSES"),
+    ("backbone", "BACKBONE"),
+    ("image_size", "PX"),
+    ("ratio", "RATIO"),
+    ("method", "METHOD"),
+    ("iters", "ITERS"),
+    ("val_accuracy", "VAL ACC"),
+    ("created", "CREATED"),
+)
+
+
+def _cell(key: str, value: Any) -> str:
+    if value is None:
+        return "-"
+    if key == "classes":
+        return ",".join(str(c) for c in value)
+    if key == "ratio":
+        return f"{value:.2f}"
+    if key == "val_accuracy":
+        return f"{100 * value:.2f}%"
+    return str(value)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    cells = [[header for _, header in _COLUMNS]] + [
+        [_cell(key, row[key]) for key, _ in _COLUMNS] for row in rows
+    ]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(_COLUMNS))]
+    return "\n".join(
+        "  ".join(text.ljust(width) for text, width in zip(line, widths, strict=True)).rstrip()
+        for line in cells
+    )

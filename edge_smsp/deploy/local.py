@@ -1,0 +1,72 @@
+"""The local transport: the device is this machine; same upload, verify and rename path as over SSH."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from edge_smsp.deploy.transport import RemoteResult, Transport, timed
+from edge_smsp.errors import TransportError
+from edge_smsp.profiles import ConnectionSpec
+
+
+class LocalTransport(Transport):
+    """Runs commands as subprocesses of this process, in their own process group so a timeout kills them all."""
+
+    def __init__(self, connection: ConnectionSpec) -> None:
+        super().__init__(connection)
+
+    @property
+    def python(self) -> str:
+        return os.path.expanduser(self.connection.python)
+
+    def _resolve_workdir(self) -> str:
+        workdir = Path(os.path.expanduser(self.connection.workdir))
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise TransportError(f"cannot create work dir {workdir}: {error.strerror or error}") from None
+        return str(workdir.resolve())
+
+    def run(self, argv: list[str], timeout: float, cwd: str | None = None) -> RemoteResult:
+        if not argv:
+            raise TransportError("no command to run")
+        start = time.monotonic()
+        try:
+            process = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as error:
+            raise TransportError(f"cannot run {argv[0]!r}: {error.strerror or error}") from None
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.communicate()
+            raise TransportError(f"command timed out after {timeout:g} s on the device: {argv[0]}") from None
+        return RemoteResult(
+            rc=process.returncode,
+            stdout=stdout.decode("utf-8", "replace"),
+            stderr=stderr.decode("utf-8", "replace"),
+            seconds=timed(start),
+        )
+
+    def _put(self, local_path: Path, remote_path: str) -> None:
+        try:
+            shutil.copyfile(local_path, remote_path)
+        except OSError as error:
+            raise TransportError(
+                f"cannot copy {local_path} to {remote_path}: {error.strerror or error}"
+            ) from None
+
+    def close(self) -> None:
+        """Nothing to release."""

@@ -1,0 +1,366 @@
+"""The SSH transport (paramiko): verified host keys, key or agent auth, SFTP uploads, bounded retries."""
+
+from __future__ import annotations
+
+import base64
+import getpass
+import hashlib
+import logging
+import os
+import select
+import shlex
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import paramiko
+
+from edge_smsp.deploy.transport import RemoteResult, Transport, timed
+from edge_smsp.errors import TransportError
+from edge_smsp.profiles import ConnectionSpec
+
+T = TypeVar("T")
+
+# paramiko logs socket errors at ERROR; with no handler Python would print them beside our one-line error.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
+
+_RESOLVE_WORKDIR = (
+    "import os, sys; path = os.path.realpath(os.path.expanduser(sys.argv[1])); "
+    "os.makedirs(path, exist_ok=True); print(path)"
+)
+# `sh` prints its pid, then becomes the command: the pid is what a timeout kills. `timeout(1)` is not assumed.
+_WRAPPER = 'echo "$$"; exec "$@"'
+_WRAPPER_CWD = 'echo "$$"; cd "$1" || exit 126; shift; exec "$@"'
+_KILL = (
+    'kill -TERM "$1" 2>/dev/null || exit 0; for i in 1 2 3 4 5 6 7 8 9 10; do '
+    'kill -0 "$1" 2>/dev/null || exit 0; sleep 0.2; done; kill -KILL "$1" 2>/dev/null; exit 0'
+)
+_POLL_SECONDS = 0.05
+
+
+class _ConnectionLost(Exception):
+    """The SSH connection dropped (or could not be re-established) in the middle of an operation."""
+
+
+class _UnknownHostKey(paramiko.SSHException):
+    def __init__(self, hostname: str, key: paramiko.PKey) -> None:
+        super().__init__(hostname)
+        self.hostname = hostname
+        self.key = key
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH-style SHA256 fingerprint of a host key."""
+    digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode("ascii").rstrip("=")
+    return f"{key.get_name()} SHA256:{digest}"
+
+
+def record_host_key(known_hosts: Path, hostname: str, key: paramiko.PKey) -> None:
+    """Append one host key line to a known_hosts file, written atomically and kept private."""
+    known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    existing = known_hosts.read_text() if known_hosts.exists() else ""
+    if existing and not existing.endswith("\n"):
+        existing += "\n"
+    line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
+    handle, temp = tempfile.mkstemp(dir=known_hosts.parent, prefix=".known_hosts.")
+    try:
+        with os.fdopen(handle, "w") as stream:
+            stream.write(existing + line)
+        os.chmod(temp, 0o600)
+        os.replace(temp, known_hosts)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
+
+
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Refuse hosts missing from known_hosts, or, when trusting new hosts, accept and record them."""
+
+    def __init__(self, known_hosts: Path, trust_new_host: bool) -> None:
+        self.known_hosts = known_hosts
+        self.trust_new_host = trust_new_host
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        if not self.trust_new_host:
+            raise _UnknownHostKey(hostname, key)
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        record_host_key(self.known_hosts, hostname, key)
+
+
+def _home_word(path: str) -> str:
+    """A shell word for a path, with a leading '~' expanded by the remote shell through "$HOME" only."""
+    if path == "~":
+        return '"$HOME"'
+    if path.startswith("~/"):
+        return '"$HOME"/' + shlex.quote(path[2:])
+    return shlex.quote(path)
+
+
+def remote_command(argv: list[str], cwd: str | None = None) -> str:
+    """The command line for the remote login shell: every argument quoted, run through `sh` as shown above."""
+    words = [_home_word(argv[0])] + [shlex.quote(arg) for arg in argv[1:]]
+    if cwd is None:
+        return f"exec sh -c {shlex.quote(_WRAPPER)} edge-smsp " + " ".join(words)
+    return f"exec sh -c {shlex.quote(_WRAPPER_CWD)} edge-smsp {_home_word(cwd)} " + " ".join(words)
+
+
+def _pid_of(stdout: bytearray) -> int | None:
+    """The pid the wrapper printed on the first line of stdout, once that line is complete."""
+    line, newline, _ = bytes(stdout).partition(b"\n")
+    return int(line) if newline and line.strip().isdigit() else None
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+class SshTransport(Transport):
+    """A device over SSH. Connection drops are retried `retries` times with exponential backoff."""
+
+    def __init__(
+        self,
+        connection: ConnectionSpec,
+        *,
+        trust_new_host: bool = False,
+        connect_timeout: float = 10.0,
+        retries: int = 3,
+        backoff: float = 0.5,
+    ) -> None:
+        super().__init__(connection)
+        self.trust_new_host = trust_new_host
+        self.connect_timeout = connect_timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.known_hosts = (
+            Path(connection.known_hosts).expanduser()
+            if connection.known_hosts
+            else Path.home() / ".ssh" / "known_hosts"
+        )
+        self.user = connection.user or getpass.getuser()
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+        self._retry_depth = 0
+        self._orphans: list[int] = []  # pids of commands whose connection dropped; killed after reconnecting
+        self._connect(initial=True)
+
+    @property
+    def address(self) -> str:
+        return f"{self.user}@{self.connection.host}:{self.connection.port}"
+
+    # Connection management.
+
+    def _connect(self, initial: bool) -> None:
+        client = paramiko.SSHClient()
+        if self.known_hosts.is_file():
+            try:
+                client.get_host_keys().load(str(self.known_hosts))
+            except (OSError, paramiko.SSHException, ValueError) as error:
+                raise TransportError(
+                    f"cannot read known_hosts file {self.known_hosts}: {_one_line(error)}"
+                ) from None
+        client.set_missing_host_key_policy(_HostKeyPolicy(self.known_hosts, self.trust_new_host))
+        key_file = self.connection.key_file
+        if key_file is not None and not Path(key_file).expanduser().is_file():
+            raise TransportError(f"SSH key file not found: {key_file}")
+        try:
+            client.connect(
+                hostname=self.connection.host,
+                port=int(self.connection.port),
+                username=self.user,
+                key_filename=str(Path(key_file).expanduser()) if key_file else None,
+                allow_agent=key_file is None,
+                look_for_keys=key_file is None,
+                timeout=self.connect_timeout,
+                banner_timeout=self.connect_timeout,
+                auth_timeout=self.connect_timeout,
+                channel_timeout=self.connect_timeout,
+            )
+        except _UnknownHostKey as error:
+            client.close()
+            raise TransportError(
+                f"host key of {error.hostname} ({fingerprint(error.key)}) is not in {self.known_hosts}; "
+                "check it and pass --trust-new-host to accept and record it"
+            ) from None
+        except paramiko.BadHostKeyException as error:
+            client.close()
+            raise TransportError(
+                f"host key of {self.connection.host}:{self.connection.port} does not match {self.known_hosts} "
+                f"(got {fingerprint(error.key)}): possible man-in-the-middle; if the device was reinstalled, "
+                f"remove the old entry with ssh-keygen -R and connect again"
+            ) from None
+        except paramiko.PasswordRequiredException:
+            client.close()
+            raise TransportError(
+                f"SSH key {key_file} is encrypted: load it into ssh-agent and leave key_file empty"
+            ) from None
+        except paramiko.AuthenticationException as error:
+            client.close()
+            how = f"key {key_file}" if key_file else "ssh-agent or ~/.ssh keys"
+            raise TransportError(
+                f"SSH authentication failed for {self.address} with {how}: {error}"
+            ) from None
+        except (OSError, EOFError, paramiko.SSHException) as error:
+            client.close()
+            if not initial:
+                raise _ConnectionLost(_one_line(error)) from None
+            raise TransportError(f"cannot connect to {self.address}: {_one_line(error)}") from None
+        transport = client.get_transport()
+        if transport is not None:
+            transport.set_keepalive(30)
+        self._client = client
+        self._sftp = None
+
+    def _connected(self) -> bool:
+        if self._client is None:
+            return False
+        transport = self._client.get_transport()
+        return transport is not None and transport.is_active()
+
+    def _drop(self) -> None:
+        client, self._client, self._sftp = self._client, None, None
+        if client is not None:
+            client.close()
+
+    def _retrying(self, action: str, operation: Callable[[], T]) -> T:
+        """Run operation(); on a dropped connection reconnect and try again, a bounded number of times."""
+        if self._retry_depth:
+            return operation()  # the outermost retry loop owns reconnection
+        attempts = self.retries + 1
+        last_error: BaseException | None = None
+        self._retry_depth += 1
+        try:
+            for attempt in range(1, attempts + 1):
+                try:
+                    if not self._connected():
+                        self._connect(initial=False)
+                        self._kill_orphans()
+                    return operation()
+                except (
+                    TimeoutError,
+                    _ConnectionLost,
+                    EOFError,
+                    paramiko.SSHException,
+                    ConnectionError,
+                ) as error:
+                    last_error = error
+                except OSError as error:
+                    if self._connected():  # the link is fine: the file operation itself failed
+                        raise TransportError(
+                            f"{action} failed on {self.address}: {_one_line(error)}"
+                        ) from None
+                    last_error = error
+                self._drop()
+                if attempt < attempts:
+                    time.sleep(self.backoff * 2 ** (attempt - 1))
+        finally:
+            self._retry_depth -= 1
+        raise TransportError(
+            f"lost the connection to {self.address} during {action}; gave up after {attempts} attempts "
+            f"({_one_line(last_error) if last_error else 'no detail'})"
+        )
+
+    # Primitives.
+
+    def _resolve_workdir(self) -> str:
+        result = self.run(
+            [self.python, "-c", _RESOLVE_WORKDIR, self.connection.workdir], self.connect_timeout * 3
+        )
+        if result.rc != 0 or not result.stdout.strip():
+            detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.rc}"
+            raise TransportError(
+                f"cannot create work dir {self.connection.workdir!r} on {self.address} "
+                f"with python {self.python!r}: {detail}"
+            )
+        return result.stdout.strip().splitlines()[-1]
+
+    def run(self, argv: list[str], timeout: float, cwd: str | None = None) -> RemoteResult:
+        if not argv:
+            raise TransportError("no command to run")
+        return self._retrying(f"running {argv[0]}", lambda: self._run_once(argv, timeout, cwd))
+
+    def _run_once(self, argv: list[str], timeout: float, cwd: str | None) -> RemoteResult:
+        transport = self._client.get_transport() if self._client else None
+        if transport is None or not transport.is_active():
+            raise _ConnectionLost("SSH session not active")
+        start = time.monotonic()
+        deadline = start + timeout
+        channel = transport.open_session(timeout=self.connect_timeout)
+        stdout = bytearray()
+        stderr = bytearray()
+        finished = False
+        try:
+            channel.settimeout(timeout)
+            channel.exec_command(remote_command(argv, cwd))
+            channel.shutdown_write()
+            while True:
+                while channel.recv_ready():
+                    stdout += channel.recv(1 << 16)
+                while channel.recv_stderr_ready():
+                    stderr += channel.recv_stderr(1 << 16)
+                if (
+                    channel.exit_status_ready()
+                    and not channel.recv_ready()
+                    and not channel.recv_stderr_ready()
+                ):
+                    break
+                if not transport.is_active():
+                    raise _ConnectionLost("connection dropped while the command ran")
+                if time.monotonic() > deadline:
+                    finished = True
+                    self._kill(_pid_of(stdout), transport)
+                    raise TransportError(
+                        f"command timed out after {timeout:g} s on {self.address}: {argv[0]}"
+                    )
+                select.select([channel], [], [], _POLL_SECONDS)
+            rc = channel.recv_exit_status()
+            if rc == -1 and not transport.is_active():
+                raise _ConnectionLost("connection dropped before the command's exit status arrived")
+            finished = True
+        finally:
+            channel.close()
+            pid = _pid_of(stdout)
+            if not finished and pid is not None:
+                # Without a terminal sshd does not signal the command: stop it before any retry runs it again.
+                self._orphans.append(pid)
+        output = bytes(stdout).partition(b"\n")[2] if _pid_of(stdout) is not None else bytes(stdout)
+        return RemoteResult(
+            rc=rc,
+            stdout=output.decode("utf-8", "replace"),
+            stderr=bytes(stderr).decode("utf-8", "replace"),
+            seconds=timed(start),
+        )
+
+    def _kill(self, pid: int | None, transport: paramiko.Transport) -> None:
+        """Stop a remote command (TERM, then KILL after 2 s); best effort."""
+        if pid is None:
+            return
+        try:
+            channel = transport.open_session(timeout=self.connect_timeout)
+            channel.settimeout(self.connect_timeout)
+            channel.exec_command(f"exec sh -c {shlex.quote(_KILL)} edge-smsp {pid}")
+            channel.recv_exit_status()
+            channel.close()
+        except (OSError, EOFError, paramiko.SSHException):
+            pass  # the caller's own error (timeout, lost connection) is what matters
+
+    def _kill_orphans(self) -> None:
+        transport = self._client.get_transport() if self._client else None
+        while self._orphans and transport is not None:
+            self._kill(self._orphans.pop(), transport)
+
+    def _sftp_client(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            if self._client is None:
+                raise _ConnectionLost("SSH session not active")
+            self._sftp = self._client.open_sftp()
+            self._sftp.get_channel().settimeout(max(60.0, self.connect_timeout))
+        return self._sftp
+
+    def _put(self, local_path: Path, remote_path: str) -> None:
+        self._sftp_client().put(str(local_path), remote_path, confirm=True)
+
+    def close(self) -> None:
+        """Close SFTP and the SSH connection."""
+        self._drop()

@@ -1,0 +1,277 @@
+"""The transport interface: run commands on a device, upload verified files, run the device runtime."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import importlib.util
+import json
+import posixpath
+import time
+import uuid
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Self
+
+from edge_smsp.errors import TransportError
+from edge_smsp.profiles import ConnectionSpec
+
+TEMP_PREFIX = ".edge-smsp-tmp-"
+RUNTIME_PACKAGE = "edge_smsp_runtime"
+DEFAULT_TIMEOUT = 120.0
+STALE_TEMP_SECONDS = 3600
+
+# Scripts run by the device's python. They travel base64-encoded inside `-c` so that no login shell (sh, bash,
+# csh) ever has to parse their quotes or newlines. They must run on Python 3.8.
+_VERIFY_AND_RENAME = """
+import hashlib, json, os, sys
+args = sys.argv[1:]
+mismatches = []
+for i in range(0, len(args), 3):
+    temp, final, expected = args[i:i + 3]
+    digest = hashlib.sha256()
+    with open(temp, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+        os.fsync(handle.fileno())
+    actual = digest.hexdigest()
+    if actual != expected:
+        os.remove(temp)
+        mismatches.append({"path": final, "expected": expected, "actual": actual})
+        continue
+    parent = os.path.dirname(final)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    os.replace(temp, final)
+print(json.dumps({"mismatches": mismatches}))
+sys.exit(3 if mismatches else 0)
+"""
+
+_CLEANUP = """
+import json, os, sys, time
+workdir, stale_seconds = sys.argv[1], float(sys.argv[2])
+removed = []
+for path in sys.argv[3:]:
+    if os.path.exists(path):
+        os.remove(path)
+        removed.append(path)
+now = time.time()
+for name in os.listdir(workdir):
+    path = os.path.join(workdir, name)
+    if name.startswith(".edge-smsp-tmp-") and os.path.isfile(path) and now - os.path.getmtime(path) > stale_seconds:
+        os.remove(path)
+        removed.append(path)
+print(json.dumps({"removed": removed}))
+"""
+
+_RUN_RUNTIME = (
+    "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
+    "runpy.run_module('edge_smsp_runtime', run_name='__main__', alter_sys=True)"
+)
+
+
+def python_snippet(source: str) -> str:
+    """`python -c` code that runs `source`, shell-safe whatever the remote login shell is."""
+    encoded = base64.b64encode(source.encode("utf-8")).decode("ascii")
+    return f"import base64; exec(base64.b64decode('{encoded}'))"
+
+
+@dataclass(frozen=True)
+class RemoteResult:
+    """Exit status, captured output and wall time of one command on the device."""
+
+    rc: int
+    stdout: str
+    stderr: str
+    seconds: float
+
+
+def sha256_file(path: Path) -> str:
+    """SHA-256 hex digest of a local file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def runtime_source_dir() -> Path:
+    """Directory of the edge_smsp_runtime package on this machine (installed or in the checkout)."""
+    spec = importlib.util.find_spec(RUNTIME_PACKAGE)
+    if spec is not None and spec.origin and spec.origin.endswith("__init__.py"):
+        return Path(spec.origin).parent
+    checkout = Path(__file__).resolve().parents[2] / "runtime" / RUNTIME_PACKAGE
+    if (checkout / "__init__.py").is_file():
+        return checkout
+    raise TransportError("the edge-smsp-runtime package is not installed here: pip install -e runtime")
+
+
+def runtime_files() -> list[tuple[Path, str]]:
+    """(local file, path relative to the remote work dir) of every module of the runtime package."""
+    source = runtime_source_dir()
+    return [(path, f"runtime/{RUNTIME_PACKAGE}/{path.name}") for path in sorted(source.glob("*.py"))]
+
+
+def check_remote_name(remote_name: str) -> str:
+    """A relative POSIX path inside the work dir: no absolute paths, no '..', no empty parts."""
+    parts = remote_name.split("/")
+    if not remote_name or remote_name.startswith("/") or any(part in ("", ".", "..") for part in parts):
+        raise TransportError(f"remote name must be a relative path inside the work dir, got {remote_name!r}")
+    return remote_name
+
+
+def last_line(text: str) -> str:
+    """The last non-empty line of a command's output, which is where the runtime puts its one-line error."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+class Transport(ABC):
+    """A device reached locally or over SSH. Subclasses provide running, file transfer and the work dir."""
+
+    def __init__(self, connection: ConnectionSpec) -> None:
+        self.connection = connection
+        self._temp_paths: set[str] = set()
+        self._runtime_pushed = False
+        self._workdir: str | None = None
+
+    # Primitives of each transport.
+
+    @abstractmethod
+    def run(self, argv: list[str], timeout: float, cwd: str | None = None) -> RemoteResult:
+        """Run argv[0] with arguments on the device; never through a shell that could split or expand them."""
+
+    @abstractmethod
+    def _put(self, local_path: Path, remote_path: str) -> None:
+        """Copy a local file to an absolute path on the device."""
+
+    @abstractmethod
+    def _resolve_workdir(self) -> str:
+        """Create the work dir on the device and return its absolute path."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection; safe to call twice."""
+
+    def _retrying(self, action: str, operation: Any) -> Any:
+        """Run operation(); transports that can lose their connection retry it."""
+        return operation()
+
+    # Shared behaviour.
+
+    @property
+    def workdir(self) -> str:
+        """Absolute path of the work dir on the device (created on first use)."""
+        if self._workdir is None:
+            self._workdir = self._resolve_workdir()
+        return self._workdir
+
+    @property
+    def python(self) -> str:
+        """The device's python interpreter as the profile names it."""
+        return self.connection.python
+
+    def remote_path(self, remote_name: str) -> str:
+        """Absolute device path of a name relative to the work dir."""
+        return posixpath.join(self.workdir, check_remote_name(remote_name))
+
+    def upload(self, local_path: str | Path, remote_name: str) -> str:
+        """Upload to a temporary name, verify the SHA-256 on the device, rename into place; returns the path."""
+        return self.upload_many([(Path(local_path), remote_name)])[0]
+
+    def upload_many(self, files: list[tuple[Path, str]]) -> list[str]:
+        """Upload several files, verified on the device by one python call; returns their device paths."""
+        plan = []
+        for local_path, remote_name in files:
+            local_path = Path(local_path)
+            if not local_path.is_file():
+                raise TransportError(f"file to upload not found: {local_path}")
+            plan.append((local_path, self.remote_path(remote_name), sha256_file(local_path)))
+        return self._retrying("upload", lambda: self._upload_once(plan))
+
+    def _upload_once(self, plan: list[tuple[Path, str, str]]) -> list[str]:
+        verify_args: list[str] = []
+        for local_path, final_path, expected in plan:
+            temp_path = posixpath.join(
+                self.workdir, f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{posixpath.basename(final_path)}"
+            )
+            self._temp_paths.add(temp_path)
+            self._put(local_path, temp_path)
+            verify_args += [temp_path, final_path, expected]
+        result = self.run(
+            [self.python, "-c", python_snippet(_VERIFY_AND_RENAME), *verify_args], DEFAULT_TIMEOUT
+        )
+        self._temp_paths.difference_update(verify_args[0::3])
+        report = self._json_or_none(result.stdout)
+        if result.rc == 3 and report and report.get("mismatches"):
+            first = report["mismatches"][0]
+            raise TransportError(
+                f"upload of {first['path']} corrupted: SHA-256 on the device is {first['actual'][:16]}…, "
+                f"expected {first['expected'][:16]}… (temporary file removed; retry the upload)"
+            )
+        if result.rc != 0 or report is None:
+            raise TransportError(
+                f"verifying the upload on the device failed (exit {result.rc}): "
+                f"{last_line(result.stderr) or 'no output'}"
+            )
+        return [final_path for _, final_path, _ in plan]
+
+    def push_runtime(self) -> str:
+        """Upload the edge_smsp_runtime package (each file verified); returns the device dir put on sys.path."""
+        self.upload_many(runtime_files())
+        self._runtime_pushed = True
+        return posixpath.join(self.workdir, "runtime")
+
+    def run_runtime(self, args: list[str], timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+        """Run `python -m edge_smsp_runtime ARGS` from the pushed copy (pushed first if needed); its JSON report."""
+        runtime_dir = (
+            self.push_runtime() if not self._runtime_pushed else posixpath.join(self.workdir, "runtime")
+        )
+        result = self.run([self.python, "-c", _RUN_RUNTIME, runtime_dir, *args], timeout, cwd=self.workdir)
+        if result.rc != 0:
+            reason = last_line(result.stderr) or last_line(result.stdout) or "no output"
+            if result.rc == 127:
+                reason = f"{reason} (is {self.python!r} the device's python?)"
+            raise TransportError(f"device runtime failed (exit {result.rc}): {reason}")
+        report = self._json_or_none(result.stdout)
+        if not isinstance(report, dict):
+            raise TransportError(f"device runtime printed no JSON report: {result.stdout.strip()[:120]!r}")
+        return report
+
+    def cleanup(self) -> None:
+        """Remove this session's temporary files and stale ones (older than an hour) from the work dir."""
+        if self._workdir is None:
+            return
+        temps = sorted(self._temp_paths)
+        argv = [self.python, "-c", python_snippet(_CLEANUP), self._workdir, str(STALE_TEMP_SECONDS), *temps]
+        result = self.run(argv, DEFAULT_TIMEOUT)
+        if result.rc != 0:
+            raise TransportError(
+                f"cleaning the device work dir failed: {last_line(result.stderr) or result.rc}"
+            )
+        self._temp_paths.clear()
+
+    @staticmethod
+    def _json_or_none(text: str) -> Any:
+        try:
+            return json.loads(text)
+        except ValueError:
+            return None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            self.cleanup()
+        except TransportError:
+            if exc_info[0] is None:
+                raise
+        finally:
+            self.close()
+
+
+def timed(start: float) -> float:
+    """Seconds since a time.monotonic() start, rounded for reports."""
+    return round(time.monotonic() - start, 4)

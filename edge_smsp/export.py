@@ -1,0 +1,425 @@
+"""ONNX export of a (pruned) model: export, simplify, check, parity with torch, metadata, model card.
+
+Exporter: torch.onnx's torch.export-based exporter (dynamo=True, opset 18+), the default and maintained path
+in torch 2.14; the TorchScript exporter is deprecated there ("will be removed"). It needs no network and handles
+timm CNNs and ViTs; it is used for opset >= 18. For older opsets (old ONNX Runtime builds on a device) the
+TorchScript exporter is used, because down-converting the dynamo graph fails for common ops.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from edge_smsp import __version__
+from edge_smsp.errors import ExportError
+
+METADATA_KEYS = ("labels", "input_size", "mean", "std", "backbone", "ratio", "task", "edge_smsp_version")
+DEFAULT_OPSET = 18
+PARITY_TOLERANCE = 1e-4
+PARITY_SAMPLES = 4
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+EXPORTERS = ("dynamo", "torchscript")
+CARD_FORMAT = "edge-smsp-model-card"
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the ONNX model went and how it checked out."""
+
+    onnx_path: Path
+    card_path: Path
+    max_abs_diff: float
+    size_bytes: int
+    opset: int
+    sha256: str
+    seconds: float
+    metadata: dict[str, str]
+    dynamic_batch: bool
+    simplified: bool
+    exporter: str
+    parity_samples: int
+    parity_inputs: str  # "given" | "random"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (paths as strings)."""
+        payload = asdict(self)
+        payload["onnx_path"], payload["card_path"] = str(self.onnx_path), str(self.card_path)
+        return payload
+
+
+def export_onnx(
+    model: nn.Module,
+    out_path: str | os.PathLike[str],
+    *,
+    image_size: int,
+    metadata: Mapping[str, Any],
+    dynamic_batch: bool = False,
+    parity_inputs: torch.Tensor | None = None,
+    opset: int = DEFAULT_OPSET,
+    exporter: str | None = None,
+    tolerance: float = PARITY_TOLERANCE,
+    simplify: bool = True,
+) -> ExportResult:
+    """Export to ONNX (batch 1 unless dynamic_batch), simplify, check, verify parity, write model + card."""
+    started = time.perf_counter()
+    out = Path(out_path)
+    if out.suffix != ".onnx":
+        raise ExportError(f"output path {out} must end in .onnx")
+    if out.exists() and out.is_dir():
+        raise ExportError(f"output path {out} is a directory")
+    image_size = _checked_image_size(image_size)
+    exporter = exporter or ("dynamo" if opset >= 18 else "torchscript")
+    if exporter not in EXPORTERS:
+        raise ExportError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    if exporter == "dynamo" and opset < 18:
+        raise ExportError(f"the dynamo exporter needs opset >= 18 (got {opset}); use exporter='torchscript'")
+
+    was_training = model.training
+    model.eval()
+    try:
+        inputs, inputs_kind = _parity_batch(model, parity_inputs, image_size)
+        with torch.no_grad():
+            reference = _as_numpy(model(inputs))
+        if reference.ndim != 2:
+            raise ExportError(f"the model must output [batch, classes] logits, got shape {reference.shape}")
+        meta = build_metadata(metadata, image_size=image_size, num_classes=reference.shape[1])
+        proto = _export(model, inputs[:1], opset, exporter, dynamic_batch, meta["backbone"])
+    finally:
+        model.train(was_training)
+
+    simplified = False
+    if simplify:
+        proto, simplified = _simplify(proto)
+    del proto.metadata_props[:]
+    for key in METADATA_KEYS:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, meta[key]
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as error:  # checker and shape inference raise several types
+        raise ExportError(f"exported ONNX graph fails onnx.checker: {_first_line(error)}") from None
+    payload = proto.SerializeToString()
+    max_abs_diff = _parity(payload, inputs.detach().cpu().numpy(), reference, dynamic_batch)
+    if not max_abs_diff <= tolerance:
+        raise ExportError(
+            f"parity check failed: max |onnxruntime - torch| = {max_abs_diff:.2e} > {tolerance:.0e} "
+            f"on {len(inputs)} {inputs_kind} input(s)"
+        )
+
+    opset_used = next(
+        (entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), opset
+    )
+    digest = hashlib.sha256(payload).hexdigest()
+    card_path = out.with_suffix(".json")
+    seconds = time.perf_counter() - started
+    card = {
+        "format": CARD_FORMAT,
+        "onnx": out.name,
+        "sha256": digest,
+        "size_bytes": len(payload),
+        "opset": opset_used,
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch" if dynamic_batch else 1, 3, image_size, image_size],
+            "dtype": "float32",
+            "layout": "NCHW",
+        },
+        "output": {"name": OUTPUT_NAME, "shape": ["batch" if dynamic_batch else 1, reference.shape[1]]},
+        "metadata": decode_metadata(meta),
+        "params": sum(parameter.numel() for parameter in model.parameters()),
+        "parity": {
+            "max_abs_diff": max_abs_diff,
+            "tolerance": tolerance,
+            "samples": len(inputs),
+            "inputs": inputs_kind,
+            "runtime": "onnxruntime CPUExecutionProvider",
+        },
+        "dynamic_batch": dynamic_batch,
+        "simplified": simplified,
+        "exporter": exporter,
+        "seconds": round(seconds, 3),
+    }
+    _write_atomically(out, payload)
+    _write_atomically(card_path, (json.dumps(card, indent=2) + "\n").encode("utf-8"))
+    return ExportResult(
+        onnx_path=out,
+        card_path=card_path,
+        max_abs_diff=max_abs_diff,
+        size_bytes=len(payload),
+        opset=int(opset_used),
+        sha256=digest,
+        seconds=time.perf_counter() - started,
+        metadata=meta,
+        dynamic_batch=dynamic_batch,
+        simplified=simplified,
+        exporter=exporter,
+        parity_samples=len(inputs),
+        parity_inputs=inputs_kind,
+    )
+
+
+def build_metadata(
+    metadata: Mapping[str, Any], *, image_size: int, num_classes: int | None = None
+) -> dict[str, str]:
+    """The ONNX metadata_props (exactly METADATA_KEYS, string values) from user metadata."""
+    unknown = sorted(set(metadata) - set(METADATA_KEYS))
+    if unknown:
+        raise ExportError(
+            f"metadata: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(METADATA_KEYS)})"
+        )
+    for key in ("labels", "mean", "std", "backbone"):
+        if metadata.get(key) is None:
+            raise ExportError(f"metadata.{key}: required")
+    labels = metadata["labels"]
+    if isinstance(labels, str) or not isinstance(labels, Sequence) or not labels:
+        raise ExportError("metadata.labels: must be a non-empty list of class names")
+    labels = [str(label) for label in labels]
+    if num_classes is not None and len(labels) != num_classes:
+        raise ExportError(f"metadata.labels: {len(labels)} names for a model with {num_classes} outputs")
+    given_size = metadata.get("input_size")
+    if given_size is not None and int(given_size) != image_size:
+        raise ExportError(f"metadata.input_size: {given_size} differs from image_size {image_size}")
+    ratio = metadata.get("ratio")
+    ratio = 0.0 if ratio is None else float(ratio)
+    if not 0.0 <= ratio < 1.0:
+        raise ExportError(f"metadata.ratio: must be in [0, 1), got {ratio}")
+    task = metadata.get("task")
+    task = "" if task is None else task if isinstance(task, str) else json.dumps(task, sort_keys=True)
+    return {
+        "labels": json.dumps(labels),
+        "input_size": str(image_size),
+        "mean": json.dumps(_three_numbers(metadata["mean"], "mean")),
+        "std": json.dumps(_three_numbers(metadata["std"], "std", positive=True)),
+        "backbone": str(metadata["backbone"]),
+        "ratio": repr(ratio),
+        "task": task,
+        "edge_smsp_version": __version__,
+    }
+
+
+def decode_metadata(metadata: Mapping[str, str]) -> dict[str, Any]:
+    """metadata_props strings back to values: labels/mean/std lists, input_size int, ratio float."""
+    decoded: dict[str, Any] = dict(metadata)
+    try:
+        for key in ("labels", "mean", "std"):
+            if key in decoded:
+                decoded[key] = json.loads(decoded[key])
+        if "input_size" in decoded:
+            decoded["input_size"] = int(decoded["input_size"])
+        if "ratio" in decoded:
+            decoded["ratio"] = float(decoded["ratio"])
+    except (ValueError, TypeError) as error:
+        raise ExportError(f"malformed edge-smsp metadata: {error}") from None
+    return decoded
+
+
+def metadata_from_pruned(model: nn.Module, meta: Mapping[str, Any]) -> dict[str, Any]:
+    """Export metadata from a saved pruned model's description (edge_smsp.prune.load_pruned)."""
+    spec = getattr(model, "backbone_spec", None)
+    spec_fields = meta.get("backbone_spec") if isinstance(meta.get("backbone_spec"), Mapping) else {}
+    config = getattr(model, "pretrained_cfg", None) or {}
+    num_classes = meta.get("num_classes")
+    labels = meta.get("class_names") or meta.get("labels")
+    if not labels and num_classes:
+        labels = [str(index) for index in range(int(num_classes))]
+    mean = meta.get("mean") or spec_fields.get("mean") or getattr(spec, "mean", None) or config.get("mean")
+    std = meta.get("std") or spec_fields.get("std") or getattr(spec, "std", None) or config.get("std")
+    task = meta.get("task") or meta.get("task_id") or ""
+    return {
+        "labels": labels,
+        "mean": mean or IMAGENET_MEAN,
+        "std": std or IMAGENET_STD,
+        "backbone": meta.get("backbone") or getattr(spec, "name", None) or type(model).__name__,
+        "ratio": meta.get("ratio") or 0.0,
+        "task": task,
+    }
+
+
+def load_onnx_checked(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Load an ONNX file and run onnx.checker on it; any problem -> ExportError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such ONNX file")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as error:  # protobuf raises DecodeError, RuntimeError or ValueError on corrupt bytes
+        raise ExportError(f"{path}: not a readable ONNX model ({_first_line(error)})") from None
+    if not proto.graph.node:
+        raise ExportError(f"{path}: not an ONNX model (empty graph)")
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as error:  # checker and shape inference raise several types
+        raise ExportError(f"{path}: invalid ONNX model ({_first_line(error)})") from None
+    return proto
+
+
+def onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The metadata_props of an ONNX file as a dict (checked load)."""
+    return {entry.key: entry.value for entry in load_onnx_checked(path).metadata_props}
+
+
+def _export(
+    model: nn.Module, example: torch.Tensor, opset: int, exporter: str, dynamic_batch: bool, backbone: str
+) -> onnx.ModelProto:
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            if exporter == "dynamo":
+                program = torch.onnx.export(
+                    model,
+                    (example,),
+                    None,
+                    dynamo=True,
+                    verbose=False,
+                    opset_version=opset,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},)
+                    if dynamic_batch
+                    else None,
+                    optimize=True,
+                )
+                return program.model_proto
+            import io
+
+            buffer = io.BytesIO()
+            torch.onnx.export(
+                model,
+                (example,),
+                buffer,
+                dynamo=False,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None,
+                do_constant_folding=True,
+            )
+            return onnx.load_from_string(buffer.getvalue())
+    except Exception as error:  # the exporters raise many unrelated types for unsupported graphs
+        raise ExportError(
+            f"ONNX export of {backbone} failed ({exporter} exporter): {_first_line(error)}"
+        ) from None
+
+
+def _simplify(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    import onnxsim
+
+    try:
+        simplified, ok = onnxsim.simplify(proto)
+    except Exception:  # onnxsim fails on some graphs; the unsimplified graph is still a valid export
+        return proto, False
+    return (simplified, True) if ok else (proto, False)
+
+
+def _parity(payload: bytes, inputs: np.ndarray, reference: np.ndarray, dynamic_batch: bool) -> float:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = onnxruntime.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+        if dynamic_batch:
+            outputs = session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0]
+        else:
+            outputs = np.concatenate(
+                [
+                    session.run([OUTPUT_NAME], {INPUT_NAME: inputs[index : index + 1]})[0]
+                    for index in range(len(inputs))
+                ]
+            )
+    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise ExportError(f"onnxruntime cannot run the exported model: {_first_line(error)}") from None
+    if outputs.shape != reference.shape:
+        raise ExportError(f"onnxruntime output shape {outputs.shape} differs from torch {reference.shape}")
+    if not np.isfinite(outputs).all():
+        raise ExportError("onnxruntime produced non-finite outputs")
+    return float(np.abs(outputs.astype(np.float64) - reference.astype(np.float64)).max())
+
+
+def _parity_batch(
+    model: nn.Module, parity_inputs: torch.Tensor | None, image_size: int
+) -> tuple[torch.Tensor, str]:
+    try:
+        parameter = next(model.parameters())
+        device = parameter.device
+    except StopIteration:
+        device = torch.device("cpu")
+    if parity_inputs is None:
+        generator = torch.Generator().manual_seed(0)
+        batch = torch.randn(PARITY_SAMPLES, 3, image_size, image_size, generator=generator)
+        return batch.to(device), "random"
+    if not isinstance(parity_inputs, torch.Tensor):
+        raise ExportError("parity_inputs must be a float tensor [N, 3, H, W]")
+    batch = parity_inputs.unsqueeze(0) if parity_inputs.dim() == 3 else parity_inputs
+    if batch.dim() != 4 or tuple(batch.shape[1:]) != (3, image_size, image_size) or len(batch) == 0:
+        raise ExportError(
+            f"parity_inputs must have shape [N, 3, {image_size}, {image_size}], got {list(parity_inputs.shape)}"
+        )
+    return batch.detach().to(device=device, dtype=torch.float32), "given"
+
+
+def _as_numpy(output: Any) -> np.ndarray:
+    if isinstance(output, tuple | list):
+        output = output[0]
+    if not isinstance(output, torch.Tensor):
+        raise ExportError(f"the model must return a tensor, got {type(output).__name__}")
+    return output.detach().float().cpu().numpy()
+
+
+def _three_numbers(value: Any, key: str, *, positive: bool = False) -> list[float]:
+    try:
+        numbers = [float(number) for number in value]
+    except (TypeError, ValueError):
+        numbers = []
+    if len(numbers) != 3 or not all(math.isfinite(number) for number in numbers):
+        raise ExportError(f"metadata.{key}: must be 3 numbers (one per RGB channel), got {value!r}")
+    if positive and min(numbers) <= 0:
+        raise ExportError(f"metadata.{key}: must be positive, got {value!r}")
+    return numbers
+
+
+def _checked_image_size(image_size: Any) -> int:
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or not 8 <= image_size <= 4096:
+        raise ExportError(f"image_size must be an integer 8-4096, got {image_size!r}")
+    return image_size
+
+
+def _write_atomically(path: Path, payload: bytes) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(handle, "wb") as stream:
+                stream.write(payload)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.chmod(temporary, 0o644)  # mkstemp creates 0600; the model is shipped and read by others
+            os.replace(temporary, path)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+    except OSError as error:
+        raise ExportError(f"cannot write {path}: {error}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

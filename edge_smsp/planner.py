@@ -1,0 +1,490 @@
+"""Cost model of a pruned backbone on a device and the choice of the pruning ratio.
+
+Memory model (what a device's peak resident memory is compared against):
+
+    memory = runtime overhead + WEIGHT_COPIES * fp32 weight bytes + batch * peak activation bytes
+
+* runtime overhead: Python + numpy + onnxruntime (46 MiB once imported) plus the session's thread pool and
+  arenas: 64 MiB, measured on x86-64 with onnxruntime 1.32 and in line with 64-bit ARM boards. Profiles with a
+  GPU stack (CUDA/TensorRT contexts) set their own `runtime_overhead`.
+* WEIGHT_COPIES: while ONNX Runtime creates a session it holds the file bytes, the parsed protobuf and its own
+  (optimised, pre-packed) initializers at once. Peak RSS (VmHWM) of a fresh process that loads and runs the
+  exported model was fitted over efficientnet_lite0 and resnet18 pruned at 0/0.3/0.6 and run at 64 and 224 px:
+  64 MiB + 3.4 x weights + activations over-predicts all twelve measurements by 0.6-19 MiB (never under).
+* peak activations: the largest sum of live tensors over one eager forward pass at batch 1 (every aten op's
+  outputs live from the op that makes them to their last use; parameters excluded, the input image included).
+  ONNX Runtime fuses conv+batch-norm(+activation), so this is slightly conservative for CNNs; it does count
+  residual branches, unlike a per-layer max of input+output bytes.
+
+Latency model per (device, backbone, input size): latency = a + b * MACs, fitted by least squares to the
+measured latencies of earlier device runs at the profile's percentile (two or more measurements at different
+MACs), proportional scaling from a single measurement, else the profile's hint
+(latency_overhead_ms + MACs / throughput_gmacs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.flop_counter import FlopCounterMode, flop_registry
+
+from edge_smsp.errors import PlanError, PruneError
+from edge_smsp.profiles import DeviceProfile, format_bytes
+
+MIB = 1024**2
+RUNTIME_OVERHEAD_BYTES = 64 * MIB
+WEIGHT_COPIES = 3.4
+FP32_BYTES = 4
+DEFAULT_RATIOS: tuple[float, ...] = tuple(round(0.05 * step, 2) for step in range(19))  # 0.0 .. 0.9
+SEARCHES = ("bisect", "grid")
+
+
+@dataclass(frozen=True)
+class ModelCost:
+    """Static cost of one (pruned) model at one input size, batch 1."""
+
+    ratio: float
+    input_size: int
+    params: int
+    weight_bytes: int  # fp32 parameters (batch-norm statistics fold into the convolutions on export)
+    macs: int
+    peak_activation_bytes: int
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """A latency measured on the device for the backbone pruned at `ratio` (batch 1)."""
+
+    ratio: float
+    latency_ms: Mapping[str, float]  # "p50" | "p90" | "p99" -> ms
+    macs: int | None = None  # None -> recomputed from the ratio
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """latency_ms = intercept_ms + ms_per_gmac * GMACs, at one percentile."""
+
+    intercept_ms: float
+    ms_per_gmac: float
+    percentile: str
+    source: str  # "fit" (least squares) | "scaled" (one measurement) | "hint" (profile throughput)
+    n_measurements: int = 0
+
+    def predict(self, macs: float) -> float:
+        """Predicted latency in ms of one inference of `macs` multiply-accumulates."""
+        return self.intercept_ms + self.ms_per_gmac * macs / 1e9
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A ratio the planner tried and the numbers behind its verdict."""
+
+    ratio: float
+    params: int
+    weight_bytes: int
+    macs: int
+    peak_activation_bytes: int
+    memory_bytes: int
+    predicted_latency_ms: float
+    fits_memory: bool
+    fits_latency: bool
+
+    @property
+    def fits(self) -> bool:
+        return self.fits_memory and self.fits_latency
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The chosen pruning ratio for a device, and every candidate tried on the way."""
+
+    profile: str
+    backbone: str
+    input_size: int
+    batch_size: int
+    ratio: float
+    chosen: Candidate
+    candidates: tuple[Candidate, ...]
+    latency_model: LatencyModel
+    memory_budget_bytes: int
+    latency_target_ms: float
+    latency_percentile: str
+    runtime_overhead_bytes: int
+    search: str
+    full_model: Candidate | None = field(default=None)
+
+    @property
+    def predicted_latency_ms(self) -> float:
+        return self.chosen.predicted_latency_ms
+
+    @property
+    def memory_bytes(self) -> int:
+        return self.chosen.memory_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (candidates in the order tried)."""
+        payload = asdict(self)
+        payload["predicted_latency_ms"] = self.predicted_latency_ms
+        payload["memory_bytes"] = self.memory_bytes
+        return payload
+
+
+def structure_hash(model: nn.Module) -> str:
+    """sha256 of a model's class and parameter/buffer names and shapes: equal for equal architectures."""
+    digest = hashlib.sha256(type(model).__qualname__.encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
+    return digest.hexdigest()
+
+
+def measure_cost(model: nn.Module, input_size: int, ratio: float = 0.0) -> ModelCost:
+    """Parameters, fp32 weight bytes, MACs and peak activation bytes of `model` as it is (batch 1)."""
+    params = sum(parameter.numel() for parameter in model.parameters())
+    try:
+        parameter = next(model.parameters())
+        dtype, device = parameter.dtype, parameter.device
+    except StopIteration:
+        dtype, device = torch.float32, torch.device("cpu")
+    image = torch.zeros(1, 3, input_size, input_size, dtype=dtype, device=device)
+    was_training = model.training
+    model.eval()
+    tracer = _LivenessTracer(model)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as flops, tracer:
+            tracer.track_input(image)
+            output = model(image)
+            tracer.track_output(output)
+    except RuntimeError as error:
+        raise PlanError(
+            f"the model does not run at input size {input_size}: {str(error).splitlines()[0]}"
+        ) from None
+    finally:
+        model.train(was_training)
+    return ModelCost(
+        ratio=float(ratio),
+        input_size=int(input_size),
+        params=int(params),
+        weight_bytes=int(params * FP32_BYTES),
+        macs=int(flops.get_total_flops() // 2 + tracer.extra_macs),
+        peak_activation_bytes=tracer.peak_bytes(),
+    )
+
+
+_cost_cache: dict[tuple[str, int, float], ModelCost] = {}
+_cost_cache_lock = threading.Lock()
+
+
+def cost_at_ratio(model: nn.Module, input_size: int, ratio: float) -> ModelCost:
+    """Cost of the backbone physically pruned at `ratio` (edge_smsp.prune, magnitude order); cached."""
+    ratio = round(float(ratio), 6)
+    if not 0.0 <= ratio < 1.0:
+        raise PlanError(f"ratio must be in [0, 1), got {ratio}")
+    key = (structure_hash(model), int(input_size), ratio)
+    with _cost_cache_lock:
+        cached = _cost_cache.get(key)
+    if cached is not None:
+        return cached
+    if ratio == 0.0:
+        cost = measure_cost(model, input_size, ratio)
+    else:
+        from edge_smsp.prune import prune
+
+        try:
+            # Unit counts per group depend on the ratio only, so the importance order does not change the cost.
+            pruned, _ = prune(model, ratio=ratio, image_size=input_size)
+        except PruneError as error:
+            raise PlanError(f"cannot prune the backbone at ratio {ratio}: {error}") from None
+        cost = measure_cost(pruned, input_size, ratio)
+    with _cost_cache_lock:
+        _cost_cache[key] = cost
+    return cost
+
+
+def clear_cost_cache() -> None:
+    """Forget cached costs (e.g. after changing prune's rounding)."""
+    with _cost_cache_lock:
+        _cost_cache.clear()
+
+
+def runtime_overhead_bytes(profile: DeviceProfile) -> int:
+    """The profile's runtime overhead, else RUNTIME_OVERHEAD_BYTES."""
+    if profile.runtime_overhead_bytes is None:
+        return RUNTIME_OVERHEAD_BYTES
+    return profile.runtime_overhead_bytes
+
+
+def predict_memory_bytes(cost: ModelCost, profile: DeviceProfile) -> int:
+    """Peak resident memory of the inference process on the device (see the module docstring)."""
+    return int(
+        runtime_overhead_bytes(profile)
+        + WEIGHT_COPIES * cost.weight_bytes
+        + profile.batch_size * cost.peak_activation_bytes
+    )
+
+
+def as_measurement(record: Any) -> Measurement:
+    """A Measurement from a Measurement, a mapping or an object with ratio, latency_ms and optional macs."""
+    if isinstance(record, Measurement):
+        return record
+    get = (
+        record.get
+        if isinstance(record, Mapping)
+        else lambda name, default=None: getattr(record, name, default)
+    )
+    ratio, latency, macs = get("ratio"), get("latency_ms"), get("macs")
+    if ratio is None or latency is None:
+        raise PlanError(f"measurement {record!r}: needs ratio and latency_ms")
+    if isinstance(latency, Mapping):
+        latency_map = {str(key).removesuffix("_ms"): float(value) for key, value in latency.items()}
+    elif isinstance(latency, int | float) and not isinstance(latency, bool):
+        latency_map = {percentile: float(latency) for percentile in ("p50", "p90", "p99")}
+    else:
+        raise PlanError(f"measurement {record!r}: latency_ms must be a number or a percentile mapping")
+    return Measurement(ratio=float(ratio), latency_ms=latency_map, macs=None if macs is None else int(macs))
+
+
+def fit_latency_model(
+    profile: DeviceProfile,
+    measurements: Iterable[Any] = (),
+    *,
+    macs_at_ratio: Callable[[float], int] | None = None,
+    percentile: str | None = None,
+) -> LatencyModel:
+    """Latency model from device measurements (least squares, or scaling one), else the profile's hint."""
+    percentile = percentile or profile.latency_percentile
+    points: list[tuple[float, float]] = []
+    for record in measurements:
+        measurement = as_measurement(record)
+        latency = measurement.latency_ms.get(percentile)
+        if latency is None or not latency > 0:
+            continue
+        macs = measurement.macs
+        if macs is None:
+            if macs_at_ratio is None:
+                raise PlanError(
+                    f"measurement at ratio {measurement.ratio}: macs missing and no backbone given"
+                )
+            macs = macs_at_ratio(measurement.ratio)
+        points.append((float(macs), float(latency)))
+
+    if not points:
+        return LatencyModel(
+            intercept_ms=profile.latency_overhead_ms,
+            ms_per_gmac=1000.0 / profile.throughput_gmacs,
+            percentile=percentile,
+            source="hint",
+        )
+    gmacs = np.array([macs / 1e9 for macs, _ in points])
+    latency = np.array([ms for _, ms in points])
+    if len(points) >= 2 and np.ptp(gmacs) > 1e-3 * gmacs.max():
+        slope, intercept = np.polyfit(gmacs, latency, 1)
+        if intercept < 0 or slope <= 0:
+            # Noise can tilt the line; fall back to a line through the origin (least squares).
+            intercept, slope = 0.0, float(gmacs @ latency / (gmacs @ gmacs))
+        return LatencyModel(float(intercept), float(slope), percentile, "fit", len(points))
+    # One distinct operating point: latency proportional to MACs.
+    slope = float(latency.mean() / max(gmacs.mean(), 1e-12))
+    return LatencyModel(0.0, slope, percentile, "scaled", len(points))
+
+
+def plan(
+    profile: DeviceProfile,
+    backbone_model: nn.Module,
+    measurements: Iterable[Any] = (),
+    ratios: Sequence[float] | None = None,
+    *,
+    input_size: int | None = None,
+    search: str = "bisect",
+    backbone_name: str | None = None,
+) -> Plan:
+    """Smallest pruning ratio whose predicted memory and latency fit the profile; PlanError if none does."""
+    if search not in SEARCHES:
+        raise PlanError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
+    size = int(input_size or profile.input_size)
+    grid = sorted({round(float(ratio), 6) for ratio in (DEFAULT_RATIOS if ratios is None else ratios)})
+    if not grid:
+        raise PlanError("no candidate ratios given")
+    if grid[0] < 0 or grid[-1] >= 1:
+        raise PlanError(f"ratios must be in [0, 1), got {grid[0]}..{grid[-1]}")
+    name = backbone_name or _backbone_name(backbone_model)
+    latency_model = fit_latency_model(
+        profile, measurements, macs_at_ratio=lambda ratio: cost_at_ratio(backbone_model, size, ratio).macs
+    )
+    tried: dict[float, Candidate] = {}
+
+    def evaluate(ratio: float) -> Candidate:
+        if ratio not in tried:
+            tried[ratio] = _candidate(cost_at_ratio(backbone_model, size, ratio), profile, latency_model)
+        return tried[ratio]
+
+    chosen: Candidate | None = None
+    if search == "grid":
+        for ratio in grid:
+            if evaluate(ratio).fits:
+                chosen = tried[ratio]
+                break
+    elif evaluate(grid[-1]).fits:
+        # Cost falls as the ratio grows, so the fitting ratios form a suffix of the grid: bisect its start.
+        low, high = -1, len(grid) - 1  # grid[high] fits; grid[low] does not (or is before the grid)
+        if evaluate(grid[0]).fits:
+            high = 0
+        else:
+            low = 0
+        while high - low > 1:
+            middle = (low + high) // 2
+            if evaluate(grid[middle]).fits:
+                high = middle
+            else:
+                low = middle
+        chosen = tried[grid[high]]
+
+    candidates = tuple(tried.values())
+    if chosen is None:
+        raise PlanError(_nothing_fits_message(profile, name, size, grid, candidates))
+    return Plan(
+        profile=profile.name,
+        backbone=name,
+        input_size=size,
+        batch_size=profile.batch_size,
+        ratio=chosen.ratio,
+        chosen=chosen,
+        candidates=candidates,
+        latency_model=latency_model,
+        memory_budget_bytes=profile.memory_budget_bytes,
+        latency_target_ms=profile.latency_target_ms,
+        latency_percentile=profile.latency_percentile,
+        runtime_overhead_bytes=runtime_overhead_bytes(profile),
+        search=search,
+        full_model=tried.get(0.0),
+    )
+
+
+def _candidate(cost: ModelCost, profile: DeviceProfile, latency_model: LatencyModel) -> Candidate:
+    memory = predict_memory_bytes(cost, profile)
+    latency = latency_model.predict(cost.macs * profile.batch_size)
+    return Candidate(
+        ratio=cost.ratio,
+        params=cost.params,
+        weight_bytes=cost.weight_bytes,
+        macs=cost.macs,
+        peak_activation_bytes=cost.peak_activation_bytes,
+        memory_bytes=memory,
+        predicted_latency_ms=latency,
+        fits_memory=memory <= profile.memory_budget_bytes,
+        fits_latency=latency <= profile.latency_target_ms,
+    )
+
+
+def _nothing_fits_message(
+    profile: DeviceProfile, name: str, size: int, grid: list[float], candidates: tuple[Candidate, ...]
+) -> str:
+    best = min(candidates, key=lambda candidate: (candidate.memory_bytes, candidate.predicted_latency_ms))
+    fastest = min(candidates, key=lambda candidate: candidate.predicted_latency_ms)
+    changes = []
+    if not best.fits_memory:
+        changes.append(f"raise memory_budget above {format_bytes(best.memory_bytes)}")
+    if not fastest.fits_latency:
+        changes.append(f"raise latency_target_ms above {fastest.predicted_latency_ms:.1f}")
+    changes.append(f"lower input_size (now {size})")
+    changes.append("pick a smaller backbone")
+    if grid[-1] < 0.9:
+        changes.append(f"allow ratios above {grid[-1]:.2f}")
+    return (
+        f"no pruning ratio in {grid[0]:.2f}-{grid[-1]:.2f} fits {profile.name} with {name}: best achievable "
+        f"(ratio {best.ratio:.2f}) is {format_bytes(best.memory_bytes)} "
+        f"(budget {format_bytes(profile.memory_budget_bytes)}) and {fastest.predicted_latency_ms:.1f} ms "
+        f"{profile.latency_percentile} (target {profile.latency_target_ms:g} ms); " + ", or ".join(changes)
+    )
+
+
+def _backbone_name(model: nn.Module) -> str:
+    spec = getattr(model, "backbone_spec", None)
+    if spec is not None and getattr(spec, "name", None):
+        return str(spec.name)
+    config = getattr(model, "pretrained_cfg", None) or {}
+    return str(config.get("architecture") or type(model).__name__)
+
+
+def _storage_key(tensor: torch.Tensor) -> tuple[int, int] | None:
+    try:
+        storage = tensor.untyped_storage()
+    except (RuntimeError, NotImplementedError):
+        return None
+    if storage.nbytes() == 0:
+        return None
+    return storage.data_ptr(), storage.nbytes()
+
+
+class _LivenessTracer(TorchDispatchMode):
+    """Records, for every tensor storage an aten op makes, when it is born and last used; counts SDPA MACs."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.weights = {
+            key
+            for tensor in (*model.parameters(), *model.buffers())
+            if (key := _storage_key(tensor)) is not None
+        }
+        self.step = 0
+        self.born: dict[tuple[int, int], int] = {}
+        self.last_use: dict[tuple[int, int], int] = {}
+        # Holding every output keeps its memory from being reused, so a storage key names one tensor.
+        self.keep_alive: list[torch.Tensor] = []
+        self.extra_macs = 0
+
+    def track_input(self, tensor: torch.Tensor) -> None:
+        key = _storage_key(tensor)
+        if key is not None:
+            self.born.setdefault(key, -1)
+            self.last_use[key] = -1
+
+    def track_output(self, output: Any) -> None:
+        for tensor in tree_flatten(output)[0]:
+            if isinstance(tensor, torch.Tensor) and (key := _storage_key(tensor)) in self.born:
+                self.last_use[key] = self.step + 1
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.step += 1
+        for tensor in tree_flatten((args, kwargs))[0]:
+            if isinstance(tensor, torch.Tensor) and (key := _storage_key(tensor)) in self.born:
+                self.last_use[key] = self.step
+        if func.overloadpacket not in flop_registry and "scaled_dot_product" in func.__name__:
+            query, key_tensor, value = args[0], args[1], args[2]
+            # q @ k^T and attention @ v: B * H * L * S * (E + Ev) multiply-accumulates.
+            batch_heads = math.prod(query.shape[:-2])
+            self.extra_macs += (
+                batch_heads * query.shape[-2] * key_tensor.shape[-2] * (query.shape[-1] + value.shape[-1])
+            )
+        result = func(*args, **kwargs)
+        for tensor in tree_flatten(result)[0]:
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            key = _storage_key(tensor)
+            if key is None or key in self.weights:
+                continue
+            if key not in self.born:
+                self.born[key] = self.step
+                self.keep_alive.append(tensor)
+            self.last_use[key] = max(self.last_use.get(key, self.step), self.step)
+        return result
+
+    def peak_bytes(self) -> int:
+        """Largest total size of the storages alive at any one op."""
+        if not self.born:
+            return 0
+        delta = np.zeros(self.step + 4, dtype=np.int64)
+        for key, born in self.born.items():
+            delta[born + 1] += key[1]
+            delta[self.last_use[key] + 2] -= key[1]
+        return int(np.cumsum(delta).max())

@@ -1,0 +1,230 @@
+"""Few-iteration fine-tuning, top-1 evaluation and softmax outputs of a (pruned) model on a task."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Dataset
+
+from edge_smsp.data import Task
+from edge_smsp.errors import DataError, EdgeSmspError, ModelError
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
+# A fresh head on a pre-trained backbone, full fine-tuning for ~100 iterations: these rates reach the best
+# few-iteration val accuracy on Fashion-MNIST tasks with the bundled EfficientNet-Lite0 without diverging.
+DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3}
+DEFAULT_WEIGHT_DECAY = {"sgd": 5e-5, "adamw": 0.01}
+SGD_MOMENTUM = 0.9
+
+
+@dataclass
+class TrainResult:
+    """What a fine-tuning run did: iterations, the loss of the last one, every loss, wall time."""
+
+    iters: int
+    final_loss: float
+    losses: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def finetune(
+    model: nn.Module,
+    task: Task,
+    iters: int,
+    *,
+    batch_size: int = 32,
+    lr: float | None = None,
+    optimizer: str = "sgd",
+    weight_decay: float | None = None,
+    seed: int = 0,
+    progress: bool = False,
+    train_mode_bn: bool = True,
+) -> TrainResult:
+    """Fine-tune every parameter for exactly `iters` iterations (cosine schedule); leaves the model in eval mode."""
+    optimizer = str(optimizer).lower()
+    if optimizer not in OPTIMIZERS:
+        raise EdgeSmspError(f"unknown optimizer '{optimizer}'; choose one of {', '.join(OPTIMIZERS)}")
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
+        raise EdgeSmspError(f"iterations must be a non-negative integer, got {iters}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise EdgeSmspError(f"batch size must be a positive integer, got {batch_size}")
+    lr = DEFAULT_LR[optimizer] if lr is None else float(lr)
+    weight_decay = DEFAULT_WEIGHT_DECAY[optimizer] if weight_decay is None else float(weight_decay)
+    if not lr > 0 or not math.isfinite(lr):
+        raise EdgeSmspError(f"learning rate must be positive, got {lr}")
+    if weight_decay < 0:
+        raise EdgeSmspError(f"weight decay must be >= 0, got {weight_decay}")
+    dataset = task.train
+    if len(dataset) < 2:
+        raise DataError(f"task {task.task_id} has {len(dataset)} training images; fine-tuning needs at least 2")
+    # Train-mode BatchNorm cannot normalise a batch of one.
+    batch_size = min(batch_size, len(dataset))
+    if iters == 0:
+        model.eval()
+        return TrainResult(iters=0, final_loss=float("nan"), losses=[], seconds=0.0)
+
+    started = time.perf_counter()
+    losses: list[float] = []
+    device = _device_of(model)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # dropout / drop-path draws
+        generator = torch.Generator().manual_seed(seed)
+        decay, no_decay = _parameter_groups(model)
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=lr, momentum=SGD_MOMENTUM)
+        else:
+            opt = torch.optim.AdamW(groups, lr=lr)
+        schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / iters)))
+        _set_train_mode(model, train_mode_bn)
+        bar = _progress_bar(iters, progress)
+        try:
+            for step, indices in enumerate(_index_stream(len(dataset), batch_size, generator)):
+                if step >= iters:
+                    break
+                images, labels = _fetch(dataset, indices)
+                logits = model(images.to(device))
+                if step == 0:
+                    _check_outputs(logits, task)
+                loss = F.cross_entropy(logits, labels.to(device))
+                if not torch.isfinite(loss):
+                    raise EdgeSmspError(
+                        f"fine-tuning diverged at iteration {step + 1} (loss {loss.item()}); lower the learning rate"
+                    )
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                schedule.step()
+                losses.append(float(loss.detach()))
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+        finally:
+            bar.close()
+            model.eval()
+    final_loss = losses[-1] if losses else float("nan")
+    return TrainResult(iters=len(losses), final_loss=final_loss, losses=losses, seconds=time.perf_counter() - started)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, dataset: Dataset, batch_size: int = 64) -> float:
+    """Top-1 accuracy of the model on a dataset of (image, label) pairs, in [0, 1]."""
+    if len(dataset) == 0:
+        raise DataError("cannot evaluate on an empty dataset")
+    correct = 0
+    device = _device_of(model)
+    with _eval_mode(model):
+        for images, labels in _batches(dataset, batch_size, len(dataset)):
+            predictions = model(images.to(device)).argmax(dim=1).cpu()
+            correct += int((predictions == labels).sum())
+    return correct / len(dataset)
+
+
+@torch.no_grad()
+def predict_proba(
+    model: nn.Module,
+    dataset_or_tensor: Dataset | torch.Tensor,
+    batch_size: int = 64,
+    max_samples: int | None = None,
+) -> np.ndarray:
+    """Softmax outputs (float64, [N, classes]) for the first max_samples images of a dataset or image tensor."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise EdgeSmspError(f"batch size must be a positive integer, got {batch_size}")
+    total = len(dataset_or_tensor)
+    count = total if max_samples is None else min(total, int(max_samples))
+    if count == 0:
+        raise DataError("no images to predict")
+    device = _device_of(model)
+    outputs = []
+    with _eval_mode(model):
+        if isinstance(dataset_or_tensor, torch.Tensor):
+            if dataset_or_tensor.ndim != 4:
+                raise DataError(f"images must be a [N, 3, H, W] tensor, got shape {tuple(dataset_or_tensor.shape)}")
+            batches = ((chunk, None) for chunk in dataset_or_tensor[:count].split(batch_size))
+        else:
+            batches = _batches(dataset_or_tensor, batch_size, count)
+        for images, _ in batches:
+            logits = model(images.to(device=device, dtype=torch.float32))
+            outputs.append(torch.softmax(logits.to(torch.float64), dim=1).cpu())
+    return torch.cat(outputs).numpy()
+
+
+def _index_stream(size: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
+    """Batches of indices from back-to-back shuffled epochs; a batch may span an epoch boundary."""
+    pending = torch.empty(0, dtype=torch.int64)
+    while True:
+        while len(pending) < batch_size:
+            pending = torch.cat([pending, torch.randperm(size, generator=generator)])
+        yield pending[:batch_size]
+        pending = pending[batch_size:]
+
+
+def _fetch(dataset: Dataset, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if hasattr(dataset, "batch"):
+        return dataset.batch(indices)
+    pairs = [dataset[int(index)] for index in indices]
+    return torch.stack([image for image, _ in pairs]), torch.as_tensor([int(label) for _, label in pairs])
+
+
+def _batches(dataset: Dataset, batch_size: int, count: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for start in range(0, count, batch_size):
+        yield _fetch(dataset, torch.arange(start, min(start + batch_size, count)))
+
+
+def _parameter_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    # Decaying BatchNorm/LayerNorm gains and biases only hurts; the usual split: matrices and kernels decay.
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.ndim > 1 else no_decay).append(parameter)
+    return decay, no_decay
+
+
+def _set_train_mode(model: nn.Module, train_mode_bn: bool) -> None:
+    model.train()
+    if not train_mode_bn:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
+
+
+def _check_outputs(logits: torch.Tensor, task: Task) -> None:
+    if logits.ndim != 2 or logits.shape[1] != len(task.classes):
+        raise ModelError(
+            f"the model has {logits.shape[-1]} outputs but task {task.task_id} has {len(task.classes)} classes; "
+            "give it a new classifier first (load_backbone(num_classes=k) or prune.replace_classifier)"
+        )
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else torch.device("cpu")
+
+
+class _eval_mode:
+    """Context manager: eval mode inside, the model's previous mode restored after."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.modes: list[tuple[nn.Module, bool]] = []
+
+    def __enter__(self) -> nn.Module:
+        self.modes = [(module, module.training) for module in self.model.modules()]
+        self.model.eval()
+        return self.model
+
+    def __exit__(self, *exc_info: object) -> None:
+        for module, training in self.modes:
+            module.training = training
+
+
+def _progress_bar(total: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="fine-tune", unit="it", disable=not enabled, leave=False)

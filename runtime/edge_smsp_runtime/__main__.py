@@ -1,0 +1,171 @@
+"""python -m edge_smsp_runtime {bench,infer,finetune,info}: one JSON report on stdout, one-line errors, exit 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from typing import Any, Sequence
+
+from . import __version__
+from .errors import RuntimeToolError, one_line
+
+PROG = "edge-smsp-runtime"
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr and exit 2, like every other error here."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.exit(2)
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
+def _add_session_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--threads", type=_nonnegative_int, default=0, help="intra-op threads (0 = default)")
+    parser.add_argument(
+        "--providers",
+        default="CPUExecutionProvider",
+        help="execution providers in order, comma-separated (those missing here are skipped and reported)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineParser(prog=PROG, description="Benchmark and run edge-smsp ONNX models on this device.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
+    commands.required = True
+
+    bench = commands.add_parser("bench", help="latency, throughput and memory of a model at batch 1")
+    bench.add_argument("--model", required=True, help="ONNX file")
+    bench.add_argument("--warmup", type=_nonnegative_int, default=10, help="warm-up runs, at least 10")
+    bench.add_argument("--runs", type=_nonnegative_int, default=100, help="timed runs, at least")
+    bench.add_argument("--min-seconds", type=float, default=1.0, help="timed seconds, at least")
+    bench.add_argument("--seed", type=int, default=0, help="seed of the fixed random inputs")
+    _add_session_options(bench)
+
+    infer = commands.add_parser(
+        "infer", help="top-k labels of images, labels and preprocessing from metadata"
+    )
+    infer.add_argument("--model", required=True, help="ONNX file exported by edge-smsp")
+    infer.add_argument(
+        "images", nargs="+", metavar="IMAGE", help="image files (.npy/.pgm/.ppm; more with Pillow)"
+    )
+    infer.add_argument("--top-k", type=_nonnegative_int, default=5)
+    _add_session_options(infer)
+
+    finetune = commands.add_parser(
+        "finetune", help="fine-tune a pruned model on an image folder (needs torch)"
+    )
+    finetune.add_argument("--model-dir", required=True, help="directory with model.safetensors + pruned.json")
+    finetune.add_argument("--data", required=True, help="ImageFolder: one sub-directory of images per class")
+    finetune.add_argument("--iters", type=_nonnegative_int, required=True)
+    finetune.add_argument("--out", default=None, help="output directory (default MODEL_DIR/finetuned)")
+    finetune.add_argument("--batch-size", type=_nonnegative_int, default=16)
+    finetune.add_argument("--lr", type=float, default=0.01)
+    finetune.add_argument("--val-fraction", type=float, default=0.2)
+    finetune.add_argument("--max-per-class", type=_nonnegative_int, default=500)
+    finetune.add_argument("--seed", type=int, default=0)
+    finetune.add_argument("--bench-runs", type=_nonnegative_int, default=50)
+    _add_session_options(finetune)
+
+    commands.add_parser("info", help="versions and device facts")
+    return parser
+
+
+def _info() -> dict[str, Any]:
+    from .device import device_facts
+    from .model import import_numpy, import_onnxruntime
+
+    numpy = import_numpy()
+    ort = import_onnxruntime()
+    return {
+        "command": "info",
+        "runtime_version": __version__,
+        "runtime_path": os.path.dirname(os.path.abspath(__file__)),
+        "python_version": platform.python_version(),
+        "numpy_version": numpy.__version__,
+        "onnxruntime_version": ort.__version__,
+        "available_providers": list(ort.get_available_providers()),
+        "device": device_facts(),
+    }
+
+
+def run_command(args: argparse.Namespace) -> dict[str, Any]:
+    """Dispatch a parsed command line to the library; returns the JSON report."""
+    from .model import parse_providers
+
+    if args.command == "info":
+        return _info()
+    providers = parse_providers(args.providers)
+    if args.command == "bench":
+        from .bench import run_bench
+
+        return run_bench(
+            args.model,
+            warmup=args.warmup,
+            runs=args.runs,
+            min_seconds=args.min_seconds,
+            threads=args.threads,
+            providers=providers,
+            seed=args.seed,
+        )
+    if args.command == "infer":
+        from .infer import run_infer
+
+        return run_infer(args.model, args.images, top_k=args.top_k, threads=args.threads, providers=providers)
+    from .finetune import run_finetune
+
+    return run_finetune(
+        args.model_dir,
+        args.data,
+        iters=args.iters,
+        out_dir=args.out,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        val_fraction=args.val_fraction,
+        max_per_class=args.max_per_class,
+        seed=args.seed,
+        threads=args.threads,
+        bench_runs=args.bench_runs,
+        providers=providers,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse, run, print one JSON report; any error is one line on stderr and exit 2."""
+    args = build_parser().parse_args(argv)
+    try:
+        report = run_command(args)
+    except RuntimeToolError as error:
+        sys.stderr.write(f"{PROG} {args.command}: error: {one_line(error)}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{PROG} {args.command}: interrupted\n")
+        return 130
+    except (
+        Exception
+    ) as error:  # the contract is one line and exit 2, even for bugs; set the variable to debug
+        if os.environ.get("EDGE_SMSP_RUNTIME_DEBUG"):
+            raise
+        sys.stderr.write(f"{PROG} {args.command}: error: {type(error).__name__}: {one_line(error)}\n")
+        return 2
+    sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

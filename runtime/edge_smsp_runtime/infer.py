@@ -1,0 +1,129 @@
+"""Top-k classification of image files, with labels and preprocessing read from the model's metadata."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from . import __version__
+from .errors import RuntimeToolError, one_line
+from .images import load_image, preprocess
+from .model import (
+    create_session,
+    import_numpy,
+    metadata_input_size,
+    metadata_json,
+    model_metadata,
+)
+
+
+def _channel_list(value: Any, key: str, channels: int) -> list[float] | None:
+    if value is None:
+        return None
+    if isinstance(value, (int, float)):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(item, (int, float)) for item in value):
+        raise RuntimeToolError(f"model metadata {key!r} must be a JSON list of numbers, got {value!r}")
+    if len(value) == 1:
+        value = value * channels
+    if len(value) != channels:
+        raise RuntimeToolError(
+            f"model metadata {key!r} has {len(value)} values for a {channels}-channel input"
+        )
+    return [float(item) for item in value]
+
+
+def _softmax(logits: Any) -> Any:
+    np = import_numpy()
+    shifted = logits - logits.max()
+    exp = np.exp(shifted)
+    return exp / exp.sum()
+
+
+def run_infer(
+    model_path: str,
+    images: list[str],
+    *,
+    top_k: int = 5,
+    threads: int = 0,
+    providers: list[str] | None = None,
+    use_pillow: bool = True,
+) -> dict[str, Any]:
+    """Classify each image (batch 1) and return its top-k labels with softmax probabilities."""
+    np = import_numpy()
+    if top_k < 1:
+        raise RuntimeToolError("--top-k must be at least 1")
+    if not images:
+        raise RuntimeToolError("give at least one image")
+    session, _ = create_session(model_path, list(providers or ["CPUExecutionProvider"]), threads)
+    metadata = model_metadata(session)
+    notes = []
+    model_input = session.get_inputs()[0]
+    shape = list(model_input.shape)
+    if len(shape) != 4:
+        raise RuntimeToolError(
+            f"input {model_input.name!r} has shape {shape}; infer expects an NCHW image input"
+        )
+    channels = shape[1] if isinstance(shape[1], int) and shape[1] > 0 else 3
+    size = metadata_input_size(metadata)
+    if size is None:
+        if not all(isinstance(side, int) and side > 0 for side in shape[2:]):
+            raise RuntimeToolError("the model has no 'input_size' metadata and a symbolic input size")
+        size = (shape[2], shape[3])
+        notes.append("no 'input_size' metadata: used the graph's input shape")
+    mean = _channel_list(metadata_json(metadata, "mean"), "mean", channels)
+    std = _channel_list(metadata_json(metadata, "std"), "std", channels)
+    if mean is None or std is None:
+        mean = mean or [0.0] * channels
+        std = std or [1.0] * channels
+        notes.append("no 'mean'/'std' metadata: pixels fed in [0, 1] without normalisation")
+    if any(value == 0 for value in std):
+        raise RuntimeToolError("model metadata 'std' contains a zero")
+    labels = metadata_json(metadata, "labels")
+    if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
+        raise RuntimeToolError("model metadata 'labels' must be a JSON list of strings")
+    if labels is None:
+        notes.append("no 'labels' metadata: labels are class indices")
+
+    results = []
+    for path in images:
+        batch = preprocess(load_image(path, use_pillow=use_pillow), size, channels, mean, std)
+        try:
+            started = time.perf_counter_ns()
+            outputs = session.run(None, {model_input.name: batch})
+            latency_ms = (time.perf_counter_ns() - started) / 1e6
+        except Exception as error:  # onnxruntime's own exception types
+            raise RuntimeToolError(f"inference failed on {path}: {one_line(error)}") from None
+        logits = np.asarray(outputs[0], dtype=np.float64).reshape(-1)
+        if labels is not None and len(labels) != logits.size:
+            raise RuntimeToolError(
+                f"model has {logits.size} outputs but its metadata lists {len(labels)} labels"
+            )
+        probabilities = _softmax(logits)
+        order = np.argsort(-probabilities, kind="stable")[:top_k]
+        results.append(
+            {
+                "image": path,
+                "top_k": [
+                    {
+                        "index": int(index),
+                        "label": labels[index] if labels is not None else str(int(index)),
+                        "probability": round(float(probabilities[index]), 6),
+                    }
+                    for index in order
+                ],
+                "latency_ms": round(latency_ms, 4),
+            }
+        )
+    return {
+        "command": "infer",
+        "runtime_version": __version__,
+        "model_path": os.path.abspath(model_path),
+        "providers": list(session.get_providers()),
+        "input_size": list(size),
+        "mean": mean,
+        "std": std,
+        "notes": notes,
+        "results": results,
+    }

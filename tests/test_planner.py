@@ -1,0 +1,175 @@
+"""Planner: costs of really pruned models, latency model fitting, smallest fitting ratio, impossible budgets."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from edge_smsp import zoo
+from edge_smsp.errors import PlanError
+from edge_smsp.planner import (
+    RUNTIME_OVERHEAD_BYTES,
+    WEIGHT_COPIES,
+    Measurement,
+    cost_at_ratio,
+    fit_latency_model,
+    measure_cost,
+    plan,
+    predict_memory_bytes,
+    structure_hash,
+)
+from edge_smsp.profiles import load_profile
+
+SIZE = 32
+RATIOS = (0.0, 0.25, 0.5, 0.75)
+
+
+@pytest.fixture(scope="module")
+def backbone() -> nn.Module:
+    torch.set_num_threads(1)
+    return zoo.load_backbone("resnet18", num_classes=10, image_size=SIZE)
+
+
+@pytest.fixture(scope="module")
+def costs(backbone: nn.Module) -> dict[float, object]:
+    return {ratio: cost_at_ratio(backbone, SIZE, ratio) for ratio in RATIOS}
+
+
+def _profile(**changes):
+    profile = load_profile("localhost")
+    return dataclasses.replace(profile, input_size=SIZE, **changes)
+
+
+def test_more_pruning_means_fewer_macs_params_and_memory(backbone: nn.Module, costs: dict) -> None:
+    ordered = [costs[ratio] for ratio in RATIOS]
+    for smaller, larger in zip(ordered[1:], ordered[:-1], strict=True):
+        assert smaller.macs < larger.macs
+        assert smaller.params < larger.params
+        assert smaller.weight_bytes == 4 * smaller.params
+        assert smaller.peak_activation_bytes <= larger.peak_activation_bytes
+    full = costs[0.0]
+    assert full.params == sum(parameter.numel() for parameter in backbone.parameters())
+    # resnet18 is 1.82 GMAC at 224 px; convolution cost scales with the pixel count.
+    assert full.macs == pytest.approx(1.8136e9 * (SIZE / 224) ** 2, rel=0.02)
+    # The input image and the first convolution's output are alive together.
+    assert full.peak_activation_bytes >= 4 * (3 * SIZE * SIZE + 64 * (SIZE // 2) ** 2)
+
+
+def test_cost_comes_from_the_pruned_model_and_is_cached(backbone: nn.Module, costs: dict) -> None:
+    from edge_smsp.prune import prune
+
+    pruned, summary = prune(backbone, ratio=0.5, image_size=SIZE)
+    direct = measure_cost(pruned, SIZE, ratio=0.5)
+    assert direct == costs[0.5]
+    assert summary.params_after == costs[0.5].params
+    assert cost_at_ratio(backbone, SIZE, 0.5) is costs[0.5]
+    assert structure_hash(backbone) != structure_hash(pruned)
+
+
+def test_vit_macs_include_attention() -> None:
+    model = zoo.load_backbone("deit_small_patch16_224", num_classes=10, image_size=SIZE)
+    cost = measure_cost(model, SIZE)
+    tokens, width, depth = (SIZE // 16) ** 2 + 1, 384, 12
+    linear = depth * tokens * (4 * width * width + 8 * width * width)
+    attention = depth * 2 * tokens * tokens * width
+    assert cost.macs >= linear + attention
+    assert cost.macs == pytest.approx(
+        linear + attention + 3 * 16 * 16 * width * (SIZE // 16) ** 2 + width * 10, rel=0.01
+    )
+
+
+def test_memory_model_adds_overhead_weights_and_activations(costs: dict) -> None:
+    profile = _profile()
+    cost = costs[0.25]
+    expected = RUNTIME_OVERHEAD_BYTES + WEIGHT_COPIES * cost.weight_bytes + cost.peak_activation_bytes
+    assert predict_memory_bytes(cost, profile) == int(expected)
+    gpu = _profile(runtime_overhead_bytes=600 * 1024**2, batch_size=4)
+    assert predict_memory_bytes(cost, gpu) == int(
+        600 * 1024**2 + WEIGHT_COPIES * cost.weight_bytes + 4 * cost.peak_activation_bytes
+    )
+
+
+def test_smallest_fitting_ratio_is_chosen(backbone: nn.Module, costs: dict) -> None:
+    memory = {ratio: predict_memory_bytes(costs[ratio], _profile()) for ratio in RATIOS}
+    profile = _profile(memory_budget_bytes=memory[0.5] + 1, latency_target_ms=1e6)
+    for search in ("grid", "bisect"):
+        result = plan(profile, backbone, ratios=RATIOS, search=search)
+        assert result.ratio == 0.5
+        assert result.memory_bytes == memory[0.5] <= profile.memory_budget_bytes
+        tried = {candidate.ratio: candidate for candidate in result.candidates}
+        assert not tried[0.25].fits_memory
+        assert tried[0.5].fits
+    grid = plan(profile, backbone, ratios=RATIOS, search="grid")
+    assert [candidate.ratio for candidate in grid.candidates] == [0.0, 0.25, 0.5]
+    payload = grid.to_dict()
+    assert payload["ratio"] == 0.5 and payload["latency_model"]["source"] == "hint"
+    assert len(payload["candidates"]) == 3
+
+
+def test_latency_target_binds_too(backbone: nn.Module, costs: dict) -> None:
+    latency = {ratio: 0.5 + costs[ratio].macs / 1e9 * 50 for ratio in RATIOS}
+    measurements = [Measurement(ratio=r, latency_ms={"p90": latency[r]}) for r in (0.0, 0.75)]
+    profile = _profile(memory_budget_bytes=10 * 1024**3, latency_target_ms=latency[0.25] - 1e-3)
+    result = plan(profile, backbone, measurements, ratios=RATIOS)
+    assert result.ratio == 0.5
+    assert result.latency_model.source == "fit"
+    assert result.predicted_latency_ms == pytest.approx(latency[0.5], rel=1e-6)
+
+
+def test_impossible_budget_reports_best_achievable(backbone: nn.Module, costs: dict) -> None:
+    profile = _profile(memory_budget_bytes=16 * 1024**2, latency_target_ms=1e-4)
+    with pytest.raises(PlanError) as caught:
+        plan(profile, backbone, ratios=RATIOS)
+    text = str(caught.value)
+    best_memory = predict_memory_bytes(costs[0.75], profile) / 1024**2
+    assert f"{best_memory:.1f} MiB (budget 16.0 MiB)" in text
+    assert "best achievable (ratio 0.75)" in text
+    assert "raise memory_budget" in text and "raise latency_target_ms" in text
+    assert "\n" not in text
+
+
+def test_fitted_latency_model_reproduces_measurements(backbone: nn.Module, costs: dict) -> None:
+    profile = _profile()
+    intercept, per_gmac = 1.7, 42.0
+    records = [
+        {"ratio": ratio, "latency_ms": {"p50": 0.0, "p90": intercept + per_gmac * costs[ratio].macs / 1e9}}
+        for ratio in (0.0, 0.25, 0.5)
+    ]
+    model = fit_latency_model(profile, records, macs_at_ratio=lambda r: cost_at_ratio(backbone, SIZE, r).macs)
+    assert model.source == "fit" and model.n_measurements == 3
+    assert model.intercept_ms == pytest.approx(intercept, abs=1e-6)
+    assert model.ms_per_gmac == pytest.approx(per_gmac, rel=1e-6)
+    for record in records:
+        macs = cost_at_ratio(backbone, SIZE, record["ratio"]).macs
+        assert model.predict(macs) == pytest.approx(record["latency_ms"]["p90"], rel=1e-6)
+
+
+def test_one_measurement_scales_and_none_uses_hint(costs: dict) -> None:
+    profile = _profile()
+    macs = costs[0.25].macs
+    scaled = fit_latency_model(profile, [{"ratio": 0.25, "macs": macs, "latency_ms": {"p90": 8.0}}])
+    assert scaled.source == "scaled"
+    assert scaled.predict(macs) == pytest.approx(8.0)
+    assert scaled.predict(2 * macs) == pytest.approx(16.0)
+    hint = fit_latency_model(profile, [])
+    assert hint.source == "hint"
+    assert hint.predict(2e9) == pytest.approx(
+        profile.latency_overhead_ms + 2e9 / 1e9 / profile.throughput_gmacs * 1000
+    )
+    # Measurements without the profile's percentile are not used.
+    assert (
+        fit_latency_model(profile, [{"ratio": 0.25, "macs": macs, "latency_ms": {"p50": 3.0}}]).source
+        == "hint"
+    )
+
+
+def test_bad_inputs_are_plan_errors(backbone: nn.Module) -> None:
+    with pytest.raises(PlanError, match="ratios must be in"):
+        plan(_profile(), backbone, ratios=(0.0, 1.0))
+    with pytest.raises(PlanError, match="search must be one of"):
+        plan(_profile(), backbone, search="random")
+    with pytest.raises(PlanError, match="needs ratio and latency_ms"):
+        fit_latency_model(_profile(), [{"latency_ms": 3.0}])

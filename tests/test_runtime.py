@@ -1,0 +1,311 @@
+"""Device runtime: bench and infer reports on real ONNX models, one-line errors, numpy-only image decoding."""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from edge_smsp_runtime import METADATA_KEYS
+from edge_smsp_runtime.errors import RuntimeToolError
+from edge_smsp_runtime.images import load_image, preprocess, resize_and_crop, resize_antialiased
+
+from tests.tiny_onnx import COLOR_LABELS, color_classifier, tiny_convnet
+
+RUNTIME_DIR = Path(__file__).resolve().parents[1] / "runtime"
+
+BENCH_KEYS = {
+    "command",
+    "runtime_version",
+    "runtime_path",
+    "model_path",
+    "model_size_bytes",
+    "model_sha256",
+    "opset",
+    "ir_version",
+    "inputs",
+    "outputs",
+    "input_shape",
+    "metadata",
+    "batch_size",
+    "warmup_runs",
+    "min_runs",
+    "min_seconds",
+    "runs",
+    "seed",
+    "threads",
+    "providers_requested",
+    "providers_unavailable",
+    "providers",
+    "session_creation_ms",
+    "first_inference_ms",
+    "latency_ms",
+    "measured_seconds",
+    "throughput_ips",
+    "baseline_rss_mib",
+    "peak_rss_mib",
+    "onnxruntime_version",
+    "numpy_version",
+    "python_version",
+    "device",
+}
+
+
+def run_runtime(*args: str, python: str = sys.executable) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, PYTHONPATH=str(RUNTIME_DIR))
+    return subprocess.run(
+        [python, "-m", "edge_smsp_runtime", *args], capture_output=True, text=True, env=env, timeout=60
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.fixture(scope="module")
+def convnet(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_convnet(tmp_path_factory.mktemp("models") / "tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def colors(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return color_classifier(tmp_path_factory.mktemp("models") / "colors.onnx")
+
+
+def test_bench_report_has_every_key_with_sane_values(convnet: Path) -> None:
+    result = run_runtime(
+        "bench", "--model", str(convnet), "--runs", "40", "--min-seconds", "0", "--seed", "3"
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report.keys() >= BENCH_KEYS
+    latency = report["latency_ms"]
+    assert 0 < latency["min"] <= latency["p50"] <= latency["p90"] <= latency["p99"] <= latency["max"]
+    assert latency["min"] <= latency["mean"] <= latency["max"] and latency["std"] >= 0
+    assert report["runs"] >= 40 and report["warmup_runs"] >= 10 and report["batch_size"] == 1
+    assert report["throughput_ips"] == pytest.approx(report["runs"] / report["measured_seconds"], rel=0.01)
+    assert report["session_creation_ms"] > 0 and report["first_inference_ms"] > 0
+    assert report["model_sha256"] == hashlib.sha256(convnet.read_bytes()).hexdigest()
+    assert report["model_size_bytes"] == convnet.stat().st_size
+    assert report["opset"] == 17 and report["ir_version"] == 8
+    assert report["input_shape"] == [1, 3, 16, 16]  # symbolic batch dimension benchmarked at batch 1
+    assert report["providers"] == ["CPUExecutionProvider"]
+    assert set(METADATA_KEYS) <= report["metadata"].keys()
+    assert json.loads(report["metadata"]["labels"]) == ["class_0", "class_1", "class_2", "class_3"]
+    assert report["peak_rss_mib"] >= report["baseline_rss_mib"] > 0
+    device = report["device"]
+    assert device["cores"] >= 1 and device["total_ram_mib"] > 0 and device["cpu_model"]
+    assert report["python_version"] == ".".join(map(str, sys.version_info[:3]))
+
+
+def test_bench_runs_until_both_count_and_seconds_are_reached(convnet: Path) -> None:
+    result = run_runtime("bench", "--model", str(convnet), "--runs", "1", "--min-seconds", "0.3")
+    report = json.loads(result.stdout)
+    assert report["measured_seconds"] >= 0.3
+    assert report["runs"] > 1
+
+
+def test_bench_skips_unavailable_providers_and_reports_them(convnet: Path) -> None:
+    result = run_runtime(
+        "bench", "--model", str(convnet), "--runs", "5", "--min-seconds", "0",
+        "--providers", "TensorrtExecutionProvider,CPUExecutionProvider",
+    )  # fmt: skip
+    report = json.loads(result.stdout)
+    assert report["providers_requested"] == ["TensorrtExecutionProvider", "CPUExecutionProvider"]
+    assert report["providers_unavailable"] == ["TensorrtExecutionProvider"]
+    assert report["providers"] == ["CPUExecutionProvider"]
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--warmup", "3"], "at least 10"),
+        (["--providers", "NoSuchExecutionProvider"], "unknown execution provider"),
+    ],
+)
+def test_bench_rejects_bad_options_in_one_line(convnet: Path, args: list[str], fragment: str) -> None:
+    assert_one_line_error(run_runtime("bench", "--model", str(convnet), *args), fragment)
+
+
+def test_corrupt_or_missing_model_is_one_line_exit_2(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"\x08\x07this is not a protobuf model" * 10)
+    assert_one_line_error(run_runtime("bench", "--model", str(corrupt)), "cannot load model", "corrupt.onnx")
+    assert_one_line_error(run_runtime("infer", "--model", str(corrupt), str(corrupt)), "cannot load model")
+    assert_one_line_error(run_runtime("bench", "--model", str(tmp_path / "absent.onnx")), "not found")
+    assert_one_line_error(run_runtime("bench"), "--model")  # usage errors are one line too
+
+
+def _solid(color: int, size: int = 20) -> np.ndarray:
+    image = np.zeros((size, size + 4, 3), dtype=np.uint8)
+    image[:, :, color] = 230
+    return image
+
+
+def test_infer_reads_labels_and_normalisation_from_metadata(colors: Path, tmp_path: Path) -> None:
+    PIL = pytest.importorskip("PIL.Image")
+    from sklearn.datasets import load_sample_image
+
+    red_png = tmp_path / "red.png"
+    PIL.fromarray(_solid(0)).save(red_png)
+    green_npy = tmp_path / "green.npy"
+    np.save(green_npy, _solid(1))
+    blue_ppm = tmp_path / "blue.ppm"
+    PIL.fromarray(_solid(2)).save(blue_ppm)
+    photo = tmp_path / "flower photo.jpg"  # a real photograph: a red flower amid green leaves
+    pixels = load_sample_image("flower.jpg")
+    PIL.fromarray(pixels).save(photo, quality=95)
+    # Like the host, the runtime keeps the centre square (the flower), not the whole frame (mostly leaves).
+    height, width = pixels.shape[:2]
+    centre = pixels[:, (width - height) // 2 :][:, :height].reshape(-1, 3).mean(axis=0)
+    assert COLOR_LABELS[int(np.argmax(pixels.reshape(-1, 3).mean(axis=0)))] == "green"
+    photo_label = COLOR_LABELS[int(np.argmax(centre))]
+
+    images = [red_png, green_npy, blue_ppm, photo]
+    result = run_runtime("infer", "--model", str(colors), *map(str, images), "--top-k", "2")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["notes"] == [] and report["input_size"] == [16, 16]
+    tops = [entry["top_k"] for entry in report["results"]]
+    assert [top[0]["label"] for top in tops] == ["red", "green", "blue", photo_label]
+    assert photo_label == "red"
+    assert all(len(top) == 2 and top[0]["probability"] >= top[1]["probability"] for top in tops)
+    assert all(top[0]["label"] in COLOR_LABELS for top in tops)
+    # Solid colour: (230/255 - 0.5) / 0.5 on its channel against (0 - 0.5) / 0.5 = -1 on the other two.
+    logits = np.array([2 * 230 / 255 - 1, -1.0, -1.0])
+    softmax = np.exp(logits) / np.exp(logits).sum()
+    assert tops[0][0]["probability"] == pytest.approx(softmax[0], abs=1e-4)
+
+
+def test_numpy_decoders_read_pgm_ppm_and_npy_without_pillow(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, size=(5, 7, 3), dtype=np.uint8)
+    ppm = tmp_path / "image.ppm"
+    ppm.write_bytes(b"P6\n# written by a test\n7 5\n255\n" + rgb.tobytes())
+    np.testing.assert_allclose(load_image(str(ppm), use_pillow=False), rgb / 255.0, atol=1e-6)
+
+    grey16 = rng.integers(0, 1000, size=(4, 6), dtype=np.uint16)
+    pgm = tmp_path / "image.pgm"
+    pgm.write_bytes(b"P5 6 4 999\n" + grey16.astype(">u2").tobytes())
+    np.testing.assert_allclose(load_image(str(pgm), use_pillow=False)[:, :, 0], grey16 / 999.0, atol=1e-6)
+
+    chw = tmp_path / "chw.npy"
+    np.save(chw, rgb.transpose(2, 0, 1))
+    np.testing.assert_allclose(load_image(str(chw), use_pillow=False), rgb / 255.0, atol=1e-6)
+
+    jpeg = tmp_path / "photo.jpg"
+    jpeg.write_bytes(b"\xff\xd8\xff\xe0 not decoded without pillow")
+    with pytest.raises(RuntimeToolError, match="pip install pillow"):
+        load_image(str(jpeg), use_pillow=False)
+    truncated = tmp_path / "short.ppm"
+    truncated.write_bytes(b"P6\n7 5\n255\n" + rgb.tobytes()[:20])
+    with pytest.raises(RuntimeToolError, match="truncated"):
+        load_image(str(truncated), use_pillow=False)
+
+
+def test_resize_and_crop_match_the_hosts_torch_preprocessing() -> None:
+    torch = pytest.importorskip("torch")
+    functional = torch.nn.functional
+    image = np.random.default_rng(1).integers(0, 256, size=(37, 23, 3)).astype(np.float32)
+    for height, width in [(16, 16), (5, 7), (37, 23), (64, 40)]:  # down, mixed, same, up
+        expected = functional.interpolate(
+            torch.from_numpy(image.transpose(2, 0, 1))[None],
+            size=(height, width),
+            mode="bilinear",
+            antialias=True,
+            align_corners=False,
+        )[0].numpy()
+        np.testing.assert_allclose(
+            resize_antialiased(image, height, width).transpose(2, 0, 1), expected, atol=1e-3
+        )
+    # The host (edge_smsp.data): shorter side to 16 (37x23 -> 26x16), centre crop, rounded uint8 pixels.
+    resized = functional.interpolate(
+        torch.from_numpy(image.transpose(2, 0, 1))[None],
+        size=(26, 16),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    )
+    host = resized[0, :, 5:21, :].round().clamp(0, 255).numpy().transpose(1, 2, 0) / 255.0
+    np.testing.assert_allclose(resize_and_crop(image / 255.0, 16, 16), host, atol=1.5 / 255)
+    batch = preprocess(image[:, :, :1] / 255.0, (8, 8), 3, [0.5, 0.5, 0.5], [0.25, 0.25, 0.25])
+    assert batch.shape == (1, 3, 8, 8) and batch.dtype == np.float32
+    np.testing.assert_array_equal(batch[0, 0], batch[0, 2])  # grey input replicated to three channels
+
+
+def test_device_python_without_torch_runs_bench_and_refuses_finetune(
+    device_python: str, convnet: Path, tmp_path: Path
+) -> None:
+    report = json.loads(
+        run_runtime("bench", "--model", str(convnet), "--runs", "5", python=device_python).stdout
+    )
+    assert report["runs"] >= 5
+    no_torch = subprocess.run([device_python, "-c", "import torch"], capture_output=True, timeout=60)
+    assert no_torch.returncode != 0
+    result = run_runtime(
+        "finetune",
+        "--model-dir",
+        str(tmp_path),
+        "--data",
+        str(tmp_path),
+        "--iters",
+        "1",
+        python=device_python,
+    )
+    assert_one_line_error(result, "pip install torch")
+
+
+def test_runtime_sources_parse_as_python_3_8() -> None:
+    for source in sorted((RUNTIME_DIR / "edge_smsp_runtime").glob("*.py")):
+        tree = ast.parse(source.read_text(), filename=str(source), feature_version=(3, 8))
+        lazy = any(isinstance(node, ast.ImportFrom) and node.module == "__future__" for node in tree.body)
+        annotated = any(isinstance(node, (ast.AnnAssign, ast.FunctionDef)) for node in ast.walk(tree))
+        # Annotations like `str | None` and `list[int]` only work on 3.8 when never evaluated (PEP 563).
+        assert lazy or not annotated, f"{source.name} needs `from __future__ import annotations`"
+
+
+@pytest.mark.slow  # about a minute on two shared cores: torch import, pruning replay, dynamo export
+def test_finetune_adapts_a_pruned_model_then_exports_and_benchmarks(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    PIL = pytest.importorskip("PIL.Image")
+    from edge_smsp import zoo
+    from edge_smsp.prune import prune, save_pruned
+
+    pruned, _ = prune(zoo.load_backbone("resnet18", num_classes=4, image_size=32), ratio=0.5)
+    save_pruned(pruned, tmp_path / "pruned", {"backbone": "resnet18", "image_size": 32, "ratio": 0.5})
+    rng = np.random.default_rng(0)
+    for name, channel in (("reds", 0), ("blues", 2)):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for index in range(5):
+            image = rng.integers(0, 60, size=(24, 24, 3), dtype=np.uint8)
+            image[:, :, channel] = 200
+            PIL.fromarray(image).save(tmp_path / "data" / name / f"{index}.png")
+
+    result = run_runtime(
+        "finetune", "--model-dir", str(tmp_path / "pruned"), "--data", str(tmp_path / "data"),
+        "--iters", "3", "--batch-size", "4", "--bench-runs", "5", "--out", str(tmp_path / "tuned"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["classes"] == ["blues", "reds"] and report["train_images"] + report["val_images"] == 10
+    assert report["export_max_abs_diff"] <= 1e-4 and np.isfinite(report["final_loss"])
+    assert (
+        report["bench"]["runs"] >= 5
+        and report["bench"]["model_sha256"]
+        == hashlib.sha256(Path(report["onnx_path"]).read_bytes()).hexdigest()
+    )
+    assert json.loads(report["bench"]["metadata"]["labels"]) == ["blues", "reds"]
+    infer = run_runtime("infer", "--model", report["onnx_path"], str(tmp_path / "data" / "reds" / "0.png"))
+    assert json.loads(infer.stdout)["results"][0]["top_k"][0]["label"] in ("blues", "reds")

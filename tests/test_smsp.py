@@ -1,0 +1,221 @@
+"""SMSP end to end on real data: bundled EfficientNet-Lite0 ImageNet weights and Fashion-MNIST tasks at 32 px."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edge_smsp import smsp
+from edge_smsp.cli import main
+from edge_smsp.data import load_task
+from edge_smsp.errors import PoolError
+from edge_smsp.pool import Pool
+from edge_smsp.prune import load_pruned
+from edge_smsp.units import unit_groups
+from edge_smsp.zoo import backbone_spec, load_backbone
+
+SIZE = 32
+SMALL_TASK = ["--image-size", str(SIZE), "--train-per-class", "24", "--val-per-class", "12", "--batch-size", "16"]
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return load_backbone("efficientnet_lite0", pretrained=True, image_size=SIZE)
+
+
+def task_of(backbone, classes, train_per_class=40, val_per_class=20):
+    spec = backbone_spec(backbone)
+    return load_task(
+        "fashion-mnist",
+        classes,
+        image_size=SIZE,
+        mean=spec.mean,
+        std=spec.std,
+        train_per_class=train_per_class,
+        val_per_class=val_per_class,
+    )
+
+
+@pytest.fixture(scope="module")
+def built_pool(backbone, tmp_path_factory):
+    """Two pool tasks pruned from scratch: tops (0,1,2) and footwear/bags (5,7,8)."""
+    path = tmp_path_factory.mktemp("pool") / "pool.sqlite"
+    config = smsp.AdaptConfig(ratio=0.5, iters=30, method="scratch", scratch_rounds=2, batch_size=16)
+    with Pool(path) as pool:
+        added = smsp.build_pool(backbone, pool, [task_of(backbone, (0, 1, 2)), task_of(backbone, (5, 7, 8))], config)
+    assert len(added) == 2
+    return path
+
+
+def test_pool_entries_hold_masks_scores_and_loadable_models(backbone, built_pool, tmp_path):
+    groups = {group.key: group.size for group in unit_groups(backbone)}
+    with Pool(built_pool, create=False) as pool:
+        entries = pool.entries()
+        assert [entry.task.classes for entry in entries] == [(0, 1, 2), (5, 7, 8)]
+        for entry in entries:
+            masks = pool.entry_masks(entry.id)
+            scores = pool.entry_scores(entry.id)
+            assert set(masks) == set(groups)
+            assert all(len(masks[key]) == size for key, size in groups.items())
+            # The stored mask keeps the units the stored scores rank highest in every group.
+            for key in groups:
+                kept = int(masks[key].sum())
+                top = set(np.argsort(-scores[key], kind="stable")[:kept])
+                assert top == set(np.flatnonzero(masks[key])), key
+            model, meta = load_pruned(pool.materialise_model_dir(entry.id, tmp_path / str(entry.id)))
+            assert meta["num_classes"] == 3
+            assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in backbone.parameters())
+            assert model(torch.zeros(1, 3, SIZE, SIZE)).shape == (1, 3)
+
+
+def test_smsp_ranks_the_task_sharing_classes_first_and_lands_in_the_pool(backbone, built_pool, tmp_path):
+    path = tmp_path / "pool.sqlite"
+    path.write_bytes(built_pool.read_bytes())
+    new_task = task_of(backbone, (0, 1, 3))
+    config = smsp.AdaptConfig(ratio=0.5, iters=10, method="smsp", top_k=1, batch_size=16)
+    with Pool(path) as pool:
+        result = smsp.adapt(backbone, pool, new_task, config)
+        entry_id = smsp.add_to_pool(pool, backbone, result)
+        stored = pool.entry(entry_id)
+        stored_masks = pool.entry_masks(entry_id)
+    ranked = [similar.task_id for similar in result.similar_tasks]
+    assert ranked[0] == "fashion-mnist:0-1-2"
+    assert [similar.selected for similar in result.similar_tasks] == [True, False]
+    assert result.similar_tasks[0].leep > result.similar_tasks[1].leep
+    assert 0.0 <= result.val_accuracy <= 1.0
+    assert result.summary.params_after < result.summary.params_before
+    assert stored.task.task_key == "fashion-mnist:0-1-3" and stored.method == "smsp"
+    # With K=1 the score mask is the selected entry's mask, so the adapted model keeps exactly its units.
+    with Pool(path, create=False) as pool:
+        selected_masks = pool.entry_masks(result.similar_tasks[0].entry_id)
+    for key, mask in selected_masks.items():
+        assert np.array_equal(mask, stored_masks[key]), key
+
+
+def test_score_mask_sums_selected_masks(built_pool):
+    with Pool(built_pool, create=False) as pool:
+        entries = pool.entries()
+        summed = smsp.score_mask(pool, [(entry, -1.0) for entry in entries])
+        masks = [pool.entry_masks(entry.id) for entry in entries]
+        weighted = smsp.score_mask(pool, [(entries[0], -0.1), (entries[1], -5.0)], weighting="leep")
+    for key, values in summed.items():
+        assert np.array_equal(values, masks[0][key].astype(float) + masks[1][key].astype(float))
+        # LEEP weighting leans towards the more similar entry.
+        assert np.all((weighted[key] > 0.5) == masks[0][key].astype(bool)) or not np.any(
+            masks[0][key] != masks[1][key]
+        )
+
+
+@pytest.mark.parametrize("method", ["random", "magnitude", "taylor", "smsp-random"])
+def test_baselines_share_the_same_path_and_size(backbone, built_pool, method):
+    task = task_of(backbone, (2, 4, 6), train_per_class=20, val_per_class=10)
+    config = smsp.AdaptConfig(ratio=0.5, iters=2, method=method, top_k=2, batch_size=16)
+    with Pool(built_pool, create=False) as pool:
+        result = smsp.adapt(backbone, pool, task, config)
+    reference = smsp.adapt(backbone, None, task, smsp.AdaptConfig(ratio=0.5, iters=0, method="magnitude"))
+    assert result.summary.params_after == reference.summary.params_after
+    assert result.model(torch.zeros(2, 3, SIZE, SIZE)).shape == (2, 3)
+
+
+def test_adapt_cli_json_and_saved_model(built_pool, tmp_path):
+    pool = tmp_path / "pool.sqlite"
+    pool.write_bytes(built_pool.read_bytes())
+    out = tmp_path / "adapted"
+    code, report, _ = run_cli(
+        ["adapt", "--classes", "0,1,3", "--ratio", "0.5", "--iters", "3", "--top-k", "1",
+         "--pool", str(pool), "--out", str(out), "--add-to-pool", "--json", *SMALL_TASK]
+    )
+    assert code == 0
+    for key in ("method", "ratio", "iters", "val_accuracy", "params_after", "macs_after", "similar_tasks", "seconds"):
+        assert key in report
+    assert set(report["seconds"]) >= {"similarity", "pruning", "finetuning"}
+    assert report["similar_tasks"][0]["task_id"] == "fashion-mnist:0-1-2"
+    model, meta = load_pruned(out)
+    assert meta["class_names"] == ["T-shirt/top", "Trouser", "Dress"]
+    assert sum(p.numel() for p in model.parameters()) == report["params_after"]
+    with sqlite3.connect(pool) as connection:
+        assert connection.execute("SELECT count(*) FROM entries").fetchone()[0] == 3
+
+
+def run_cli(argv, capsys=None):
+    completed = subprocess.run(
+        [sys.executable, "-m", "edge_smsp", *argv], capture_output=True, text=True, timeout=600
+    )
+    report = json.loads(completed.stdout) if completed.returncode == 0 and "--json" in argv else None
+    return completed.returncode, report, completed.stderr
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--dataset", "mnist-digits", "--classes", "0,1", "--method", "magnitude"], "unknown dataset"),
+        (["--classes", "0,1,12", "--method", "magnitude"], "out of range"),
+        (["--classes", "0,1", "--method", "smsp", "--pool", "{empty}"], "build"),
+        (["--classes", "0,1", "--method", "smsp", "--pool", "{corrupt}"], "pool"),
+        (["--classes", "0,1", "--method", "smsp", "--pool", "{built}", "--backbone", "resnet18"], "resnet18"),
+    ],
+)
+def test_adapt_bad_input_one_line_exit_2(argv, message, tmp_path, built_pool, capsys):
+    empty = tmp_path / "empty.sqlite"
+    Pool(empty).close()
+    corrupt = tmp_path / "corrupt.sqlite"
+    corrupt.write_bytes(b"SQLite format 3\x00" + os.urandom(4096))
+    paths = {"{empty}": str(empty), "{corrupt}": str(corrupt), "{built}": str(built_pool)}
+    argv = [paths.get(part, part) for part in argv]
+    out = tmp_path / "out"
+    code = main(["adapt", "--ratio", "0.5", "--iters", "1", "--out", str(out), *SMALL_TASK, *argv])
+    captured = capsys.readouterr()
+    assert code == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0].lower(), captured.err
+    assert "Traceback" not in captured.err
+    assert not out.exists()
+
+
+def test_pool_of_another_backbone_is_refused(built_pool):
+    other = load_backbone("resnet18", image_size=SIZE)
+    with Pool(built_pool, create=False) as pool, pytest.raises(PoolError, match="none for these resnet18"):
+        smsp.pool_entries_for(pool, other)
+
+
+def test_killed_pool_build_keeps_finished_entries_and_resumes(tmp_path):
+    pool = tmp_path / "pool.sqlite"
+    argv = [sys.executable, "-m", "edge_smsp", "pool", "build", "--tasks", "3", "--classes-per-task", "2",
+            "--ratio", "0.5", "--iters", "2", "--rounds", "1", "--pool", str(pool), "--json", *SMALL_TASK]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and count_entries(pool) < 1:
+            assert process.poll() is None, process.stderr.read().decode()
+            time.sleep(0.2)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    survivors = count_entries(pool)
+    assert 1 <= survivors <= 3
+    with Pool(pool, create=False, check="full") as opened:
+        assert opened.integrity_check() == []
+        finished = {entry.task.task_key for entry in opened.entries()}
+    completed = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+    assert completed.returncode == 0, completed.stderr
+    summary = json.loads(completed.stdout)
+    assert {row["task_id"] for row in summary["tasks"] if row["skipped"]} == finished
+    assert summary["entries"] == 3
+
+
+def count_entries(path: Path) -> int:
+    if not path.exists():
+        return 0
+    try:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5) as connection:
+            return connection.execute("SELECT count(*) FROM entries").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0

@@ -1,0 +1,115 @@
+"""Fine-tuning the bundled EfficientNet-Lite0 on real Fashion-MNIST tasks; evaluation and softmax outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from edge_smsp import data, train, zoo
+from edge_smsp.errors import EdgeSmspError, ModelError
+
+pytestmark = pytest.mark.skipif(
+    not (data.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
+SIZE = 32
+
+
+def _lite0(num_classes: int) -> torch.nn.Module:
+    return zoo.load_backbone("efficientnet_lite0", pretrained=True, num_classes=num_classes, image_size=SIZE)
+
+
+def _task(classes, train_per_class=40, val_per_class=30, seed=0) -> data.Task:
+    spec = zoo.backbone_spec(_lite0(2))
+    return data.load_task(
+        "fashion-mnist",
+        classes,
+        image_size=SIZE,
+        mean=spec.mean,
+        std=spec.std,
+        seed=seed,
+        train_per_class=train_per_class,
+        val_per_class=val_per_class,
+    )
+
+
+@pytest.fixture(scope="module")
+def task() -> data.Task:
+    return _task([1, 7, 8])  # Trouser, Sneaker, Bag
+
+
+def test_finetune_learns_a_real_task(task):
+    model = _lite0(3)
+    before = train.evaluate(model, task.val)
+    result = train.finetune(model, task, 30, batch_size=16, seed=0)
+    after = train.evaluate(model, task.val)
+    assert result.iters == 30 and len(result.losses) == 30
+    assert result.final_loss == result.losses[-1]
+    assert np.mean(result.losses[-5:]) < 0.5 * np.mean(result.losses[:5])
+    assert after >= 0.8 and after > before + 0.3, (before, after)
+    assert result.seconds > 0
+    assert not model.training
+
+
+def test_same_seed_same_weights_other_seed_other_weights(task):
+    runs = {}
+    for label, seed in (("a", 3), ("b", 3), ("c", 4)):
+        model = _lite0(3)
+        result = train.finetune(model, task, 3, batch_size=8, seed=seed, optimizer="adamw")
+        runs[label] = (zoo.weights_hash(model), result.losses)
+    assert runs["a"] == runs["b"]
+    assert runs["a"][0] != runs["c"][0]
+    assert all(np.isfinite(runs["a"][1]))
+
+
+def test_exact_iteration_count_cycles_through_shuffled_epochs():
+    small = _task([0, 9], train_per_class=5, val_per_class=2)  # 10 training images
+    model = _lite0(2)
+    seen: list[bytes] = []
+    hook = model.register_forward_pre_hook(lambda _m, args: seen.extend(bytes(x.numpy()) for x in args[0]))
+    result = train.finetune(model, small, 5, batch_size=4, seed=1)
+    hook.remove()
+    assert result.iters == 5 and len(result.losses) == 5
+    assert len(seen) == 20  # 5 batches of 4
+    # 20 samples = two full epochs: every training image exactly twice.
+    counts = {}
+    for image in seen:
+        counts[image] = counts.get(image, 0) + 1
+    assert len(counts) == 10 and set(counts.values()) == {2}
+
+
+def test_evaluate_and_predict_proba_agree(task):
+    model = _lite0(3)
+    model.train()
+    probabilities = train.predict_proba(model, task.val, batch_size=32)
+    assert model.training  # mode restored
+    assert probabilities.dtype == np.float64 and probabilities.shape == (len(task.val), 3)
+    assert np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-12)
+    labels = task.val.labels.numpy()
+    assert train.evaluate(model, task.val, batch_size=7) == pytest.approx(
+        float((probabilities.argmax(axis=1) == labels).mean())
+    )
+    images, _ = task.val.batch(range(10))
+    from_tensor = train.predict_proba(model, images, batch_size=4)
+    assert np.allclose(from_tensor, probabilities[:10], atol=1e-6)
+    assert train.predict_proba(model, task.val, max_samples=5).shape == (5, 3)
+
+
+def test_progress_bar_only_when_asked(task, capsys):
+    train.finetune(_lite0(3), task, 1, batch_size=4)
+    assert capsys.readouterr().err == ""
+    train.finetune(_lite0(3), task, 1, batch_size=4, progress=True)
+    assert "fine-tune" in capsys.readouterr().err
+
+
+def test_bad_training_input(task):
+    with pytest.raises(ModelError, match="1000 outputs but task fashion-mnist:1-7-8 has 3 classes"):
+        train.finetune(zoo.load_backbone("efficientnet_lite0", pretrained=True), task, 1, batch_size=2)
+    with pytest.raises(EdgeSmspError, match="unknown optimizer 'adam'"):
+        train.finetune(_lite0(3), task, 1, optimizer="adam")
+    with pytest.raises(EdgeSmspError, match="non-negative"):
+        train.finetune(_lite0(3), task, -1)
+    with pytest.raises(EdgeSmspError, match="learning rate"):
+        train.finetune(_lite0(3), task, 1, lr=0.0)
+    assert train.finetune(_lite0(3), task, 0).iters == 0

@@ -1,0 +1,232 @@
+"""Transports against a real OpenSSH server on 127.0.0.1 and this machine: verified uploads, runtime, refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from edge_smsp.deploy import LocalTransport, Transport, open_transport
+from edge_smsp.deploy.ssh import remote_command
+from edge_smsp.deploy.transport import TEMP_PREFIX, runtime_files
+from edge_smsp.errors import TransportError
+from edge_smsp.profiles import ConnectionSpec
+from tests.sshd_fixture import SshdServer, free_port, write_ed25519_key
+from tests.tiny_onnx import tiny_convnet
+
+# Spaces, both quotes, a command substitution and a glob: any of them breaks an unquoted remote command.
+AWKWARD_NAME = "dev ice 'q' \"dq\" $(touch INJECTED) ;*"
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_convnet(tmp_path_factory.mktemp("model") / "tiny.onnx")
+
+
+@pytest.fixture(params=["local", "ssh"])
+def transport(request: pytest.FixtureRequest, tmp_path: Path, device_python: str) -> Iterator[Transport]:
+    """Both transports with a work dir whose name needs quoting, on a python that has no torch."""
+    workdir = tmp_path / AWKWARD_NAME / "work"
+    if request.param == "local":
+        spec = ConnectionSpec(transport="local", python=device_python, workdir=str(workdir))
+    else:
+        spec = request.getfixturevalue("sshd").connection(workdir=workdir, python=device_python)
+    with open_transport(spec) as opened:
+        yield opened
+
+
+def test_upload_lands_verified_under_awkward_names(transport: Transport, model: Path, tmp_path: Path) -> None:
+    remote = transport.upload(model, f"models/{AWKWARD_NAME}.onnx")
+    landed = Path(remote)  # the device is this machine: check the bytes where they landed
+    assert landed.parent.parent.name == "work" and landed.name == f"{AWKWARD_NAME}.onnx"
+    assert sha256(landed) == sha256(model)
+    assert not list(Path(transport.workdir).glob(f"{TEMP_PREFIX}*"))  # renamed, not copied
+    assert not list(tmp_path.rglob("INJECTED"))  # no shell ever expanded the name
+
+
+def test_run_runtime_bench_uses_the_pushed_runtime(transport: Transport, model: Path) -> None:
+    remote = transport.upload(model, "model.onnx")
+    runtime_dir = transport.push_runtime()
+    for local_file, remote_name in runtime_files():
+        assert sha256(Path(transport.workdir) / remote_name) == sha256(local_file)
+    report = transport.run_runtime(
+        ["bench", "--model", remote, "--runs", "20", "--min-seconds", "0"], timeout=60
+    )
+    assert report["runtime_path"] == os.path.join(runtime_dir, "edge_smsp_runtime")
+    assert report["model_sha256"] == sha256(model)
+    assert report["runs"] >= 20 and report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
+    no_torch = transport.run([transport.python, "-c", "import torch"], timeout=30)
+    assert no_torch.rc != 0 and "torch" in no_torch.stderr  # the device needs numpy + onnxruntime only
+
+
+def test_device_errors_come_back_as_one_line(transport: Transport) -> None:
+    with pytest.raises(TransportError, match=r"exit 2\): .*model file not found: /nowhere.onnx$"):
+        transport.run_runtime(["bench", "--model", "/nowhere.onnx"], timeout=60)
+
+
+def test_tampered_upload_is_detected_and_never_lands(
+    transport: Transport, model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    honest_put = transport._put
+    corrupted = tmp_path / "corrupted.onnx"
+    corrupted.write_bytes(model.read_bytes()[:-1] + b"\x00")
+
+    def put_corrupted(local_path: Path, remote_path: str) -> None:
+        honest_put(corrupted, remote_path)  # the bytes change on the way, the expected hash does not
+
+    monkeypatch.setattr(transport, "_put", put_corrupted)
+    with pytest.raises(TransportError, match="corrupted: SHA-256 on the device"):
+        transport.upload(model, "tampered.onnx")
+    assert not (Path(transport.workdir) / "tampered.onnx").exists()
+    assert not list(Path(transport.workdir).glob(f"{TEMP_PREFIX}*"))
+
+
+def test_command_timeout_kills_the_remote_process(transport: Transport, tmp_path: Path) -> None:
+    pid_file = tmp_path / "pid"
+    script = "import os, sys, time; open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)"
+    started = time.monotonic()
+    with pytest.raises(TransportError, match="timed out after 1 s"):
+        transport.run([transport.python, "-c", script, str(pid_file)], timeout=1)
+    assert time.monotonic() - started < 10
+    pid = int(pid_file.read_text())
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_cleanup_removes_stale_temporaries_but_not_fresh_ones(transport: Transport) -> None:
+    workdir = Path(transport.workdir)
+    stale = workdir / f"{TEMP_PREFIX}abandoned-model.onnx"
+    fresh = workdir / f"{TEMP_PREFIX}other-session-model.onnx"
+    stale.write_bytes(b"left by a killed upload")
+    fresh.write_bytes(b"another session is uploading this")
+    two_hours_ago = time.time() - 7200
+    os.utime(stale, (two_hours_ago, two_hours_ago))
+    transport.cleanup()
+    assert not stale.exists() and fresh.exists()
+
+
+def test_unknown_host_is_refused_then_trusted_and_recorded(sshd: SshdServer, tmp_path: Path) -> None:
+    known_hosts = tmp_path / "ssh" / "known_hosts"
+    spec = sshd.connection(known_hosts=known_hosts, workdir=tmp_path / "work")
+    with pytest.raises(TransportError, match="not in .*known_hosts.*--trust-new-host"):
+        open_transport(spec)
+    assert not known_hosts.exists()
+    with open_transport(spec, trust_new_host=True) as transport:
+        assert transport.run(["true"], timeout=10).rc == 0
+    assert known_hosts.read_text() == sshd.known_hosts_line()
+    with open_transport(spec) as transport:  # recorded: no trust flag needed any more
+        assert transport.run(["echo", "ok"], timeout=10).stdout == "ok\n"
+
+
+def test_wrong_host_key_is_refused_even_when_trusting_new_hosts(sshd: SshdServer, tmp_path: Path) -> None:
+    impostor = write_ed25519_key(tmp_path / "other_host_key").split()
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[{sshd.host}]:{sshd.port} {impostor[0]} {impostor[1]}\n")
+    spec = sshd.connection(known_hosts=known_hosts)
+    for trust in (False, True):
+        with pytest.raises(TransportError, match="does not match .*man-in-the-middle"):
+            open_transport(spec, trust_new_host=trust)
+    assert known_hosts.read_text().count("\n") == 1
+
+
+def test_unauthorised_key_and_unreachable_port_fail_fast(sshd: SshdServer, tmp_path: Path) -> None:
+    stranger = tmp_path / "stranger_key"
+    write_ed25519_key(stranger)
+    with pytest.raises(TransportError, match="authentication failed"):
+        open_transport(sshd.connection(key_file=stranger))
+    started = time.monotonic()
+    with pytest.raises(TransportError, match=r"cannot connect to .*:\d+"):
+        open_transport(sshd.connection(port=free_port()), connect_timeout=3)
+    assert time.monotonic() - started < 5
+
+
+def _wait_for(path: Path, seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
+def test_dropped_connection_is_retried_then_given_up(sshd_factory: type[SshdServer], tmp_path: Path) -> None:
+    server = sshd_factory(tmp_path / "private-sshd")
+    server.start()
+    spec = server.connection(workdir=tmp_path / "work", python=sys.executable)
+    transport = open_transport(spec)
+    transport.backoff = 0.05
+    pid_file = tmp_path / "first.pid"
+    # The first run records its pid and hangs; the retry after the drop finds the file and answers at once.
+    script = (
+        "import os, sys, time\n"
+        "if os.path.exists(sys.argv[1]): print('retried')\n"
+        "else: open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(60)\n"
+    )
+
+    def drop_network_once_started() -> None:
+        _wait_for(pid_file)
+        time.sleep(0.2)
+        transport._client.get_transport().sock.shutdown(socket.SHUT_RDWR)  # the link dies mid-command
+
+    dropper = threading.Thread(target=drop_network_once_started)
+    dropper.start()
+    try:
+        result = transport.run([sys.executable, "-c", script, str(pid_file)], timeout=30)
+        dropper.join()
+        assert result.stdout == "retried\n"  # reconnected and ran again
+        first = Path(f"/proc/{pid_file.read_text()}")
+        assert (
+            not first.exists() or " Z " in (first / "stat").read_text()
+        )  # the orphaned first run was killed
+        server.stop()
+        started = time.monotonic()
+        with pytest.raises(TransportError, match=r"lost the connection .* gave up after 4 attempts"):
+            transport.run(["echo", "never"], timeout=10)
+        assert time.monotonic() - started < 10
+    finally:
+        dropper.join()
+        transport.close()
+
+
+def test_local_transport_expands_home_and_reports_missing_python(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = ConnectionSpec(transport="local", python=str(tmp_path / "no-python"), workdir=str(tmp_path / "w"))
+    with pytest.raises(TransportError, match="cannot run"), LocalTransport(spec) as transport:
+        transport.upload(Path(__file__), "x.py")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    transport = LocalTransport(replace(spec, python=sys.executable, workdir="~/.cache/edge-smsp"))
+    assert transport.workdir == str(tmp_path / "home" / ".cache" / "edge-smsp")
+    assert Path(transport.workdir).is_dir()
+
+
+def test_remote_command_quotes_every_word_and_expands_only_a_leading_tilde(tmp_path: Path) -> None:
+    home = tmp_path / "home dir"
+    (home / "venv bin").mkdir(parents=True)
+    (home / "venv bin" / "python").symlink_to(sys.executable)
+    args = ["~/x", "$HOME", 'a\'b "c"', "*", "$(touch INJECTED)"]
+    script = "import os, sys; print(os.getcwd()); print(sys.argv[1:])"
+    command = remote_command(["~/venv bin/python", "-c", script, *args], cwd="~")
+    result = subprocess.run(
+        ["sh", "-c", command],  # what the device's login shell does with the command line
+        env={"HOME": str(home), "PATH": os.environ["PATH"]},
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=tmp_path,
+    )
+    pid, cwd, argv = result.stdout.splitlines()
+    assert pid.isdigit() and cwd == str(home) and argv == str(args)
+    assert not list(tmp_path.rglob("INJECTED"))

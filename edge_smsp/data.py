@@ -219,20 +219,26 @@ def num_classes(dataset: str, data_dir: str | os.PathLike | None = None) -> int:
 
 def _dataset_name(dataset: str) -> str:
     name = str(dataset).strip().lower().replace("_", "-")
-    name = {"fashionmnist": "fashion-mnist", "cifar-100": "cifar100", "image-folder": "imagefolder"}.get(name, name)
+    name = {"fashionmnist": "fashion-mnist", "cifar-100": "cifar100", "image-folder": "imagefolder"}.get(
+        name, name
+    )
     if name not in DATASETS:
         raise DataError(f"unknown dataset '{dataset}'; choose one of {', '.join(DATASETS)}")
     return name
 
 
-def _check_normalisation(mean: Sequence[float], std: Sequence[float]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def _check_normalisation(
+    mean: Sequence[float], std: Sequence[float]
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     try:
         mean_values = tuple(float(v) for v in mean)
         std_values = tuple(float(v) for v in std)
     except (TypeError, ValueError) as error:
         raise DataError(f"mean and std must be three numbers each: {error}") from error
     if len(mean_values) != 3 or len(std_values) != 3 or min(std_values) <= 0:
-        raise DataError(f"mean and std must be three numbers each, std > 0; got {mean_values} and {std_values}")
+        raise DataError(
+            f"mean and std must be three numbers each, std > 0; got {mean_values} and {std_values}"
+        )
     return mean_values, std_values
 
 
@@ -312,7 +318,11 @@ def _resize_crop(images: torch.Tensor, size: int) -> torch.Tensor:
     scale = size / min(height, width)
     new_height, new_width = max(size, round(height * scale)), max(size, round(width * scale))
     resized = F.interpolate(
-        images.to(torch.float32), size=(new_height, new_width), mode="bilinear", antialias=True, align_corners=False
+        images.to(torch.float32),
+        size=(new_height, new_width),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
     )
     top, left = (new_height - size) // 2, (new_width - size) // 2
     cropped = resized[..., top : top + size, left : left + size]
@@ -358,7 +368,9 @@ def _fashion_mnist_splits(root: Path, download: bool) -> tuple[_Split, _Split]:
         pixels = _read_idx(images_path, 2051, 3)
         labels = _read_idx(labels_path, 2049, 1)
         if len(pixels) != len(labels):
-            raise DataError(f"{images_path} has {len(pixels)} images but {labels_path} has {len(labels)} labels")
+            raise DataError(
+                f"{images_path} has {len(pixels)} images but {labels_path} has {len(labels)} labels"
+            )
         splits.append(_Split(labels=labels.astype(np.int64), pixels=pixels))
     return splits[0], splits[1]
 
@@ -398,7 +410,9 @@ def _read_idx_cached(path: str, _mtime_ns: int, _size: int, magic: int, dims: in
         raise DataError(f"cannot read IDX file {path}: {error}") from error
     expected = int(np.prod(shape))
     if found_magic != magic or len(raw) - header_size != expected:
-        raise DataError(f"{path} is not a valid IDX file (magic {found_magic}, expected {magic}); re-download it")
+        raise DataError(
+            f"{path} is not a valid IDX file (magic {found_magic}, expected {magic}); re-download it"
+        )
     array = np.frombuffer(raw, dtype=np.uint8, offset=header_size).reshape(shape)
     array.setflags(write=False)
     return array
@@ -460,7 +474,9 @@ def _imagefolder_classes(root: Path) -> tuple[str, ...]:
     return names
 
 
-def _imagefolder_files(folder: Path, names: tuple[str, ...], classes: tuple[int, ...]) -> dict[int, list[str]]:
+def _imagefolder_files(
+    folder: Path, names: tuple[str, ...], classes: tuple[int, ...]
+) -> dict[int, list[str]]:
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     files = {}
@@ -469,7 +485,9 @@ def _imagefolder_files(folder: Path, names: tuple[str, ...], classes: tuple[int,
         if not class_dir.is_dir():
             raise DataError(f"{folder} has no sub-folder {names[class_id]} (class {class_id})")
         paths = sorted(
-            str(path) for path in class_dir.rglob("*") if path.is_file() and path.suffix.lower() in IMG_EXTENSIONS
+            str(path)
+            for path in class_dir.rglob("*")
+            if path.is_file() and path.suffix.lower() in IMG_EXTENSIONS
         )
         if not paths:
             raise DataError(f"no images in {class_dir} (expected {', '.join(IMG_EXTENSIONS)})")

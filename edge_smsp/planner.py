@@ -5,12 +5,14 @@ Memory model (what a device's peak resident memory is compared against):
     memory = runtime overhead + WEIGHT_COPIES * fp32 weight bytes + batch * peak activation bytes
 
 * runtime overhead: Python + numpy + onnxruntime (46 MiB once imported) plus the session's thread pool and
-  arenas: 64 MiB, measured on x86-64 with onnxruntime 1.32 and in line with 64-bit ARM boards. Profiles with a
+  arenas: 72 MiB, measured on x86-64 with onnxruntime 1.32 and in line with 64-bit ARM boards. Profiles with a
   GPU stack (CUDA/TensorRT contexts) set their own `runtime_overhead`.
 * WEIGHT_COPIES: while ONNX Runtime creates a session it holds the file bytes, the parsed protobuf and its own
   (optimised, pre-packed) initializers at once. Peak RSS (VmHWM) of a fresh process that loads and runs the
   exported model was fitted over efficientnet_lite0 and resnet18 pruned at 0/0.3/0.6 and run at 64 and 224 px:
-  64 MiB + 3.4 x weights + activations over-predicts all twelve measurements by 0.6-19 MiB (never under).
+  64 MiB + 3.4 x weights + activations over-predicted all twelve measurements of a bare session by 0.6-19 MiB,
+  but the device runtime's bench process (its own imports and report) measured up to 2.3 MiB above that, so the
+  overhead is 72 MiB.
 * peak activations: the largest sum of live tensors over one eager forward pass at batch 1 (every aten op's
   outputs live from the op that makes them to their last use; parameters excluded, the input image included).
   ONNX Runtime fuses conv+batch-norm(+activation), so this is slightly conservative for CNNs; it does count
@@ -25,40 +27,23 @@ MACs), proportional scaling from a single measurement, else the profile's hint
 from __future__ import annotations
 
 import hashlib
-import math
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
-from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
+from edge_smsp.cost import ModelCost, measure_cost
 from edge_smsp.errors import PlanError, PruneError
 from edge_smsp.profiles import DeviceProfile, format_bytes
 
 MIB = 1024**2
-RUNTIME_OVERHEAD_BYTES = 64 * MIB
+RUNTIME_OVERHEAD_BYTES = 72 * MIB
 WEIGHT_COPIES = 3.4
-FP32_BYTES = 4
 DEFAULT_RATIOS: tuple[float, ...] = tuple(round(0.05 * step, 2) for step in range(19))  # 0.0 .. 0.9
 SEARCHES = ("bisect", "grid")
-
-
-@dataclass(frozen=True)
-class ModelCost:
-    """Static cost of one (pruned) model at one input size, batch 1."""
-
-    ratio: float
-    input_size: int
-    params: int
-    weight_bytes: int  # fp32 parameters (batch-norm statistics fold into the convolutions on export)
-    macs: int
-    peak_activation_bytes: int
 
 
 @dataclass(frozen=True)
@@ -145,39 +130,6 @@ def structure_hash(model: nn.Module) -> str:
     for name, tensor in model.state_dict().items():
         digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype};".encode())
     return digest.hexdigest()
-
-
-def measure_cost(model: nn.Module, input_size: int, ratio: float = 0.0) -> ModelCost:
-    """Parameters, fp32 weight bytes, MACs and peak activation bytes of `model` as it is (batch 1)."""
-    params = sum(parameter.numel() for parameter in model.parameters())
-    try:
-        parameter = next(model.parameters())
-        dtype, device = parameter.dtype, parameter.device
-    except StopIteration:
-        dtype, device = torch.float32, torch.device("cpu")
-    image = torch.zeros(1, 3, input_size, input_size, dtype=dtype, device=device)
-    was_training = model.training
-    model.eval()
-    tracer = _LivenessTracer(model)
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as flops, tracer:
-            tracer.track_input(image)
-            output = model(image)
-            tracer.track_output(output)
-    except RuntimeError as error:
-        raise PlanError(
-            f"the model does not run at input size {input_size}: {str(error).splitlines()[0]}"
-        ) from None
-    finally:
-        model.train(was_training)
-    return ModelCost(
-        ratio=float(ratio),
-        input_size=int(input_size),
-        params=int(params),
-        weight_bytes=int(params * FP32_BYTES),
-        macs=int(flops.get_total_flops() // 2 + tracer.extra_macs),
-        peak_activation_bytes=tracer.peak_bytes(),
-    )
 
 
 _cost_cache: dict[tuple[str, int, float], ModelCost] = {}
@@ -413,78 +365,3 @@ def _backbone_name(model: nn.Module) -> str:
         return str(spec.name)
     config = getattr(model, "pretrained_cfg", None) or {}
     return str(config.get("architecture") or type(model).__name__)
-
-
-def _storage_key(tensor: torch.Tensor) -> tuple[int, int] | None:
-    try:
-        storage = tensor.untyped_storage()
-    except (RuntimeError, NotImplementedError):
-        return None
-    if storage.nbytes() == 0:
-        return None
-    return storage.data_ptr(), storage.nbytes()
-
-
-class _LivenessTracer(TorchDispatchMode):
-    """Records, for every tensor storage an aten op makes, when it is born and last used; counts SDPA MACs."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.weights = {
-            key
-            for tensor in (*model.parameters(), *model.buffers())
-            if (key := _storage_key(tensor)) is not None
-        }
-        self.step = 0
-        self.born: dict[tuple[int, int], int] = {}
-        self.last_use: dict[tuple[int, int], int] = {}
-        # Holding every output keeps its memory from being reused, so a storage key names one tensor.
-        self.keep_alive: list[torch.Tensor] = []
-        self.extra_macs = 0
-
-    def track_input(self, tensor: torch.Tensor) -> None:
-        key = _storage_key(tensor)
-        if key is not None:
-            self.born.setdefault(key, -1)
-            self.last_use[key] = -1
-
-    def track_output(self, output: Any) -> None:
-        for tensor in tree_flatten(output)[0]:
-            if isinstance(tensor, torch.Tensor) and (key := _storage_key(tensor)) in self.born:
-                self.last_use[key] = self.step + 1
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        self.step += 1
-        for tensor in tree_flatten((args, kwargs))[0]:
-            if isinstance(tensor, torch.Tensor) and (key := _storage_key(tensor)) in self.born:
-                self.last_use[key] = self.step
-        if func.overloadpacket not in flop_registry and "scaled_dot_product" in func.__name__:
-            query, key_tensor, value = args[0], args[1], args[2]
-            # q @ k^T and attention @ v: B * H * L * S * (E + Ev) multiply-accumulates.
-            batch_heads = math.prod(query.shape[:-2])
-            self.extra_macs += (
-                batch_heads * query.shape[-2] * key_tensor.shape[-2] * (query.shape[-1] + value.shape[-1])
-            )
-        result = func(*args, **kwargs)
-        for tensor in tree_flatten(result)[0]:
-            if not isinstance(tensor, torch.Tensor):
-                continue
-            key = _storage_key(tensor)
-            if key is None or key in self.weights:
-                continue
-            if key not in self.born:
-                self.born[key] = self.step
-                self.keep_alive.append(tensor)
-            self.last_use[key] = max(self.last_use.get(key, self.step), self.step)
-        return result
-
-    def peak_bytes(self) -> int:
-        """Largest total size of the storages alive at any one op."""
-        if not self.born:
-            return 0
-        delta = np.zeros(self.step + 4, dtype=np.int64)
-        for key, born in self.born.items():
-            delta[born + 1] += key[1]
-            delta[self.last_use[key] + 2] -= key[1]
-        return int(np.cumsum(delta).max())

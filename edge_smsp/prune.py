@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
 import os
 import shutil
 import tempfile
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,17 +21,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from edge_smsp.errors import PruneError
+from edge_smsp.cost import measure_cost
+from edge_smsp.errors import PlanError, PruneError
 from edge_smsp.units import (
     _GroupLayout,
     classifier_of,
+    copy_with_layouts,
     dependency_graph,
-    example_input,
     group_layouts,
+    has_cached_layouts,
     is_vit,
     model_input_size,
     prune_heads,
     pruning_group,
+    shape_signature,
 )
 
 WEIGHTS_FILE = "model.safetensors"
@@ -41,6 +44,7 @@ FORMAT_VERSION = 1
 # Set on every pruned model: for each group, the indices of the backbone units it still has.
 KEPT_ATTRIBUTE = "edge_smsp_kept_indices"
 SIZES_ATTRIBUTE = "edge_smsp_backbone_sizes"
+_cost_cache: weakref.WeakKeyDictionary[nn.Module, dict[tuple, tuple[int, int]]] = weakref.WeakKeyDictionary()
 
 
 @dataclass
@@ -125,8 +129,8 @@ def prune(
         kept[key] = sorted(int(index) for index in order[:count])
 
     size_px = model_input_size(model, image_size)
-    macs_before, params_before = _count(model, size_px)
-    pruned = copy.deepcopy(model)
+    macs_before, params_before = _cached_count(model, size_px)
+    pruned = copy_with_layouts(model)
     apply_kept_indices(pruned, kept)
     try:
         macs_after, params_after = _count(pruned, size_px)
@@ -160,7 +164,8 @@ def keep_count(size: int, ratio: float, kind: str, round_to: int = 8) -> int:
 
 def apply_kept_indices(model: nn.Module, kept: Mapping[str, list[int]]) -> None:
     """Prune `model` in place so that group `key` keeps exactly the units kept[key] (sorted, in range)."""
-    graph = None if is_vit(model) else dependency_graph(model)
+    # A CNN needs its graph for the layouts (unless cached) and for the surgery: build it once.
+    graph = None if is_vit(model) or has_cached_layouts(model) else dependency_graph(model)
     layouts = group_layouts(model, graph)
     removals = {
         layout.key: sorted(set(range(layout.size)) - set(kept[layout.key]))
@@ -169,6 +174,10 @@ def apply_kept_indices(model: nn.Module, kept: Mapping[str, list[int]]) -> None:
     }
     previous_kept = kept_indices(model)
     backbone_sizes = backbone_group_sizes(model)
+    if {key: len(indices) for key, indices in previous_kept.items()} != {g.key: g.size for g in layouts}:
+        raise PruneError(
+            "this model's unit groups no longer match its backbone's; prune the backbone instead"
+        )
     channel_layouts = [layout for layout in layouts if layout.kind != "heads" and removals.get(layout.key)]
     if channel_layouts and graph is None:
         graph = dependency_graph(model)
@@ -302,7 +311,10 @@ def load_pruned(model_dir: str | os.PathLike[str]) -> tuple[nn.Module, dict[str,
     spec = getattr(model, "backbone_spec", None)
     if isinstance(spec_fields, dict) and dataclasses.is_dataclass(spec):
         try:
-            restored = type(spec)(**{**spec_fields, "num_classes": int(meta["num_classes"])})
+            fields = {
+                key: tuple(value) if isinstance(value, list) else value for key, value in spec_fields.items()
+            }
+            restored = type(spec)(**{**fields, "num_classes": int(meta["num_classes"])})
         except TypeError:
             restored = dataclasses.replace(spec, num_classes=int(meta["num_classes"]))
         model.backbone_spec = restored
@@ -370,10 +382,22 @@ def _sync_cached_dims(model: nn.Module) -> None:
         model.head_hidden_size = width
 
 
-@torch.no_grad()
+def _cached_count(model: nn.Module, image_size: int) -> tuple[int, int]:
+    """MACs and params depend only on shapes: reuse them across prune() calls on the same model."""
+    key = (shape_signature(model), image_size)
+    per_model = _cost_cache.setdefault(model, {})
+    if key not in per_model:
+        per_model.clear()
+        per_model[key] = _count(model, image_size)
+    return per_model[key]
+
+
 def _count(model: nn.Module, image_size: int) -> tuple[int, int]:
-    macs, params = tp.utils.count_ops_and_params(model, example_input(model, image_size))
-    return int(macs), int(params)
+    try:
+        cost = measure_cost(model, image_size)
+    except PlanError as error:
+        raise PruneError(str(error)) from error
+    return cost.macs, cost.params
 
 
 def _tie_at_cut(scores: np.ndarray, count: int) -> bool:

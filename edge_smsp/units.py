@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -108,16 +109,17 @@ def dependency_graph(model: nn.Module, image_size: int | None = None) -> tp.Depe
         try:
             with preserved_modes(model), torch.enable_grad():
                 return tp.DependencyGraph().build_dependency(
-                    model, example_inputs=example_input(model, size), ignored_layers=None, verbose=False
+                    model, example_inputs=example_input(model, size), verbose=False
                 )
         except (RuntimeError, ValueError, AssertionError) as error:
             last_error = error
-    raise PruneError(f"cannot trace the model to find its prunable units: {last_error}")
+    reason = str(last_error).strip().splitlines()[0] if str(last_error).strip() else type(last_error).__name__
+    raise PruneError(f"cannot trace the model to find its prunable units: {reason}")
 
 
 def group_layouts(model: nn.Module, graph: tp.DependencyGraph | None = None) -> tuple[_GroupLayout, ...]:
     """Cached group layouts; recomputed when the model's parameter shapes change. `graph`: one already built."""
-    signature = tuple((name, tuple(p.shape)) for name, p in model.named_parameters())
+    signature = shape_signature(model)
     cached = _layout_cache.get(model)
     if cached is not None and cached[0] == signature:
         return cached[1]
@@ -131,19 +133,31 @@ def group_layouts(model: nn.Module, graph: tp.DependencyGraph | None = None) -> 
     return layouts
 
 
-def layout_by_key(model: nn.Module) -> dict[str, _GroupLayout]:
-    """Group layouts keyed by group key."""
-    return {layout.key: layout for layout in group_layouts(model)}
+def shape_signature(model: nn.Module) -> tuple:
+    """Names and shapes of all parameters: what group layouts and costs depend on."""
+    return tuple((name, tuple(parameter.shape)) for name, parameter in model.named_parameters())
+
+
+def has_cached_layouts(model: nn.Module) -> bool:
+    """True when group_layouts(model) needs no new dependency graph."""
+    cached = _layout_cache.get(model)
+    return cached is not None and cached[0] == shape_signature(model)
+
+
+def copy_with_layouts(model: nn.Module) -> nn.Module:
+    """Deep copy of the model that inherits its cached group layouts (same parameter shapes)."""
+    duplicate = copy.deepcopy(model)
+    cached = _layout_cache.get(model)
+    if cached is not None:
+        _layout_cache[duplicate] = cached
+    return duplicate
 
 
 def _vit_layouts(model: nn.Module) -> tuple[_GroupLayout, ...]:
     layouts = []
     for name, module in model.named_modules():
         if isinstance(module, Attention):
-            if (
-                getattr(module, "gate", None) is not None
-                or module.num_heads * module.head_dim != module.attn_dim
-            ):
+            if module.num_heads * module.head_dim != module.attn_dim:
                 raise PruneError(f"attention module {name} has a layout head pruning does not support")
             layouts.append(_GroupLayout(f"{name}.heads", "heads", int(module.num_heads), name))
         elif type(module) is Mlp and isinstance(module.fc1, nn.Linear) and isinstance(module.fc2, nn.Linear):
@@ -205,6 +219,8 @@ def prune_heads(attention: nn.Module, heads: list[int]) -> None:
     tp.prune_linear_in_channels(attention.proj, columns)
     if not isinstance(attention.norm, nn.Identity):
         tp.prune_layernorm_out_channels(attention.norm, columns)
+    if getattr(attention, "gate", None) is not None:
+        tp.prune_linear_out_channels(attention.gate, columns)
     # q_norm/k_norm normalise over head_dim, which head removal leaves unchanged.
     attention.num_heads = int(attention.num_heads) - len(heads)
     attention.attn_dim = attention.num_heads * int(attention.head_dim)

@@ -7,8 +7,10 @@ import difflib
 import functools
 import hashlib
 import importlib.util
+import numbers
 import os
 import pickle
+import re
 import socket
 import urllib.parse
 import zipfile
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import timm
 import torch
+from safetensors import SafetensorError
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resample_abs_pos_embed
 from torch import nn
@@ -86,7 +89,8 @@ def list_models() -> list[dict]:
                 "name": name,
                 "first_class": name in FIRST_CLASS,
                 "bundled": name in BUNDLED,
-                "offline_weights": name in BUNDLED and _bundled_weights_file(name, required=False) is not None,
+                "offline_weights": name in BUNDLED
+                and _bundled_weights_file(name, required=False) is not None,
                 "input_size": input_size,
                 "mean": list(mean),
                 "std": list(std),
@@ -109,9 +113,9 @@ def load_backbone(
 ) -> nn.Module:
     """Build a timm backbone in eval mode with weights from a checkpoint, bundled/timm pre-training, or random."""
     _check_name(name)
-    if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) < 1):
+    if num_classes is not None and (not _is_int(num_classes) or num_classes < 1):
         raise ModelError(f"num_classes must be a positive integer, got {num_classes}")
-    if image_size is not None and (isinstance(image_size, bool) or int(image_size) < 8):
+    if image_size is not None and (not _is_int(image_size) or image_size < 8):
         raise ModelError(f"image size must be an integer of at least 8 pixels, got {image_size}")
 
     # Fixed seed so that random weights and fresh heads are the same on every load (stable weights_hash).
@@ -139,7 +143,7 @@ def load_backbone(
         input_size=int(image_size) if image_size is not None else default_size,
         mean=mean,
         std=std,
-        num_classes=_num_outputs(model),
+        num_classes=_num_outputs(model) or 0,
         weights=weights,
         checkpoint=str(Path(checkpoint).resolve()) if checkpoint is not None else None,
     )
@@ -150,7 +154,9 @@ def backbone_spec(model: nn.Module) -> BackboneSpec:
     """The spec of a model made by load_backbone, with num_classes following any later classifier change."""
     spec = getattr(model, "backbone_spec", None)
     if not isinstance(spec, BackboneSpec):
-        raise ModelError("this model was not loaded through edge_smsp.zoo.load_backbone: its backbone is unknown")
+        raise ModelError(
+            "this model was not loaded through edge_smsp.zoo.load_backbone: its backbone is unknown"
+        )
     outputs = _num_outputs(model)
     return spec if outputs in (None, spec.num_classes) else replace(spec, num_classes=outputs)
 
@@ -165,11 +171,17 @@ def weights_hash(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
 def _check_name(name: str) -> None:
     if isinstance(name, str) and timm.is_model(name):
         return
     close = difflib.get_close_matches(str(name), timm.list_models(), n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; `edge-smsp models` lists the first-class ones"
+    hint = (
+        f"; did you mean {', '.join(close)}?" if close else "; `edge-smsp models` lists the first-class ones"
+    )
     raise ModelError(f"unknown model '{name}'{hint}")
 
 
@@ -270,9 +282,23 @@ def _read_checkpoint(path: Path) -> OrderedDict[str, torch.Tensor]:
             # timm training checkpoints carry their argparse arguments; allow that one plain class, nothing else.
             with torch.serialization.safe_globals([argparse.Namespace]):
                 raw = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as error:
+    except (
+        pickle.UnpicklingError,
+        SafetensorError,
+        RuntimeError,
+        EOFError,
+        OSError,
+        ValueError,
+        zipfile.BadZipFile,
+    ) as error:
+        unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if unsupported:
+            raise ModelError(
+                f"cannot read checkpoint {path}: it holds Python objects besides tensors ({unsupported.group(1)}) "
+                "and loading those could run code; save only the state dict: torch.save(model.state_dict(), path)"
+            ) from error
         raise ModelError(
-            f"cannot read checkpoint {path}: not a tensor-only PyTorch/safetensors file ({_first_line(error)})"
+            f"cannot read checkpoint {path}: not a PyTorch or safetensors file ({_load_failure(error)})"
         ) from error
     if isinstance(raw, dict):
         for key in ("state_dict", "model", "state_dict_ema"):
@@ -371,5 +397,11 @@ def _unreachable_reason(cfg) -> str | None:
 
 
 def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()
     return text[0][:200] if text else type(error).__name__
+
+
+def _load_failure(error: BaseException) -> str:
+    # torch's weights-only refusal is a page of advice; the cause is the line after "WeightsUnpickler error".
+    cause = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
+    return cause.group(1).strip()[:200] if cause else _first_line(error)

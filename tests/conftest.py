@@ -1,1 +1,15 @@
+import os
+
+import pytest
+import torch
+
 pytest_plugins = ["tests.sshd_fixture"]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _torch_threads():
+    """One intra-op thread by default: on 2 shared cores, more threads thrash (measured 10x slower)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("EDGE_SMSP_TEST_THREADS", "1")))
+    yield
+    torch.set_num_threads(previous)

@@ -12,7 +12,7 @@ import torch
 
 from edge_smsp.cli import main
 from edge_smsp.prune import load_pruned
-from tests.pruning_helpers import FIRST_CLASS, images, outputs
+from tests.pruning_helpers import FIRST_CLASS, images, outputs  # noqa: F401 (fixture)
 
 
 def run_cli(capsys, *argv):
@@ -53,7 +53,8 @@ def test_prune_as_a_subprocess_prints_a_readable_summary(tmp_path):
     out = tmp_path / "r18"
     command = [sys.executable, "-m", "edge_smsp", "prune", "--model", "resnet18", "--image-size", "32"]
     command += ["--ratio", "0.5", "--method", "random", "--seed", "3", "--out", str(out)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr
     assert "pruned resnet18 at ratio 0.5" in result.stdout and "params" in result.stdout
     assert (out / "model.safetensors").is_file() and (out / "pruned.json").is_file()

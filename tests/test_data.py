@@ -41,7 +41,13 @@ def _pixels(dataset: data.ImageTensorDataset, mean, std) -> np.ndarray:
 
 def test_fashion_task_shapes_normalisation_and_names():
     task = data.load_task(
-        "fashion-mnist", [0, 3, 5], image_size=32, mean=LITE_MEAN, std=LITE_STD, train_per_class=40, val_per_class=20
+        "fashion-mnist",
+        [0, 3, 5],
+        image_size=32,
+        mean=LITE_MEAN,
+        std=LITE_STD,
+        train_per_class=40,
+        val_per_class=20,
     )
     assert task.task_id == "fashion-mnist:0-3-5"
     assert task.class_names == ("T-shirt/top", "Dress", "Sandal")
@@ -64,7 +70,10 @@ def test_labels_follow_the_given_class_order_and_come_from_the_right_split():
     raw_test, raw_test_labels = _raw_fashion("val")
     task = data.load_task("fashion-mnist", [7, 1], image_size=28, train_per_class=15, val_per_class=10)
     assert task.class_names == ("Sneaker", "Trouser")
-    for dataset, raw, raw_labels in ((task.train, raw_train, raw_train_labels), (task.val, raw_test, raw_test_labels)):
+    for dataset, raw, raw_labels in (
+        (task.train, raw_train, raw_train_labels),
+        (task.val, raw_test, raw_test_labels),
+    ):
         label_of = {bytes(image): int(label) for image, label in zip(raw, raw_labels, strict=True)}
         pixels = _pixels(dataset, data.IMAGENET_DEFAULT_MEAN, data.IMAGENET_DEFAULT_STD)
         for image, label in zip(pixels, dataset.labels.tolist(), strict=True):
@@ -73,7 +82,9 @@ def test_labels_follow_the_given_class_order_and_come_from_the_right_split():
 
 def test_same_seed_same_task_other_seed_other_images():
     def load(classes, seed):
-        return data.load_task("fashion-mnist", classes, image_size=32, seed=seed, train_per_class=20, val_per_class=5)
+        return data.load_task(
+            "fashion-mnist", classes, image_size=32, seed=seed, train_per_class=20, val_per_class=5
+        )
 
     first, again, other_seed = load([2, 4], 0), load([2, 4], 0), load([2, 4], 1)
     assert torch.equal(first.train.images, again.train.images)

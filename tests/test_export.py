@@ -39,7 +39,6 @@ def _metadata(backbone: str, **changes) -> dict:
 
 
 def _model(name: str) -> nn.Module:
-    torch.set_num_threads(1)
     return zoo.load_backbone(name, num_classes=len(LABELS), image_size=SIZE)
 
 

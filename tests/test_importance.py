@@ -11,7 +11,7 @@ from edge_smsp.errors import PruneError
 from edge_smsp.importance import score_units, unit_l1_norms
 from edge_smsp.prune import prune
 from edge_smsp.units import unit_groups
-from tests.pruning_helpers import backbone, images, randomize_norms
+from tests.pruning_helpers import backbone, images, randomize_norms  # noqa: F401 (fixtures)
 
 
 def _labelled_batches(count=2, seed=0):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-import torch
 from torch import nn
 
 from edge_smsp import zoo
@@ -29,7 +28,6 @@ RATIOS = (0.0, 0.25, 0.5, 0.75)
 
 @pytest.fixture(scope="module")
 def backbone() -> nn.Module:
-    torch.set_num_threads(1)
     return zoo.load_backbone("resnet18", num_classes=10, image_size=SIZE)
 
 

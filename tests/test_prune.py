@@ -21,7 +21,14 @@ from edge_smsp.prune import (
     save_pruned,
 )
 from edge_smsp.units import unit_groups
-from tests.pruning_helpers import FIRST_CLASS, backbone, images, make_inert, outputs, randomize_norms
+from tests.pruning_helpers import (  # noqa: F401 (fixtures)
+    FIRST_CLASS,
+    backbone,
+    images,
+    make_inert,
+    outputs,
+    randomize_norms,
+)
 
 
 @pytest.mark.parametrize("name", FIRST_CLASS)
@@ -269,3 +276,19 @@ def test_loading_missing_or_corrupt_files_raises(tmp_path):
     (out / "pruned.json").write_text(json.dumps({**meta, "kept_indices": full}))
     with pytest.raises(PruneError, match="does not match"):
         load_pruned(out)
+
+
+def test_vit_macs_include_the_attention_matmuls():
+    model = backbone("deit_small_patch16_224")
+    _, summary = prune(model, keep_counts={"blocks.0.attn.heads": 2})
+    tokens = 4 + 1  # a 2x2 patch grid at 32 px plus the class token
+    linear_macs = sum(
+        m.in_features * m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)
+    )
+    linear_macs = linear_macs * tokens - model.head.in_features * model.head.out_features * (tokens - 1)
+    patch_macs = model.patch_embed.proj.weight.numel() * 4
+    attention_macs = 12 * 2 * 6 * 64 * tokens * tokens
+    assert summary.macs_before == pytest.approx(linear_macs + patch_macs + attention_macs, rel=0.01)
+    assert (
+        summary.macs_before - summary.macs_after > 2 * 4 * 64 * tokens * tokens
+    )  # the dropped heads' matmuls

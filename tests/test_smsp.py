@@ -48,7 +48,7 @@ def task_of(backbone, classes, train_per_class=40, val_per_class=20):
 def built_pool(backbone, tmp_path_factory):
     """Two pool tasks pruned from scratch: tops (0,1,2) and footwear/bags (5,7,8)."""
     path = tmp_path_factory.mktemp("pool") / "pool.sqlite"
-    config = smsp.AdaptConfig(ratio=0.5, iters=30, method="scratch", scratch_rounds=2, batch_size=16)
+    config = smsp.AdaptConfig(ratio=0.5, iters=60, method="scratch", scratch_rounds=1, batch_size=16)
     with Pool(path) as pool:
         added = smsp.build_pool(backbone, pool, [task_of(backbone, (0, 1, 2)), task_of(backbone, (5, 7, 8))], config)
     assert len(added) == 2
@@ -219,3 +219,19 @@ def count_entries(path: Path) -> int:
             return connection.execute("SELECT count(*) FROM entries").fetchone()[0]
     except sqlite3.OperationalError:
         return 0
+
+
+def test_scratch_prunes_in_rounds_to_the_one_shot_size(backbone):
+    task = task_of(backbone, (3, 6, 9), train_per_class=16, val_per_class=8)
+    config = smsp.AdaptConfig(ratio=0.6, iters=3, method="scratch", scratch_rounds=3, batch_size=8)
+    model, summary, scores, _ = smsp.prune_from_scratch(backbone, task, config)
+    one_shot = smsp.adapt(backbone, None, task, smsp.AdaptConfig(ratio=0.6, iters=0, method="magnitude"))
+    assert summary.params_after == one_shot.summary.params_after
+    assert {key: group["kept"] for key, group in summary.groups.items()} == {
+        key: group["kept"] for key, group in one_shot.summary.groups.items()
+    }
+    # Units that survived every round outrank every unit removed in an earlier round.
+    for key, kept in summary.kept_indices.items():
+        removed = sorted(set(range(len(scores[key]))) - set(kept))
+        if removed:
+            assert scores[key][kept].min() > scores[key][removed].max(), key

@@ -7,7 +7,7 @@ from torch import nn
 
 from edge_smsp.prune import prune
 from edge_smsp.units import UnitGroup, dependency_graph, full_channel_group, group_layouts, unit_groups
-from tests.pruning_helpers import FIRST_CLASS, backbone
+from tests.pruning_helpers import FIRST_CLASS, backbone  # noqa: F401 (fixture)
 
 
 @pytest.mark.parametrize("name", FIRST_CLASS)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import pickle
 
 import numpy as np
 import pytest
@@ -23,6 +22,7 @@ BUILDING_CLASSES = {
     if any(IMAGENET.index_to_description(index).lower().startswith(word) for word in BUILDING_WORDS)
 }
 DAISY = next(i for i in range(1000) if IMAGENET.index_to_description(i).startswith("daisy"))
+
 
 
 def _preprocess(pixels: np.ndarray, spec: zoo.BackboneSpec) -> torch.Tensor:
@@ -107,8 +107,15 @@ def test_spec_normalisation_matches_the_weights_batchnorm_statistics(lite0):
     spec = zoo.backbone_spec(lite0)
     names = ("china.jpg", "flower.jpg")
     errors = {
-        label: _batchnorm_disagreement(lite0, torch.cat([_preprocess(load_sample_image(n), s) for n in names]))
-        for label, s in (("spec", spec), ("imagenet", IMAGENET_SPEC), ("unit", UNIT_SPEC), ("byte", BYTE_SPEC))
+        label: _batchnorm_disagreement(
+            lite0, torch.cat([_preprocess(load_sample_image(n), s) for n in names])
+        )
+        for label, s in (
+            ("spec", spec),
+            ("imagenet", IMAGENET_SPEC),
+            ("unit", UNIT_SPEC),
+            ("byte", BYTE_SPEC),
+        )
     }
     assert min(errors, key=errors.get) == "spec", errors
     assert errors["spec"] < 0.75 * errors["imagenet"], errors
@@ -134,7 +141,7 @@ def test_wrong_normalisation_or_mapping_would_be_caught(lite0):
 
 @pytest.mark.parametrize("name", ["efficientnet_lite1", "efficientnet_lite2"])
 def test_other_bundled_lites_see_a_building(name):
-    if not zoo.list_models()[[m["name"] for m in zoo.list_models()].index(name)]["offline_weights"]:
+    if not {row["name"]: row for row in zoo.list_models()}[name]["offline_weights"]:
         pytest.skip(f"{zoo.BUNDLED[name].pip_name} not installed")
     model = zoo.load_backbone(name, pretrained=True)
     spec = zoo.backbone_spec(model)
@@ -205,7 +212,9 @@ def test_checkpoint_round_trip_plain_timm_and_safetensors(tmp_path):
     torch.save(source.state_dict(), plain)
     # The layout timm's train script writes, arguments included.
     timm_style = tmp_path / "timm.pth.tar"
-    torch.save({"epoch": 3, "state_dict": source.state_dict(), "args": argparse.Namespace(lr=0.1)}, timm_style)
+    torch.save(
+        {"epoch": 3, "state_dict": source.state_dict(), "args": argparse.Namespace(lr=0.1)}, timm_style
+    )
     safetensors_file = tmp_path / "model.safetensors"
     save_file({key: value.contiguous() for key, value in source.state_dict().items()}, str(safetensors_file))
 
@@ -232,6 +241,10 @@ def test_missing_corrupt_and_mismatched_checkpoints(tmp_path):
     corrupt.write_bytes(b"\x00not a checkpoint" * 100)
     with pytest.raises(ModelError, match="cannot read checkpoint"):
         zoo.load_backbone("resnet18", checkpoint=corrupt)
+    corrupt_safetensors = tmp_path / "corrupt.safetensors"
+    corrupt_safetensors.write_bytes(b"garbage" * 100)
+    with pytest.raises(ModelError, match="not a PyTorch or safetensors file"):
+        zoo.load_backbone("resnet18", checkpoint=corrupt_safetensors)
     truncated = tmp_path / "truncated.pth"
     torch.save(zoo.load_backbone("resnet18").state_dict(), truncated)
     truncated.write_bytes(truncated.read_bytes()[:5000])
@@ -258,9 +271,8 @@ class _Exploit:
 def test_checkpoint_loading_never_runs_code(tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
-    with evil.open("wb") as handle:
-        pickle.dump({"state_dict": {"conv1.weight": torch.zeros(1)}, "x": _Exploit(str(marker))}, handle)
-    with pytest.raises(ModelError, match="cannot read checkpoint"):
+    torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "x": _Exploit(str(marker))}, evil)
+    with pytest.raises(ModelError, match=r"Python objects besides tensors \(io.open\).*could run code"):
         zoo.load_backbone("resnet18", checkpoint=evil)
     assert not marker.exists()
 

@@ -36,18 +36,35 @@ def add_backbone_arguments(parser: argparse.ArgumentParser, flag: str = "--backb
                         help="load pre-trained weights (default: yes for bundled backbones, else random init)")
 
 
-def add_task_arguments(parser: argparse.ArgumentParser, *, classes: bool) -> None:
+def add_task_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    classes: bool,
+    default_classes: str | None = None,
+    default_image_size: int | None = 64,
+    image_size_help: str = "input resolution (default 64)",
+) -> None:
     """Dataset, image size, batch size, seed and data dir, shared by pool build, adapt and deploy."""
     parser.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | imagefolder | cifar100")
     parser.add_argument("--data-dir", default=None, metavar="DIR", help="where the dataset's files are")
     if classes:
-        parser.add_argument("--classes", default=None, metavar="IDS",
-                            help="comma-separated class ids of the new task, e.g. 0,3,5")
-    parser.add_argument("--image-size", type=int, default=64, metavar="PX", help="input resolution (default 64)")
+        default_note = f" (default {default_classes})" if default_classes else ""
+        parser.add_argument(
+            "--classes",
+            default=default_classes,
+            metavar="IDS",
+            help=f"comma-separated class ids of the new task, e.g. 0,3,5{default_note}",
+        )
+    parser.add_argument("--image-size", type=int, default=default_image_size, metavar="PX", help=image_size_help)
     parser.add_argument("--batch-size", type=int, default=32, metavar="B")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--train-per-class", type=int, default=None, metavar="N",
-                        help="training images per class (default: the dataset's split, capped)")
+    parser.add_argument(
+        "--train-per-class",
+        type=int,
+        default=None,
+        metavar="N",
+        help="training images per class (default: the dataset's split, capped)",
+    )
     parser.add_argument("--val-per-class", type=int, default=None, metavar="N")
 
 

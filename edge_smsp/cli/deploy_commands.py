@@ -1,17 +1,21 @@
-"""Deploy-path commands: export (more, such as deploy and bench, register here too)."""
+"""Deploy-path commands: export, deploy (plan -> adapt -> export -> ship -> bench) and bench."""
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
+from typing import Any
 
 from edge_smsp.cli.common import print_json
-from edge_smsp.errors import ExportError
+from edge_smsp.errors import ExportError, TransportError
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
     """Add this module's commands to the parser."""
     register_export(subcommands)
+    register_deploy(subcommands)
+    register_bench(subcommands)
 
 
 def register_export(subcommands: argparse._SubParsersAction) -> None:
@@ -58,3 +62,248 @@ def run_export(args: argparse.Namespace) -> int:
             f"and card {result.card_path} in {result.seconds:.1f} s"
         )
     return 0
+
+
+DEFAULT_CLASSES = "0,2,4"  # Fashion-MNIST T-shirt/top, Pullover, Coat: the embedded default task
+
+
+def register_deploy(subcommands: argparse._SubParsersAction) -> None:
+    """`edge-smsp deploy`: plan, adapt, export, ship and benchmark on a device described by a profile."""
+    from edge_smsp.cli.adapt_commands import add_adapt_arguments
+    from edge_smsp.cli.common import add_backbone_arguments, add_task_arguments, ratio_arg
+    from edge_smsp.cli.pool_commands import add_pool_argument
+
+    parser = subcommands.add_parser(
+        "deploy",
+        help="adapt a sub-network that fits a device, ship it there and measure it",
+        description="Load the device profile, plan the pruning ratio (memory and latency), adapt the backbone "
+        "to the task (SMSP when the pool has entries for it, else a named baseline), export ONNX, upload it "
+        "(SHA-256 verified), benchmark it on the device, and save/print/store the report.",
+    )
+    parser.add_argument(
+        "--profile", required=True, metavar="P", help="profile YAML or bundled name (localhost)"
+    )
+    add_backbone_arguments(parser)
+    add_task_arguments(
+        parser,
+        classes=True,
+        default_classes=DEFAULT_CLASSES,
+        default_image_size=None,
+        image_size_help="input resolution (default: the profile's input_size)",
+    )
+    add_adapt_arguments(parser, ratio_required=False)
+    parser.add_argument(
+        "--ratio",
+        type=ratio_arg,
+        default=None,
+        help="adapt at this ratio and skip planning (default: plan it)",
+    )
+    add_pool_argument(parser)
+    parser.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="first benchmark the backbone pruned at a few ratios on the device and store the results",
+    )
+    _add_device_arguments(parser)
+    parser.add_argument(
+        "--out", type=Path, default=None, metavar="DIR", help="default: runs/deploy-<profile>-<timestamp>"
+    )
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.set_defaults(handler=run_deploy)
+
+
+def register_bench(subcommands: argparse._SubParsersAction) -> None:
+    """`edge-smsp bench`: benchmark any ONNX model on a profile's device."""
+    parser = subcommands.add_parser(
+        "bench",
+        help="benchmark an ONNX model on a device (upload, run the device runtime, report)",
+        description="Upload an ONNX model to the profile's device (SHA-256 verified) and run the device "
+        "runtime's benchmark with the profile's threads and execution providers.",
+    )
+    parser.add_argument(
+        "--profile", required=True, metavar="P", help="profile YAML or bundled name (localhost)"
+    )
+    parser.add_argument("--model", required=True, type=Path, help="ONNX file")
+    _add_device_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print the runtime's JSON report")
+    parser.set_defaults(handler=run_bench)
+
+
+def _add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trust-new-host", action="store_true", help="accept an unknown SSH host key and record it"
+    )
+    parser.add_argument("--bench-runs", type=int, default=100, metavar="N", help="timed runs, at least")
+    parser.add_argument(
+        "--bench-seconds", type=float, default=2.0, metavar="S", help="timed seconds, at least (default 2)"
+    )
+
+
+def _bench_settings(args: argparse.Namespace) -> Any:
+    from edge_smsp.deploy.session import BenchSettings
+
+    if args.bench_runs < 1:
+        raise TransportError(f"--bench-runs must be at least 1, got {args.bench_runs}")
+    if not args.bench_seconds >= 0:
+        raise TransportError(f"--bench-seconds must be >= 0, got {args.bench_seconds}")
+    return BenchSettings(runs=args.bench_runs, min_seconds=args.bench_seconds)
+
+
+def run_deploy(args: argparse.Namespace) -> int:
+    """Handler of `edge-smsp deploy`."""
+    import sys
+
+    from edge_smsp.cli.adapt_commands import backbone_from_args, config_from_args, task_from_args
+    from edge_smsp.cli.common import show_progress
+    from edge_smsp.cli.pool_commands import pool_path
+    from edge_smsp.deploy.session import deploy
+    from edge_smsp.pool import Pool
+    from edge_smsp.profiles import load_profile
+
+    profile = load_profile(args.profile)  # a bad profile fails before anything slow happens
+    bench = _bench_settings(args)
+    if args.image_size is None:
+        args.image_size = profile.input_size
+    config = config_from_args(args, 0.0 if args.ratio is None else args.ratio)
+    out = args.out or Path("runs") / f"deploy-{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    progress = show_progress(args)
+
+    def announce(stage: str) -> None:
+        if progress:
+            print(f"edge-smsp deploy: {stage}...", file=sys.stderr, flush=True)
+
+    with Pool(pool_path(args)) as pool:
+        backbone = backbone_from_args(args)
+        task = task_from_args(args, backbone)
+        report = deploy(
+            profile,
+            backbone,
+            task,
+            pool,
+            config,
+            out,
+            ratio=args.ratio,
+            trust_new_host=args.trust_new_host,
+            calibrate=args.calibrate,
+            bench=bench,
+            progress=progress,
+            on_stage=announce,
+        )
+    if args.json:
+        print_json(report.to_dict())
+    else:
+        print(describe_deploy(report.to_dict()))
+    return 0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Handler of `edge-smsp bench`."""
+    from edge_smsp.deploy.session import bench_model
+    from edge_smsp.profiles import load_profile
+
+    profile = load_profile(args.profile)
+    report = bench_model(profile, args.model, trust_new_host=args.trust_new_host, bench=_bench_settings(args))
+    if args.json:
+        print_json(report)
+    else:
+        print(describe_bench(report))
+    return 0
+
+
+def describe_deploy(report: dict[str, Any]) -> str:
+    """A readable summary of one deploy, one aspect per line."""
+    measured = report["measured"]
+    percentile = report["latency_percentile"]
+    latency_verdict = "met" if report["meets_latency_target"] else "MISSED"
+    memory_line = f"predicted {_mib(report['predicted_memory_bytes'])}"
+    if report["measured_peak_rss_bytes"] is not None:
+        verdict = "met" if report["meets_memory_budget"] else "EXCEEDED"
+        memory_line += f", measured peak RSS {_mib(report['measured_peak_rss_bytes'])}"
+        memory_line += f" (budget {_mib(report['memory_budget_bytes'])}: {verdict})"
+    model = report["latency_model"]
+    method = report["method"] + (f" ({report['method_note']})" if report["method_note"] else "")
+    seconds = report["seconds"]
+    device = measured.get("device") or {}
+    rows = [
+        ("method", method),
+        (
+            "ratio",
+            f"{report['ratio']:.2f} ({'planned' if report['ratio_source'] == 'plan' else 'given'}; latency model "
+            f"from {model['source']}"
+            + (f", {model['n_measurements']} measurements)" if model["n_measurements"] else ")"),
+        ),
+        (
+            f"latency {percentile}",
+            f"predicted {report['predicted_latency_ms']:.2f} ms, measured {report['measured_latency_ms']:.2f} ms "
+            f"({100 * report['latency_error']:+.0f}%; target {report['latency_target_ms']:g} ms: {latency_verdict})",
+        ),
+        ("memory", memory_line),
+        ("accuracy", f"{100 * report['val_accuracy']:.2f}% on the validation split"),
+        (
+            "size",
+            f"params {report['params_before']:,} -> {report['params_after']:,}, "
+            f"MACs {report['macs_before']:,} -> {report['macs_after']:,}, ONNX {_mib(report['onnx_size_bytes'])}",
+        ),
+        (
+            "device",
+            f"{device.get('device_tree_model') or device.get('cpu_model') or '?'}; onnxruntime "
+            f"{measured.get('onnxruntime_version', '?')} {', '.join(measured.get('providers', []))}, "
+            f"{measured.get('runs', '?')} runs",
+        ),
+        ("seconds", ", ".join(f"{name} {value:.1f}" for name, value in seconds.items())),
+        ("onnx", f"{report['onnx_path']} -> device {report['remote_model_path']}"),
+        (
+            "report",
+            report["report_path"]
+            + (
+                f" (pool measurement #{report['measurement_id']})"
+                if report["measurement_id"] is not None
+                else ""
+            ),
+        ),
+    ]
+    head = (
+        f"deployed {report['backbone']} to {report['profile']} ({report['device_transport']}) for "
+        f"{report['task_id']} [{', '.join(report['class_names'])}] at {report['image_size']} px"
+    )
+    return "\n".join([head] + [f"  {label:<12} {text}" for label, text in rows])
+
+
+def describe_bench(report: dict[str, Any]) -> str:
+    """A readable summary of one device benchmark."""
+    latency = report["latency_ms"]
+    percentile = report.get("latency_percentile", "p90")
+    target = report.get("latency_target_ms")
+    verdict = ""
+    if target is not None:
+        verdict = f" (profile target {target:g} ms {percentile}: {'met' if latency[percentile] <= target else 'MISSED'})"
+    device = report.get("device") or {}
+    rows = [
+        (
+            "latency",
+            f"p50 {latency['p50']:.2f} / p90 {latency['p90']:.2f} / p99 {latency['p99']:.2f} ms{verdict}",
+        ),
+        ("throughput", f"{report.get('throughput_ips')} images/s over {report.get('runs')} runs"),
+        ("memory", f"peak RSS {report.get('peak_rss_mib')} MiB"),
+        (
+            "session",
+            f"created in {report.get('session_creation_ms')} ms, first inference "
+            f"{report.get('first_inference_ms')} ms",
+        ),
+        (
+            "runtime",
+            f"onnxruntime {report.get('onnxruntime_version')} {', '.join(report.get('providers', []))}",
+        ),
+        ("device", f"{device.get('device_tree_model') or device.get('cpu_model') or '?'}"),
+        (
+            "model",
+            f"{report.get('remote_model_path')} ({_mib(report.get('model_size_bytes', 0))}, "
+            f"SHA-256 {str(report.get('model_sha256'))[:16]}…)",
+        ),
+    ]
+    head = f"benchmarked on {report.get('profile')}"
+    return "\n".join([head] + [f"  {label:<12} {text}" for label, text in rows])
+
+
+def _mib(size: float) -> str:
+    return f"{size / 1024**2:.1f} MiB"

@@ -69,14 +69,18 @@ def summarise(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def paired(records: Sequence[dict[str, Any]], reference: str) -> list[dict[str, Any]]:
     """Per-task differences reference - other, at the same ratio (every method sees the same task and seed)."""
     by_key = {(r["variant"], r["ratio"], r["iters"], r["task_id"]): r["val_accuracy"] for r in records}
-    ref_items = {(ratio, task): acc for (variant, ratio, _iters, task), acc in by_key.items() if variant == reference}
+    ref_items = {
+        (ratio, task): acc for (variant, ratio, _iters, task), acc in by_key.items() if variant == reference
+    }
     comparisons: dict[tuple[str, float, int], list[float]] = defaultdict(list)
     for (variant, ratio, iters, task), accuracy in by_key.items():
         if variant == reference or (ratio, task) not in ref_items:
             continue
         comparisons[(variant, ratio, iters)].append(ref_items[(ratio, task)] - accuracy)
     rows = []
-    for (variant, ratio, iters), differences in sorted(comparisons.items(), key=lambda item: (item[0][1], item[0][0])):
+    for (variant, ratio, iters), differences in sorted(
+        comparisons.items(), key=lambda item: (item[0][1], item[0][0])
+    ):
         rows.append(
             {
                 "reference": reference,
@@ -144,7 +148,9 @@ def run(mode: str, results_dir: Path, workers: int | None = None) -> dict[str, A
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.accuracy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.accuracy", description=__doc__.splitlines()[0]
+    )
     add_mode_arguments(parser)
     args = parser.parse_args(argv)
     payload = run(args.mode, args.results_dir, args.workers)

@@ -46,16 +46,22 @@ def run(mode: str, results_dir: Path, workers: int | None = None) -> dict[str, A
                 "accuracy": mean_std([r["val_accuracy"] for r in members]),
                 "seconds": {part: mean_std([r["seconds"].get(part, 0.0) for r in members]) for part in PARTS},
                 "seconds_end_to_end": mean_std(end_to_end),
-                "seconds_per_iteration": mean_std([r["seconds"]["finetuning"] / max(r["iters"], 1) for r in members]),
+                "seconds_per_iteration": mean_std(
+                    [r["seconds"]["finetuning"] / max(r["iters"], 1) for r in members]
+                ),
                 "per_task": {
-                    r["task_id"]: {"accuracy": r["val_accuracy"], "seconds": e} for r, e in zip(members, end_to_end, strict=True)
+                    r["task_id"]: {"accuracy": r["val_accuracy"], "seconds": e}
+                    for r, e in zip(members, end_to_end, strict=True)
                 },
             }
         )
     by_method = {row["method"]: row for row in rows}
     speedup = None
     if "smsp" in by_method and "scratch" in by_method:
-        speedup = by_method["scratch"]["seconds_end_to_end"]["mean"] / by_method["smsp"]["seconds_end_to_end"]["mean"]
+        speedup = (
+            by_method["scratch"]["seconds_end_to_end"]["mean"]
+            / by_method["smsp"]["seconds_end_to_end"]["mean"]
+        )
     payload = {
         "benchmark": "adapt_time",
         "mode": mode,
@@ -73,7 +79,9 @@ def run(mode: str, results_dir: Path, workers: int | None = None) -> dict[str, A
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.adapt_time", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.adapt_time", description=__doc__.splitlines()[0]
+    )
     add_mode_arguments(parser)
     args = parser.parse_args(argv)
     payload = run(args.mode, args.results_dir, args.workers)

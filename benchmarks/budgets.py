@@ -64,7 +64,9 @@ def run(mode: str, results_dir: Path, workers: int | None = None) -> dict[str, A
     others = [
         record
         for record in study.cache.runs.values()
-        if record.get("phase") == "heldout" and record.get("iters") == iters and record["key"] not in {s.key for s in specs}
+        if record.get("phase") == "heldout"
+        and record.get("iters") == iters
+        and record["key"] not in {s.key for s in specs}
     ]
     records = budget_records + others
     sizes = group_sizes(mode)
@@ -93,7 +95,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     payload = run(args.mode, args.results_dir, args.workers)
     for row in payload["summary"]:
         acc = row["accuracy"]
-        print(f"{row['variant']:<28} r={row['ratio']:<4g} acc {acc['mean']:.4f} ± {acc['std']:.4f} (n={acc['n']})")
+        print(
+            f"{row['variant']:<28} r={row['ratio']:<4g} acc {acc['mean']:.4f} ± {acc['std']:.4f} (n={acc['n']})"
+        )
     same = all(check["same_scores"] and check["nested_masks"] for check in payload["one_mask_checks"])
     print(f"one score mask per task, nested kept sets across ratios: {same}")
     return 0

@@ -49,10 +49,16 @@ def leep_matrix(study: Study) -> tuple[np.ndarray, list[str]]:
     from edge_smsp.train import predict_proba
 
     s = study.settings
-    samples = [sample_task(study_task(study.mode, classes), s.similarity_samples, s.seed) for classes in study.pool_classes]
+    samples = [
+        sample_task(study_task(study.mode, classes), s.similarity_samples, s.seed)
+        for classes in study.pool_classes
+    ]
     task_ids = [study_task(study.mode, classes).task_id for classes in study.pool_classes]
     matrix = np.zeros((len(task_ids), len(task_ids)))
-    with Pool(study.pool_path, create=False) as pool, tempfile.TemporaryDirectory(prefix="mechanism-") as scratch:
+    with (
+        Pool(study.pool_path, create=False) as pool,
+        tempfile.TemporaryDirectory(prefix="mechanism-") as scratch,
+    ):
         entries = {entry.task.task_key: entry for entry in pool.entries()}
         for i, task_id in enumerate(task_ids):
             model, _ = load_pruned(pool.materialise_model_dir(entries[task_id].id, f"{scratch}/{i}"))
@@ -87,7 +93,11 @@ def heldout_overlap(study: Study, sizes: dict[str, int]) -> list[dict[str, Any]]
     values: dict[tuple[str, float], list[float]] = defaultdict(list)
     for record in runs:
         reference = scratch.get((record["task_id"], record["ratio"]))
-        if record["method"] == "scratch" or reference is None or record["iters"] != study.settings.oneshot_iters:
+        if (
+            record["method"] == "scratch"
+            or reference is None
+            or record["iters"] != study.settings.oneshot_iters
+        ):
             continue
         overall, _ = iou(unpack_mask(record["mask"], sizes), unpack_mask(reference["mask"], sizes))
         values[(record["variant"], record["ratio"])].append(overall)
@@ -144,7 +154,9 @@ def run(mode: str, results_dir: Path, workers: int | None = None) -> dict[str, A
     leeps = [pair["leep"] for pair in pairs]
     ious = [pair["iou"] for pair in pairs]
     per_group_rho = {
-        key: spearman(leeps, [pair["iou_per_group"][key] for pair in pairs]) for key in sizes if sizes[key] > 1
+        key: spearman(leeps, [pair["iou_per_group"][key] for pair in pairs])
+        for key in sizes
+        if sizes[key] > 1
     }
     by_shared: dict[int, list[float]] = defaultdict(list)
     for pair in pairs:
@@ -167,7 +179,9 @@ def run(mode: str, results_dir: Path, workers: int | None = None) -> dict[str, A
         "iou_by_shared_classes": {str(k): mean_std(v) for k, v in sorted(by_shared.items())},
         "iou_with_backbone_magnitude_mask": mean_std(with_magnitude),
         "spearman_per_group": per_group_rho,
-        "iou_per_group_mean": {key: float(np.mean([p["iou_per_group"][key] for p in pairs])) for key in sizes},
+        "iou_per_group_mean": {
+            key: float(np.mean([p["iou_per_group"][key] for p in pairs])) for key in sizes
+        },
         "group_sizes": sizes,
         "heldout_iou_with_scratch": heldout_overlap(study, sizes),
         "pair_rows": [{k: v for k, v in pair.items() if k != "iou_per_group"} for pair in pairs],
@@ -185,7 +199,9 @@ def _kinds(model: Any) -> dict[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.mechanism", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.mechanism", description=__doc__.splitlines()[0]
+    )
     add_mode_arguments(parser)
     args = parser.parse_args(argv)
     payload = run(args.mode, args.results_dir, args.workers)

@@ -39,6 +39,7 @@ from benchmarks.common import (
 )
 
 POOL_METHODS = ("smsp", "smsp-random")
+ALL_ENTRIES = 999  # top_k meaning "every pool entry"
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,10 @@ class RunSpec:
         """Method name, with K, weighting and mask source for the pool methods."""
         if self.method not in POOL_METHODS:
             return self.method
+        k = "all" if self.top_k >= ALL_ENTRIES else str(self.top_k)
         if self.method == "smsp-random":
-            return f"smsp-random[k{self.top_k}]"
-        return f"smsp[k{self.top_k},{self.weighting},{self.mask_source}]"
+            return f"smsp-random[k{k}]"
+        return f"smsp[k{k},{self.weighting},{self.mask_source}]"
 
     @property
     def key(self) -> str:
@@ -73,14 +75,29 @@ class RunSpec:
 
 
 def variant_spec(
-    phase: str, classes: Sequence[int], variant: Sequence[Any], ratio: float, iters: int, seed: int, export: bool = False
+    phase: str,
+    classes: Sequence[int],
+    variant: Sequence[Any],
+    ratio: float,
+    iters: int,
+    seed: int,
+    export: bool = False,
 ) -> RunSpec:
     """A RunSpec from a (method, top_k, weighting, mask_source) tuple."""
     method, top_k, weighting, mask_source = variant
     if method not in POOL_METHODS:
         return RunSpec(phase, tuple(classes), method, ratio, iters, seed, export=export)
     return RunSpec(
-        phase, tuple(classes), method, ratio, iters, seed, int(top_k), weighting or "uniform", mask_source or "masks", export
+        phase,
+        tuple(classes),
+        method,
+        ratio,
+        iters,
+        seed,
+        int(top_k),
+        weighting or "uniform",
+        mask_source or "masks",
+        export,
     )
 
 
@@ -99,14 +116,22 @@ class Study:
         self.tmp = tmp_dir(self.results_dir, mode)
         self.pool_path = self.tmp / "pool.sqlite"
         self.workers = workers or default_workers(mode)
-        self.cache = RunCache(result_path(self.results_dir, "study", mode), meta={"settings": self.settings.to_dict()})
+        self.cache = RunCache(
+            result_path(self.results_dir, "study", mode), meta={"settings": self.settings.to_dict()}
+        )
         from edge_smsp.data import generate_tasks
 
         settings = self.settings
-        every = generate_tasks(DATASET, settings.pool_tasks + settings.new_tasks, settings.classes_per_task, settings.task_seed)
+        every = generate_tasks(
+            DATASET, settings.pool_tasks + settings.new_tasks, settings.classes_per_task, settings.task_seed
+        )
         # Pool and held-out tasks are distinct class sets (they may share single classes).
-        self.pool_classes: list[tuple[int, ...]] = [tuple(int(c) for c in task) for task in every[: settings.pool_tasks]]
-        self.new_classes: list[tuple[int, ...]] = [tuple(int(c) for c in task) for task in every[settings.pool_tasks :]]
+        self.pool_classes: list[tuple[int, ...]] = [
+            tuple(int(c) for c in task) for task in every[: settings.pool_tasks]
+        ]
+        self.new_classes: list[tuple[int, ...]] = [
+            tuple(int(c) for c in task) for task in every[settings.pool_tasks :]
+        ]
 
     # --- specs ---------------------------------------------------------------------------------------------
 
@@ -125,12 +150,16 @@ class Study:
                 for method in s.oneshot_methods:
                     variant = PAPER_VARIANT if method == "smsp" else (method, 5, "uniform", "masks")
                     export = method == "smsp" and ratio == s.export_ratio
-                    specs.append(variant_spec("heldout", classes, variant, ratio, s.oneshot_iters, seed, export))
+                    specs.append(
+                        variant_spec("heldout", classes, variant, ratio, s.oneshot_iters, seed, export)
+                    )
                 for variant in extra_variants:
                     specs.append(variant_spec("heldout", classes, variant, ratio, s.oneshot_iters, seed))
             for ratio in s.scratch_ratios:
                 export = ratio == s.export_ratio
-                specs.append(RunSpec("heldout", classes, "scratch", ratio, s.scratch_iters, seed, export=export))
+                specs.append(
+                    RunSpec("heldout", classes, "scratch", ratio, s.scratch_iters, seed, export=export)
+                )
         return specs
 
     def budget_specs(self) -> list[RunSpec]:
@@ -143,7 +172,9 @@ class Study:
                 variant = PAPER_VARIANT if method == "smsp" else (method, 5, "uniform", "masks")
                 for ratio in s.budget_ratios:
                     export = method == "smsp" and ratio == s.export_ratio
-                    specs.append(variant_spec("heldout", classes, variant, ratio, s.oneshot_iters, seed, export))
+                    specs.append(
+                        variant_spec("heldout", classes, variant, ratio, s.oneshot_iters, seed, export)
+                    )
         return specs
 
     def tuning_specs(self) -> list[RunSpec]:
@@ -153,9 +184,7 @@ class Study:
         for classes in self.pool_classes[: s.tuning_tasks]:
             seed = self.task_seed(classes)
             for variant in s.tuning_variants:
-                method, top_k = variant[0], int(variant[1])
-                if method in POOL_METHODS and top_k > s.pool_tasks - 1:
-                    variant = (method, s.pool_tasks - 1, *variant[2:])
+                # K larger than the pool means "every entry" (adapt takes the top min(K, pool size)).
                 specs.append(variant_spec("loo", classes, variant, s.tuning_ratio, s.oneshot_iters, seed))
         return specs
 
@@ -170,12 +199,18 @@ class Study:
         """Build the missing pool entries (scratch, in parallel workers); the pool build records in pool order."""
         self.cache.reload()
         jobs = [
-            (self.pool_key(classes), _build_pool_entry, (self.mode, str(self.pool_path), classes, self.task_seed(classes)))
+            (
+                self.pool_key(classes),
+                _build_pool_entry,
+                (self.mode, str(self.pool_path), classes, self.task_seed(classes)),
+            )
             for classes in self.pool_classes
             if self.cache.get(self.pool_key(classes)) is None
         ]
         if jobs:
-            log(f"pool: building {len(jobs)} of {len(self.pool_classes)} entries ({self.settings.pool_iters} iters each)")
+            log(
+                f"pool: building {len(jobs)} of {len(self.pool_classes)} entries ({self.settings.pool_iters} iters each)"
+            )
         self._execute(jobs, "pool")
         return [self.cache.get(self.pool_key(classes)) for classes in self.pool_classes]
 
@@ -324,10 +359,13 @@ def group_sizes(mode: str) -> dict[str, int]:
 
 
 def _build_pool_entry(mode: str, pool_path: str, classes: tuple[int, ...], seed: int) -> dict[str, Any]:
+    import torch
+
     from edge_smsp import smsp
     from edge_smsp.pool import Pool
 
     s = SETTINGS[mode]
+    torch.manual_seed(seed)  # the new head's initial weights come from the global RNG
     backbone = study_backbone(mode)
     task = study_task(mode, classes)
     config = smsp.AdaptConfig(
@@ -371,6 +409,9 @@ def _run_spec(mode: str, pool_path: str, spec_fields: dict[str, Any], tmp: str) 
 
     spec = RunSpec(**{**spec_fields, "classes": tuple(spec_fields["classes"])})
     s = SETTINGS[mode]
+    # adapt() draws the new head's initial weights from the global RNG: seed it, so that every method on a
+    # task starts from the same head whatever ran before in this worker (a paired comparison, reproducible).
+    torch.manual_seed(spec.seed)
     backbone = study_backbone(mode)
     task = study_task(mode, spec.classes)
     config = smsp.AdaptConfig(

@@ -23,6 +23,10 @@ class PoolError(EdgeSmspError):
     """Pool database missing, corrupt, empty, or built for another backbone."""
 
 
+class NoPoolEntriesError(PoolError):
+    """The pool holds no entries for this backbone (and input size): build one, or use a baseline."""
+
+
 class ProfileError(EdgeSmspError):
     """Device profile that is missing or invalid (message names the field path)."""
 

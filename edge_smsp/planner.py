@@ -153,7 +153,7 @@ def cost_at_ratio(model: nn.Module, input_size: int, ratio: float) -> ModelCost:
 
         try:
             # Unit counts per group depend on the ratio only, so the importance order does not change the cost.
-            pruned, _ = prune(model, ratio=ratio, image_size=input_size)
+            pruned, _ = prune(model, ratio=ratio, image_size=input_size, tie_break={})
         except PruneError as error:
             raise PlanError(f"cannot prune the backbone at ratio {ratio}: {error}") from None
         cost = measure_cost(pruned, input_size, ratio)

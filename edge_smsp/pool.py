@@ -431,6 +431,7 @@ class Pool:
         dest = Path(dest_dir)
         dest.mkdir(parents=True, exist_ok=True)
         for name, sha256, data in rows:
+            _check_plain_name(name)
             if hashlib.sha256(data).hexdigest() != sha256:
                 raise PoolError(
                     f"pool {self.path}: file {name} of entry {entry_id} fails its checksum; the database is damaged"
@@ -627,10 +628,11 @@ class Pool:
             "SELECT id, dataset, classes, seed FROM tasks WHERE task_key = ?", (task.task_key,)
         ).fetchone()
         if row is not None:
-            if (row[1], tuple(json.loads(row[2])), row[3]) != (task.dataset, tuple(task.classes), task.seed):
+            # The key names the class set; a different sampling seed is the same task.
+            if (row[1], tuple(json.loads(row[2]))) != (task.dataset, tuple(task.classes)):
                 raise PoolError(
                     f"pool {self.path} already stores task {task.task_key} as {row[1]} classes "
-                    f"{json.loads(row[2])} seed {row[3]}, not {task.dataset} classes {list(task.classes)} seed {task.seed}"
+                    f"{json.loads(row[2])}, not {task.dataset} classes {list(task.classes)}"
                 )
             return int(row[0])
         cursor = self._db.execute(
@@ -802,9 +804,14 @@ def _collect_model_files(
     for name, data in (model_files or {}).items():
         files[name] = bytes(data)
     for name in files:
-        if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
-            raise PoolError(f"model file name {name!r} must be a plain file name")
+        _check_plain_name(name)
     return files
+
+
+def _check_plain_name(name: str) -> None:
+    """A stored file name must not leave its directory (a shared pool file is untrusted input)."""
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
+        raise PoolError(f"model file name {name!r} must be a plain file name")
 
 
 def _dumps(payload: dict[str, Any], what: str) -> str:

@@ -79,7 +79,7 @@ def prune(
     """Return a physically pruned deep copy of `model` and a summary; the input model is left untouched."""
     layouts = group_layouts(model)
     by_key = {layout.key: layout for layout in layouts}
-    ratio = _checked_ratio(ratio)
+    ratio = checked_ratio(ratio)
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise PruneError(f"round_to must be an integer >= 1, got {round_to!r}")
     keep_counts = dict(keep_counts or {})
@@ -258,10 +258,13 @@ def save_pruned(model: nn.Module, out_dir: str | os.PathLike[str], meta: Mapping
     try:
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         (staging / META_FILE).write_text(text + "\n", encoding="utf-8")
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; the saved model is an ordinary directory
         if not out.exists():
             os.replace(staging, out)
         else:
-            # Weights first, metadata last: pruned.json is what marks the directory as complete.
+            # pruned.json marks the directory complete: drop the old one first, so a crash in between leaves
+            # an incomplete directory that load_pruned refuses, never new weights under old metadata.
+            (out / META_FILE).unlink(missing_ok=True)
             os.replace(staging / WEIGHTS_FILE, out / WEIGHTS_FILE)
             os.replace(staging / META_FILE, out / META_FILE)
     except OSError as error:
@@ -408,7 +411,8 @@ def _tie_at_cut(scores: np.ndarray, count: int) -> bool:
     return bool(ranked[count - 1] == ranked[count])
 
 
-def _checked_ratio(ratio: Any) -> float | None:
+def checked_ratio(ratio: Any) -> float | None:
+    """The ratio as a float in [0, 1) (None stays None); PruneError otherwise."""
     if ratio is None:
         return None
     try:

@@ -21,13 +21,14 @@ import torch
 from torch import nn
 
 from edge_smsp.data import Task
-from edge_smsp.errors import PoolError
+from edge_smsp.errors import NoPoolEntriesError, PoolError, PruneError
 from edge_smsp.importance import score_units, unit_l1_norms
 from edge_smsp.leep import leep
 from edge_smsp.pool import BackboneRecord, Pool, PoolEntry, TaskRecord
 from edge_smsp.prune import (
     PruneSummary,
     backbone_group_sizes,
+    checked_ratio,
     keep_count,
     kept_indices,
     kept_mask,
@@ -55,7 +56,9 @@ class AdaptConfig:
     method: str = "smsp"
     top_k: int = 5
     weighting: str = "uniform"  # "uniform" sums binary masks; "leep" weights them by normalised similarity
-    mask_source: str = "masks"  # "masks" (binary, as in the paper) or "scores" (the entries' real-valued ranks)
+    mask_source: str = (
+        "masks"  # "masks" (binary, as in the paper) or "scores" (the entries' real-valued ranks)
+    )
     round_to: int = 8
     batch_size: int = 32
     lr: float | None = None
@@ -63,12 +66,12 @@ class AdaptConfig:
     seed: int = 0
     similarity_samples: int = 500
     taylor_batches: int = 4
+    warmup_fraction: float = 0.2  # of the iterations, spent before one-shot Taylor scores the new task
     scratch_rounds: int = 4
     scratch_importance: str = "taylor"  # the pool-building criterion: "taylor" or "magnitude"
 
     def __post_init__(self) -> None:
-        from edge_smsp.errors import PruneError
-
+        checked_ratio(self.ratio)
         if self.method not in METHODS:
             raise PruneError(f"unknown method {self.method!r}: choose one of {', '.join(METHODS)}")
         if self.weighting not in ("uniform", "leep"):
@@ -80,9 +83,18 @@ class AdaptConfig:
         if self.top_k < 1:
             raise PruneError(f"top-k must be >= 1, got {self.top_k}")
         if self.scratch_importance not in ("taylor", "magnitude"):
-            raise PruneError(f"scratch importance must be 'taylor' or 'magnitude', got {self.scratch_importance!r}")
+            raise PruneError(
+                f"scratch importance must be 'taylor' or 'magnitude', got {self.scratch_importance!r}"
+            )
         if self.scratch_rounds < 1:
             raise PruneError(f"scratch rounds must be >= 1, got {self.scratch_rounds}")
+
+    @property
+    def pool_method(self) -> str:
+        """How pool entries made with this config are labelled (scratch names its criterion and rounds)."""
+        if self.method == "scratch":
+            return f"scratch-{self.scratch_importance}-r{self.scratch_rounds}"
+        return self.method
 
 
 @dataclass(frozen=True)
@@ -100,9 +112,7 @@ class SimilarTask:
 class AdaptResult:
     """What one adaptation produced; `model` is the adapted, physically pruned network."""
 
-    method: str
-    ratio: float
-    iters: int
+    config: AdaptConfig
     val_accuracy: float
     summary: PruneSummary
     similar_tasks: list[SimilarTask]
@@ -110,6 +120,18 @@ class AdaptResult:
     model: nn.Module = field(repr=False)
     unit_scores: dict[str, np.ndarray] = field(repr=False)
     task: Task = field(repr=False)
+
+    @property
+    def method(self) -> str:
+        return self.config.method
+
+    @property
+    def ratio(self) -> float:
+        return self.config.ratio
+
+    @property
+    def iters(self) -> int:
+        return self.config.iters
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready report (the model itself is left out)."""
@@ -152,26 +174,40 @@ def task_record(task: Task) -> TaskRecord:
     )
 
 
-def pool_entries_for(pool: Pool, backbone: nn.Module) -> list[PoolEntry]:
-    """Pool entries pruned from exactly this backbone; a clear error when there are none."""
-    entries = pool.entries(backbone_hash=weights_hash(backbone))
+def pool_entries_for(pool: Pool, backbone: nn.Module, image_size: int) -> list[PoolEntry]:
+    """Pool entries pruned from exactly this backbone at this input size; a clear error when there are none."""
+    entries = pool.entries(backbone_hash=weights_hash(backbone), image_size=image_size)
     if entries:
         return entries
+    sizes = sorted(
+        {entry.backbone.image_size for entry in pool.entries(backbone_hash=weights_hash(backbone))}
+    )
+    if sizes:
+        raise NoPoolEntriesError(
+            f"pool {pool.path} holds entries for these weights at {', '.join(f'{size} px' for size in sizes)}, "
+            f"not {image_size} px; use --image-size {sizes[0]} or build a pool at {image_size} px"
+        )
     name = backbone_spec(backbone).name
     others = sorted({entry.backbone.name for entry in pool.entries()})
     if others:
-        raise PoolError(
+        raise NoPoolEntriesError(
             f"pool {pool.path} holds entries for {', '.join(others)} but none for these {name} weights; "
             f"build one with `edge-smsp pool build --backbone {name}` or choose a baseline (--method magnitude)"
         )
-    raise PoolError(
+    raise NoPoolEntriesError(
         f"pool {pool.path} is empty; build one with `edge-smsp pool build --backbone {name} ...` "
         "or choose a baseline method (--method random, magnitude or taylor)"
     )
 
 
 def rank_pool(
-    entries: Sequence[PoolEntry], pool: Pool, task: Task, *, samples: int = 500, batch_size: int = 64, seed: int = 0
+    entries: Sequence[PoolEntry],
+    pool: Pool,
+    task: Task,
+    *,
+    samples: int = 500,
+    batch_size: int = 64,
+    seed: int = 0,
 ) -> list[tuple[PoolEntry, float]]:
     """LEEP of every entry's pruned model on a bounded, seeded sample of the task's training set, best first."""
     images, labels = sample_task(task, samples, seed)
@@ -195,7 +231,11 @@ def sample_task(task: Task, samples: int, seed: int) -> tuple[torch.Tensor, np.n
 
 
 def score_mask(
-    pool: Pool, selected: Sequence[tuple[PoolEntry, float]], *, weighting: str = "uniform", source: str = "masks"
+    pool: Pool,
+    selected: Sequence[tuple[PoolEntry, float]],
+    *,
+    weighting: str = "uniform",
+    source: str = "masks",
 ) -> dict[str, np.ndarray]:
     """S = sum of the selected entries' masks (or real-valued scores), optionally weighted by similarity."""
     if weighting == "leep":
@@ -207,13 +247,14 @@ def score_mask(
         weights = np.ones(len(selected))
     total: dict[str, np.ndarray] = {}
     for (entry, _), weight in zip(selected, weights, strict=True):
-        arrays = pool.entry_scores(entry.id) if source == "scores" else None
-        if arrays is None:
-            arrays = pool.entry_masks(entry.id)
+        scores = pool.entry_scores(entry.id) if source == "scores" else None
+        if scores is not None:
+            arrays = {key: _unit_ranks(values) for key, values in scores.items()}
+        else:
+            arrays = {
+                key: np.asarray(mask, dtype=np.float64) for key, mask in pool.entry_masks(entry.id).items()
+            }
         for key, values in arrays.items():
-            values = np.asarray(values, dtype=np.float64)
-            if source == "scores":
-                values = _unit_ranks(values)
             total[key] = total.get(key, 0.0) + weight * values
     return total
 
@@ -231,21 +272,27 @@ def adapt(
     similar: list[SimilarTask] = []
     started = time.perf_counter()
     if config.method == "scratch":
-        model, summary, scores, finetune_seconds = prune_from_scratch(backbone, task, config, progress=progress)
+        model, summary, scores, finetune_seconds = prune_from_scratch(
+            backbone, task, config, progress=progress
+        )
         timings["finetuning"] = finetune_seconds
         timings["pruning"] = time.perf_counter() - started - finetune_seconds
     else:
         # The task's head goes on first, so sizes before/after both count the model that is shipped.
         with_head = replace_classifier(copy.deepcopy(backbone), len(task.classes))
-        pruning_started = time.perf_counter()  # one-shot scoring counts as pruning time
+        warmup_iters = 0
         if config.method in POOL_METHODS:
             if pool is None:
                 raise PoolError(f"method {config.method} needs a pool (--pool) built for this backbone")
+            similarity_started = time.perf_counter()
             scores, similar = _pool_scores(backbone, pool, task, config)
-            pruning_started = time.perf_counter()
-            timings["similarity"] = pruning_started - started
-        else:
-            # Taylor needs the task's loss, hence the new head; magnitude and random read the backbone alone.
+            timings["similarity"] = time.perf_counter() - similarity_started
+        elif config.method == "taylor":
+            # Gradients through a random head are noise: train briefly first, from the same iteration budget.
+            warmup_iters = round(config.iters * config.warmup_fraction)
+            timings["finetuning"] += _finetune(with_head, task, config, warmup_iters, progress)
+        pruning_started = time.perf_counter()
+        if config.method not in POOL_METHODS:
             scored = with_head if config.method == "taylor" else backbone
             scores = score_units(
                 scored, config.method, batches=_batches(task, config, config.taylor_batches), seed=config.seed
@@ -254,15 +301,13 @@ def adapt(
             with_head, scores, config.ratio, round_to=config.round_to, tie_break=unit_l1_norms(backbone)
         )
         timings["pruning"] = time.perf_counter() - pruning_started
-        finetune_started = time.perf_counter()
-        _finetune(model, task, config, config.iters, progress)
-        timings["finetuning"] = time.perf_counter() - finetune_started
+        timings["finetuning"] += _finetune(
+            model, task, config, config.iters - warmup_iters, progress, seed_offset=1 if warmup_iters else 0
+        )
     accuracy = evaluate(model.eval(), task.val, batch_size=max(64, config.batch_size))
     timings["total"] = time.perf_counter() - started
     return AdaptResult(
-        method=config.method,
-        ratio=config.ratio,
-        iters=config.iters,
+        config=config,
         val_accuracy=float(accuracy),
         summary=summary,
         similar_tasks=similar,
@@ -276,7 +321,8 @@ def adapt(
 def prune_from_scratch(
     backbone: nn.Module, task: Task, config: AdaptConfig, *, progress: bool = False
 ) -> tuple[nn.Module, PruneSummary, dict[str, np.ndarray], float]:
-    """Iterative pruning: `scratch_rounds` rounds of Taylor scoring, pruning towards the ratio and fine-tuning.
+    """Iterative pruning: fine-tune, then `scratch_rounds` rounds of scoring, pruning towards the ratio and
+    fine-tuning (the iterations split evenly over the warm-up and the rounds).
 
     Returns the model, a summary against the backbone, real-valued unit scores over the backbone's units (units
     that survive longer rank higher) and the seconds spent fine-tuning.
@@ -284,24 +330,30 @@ def prune_from_scratch(
     rounds = config.scratch_rounds
     sizes = backbone_group_sizes(backbone)
     kinds = {layout.key: layout.kind for layout in group_layouts(backbone)}
-    final_counts = {key: keep_count(size, config.ratio, kinds[key], config.round_to) for key, size in sizes.items()}
+    final_counts = {
+        key: keep_count(size, config.ratio, kinds[key], config.round_to) for key, size in sizes.items()
+    }
     survival = {key: np.full(size, float(rounds), dtype=np.float64) for key, size in sizes.items()}
     model = replace_classifier(copy.deepcopy(backbone), len(task.classes))
+    chunks = _split(config.iters, rounds + 1)
+    finetune_seconds = _finetune(model, task, config, chunks[0], progress)
     first_summary: PruneSummary | None = None
     summary: PruneSummary | None = None
-    finetune_seconds = 0.0
-    iters_per_round = _split(config.iters, rounds)
     for round_index in range(rounds):
         importance = score_units(
-            model, config.scratch_importance, batches=_batches(task, config, config.taylor_batches, round_index), seed=config.seed
+            model,
+            config.scratch_importance,
+            batches=_batches(task, config, config.taylor_batches, round_index),
+            seed=config.seed,
         )
         before = kept_indices(model)
         fraction = (round_index + 1) / rounds
         counts = {
-            key: max(final_counts[key], round(sizes[key] - (sizes[key] - final_counts[key]) * fraction))
-            for key in sizes
+            key: min(
+                len(before[key]), max(final_counts[key], round(size - (size - final_counts[key]) * fraction))
+            )
+            for key, size in sizes.items()
         }
-        counts = {key: min(count, len(before[key])) for key, count in counts.items()}
         model, summary = prune(model, importance, keep_counts=counts, round_to=config.round_to)
         first_summary = first_summary or summary
         after = kept_indices(model)
@@ -314,9 +366,7 @@ def prune_from_scratch(
             if round_index == rounds - 1:
                 for unit in after[key]:
                     survival[key][unit] = rounds + ranks[position[unit]]
-        finetune_started = time.perf_counter()
-        _finetune(model, task, config, iters_per_round[round_index], progress)
-        finetune_seconds += time.perf_counter() - finetune_started
+        finetune_seconds += _finetune(model, task, config, chunks[round_index + 1], progress, round_index + 1)
     assert summary is not None and first_summary is not None
     total = dataclasses.replace(
         summary,
@@ -361,7 +411,7 @@ def _add_entry(pool: Pool, backbone: nn.Module, result: AdaptResult, model_dir: 
         task=task_record(result.task),
         backbone=backbone_record(backbone, result.summary.image_size),
         ratio=result.ratio,
-        method=result.method,
+        method=result.config.pool_method,
         iters=result.iters,
         val_accuracy=result.val_accuracy,
         masks=kept_mask(result.model),
@@ -385,7 +435,14 @@ def build_pool(
     record = backbone_record(backbone, task_image_size(tasks))
     added = []
     for task in tasks:
-        if pool.has_entry(task.task_id, record.weights_hash, config.ratio, config.method, config.iters):
+        if pool.has_entry(
+            task.task_id,
+            record.weights_hash,
+            config.ratio,
+            config.pool_method,
+            config.iters,
+            record.image_size,
+        ):
             if on_task is not None:
                 on_task(task, None)
             continue
@@ -406,10 +463,10 @@ def task_image_size(tasks: Sequence[Task]) -> int:
 def _pool_scores(
     backbone: nn.Module, pool: Pool, task: Task, config: AdaptConfig
 ) -> tuple[dict[str, np.ndarray], list[SimilarTask]]:
-    entries = pool_entries_for(pool, backbone)
+    entries = pool_entries_for(pool, backbone, task.image_size)
     if config.method == "smsp":
         ranked = rank_pool(entries, pool, task, samples=config.similarity_samples, seed=config.seed)
-        selected = ranked[: config.top_k]
+        selected = _best_per_task(ranked)[: config.top_k]
     else:
         generator = np.random.default_rng(config.seed)
         picks = generator.choice(len(entries), size=min(config.top_k, len(entries)), replace=False)
@@ -437,7 +494,20 @@ def _pool_scores(
     return scores, similar
 
 
-def _batches(task: Task, config: AdaptConfig, count: int, offset: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _best_per_task(ranked: Sequence[tuple[PoolEntry, float]]) -> list[tuple[PoolEntry, float]]:
+    """Keep each pool task once (its most similar entry), so one task cannot fill several of the top K."""
+    seen: set[str] = set()
+    best = []
+    for entry, similarity in ranked:
+        if entry.task.task_key not in seen:
+            seen.add(entry.task.task_key)
+            best.append((entry, similarity))
+    return best
+
+
+def _batches(
+    task: Task, config: AdaptConfig, count: int, offset: int = 0
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     generator = torch.Generator().manual_seed(config.seed * 1000 + offset)
     order = torch.randperm(len(task.train), generator=generator)
     for batch_index in range(count):
@@ -447,9 +517,13 @@ def _batches(task: Task, config: AdaptConfig, count: int, offset: int = 0) -> It
         yield task.train.batch(indices)
 
 
-def _finetune(model: nn.Module, task: Task, config: AdaptConfig, iters: int, progress: bool) -> None:
+def _finetune(
+    model: nn.Module, task: Task, config: AdaptConfig, iters: int, progress: bool, seed_offset: int = 0
+) -> float:
+    """Fine-tune for `iters` iterations; each stage gets its own seed so stages see different batches."""
     if iters <= 0:
-        return
+        return 0.0
+    started = time.perf_counter()
     finetune(
         model,
         task,
@@ -457,9 +531,10 @@ def _finetune(model: nn.Module, task: Task, config: AdaptConfig, iters: int, pro
         batch_size=config.batch_size,
         lr=config.lr,
         optimizer=config.optimizer,
-        seed=config.seed,
+        seed=config.seed * 1000 + seed_offset,
         progress=progress,
     )
+    return time.perf_counter() - started
 
 
 def _split(total: int, parts: int) -> list[int]:
@@ -477,4 +552,8 @@ def _unit_ranks(values: np.ndarray) -> np.ndarray:
 
 def _backbone_scores(scores: dict[str, np.ndarray], sizes: dict[str, int]) -> dict[str, np.ndarray]:
     """Scores over the backbone's units (SMSP and one-shot scores already are; keep only matching groups)."""
-    return {key: np.asarray(scores[key], dtype=np.float64) for key in sizes if len(scores.get(key, ())) == sizes[key]}
+    return {
+        key: np.asarray(scores[key], dtype=np.float64)
+        for key in sizes
+        if len(scores.get(key, ())) == sizes[key]
+    }

@@ -79,4 +79,3 @@ def images(count: int = 2, image_size: int = IMAGE_SIZE, dtype: torch.dtype = to
     """A seeded batch of random images."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(count, 3, image_size, image_size, generator=generator).to(dtype)
-

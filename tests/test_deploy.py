@@ -481,3 +481,32 @@ def test_bad_profiles_exit_2_with_the_field_path(
     line = one_line_error(capsys)
     assert message in line
     assert not (tmp_path / "out" / "model.onnx").exists()
+
+
+def test_a_run_on_fallback_providers_is_reported_but_not_stored_as_calibration(
+    device_python: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The CPU build of onnxruntime knows CUDA but lacks it: the device falls back to the CPU.
+    profile = write_profile(
+        tmp_path / "gpu.yaml",
+        local_connection(device_python, tmp_path),
+        providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+    )
+    pool = tmp_path / "pool.sqlite"
+    argv = [
+        "deploy",
+        "--profile",
+        str(profile),
+        "--method",
+        "magnitude",
+        "--ratio",
+        "0.5",
+        "--pool",
+        str(pool),
+    ]
+    assert main([*argv, *TINY, *QUICK_BENCH, "--out", str(tmp_path / "out"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["measured"]["providers"] == ["CPUExecutionProvider"]
+    assert report["measurement_id"] is None and "CUDAExecutionProvider" in report["measurement_note"]
+    with Pool(pool, create=False) as opened:
+        assert opened.measurements() == []

@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import json
 import os
@@ -480,3 +481,24 @@ def test_pool_list_on_missing_or_corrupt_pool_exits_2_with_one_line(
     err = capsys.readouterr().err
     assert err.count("\n") == 1
     assert "move" in err and "--pool" in err
+
+
+def test_stored_file_names_that_leave_the_directory_are_refused(tmp_path):
+    path = tmp_path / "pool.sqlite"
+    with Pool(path) as pool:
+        entry_id = add_example_entry(pool, 1)
+    # A pool file shared by someone else is untrusted: rename a stored file to escape the destination.
+    with sqlite3.connect(path) as connection:
+        connection.execute("UPDATE entry_files SET name = '../escaped' WHERE name = 'pruned.json'")
+    destination = tmp_path / "model"
+    with Pool(path, create=False) as pool, pytest.raises(PoolError, match="plain file name"):
+        pool.materialise_model_dir(entry_id, destination)
+    assert not (tmp_path / "escaped").exists()
+
+
+def test_the_same_classes_with_another_seed_are_the_same_task(tmp_path):
+    with Pool(tmp_path / "pool.sqlite") as pool:
+        first = add_example_entry(pool, 1)
+        reseeded = dataclasses.replace(make_task(1), seed=7)
+        second = add_example_entry(pool, 2, task=reseeded, method="magnitude")
+        assert pool.entry(first).task.task_key == pool.entry(second).task.task_key

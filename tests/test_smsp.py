@@ -23,7 +23,16 @@ from edge_smsp.units import unit_groups
 from edge_smsp.zoo import backbone_spec, load_backbone
 
 SIZE = 32
-SMALL_TASK = ["--image-size", str(SIZE), "--train-per-class", "24", "--val-per-class", "12", "--batch-size", "16"]
+SMALL_TASK = [
+    "--image-size",
+    str(SIZE),
+    "--train-per-class",
+    "24",
+    "--val-per-class",
+    "12",
+    "--batch-size",
+    "16",
+]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +59,9 @@ def built_pool(backbone, tmp_path_factory):
     path = tmp_path_factory.mktemp("pool") / "pool.sqlite"
     config = smsp.AdaptConfig(ratio=0.5, iters=60, method="scratch", scratch_rounds=1, batch_size=16)
     with Pool(path) as pool:
-        added = smsp.build_pool(backbone, pool, [task_of(backbone, (0, 1, 2)), task_of(backbone, (5, 7, 8))], config)
+        added = smsp.build_pool(
+            backbone, pool, [task_of(backbone, (0, 1, 2)), task_of(backbone, (5, 7, 8))], config
+        )
     assert len(added) == 2
     return path
 
@@ -130,11 +141,36 @@ def test_adapt_cli_json_and_saved_model(built_pool, tmp_path):
     pool.write_bytes(built_pool.read_bytes())
     out = tmp_path / "adapted"
     code, report, _ = run_cli(
-        ["adapt", "--classes", "0,1,3", "--ratio", "0.5", "--iters", "3", "--top-k", "1",
-         "--pool", str(pool), "--out", str(out), "--add-to-pool", "--json", *SMALL_TASK]
+        [
+            "adapt",
+            "--classes",
+            "0,1,3",
+            "--ratio",
+            "0.5",
+            "--iters",
+            "3",
+            "--top-k",
+            "1",
+            "--pool",
+            str(pool),
+            "--out",
+            str(out),
+            "--add-to-pool",
+            "--json",
+            *SMALL_TASK,
+        ]
     )
     assert code == 0
-    for key in ("method", "ratio", "iters", "val_accuracy", "params_after", "macs_after", "similar_tasks", "seconds"):
+    for key in (
+        "method",
+        "ratio",
+        "iters",
+        "val_accuracy",
+        "params_after",
+        "macs_after",
+        "similar_tasks",
+        "seconds",
+    ):
         assert key in report
     assert set(report["seconds"]) >= {"similarity", "pruning", "finetuning"}
     assert report["similar_tasks"][0]["task_id"] == "fashion-mnist:0-1-2"
@@ -183,13 +219,32 @@ def test_adapt_bad_input_one_line_exit_2(argv, message, tmp_path, built_pool, ca
 def test_pool_of_another_backbone_is_refused(built_pool):
     other = load_backbone("resnet18", image_size=SIZE)
     with Pool(built_pool, create=False) as pool, pytest.raises(PoolError, match="none for these resnet18"):
-        smsp.pool_entries_for(pool, other)
+        smsp.pool_entries_for(pool, other, SIZE)
 
 
 def test_killed_pool_build_keeps_finished_entries_and_resumes(tmp_path):
     pool = tmp_path / "pool.sqlite"
-    argv = [sys.executable, "-m", "edge_smsp", "pool", "build", "--tasks", "3", "--classes-per-task", "2",
-            "--ratio", "0.5", "--iters", "2", "--rounds", "1", "--pool", str(pool), "--json", *SMALL_TASK]
+    argv = [
+        sys.executable,
+        "-m",
+        "edge_smsp",
+        "pool",
+        "build",
+        "--tasks",
+        "3",
+        "--classes-per-task",
+        "2",
+        "--ratio",
+        "0.5",
+        "--iters",
+        "2",
+        "--rounds",
+        "1",
+        "--pool",
+        str(pool),
+        "--json",
+        *SMALL_TASK,
+    ]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 300

@@ -16,7 +16,6 @@ pytestmark = pytest.mark.skipif(
 SIZE = 32
 
 
-
 def _lite0(num_classes: int) -> torch.nn.Module:
     return zoo.load_backbone("efficientnet_lite0", pretrained=True, num_classes=num_classes, image_size=SIZE)
 

@@ -24,7 +24,6 @@ BUILDING_CLASSES = {
 DAISY = next(i for i in range(1000) if IMAGENET.index_to_description(i).startswith("daisy"))
 
 
-
 def _preprocess(pixels: np.ndarray, spec: zoo.BackboneSpec) -> torch.Tensor:
     """Standard ImageNet evaluation crop (resize to size / 0.875, centre crop) with the spec's normalisation."""
     image = torch.from_numpy(np.array(pixels)).permute(2, 0, 1).float().unsqueeze(0) / 255.0

@@ -31,7 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except EdgeSmspError as error:
-        print(f"edge-smsp: error: {error}", file=sys.stderr)
+        # One line whatever the library or a dependency (paramiko, onnx) put in the message.
+        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+        print(f"edge-smsp: error: {message}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("edge-smsp: interrupted", file=sys.stderr)

@@ -42,15 +42,27 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 def add_adapt_arguments(parser: argparse.ArgumentParser, *, ratio_required: bool = True) -> None:
     """The adaptation knobs shared by adapt and deploy."""
     if ratio_required:
-        parser.add_argument("--ratio", type=ratio_arg, required=True, help="fraction of units removed per group")
+        parser.add_argument(
+            "--ratio", type=ratio_arg, required=True, help="fraction of units removed per group"
+        )
     parser.add_argument("--iters", type=int, default=100, help="fine-tuning iterations (default 100)")
     parser.add_argument("--method", choices=smsp.METHODS, default="smsp")
     parser.add_argument("--top-k", type=int, default=5, help="pool tasks whose masks are summed (default 5)")
-    parser.add_argument("--weighting", choices=("uniform", "leep"), default="uniform",
-                        help="sum masks uniformly or weighted by normalised LEEP")
-    parser.add_argument("--mask-source", choices=("masks", "scores"), default="masks",
-                        help="sum the entries' binary masks (the paper) or their real-valued unit scores")
-    parser.add_argument("--round-to", type=int, default=8, help="kept channels rounded to a multiple (1: off)")
+    parser.add_argument(
+        "--weighting",
+        choices=("uniform", "leep"),
+        default="uniform",
+        help="sum masks uniformly or weighted by normalised LEEP",
+    )
+    parser.add_argument(
+        "--mask-source",
+        choices=("masks", "scores"),
+        default="masks",
+        help="sum the entries' binary masks (the paper) or their real-valued unit scores",
+    )
+    parser.add_argument(
+        "--round-to", type=int, default=8, help="kept channels rounded to a multiple (1: off)"
+    )
     parser.add_argument("--lr", type=float, default=None)
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
 
@@ -58,7 +70,9 @@ def add_adapt_arguments(parser: argparse.ArgumentParser, *, ratio_required: bool
 def backbone_from_args(args: argparse.Namespace) -> Any:
     """The backbone named on the command line, at the requested input size."""
     pretrained = default_pretrained(args.backbone) if args.pretrained is None else args.pretrained
-    return load_backbone(args.backbone, checkpoint=args.checkpoint, pretrained=pretrained, image_size=args.image_size)
+    return load_backbone(
+        args.backbone, checkpoint=args.checkpoint, pretrained=pretrained, image_size=args.image_size
+    )
 
 
 def task_from_args(args: argparse.Namespace, backbone: Any, classes: tuple[int, ...] | None = None) -> Task:
@@ -139,7 +153,8 @@ def describe_adaptation(report: dict[str, Any]) -> str:
         lines.append(
             "similar pool tasks: "
             + ", ".join(
-                f"{similar['task_id']}" + (f" (LEEP {similar['leep']:.3f})" if similar["leep"] is not None else "")
+                f"{similar['task_id']}"
+                + (f" (LEEP {similar['leep']:.3f})" if similar["leep"] is not None else "")
                 for similar in selected
             )
         )

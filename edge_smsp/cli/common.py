@@ -29,11 +29,22 @@ def ratio_arg(text: str) -> float:
 
 def add_backbone_arguments(parser: argparse.ArgumentParser, flag: str = "--backbone") -> None:
     """--backbone/--checkpoint/--pretrained: which pre-trained model to start from."""
-    parser.add_argument(flag, dest="backbone", default="efficientnet_lite0", metavar="NAME",
-                        help="timm model name (default: efficientnet_lite0 with bundled ImageNet weights)")
-    parser.add_argument("--checkpoint", default=None, metavar="PATH", help="local weights (timm or state dict)")
-    parser.add_argument("--pretrained", default=None, action=argparse.BooleanOptionalAction,
-                        help="load pre-trained weights (default: yes for bundled backbones, else random init)")
+    parser.add_argument(
+        flag,
+        dest="backbone",
+        default="efficientnet_lite0",
+        metavar="NAME",
+        help="timm model name (default: efficientnet_lite0 with bundled ImageNet weights)",
+    )
+    parser.add_argument(
+        "--checkpoint", default=None, metavar="PATH", help="local weights (timm or state dict)"
+    )
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="load pre-trained weights (default: yes for bundled backbones, else random init)",
+    )
 
 
 def add_task_arguments(
@@ -55,7 +66,9 @@ def add_task_arguments(
             metavar="IDS",
             help=f"comma-separated class ids of the new task, e.g. 0,3,5{default_note}",
         )
-    parser.add_argument("--image-size", type=int, default=default_image_size, metavar="PX", help=image_size_help)
+    parser.add_argument(
+        "--image-size", type=int, default=default_image_size, metavar="PX", help=image_size_help
+    )
     parser.add_argument("--batch-size", type=int, default=32, metavar="B")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(

@@ -258,6 +258,8 @@ def describe_deploy(report: dict[str, Any]) -> str:
             + (
                 f" (pool measurement #{report['measurement_id']})"
                 if report["measurement_id"] is not None
+                else f" ({report['measurement_note']})"
+                if report["measurement_note"]
                 else ""
             ),
         ),

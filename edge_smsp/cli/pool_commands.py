@@ -80,7 +80,9 @@ def run_build(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
     )
-    class_sets = generate_tasks(args.dataset, args.tasks, args.classes_per_task, args.seed, data_dir=args.data_dir)
+    class_sets = generate_tasks(
+        args.dataset, args.tasks, args.classes_per_task, args.seed, data_dir=args.data_dir
+    )
     backbone = backbone_from_args(args)
     tasks = [task_from_args(args, backbone, classes) for classes in class_sets]
     done: list[dict[str, Any]] = []
@@ -98,8 +100,15 @@ def run_build(args: argparse.Namespace) -> int:
     with Pool(path) as pool:
         added = smsp.build_pool(backbone, pool, tasks, config, progress=show_progress(args), on_task=report)
         total = len(pool.entries(backbone_name=args.backbone))
-    summary = {"pool": str(path), "backbone": args.backbone, "ratio": args.ratio, "iters": args.iters,
-               "added": added, "tasks": done, "entries": total}
+    summary = {
+        "pool": str(path),
+        "backbone": args.backbone,
+        "ratio": args.ratio,
+        "iters": args.iters,
+        "added": added,
+        "tasks": done,
+        "entries": total,
+    }
     if args.json:
         print_json(summary)
     else:

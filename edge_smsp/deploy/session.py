@@ -25,7 +25,7 @@ from edge_smsp import smsp
 from edge_smsp.data import Task
 from edge_smsp.deploy import Transport, open_transport
 from edge_smsp.deploy.transport import sha256_file
-from edge_smsp.errors import ExportError, PlanError, PoolError, TransportError
+from edge_smsp.errors import ExportError, NoPoolEntriesError, PlanError, TransportError
 from edge_smsp.export import ExportResult, export_onnx, metadata_from_pruned
 from edge_smsp.importance import score_units, unit_l1_norms
 from edge_smsp.planner import (
@@ -114,6 +114,7 @@ class DeployReport:
     max_abs_diff: float
     remote_model_path: str
     measurement_id: int | None
+    measurement_note: str | None
     device_info: dict[str, Any]
     similar_tasks: list[dict[str, Any]]
     calibration: list[dict[str, Any]]
@@ -210,7 +211,7 @@ def deploy(
                 )
 
         adapt_config, method_note = choose_method(
-            dataclasses.replace(config, ratio=chosen_ratio), pool, backbone
+            dataclasses.replace(config, ratio=chosen_ratio), pool, backbone, task.image_size
         )
         with stage("adapt"):
             result = smsp.adapt(backbone, pool, task, adapt_config, progress=progress)
@@ -240,7 +241,14 @@ def deploy(
     measured_latency = _latency_at(measured, profile.latency_percentile)
     peak_rss = measured.get("peak_rss_mib")
     measurement_id = None
-    if pool is not None:
+    fallback = fallback_providers(measured)
+    measurement_note = (
+        f"not stored as a calibration: the device lacks {', '.join(fallback)} and ran on "
+        f"{', '.join(measured.get('providers') or [])}"
+        if fallback
+        else None
+    )
+    if pool is not None and not fallback:
         measurement_id = pool.add_measurement(
             device_measurement(profile, name, size, chosen_ratio, cost.params, cost.macs, measured, task)
         )
@@ -279,6 +287,7 @@ def deploy(
         max_abs_diff=exported.max_abs_diff,
         remote_model_path=remote_model,
         measurement_id=measurement_id,
+        measurement_note=measurement_note,
         device_info=device_info,
         similar_tasks=[dataclasses.asdict(similar) for similar in result.similar_tasks],
         calibration=calibration,
@@ -316,6 +325,11 @@ def bench_model(
     report["latency_target_ms"] = profile.latency_target_ms
     report["memory_budget_bytes"] = profile.memory_budget_bytes
     return report
+
+
+def fallback_providers(measured: dict[str, Any]) -> list[str]:
+    """Requested providers the device lacks: such a run must not calibrate the plan (it ran slower ones)."""
+    return list(measured.get("providers_unavailable") or [])
 
 
 def calibrate_device(
@@ -360,7 +374,7 @@ def calibrate_device(
         _check_device_copy(measured, exported)
         cost = measure_cost(pruned, size, ratio)
         measurement_id = None
-        if pool is not None:
+        if pool is not None and not fallback_providers(measured):
             measurement_id = pool.add_measurement(
                 device_measurement(profile, name, size, ratio, cost.params, cost.macs, measured, task, True)
             )
@@ -380,7 +394,7 @@ def calibrate_device(
 
 
 def choose_method(
-    config: smsp.AdaptConfig, pool: Pool | None, backbone: nn.Module
+    config: smsp.AdaptConfig, pool: Pool | None, backbone: nn.Module, image_size: int
 ) -> tuple[smsp.AdaptConfig, str | None]:
     """SMSP when the pool holds entries for these backbone weights, else the magnitude baseline and why."""
     if config.method not in smsp.POOL_METHODS:
@@ -389,9 +403,9 @@ def choose_method(
         reason = "no pool was given"
     else:
         try:
-            smsp.pool_entries_for(pool, backbone)
+            smsp.pool_entries_for(pool, backbone, image_size)
             return config, None
-        except PoolError as error:
+        except NoPoolEntriesError as error:
             reason = str(error)
     note = f"baseline {FALLBACK_METHOD} instead of {config.method}: {reason}"
     return dataclasses.replace(config, method=FALLBACK_METHOD), note

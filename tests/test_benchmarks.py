@@ -1,0 +1,141 @@
+"""Every benchmark's smallest setting (--smoke: 2 pool tasks, 1 new task, a few iterations, 32 px) end to end."""
+
+import json
+
+import pytest
+
+from benchmarks import accuracy, adapt_time, budgets, mechanism, report, similarity_cost, speed, tuning
+from benchmarks.common import SETTINGS, pack_mask, result_path, spearman, unpack_mask
+from benchmarks.study import Study, group_sizes
+
+SMOKE = SETTINGS["smoke"]
+
+
+@pytest.fixture(scope="module")
+def results_dir(tmp_path_factory):
+    """One results directory: the benchmarks share its pool and runs, as they do in the real study."""
+    return tmp_path_factory.mktemp("bench-results")
+
+
+def run_cli(module, results_dir, *extra):
+    assert module.main(["--smoke", "--results-dir", str(results_dir), "--workers", "1", *extra]) == 0
+    with open(result_path(results_dir, module.__name__.split(".")[-1], "smoke"), encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+def test_accuracy_builds_the_pool_and_runs_every_method(results_dir):
+    payload = run_cli(accuracy, results_dir)
+    methods = {row["method"] for row in payload["summary"]}
+    assert methods == {"smsp", "smsp-random", "random", "magnitude", "taylor", "scratch"}
+    assert len(payload["pool"]["entries"]) == SMOKE.pool_tasks
+    assert len(payload["new_tasks"]) == SMOKE.new_tasks
+    assert not {tuple(c) for c in payload["new_tasks"]} & {tuple(c) for c in payload["pool_tasks"]}
+    for row in payload["summary"]:
+        assert 0.0 <= row["accuracy"]["mean"] <= 1.0
+        assert row["params_after"] < row["params_before"]
+    scratch = next(row for row in payload["summary"] if row["method"] == "scratch")
+    assert scratch["iters"] == SMOKE.scratch_iters
+    assert {c["other"] for c in payload["paired_vs_smsp"]} >= {"scratch", "taylor", "magnitude"}
+    smsp_run = next(run for run in payload["runs"] if run["method"] == "smsp")
+    assert sum(task["selected"] for task in smsp_run["similar_tasks"]) == SMOKE.pool_tasks
+    assert smsp_run["seconds"]["export"] > 0 and smsp_run["export"]["max_abs_diff"] <= 1e-4
+    assert payload["machine"]["cores_usable"] >= 1 and payload["machine"]["versions"]["torch"]
+
+
+def test_a_rerun_reuses_every_cached_run(results_dir):
+    study = Study("smoke", results_dir, workers=1)
+    before = dict(study.cache.runs)
+    records = study.ensure(study.core_specs(), "again")
+    assert [r["finished"] for r in records] == [before[spec.key]["finished"] for spec in study.core_specs()]
+
+
+def test_tuning_runs_only_on_pool_tasks(results_dir):
+    payload = run_cli(tuning, results_dir)
+    pool_ids = {f"fashion-mnist:{'-'.join(map(str, c))}" for c in Study("smoke", results_dir).pool_classes}
+    assert set(payload["tasks"]) <= pool_ids
+    assert payload["selected_variant"][0] == "smsp"
+    # Leave-one-out: the task's own entry is not among the candidates.
+    for run in payload["runs"]:
+        assert run["task_id"] not in {similar["task_id"] for similar in run["similar_tasks"]}
+
+
+def test_budgets_cut_one_score_mask_at_every_ratio(results_dir):
+    payload = run_cli(budgets, results_dir)
+    smsp_ratios = {row["ratio"] for row in payload["summary"] if row["method"] == "smsp"}
+    assert smsp_ratios >= set(SMOKE.budget_ratios)
+    checks = payload["one_mask_checks"]
+    assert checks and all(check["same_scores"] and check["nested_masks"] for check in checks)
+
+
+def test_mechanism_compares_mask_overlap_with_leep(results_dir):
+    payload = run_cli(mechanism, results_dir)
+    n = SMOKE.pool_tasks
+    assert payload["pairs"] == n * (n - 1) // 2
+    matrix = payload["leep_matrix"]
+    assert len(matrix) == n and all(len(row) == n and all(value <= 0 for value in row) for row in matrix)
+    assert 0.0 < payload["iou"]["mean"] <= 1.0
+    assert 0.0 < payload["iou_chance"] < 1.0
+    assert set(payload["iou_per_group_mean"]) == set(group_sizes("smoke"))
+
+
+def test_adapt_time_reports_both_methods_end_to_end(results_dir):
+    payload = run_cli(adapt_time, results_dir)
+    rows = {row["method"]: row for row in payload["rows"]}
+    assert set(rows) == {"smsp", "scratch"}
+    for row in rows.values():
+        parts = sum(
+            row["seconds"][part]["mean"] for part in ("similarity", "pruning", "finetuning", "export")
+        )
+        assert row["seconds_end_to_end"]["mean"] >= parts * 0.99
+    assert rows["smsp"]["seconds"]["similarity"]["mean"] > 0
+    assert payload["speedup_end_to_end"] > 0
+
+
+def test_similarity_cost_measures_small_pools_and_extrapolates_large_ones(results_dir):
+    payload = run_cli(similarity_cost, results_dir)
+    rows = {row["entries"]: row for row in payload["rows"]}
+    assert set(rows) == set(SMOKE.simcost_sizes)
+    assert rows[2]["measured"] and not rows[4]["measured"]
+    assert rows[4]["seconds_rank"] == pytest.approx(2 * payload["rows"][0]["seconds_rank"], rel=1.0)
+    assert payload["seconds_per_entry"] > 0
+    assert set(payload["per_entry_breakdown"]) == {"materialise", "load_pruned", "forward", "leep"}
+
+
+def test_speed_measures_latency_directly_and_through_the_runtime(results_dir):
+    payload = run_cli(speed, results_dir)
+    rows = payload["groups"]["efficientnet_lite0@32"]["rows"]
+    assert [row["ratio"] for row in rows] == list(SMOKE.speed_ratios)
+    assert rows[1]["macs"] < rows[0]["macs"] and rows[1]["params"] < rows[0]["params"]
+    for row in rows:
+        assert row["direct_ms"]["p50"] > 0 and row["direct_ms"]["p90"] >= row["direct_ms"]["p50"]
+        assert row["runtime_ms"]["p50"] > 0
+    assert rows[0]["speedup_p50"] == pytest.approx(1.0)
+
+
+def test_report_writes_markdown_with_verdicts_and_plots(results_dir):
+    out = results_dir / "RESULTS.md"
+    assert report.main(["--results-dir", str(results_dir), "--mode", "smoke", "--out", str(out)]) == 0
+    text = out.read_text(encoding="utf-8")
+    assert "## Headline" in text and "## Verdicts" in text
+    for claim in ("similar tasks share", "SMSP@100", "one score mask"):
+        assert claim in text
+    for plot in (
+        "accuracy_vs_ratio",
+        "mechanism_iou_vs_leep",
+        "speed_vs_macs",
+        "adapt_time",
+        "similarity_cost",
+    ):
+        assert (results_dir / "plots" / f"{plot}.png").stat().st_size > 1000
+        assert f"plots/{plot}.png" in text
+
+
+def test_mask_packing_and_spearman():
+    sizes = group_sizes("smoke")
+    first_key = next(iter(sizes))
+    masks = unpack_mask(pack_mask({first_key: [0, 2]}, sizes), sizes)
+    assert masks[first_key][:3].tolist() == [True, False, True]
+    assert sum(int(mask.sum()) for mask in masks.values()) == 2
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 1], [1, 2, 3]) is None

@@ -279,7 +279,7 @@ def adapt(
         timings["pruning"] = time.perf_counter() - started - finetune_seconds
     else:
         # The task's head goes on first, so sizes before/after both count the model that is shipped.
-        with_head = replace_classifier(copy.deepcopy(backbone), len(task.classes))
+        with_head = with_task_head(backbone, task, config.seed)
         warmup_iters = 0
         if config.method in POOL_METHODS:
             if pool is None:
@@ -334,7 +334,7 @@ def prune_from_scratch(
         key: keep_count(size, config.ratio, kinds[key], config.round_to) for key, size in sizes.items()
     }
     survival = {key: np.full(size, float(rounds), dtype=np.float64) for key, size in sizes.items()}
-    model = replace_classifier(copy.deepcopy(backbone), len(task.classes))
+    model = with_task_head(backbone, task, config.seed)
     chunks = _split(config.iters, rounds + 1)
     finetune_seconds = _finetune(model, task, config, chunks[0], progress)
     first_summary: PruneSummary | None = None
@@ -492,6 +492,13 @@ def _pool_scores(
             "the pool was built with another model layout: rebuild it"
         )
     return scores, similar
+
+
+def with_task_head(backbone: nn.Module, task: Task, seed: int) -> nn.Module:
+    """A copy of the backbone with a fresh classifier for the task, initialised from `seed` (not global RNG)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return replace_classifier(copy.deepcopy(backbone), len(task.classes))
 
 
 def _best_per_task(ranked: Sequence[tuple[PoolEntry, float]]) -> list[tuple[PoolEntry, float]]:

@@ -290,3 +290,15 @@ def test_scratch_prunes_in_rounds_to_the_one_shot_size(backbone):
         removed = sorted(set(range(len(scores[key]))) - set(kept))
         if removed:
             assert scores[key][kept].min() > scores[key][removed].max(), key
+
+
+def test_adaptation_is_deterministic_under_its_seed_whatever_the_global_rng(backbone):
+    task = task_of(backbone, (0, 1, 3), train_per_class=16, val_per_class=8)
+    config = smsp.AdaptConfig(ratio=0.5, iters=3, method="taylor", batch_size=8, seed=5)
+    states = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        result = smsp.adapt(backbone, None, task, config)
+        states.append(result.model.state_dict())
+    assert states[0].keys() == states[1].keys()
+    assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])

@@ -465,6 +465,17 @@ def tuning_section(tuning: dict[str, Any] | None, accuracy: dict[str, Any] | Non
         table(["variant", "val acc % (LOO pool tasks)", "s / run"], rows),
         f"Selected on pool tasks: **{tuning['selected_name']}** (the paper's default wins ties).",
     ]
+    smsp_means = [row["accuracy"]["mean"] for row in tuning["variants"] if row["variant"].startswith("smsp[")]
+    paired_std = [c["difference"]["std"] for c in tuning.get("paired_vs_paper", []) if c["difference"]["std"]]
+    if smsp_means and paired_std:
+        text.append(
+            f"The SMSP variants' means span {100 * (max(smsp_means) - min(smsp_means)):.1f} pt, while paired "
+            f"per-task differences between two variants vary by ±{100 * sorted(paired_std)[len(paired_std) // 2]:.1f} "
+            f"pt (median std over {len(tuning['tasks'])} tasks): on pool tasks no variant is clearly better than "
+            "another, so the selection is close to a coin toss."
+            if max(smsp_means) - min(smsp_means) < 2 * sorted(paired_std)[len(paired_std) // 2]
+            else f"The SMSP variants' means span {100 * (max(smsp_means) - min(smsp_means)):.1f} pt."
+        )
     if accuracy and accuracy.get("tuned_variants"):
         text.append(
             f"The selected variant was then run once on the held-out tasks; it appears in the tables as "

@@ -64,8 +64,14 @@ def variant_order(variant: str) -> tuple[int, str]:
 
 
 def label(variant: str, paper: str) -> str:
-    """Display name: the paper's SMSP configuration is plain `smsp`."""
-    return "smsp (K=5, uniform, binary masks)" if variant == paper else variant
+    """Display name: SMSP variants spelled out, the paper's configuration first."""
+    if not variant.startswith("smsp["):
+        return variant
+    k, weighting, source = variant[len("smsp[") : -1].split(",")
+    source = "binary masks" if source == "masks" else "score ranks"
+    weighting = "LEEP-weighted" if weighting == "leep" else "uniform"
+    name = f"smsp (K={k[1:]}, {weighting}, {source})"
+    return name if variant == paper else f"{name}, chosen on pool tasks"
 
 
 def mode_note(payload: dict[str, Any]) -> str:
@@ -115,6 +121,29 @@ def _summary_row(accuracy: dict[str, Any], variant: str, ratio: float) -> dict[s
     )
 
 
+def paired_differences(accuracy: dict[str, Any], reference: str, other: str, ratio: float) -> list[float]:
+    """Per-task accuracy differences reference - other at one ratio (tasks both ran)."""
+    ref_row, other_row = _summary_row(accuracy, reference, ratio), _summary_row(accuracy, other, ratio)
+    if not ref_row or not other_row:
+        return []
+    tasks = sorted(set(ref_row["per_task"]) & set(other_row["per_task"]))
+    return [ref_row["per_task"][task] - other_row["per_task"][task] for task in tasks]
+
+
+def sign_flip_p(differences: Sequence[float]) -> float | None:
+    """Exact two-sided paired sign-flip (permutation) test of mean difference 0; None for fewer than 3 pairs."""
+    values = [d for d in differences if d == d]
+    n = len(values)
+    if n < 3 or n > 20:
+        return None
+    observed = abs(sum(values))
+    extreme = 0
+    for pattern in range(2**n):
+        total = sum(v if (pattern >> i) & 1 else -v for i, v in enumerate(values))
+        extreme += abs(total) >= observed - 1e-12
+    return extreme / 2**n
+
+
 def claim2(accuracy: dict[str, Any] | None) -> tuple[str, str, str, str]:
     """(verdict vs scratch, text, verdict vs one-shot, text)."""
     if not accuracy:
@@ -146,16 +175,25 @@ def claim2(accuracy: dict[str, Any] | None) -> tuple[str, str, str, str]:
         verdict_scratch, text_scratch = "not measured", ""
     oneshot = [c for c in comparisons if c["other"] in ("smsp-random[k5]", "random", "magnitude", "taylor")]
     better = [c for c in oneshot if c["difference"]["mean"] > 0]
+    significant = [
+        c
+        for c in better
+        if (p := sign_flip_p(paired_differences(accuracy, paper, c["other"], c["ratio"]))) is not None
+        and p < 0.05
+    ]
     if not oneshot:
         verdict_oneshot = "not measured"
-    elif len(better) == len(oneshot):
+    elif len(better) == len(oneshot) and len(significant) * 2 >= len(oneshot):
         verdict_oneshot = "holds"
+    elif len(better) == len(oneshot):
+        verdict_oneshot = "mixed: ahead on average everywhere, by margins mostly within task-to-task noise"
     elif not better:
         verdict_oneshot = "does not hold here"
     else:
         verdict_oneshot = "mixed"
     text_oneshot = (
-        f"SMSP ahead in {len(better)} of {len(oneshot)} (baseline, ratio) comparisons; SMSP − baseline: "
+        f"SMSP ahead on average in {len(better)} of {len(oneshot)} (baseline, ratio) comparisons, significantly "
+        f"(paired sign-flip test, p < 0.05) in {len(significant)}; SMSP − baseline: "
         + (
             "; ".join(
                 f"r={ratio:g}: "
@@ -189,6 +227,9 @@ def claim3(budgets: dict[str, Any] | None) -> tuple[str, str]:
                 total += 1
                 ahead += rows[(paper, ratio)] > rows[(baseline, ratio)]
     curve = ", ".join(f"r={r:g}: {100 * rows[(paper, r)]:.1f} %" for r in ratios)
+    margins = [rows[(paper, r)] - rows[("taylor", r)] for r in ratios if ("taylor", r) in rows]
+    if margins:
+        curve += f" (SMSP − Taylor {100 * min(margins):+.1f} to {100 * max(margins):+.1f} pt)"
     if not mechanical:
         verdict = "does not hold here"
     elif total and ahead == total:
@@ -418,18 +459,28 @@ def accuracy_section(accuracy: dict[str, Any]) -> str:
             rows,
         ),
         "Paired per-task differences, SMSP minus the other method at the same ratio (every method sees the same "
-        "task, data and seed):",
+        "task, data, seed and initial head); p: exact two-sided sign-flip permutation test over the tasks:",
         table(
-            ["other", "ratio", "other iters", "SMSP − other (pt)", "SMSP better / tie / worse"],
+            [
+                "other",
+                "ratio",
+                "other iters",
+                "SMSP − other (pt)",
+                "SMSP better / tie / worse",
+                "sign-flip p",
+            ],
             [
                 [
-                    c["other"],
+                    label(c["other"], paper),
                     f"{c['ratio']:g}",
                     c["other_iters"],
                     f"{100 * c['difference']['mean']:+.1f} ± {100 * c['difference']['std']:.1f}",
                     f"{c['wins']} / {c['ties']} / {c['losses']}",
+                    num(sign_flip_p(paired_differences(accuracy, paper, c["other"], c["ratio"])), 3),
                 ]
-                for c in accuracy["paired_vs_smsp"]
+                for c in sorted(
+                    accuracy["paired_vs_smsp"], key=lambda c: (c["ratio"], variant_order(c["other"]))
+                )
             ],
         ),
     ]

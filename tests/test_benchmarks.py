@@ -96,7 +96,8 @@ def test_similarity_cost_measures_small_pools_and_extrapolates_large_ones(result
     rows = {row["entries"]: row for row in payload["rows"]}
     assert set(rows) == set(SMOKE.simcost_sizes)
     assert rows[2]["measured"] and not rows[4]["measured"]
-    assert rows[4]["seconds_rank"] == pytest.approx(2 * payload["rows"][0]["seconds_rank"], rel=1.0)
+    # The large pool is ranked on a sample of entries and scaled; timings themselves are not asserted (noisy).
+    assert rows[4]["entries_ranked"] == 2 and rows[4]["seconds_rank"] > 0
     assert payload["seconds_per_entry"] > 0
     assert set(payload["per_entry_breakdown"]) == {"materialise", "load_pruned", "forward", "leep"}
 

@@ -12,7 +12,6 @@ import io
 import json
 import os
 import sqlite3
-import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterator, Mapping
@@ -24,6 +23,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edge_smsp.errors import PoolError
+from edge_smsp.fileio import write_atomically
 
 SCHEMA_VERSION = 1
 POOL_ENV_VAR = "EDGE_SMSP_POOL"
@@ -436,7 +436,7 @@ class Pool:
                 raise PoolError(
                     f"pool {self.path}: file {name} of entry {entry_id} fails its checksum; the database is damaged"
                 )
-            _write_atomically(dest / name, bytes(data))
+            write_atomically(dest / name, bytes(data))
         return dest
 
     def measurements(
@@ -819,17 +819,3 @@ def _dumps(payload: dict[str, Any], what: str) -> str:
         return json.dumps(payload, allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as error:
         raise PoolError(f"{what} must be JSON-serialisable: {error}") from None
-
-
-def _write_atomically(target: Path, data: bytes) -> None:
-    handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            stream.write(data)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp_name, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp_name)
-        raise

@@ -7,7 +7,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import statistics
 import subprocess
 import venv
 from pathlib import Path
@@ -19,10 +18,10 @@ import yaml
 from edge_smsp import smsp, zoo
 from edge_smsp.cli import main
 from edge_smsp.data import load_task
-from edge_smsp.deploy.session import BenchSettings, bench_model, deploy
+from edge_smsp.deploy.session import BenchSettings, deploy
 from edge_smsp.deploy.ssh import SshTransport
 from edge_smsp.deploy.transport import TEMP_PREFIX
-from edge_smsp.planner import cost_at_ratio, predict_memory_bytes
+from edge_smsp.planner import cost_at_ratio, fit_latency_model, predict_memory_bytes
 from edge_smsp.pool import Pool
 from edge_smsp.profiles import MIB, load_profile
 from edge_smsp.prune import replace_classifier
@@ -416,23 +415,29 @@ def test_calibrated_plan_for_a_tight_budget_meets_target_and_predicts_latency(
             calibration_ratios=(0.2, 0.6),
             bench=bench,
         )
-        assert len(pool.measurements(device="test-device")) == 3  # two calibration runs and the deploy
+        stored = pool.measurements(device="test-device")
+        assert len(stored) == 3  # two calibration runs and the deploy
 
     assert report.plan is not None and not report.plan["full_model"]["fits_memory"]
     assert 0.2 < report.ratio < 0.6 and report.predicted_memory_bytes <= profile.memory_budget_bytes
     assert report.latency_model["source"] == "fit" and report.latency_model["n_measurements"] == 2
     assert report.measured_latency_ms <= profile.latency_target_ms
-    # Two more benches of the shipped model: the median of three p50s against the prediction.
-    p50s = [report.measured_latency_ms] + [
-        bench_model(profile, report.onnx_path, bench=bench)["latency_ms"]["p50"] for _ in range(2)
+    # The prediction comes from a line fitted to the two calibration runs, evaluated at the shipped MACs.
+    # How close it lands to the measurement is timing, so it lives in benchmarks/budgets.py, not here.
+    calibration = [
+        {"ratio": row.ratio, "macs": row.macs, "latency_ms": {"p50": row.latency_p50_ms}}
+        for row in stored[:2]
     ]
-    measured = statistics.median(p50s)
+    refit = fit_latency_model(profile, calibration)
+    assert dataclasses.asdict(refit) == pytest.approx(report.latency_model)
+    assert report.predicted_latency_ms == pytest.approx(refit.predict(report.macs_after))
+    assert [row.ratio for row in stored] == [0.2, 0.6, report.ratio]
+    assert stored[2].latency_p50_ms == pytest.approx(report.measured_latency_ms)
     print(
-        f"\nratio {report.ratio}: predicted {report.predicted_latency_ms:.3f} ms p50, measured {p50s} ms; "
-        f"memory predicted {report.predicted_memory_bytes / MIB:.1f} MiB, measured "
-        f"{report.measured_peak_rss_bytes / MIB:.1f} MiB, budget {profile.memory_budget_bytes / MIB:.1f} MiB"
+        f"\nratio {report.ratio}: predicted {report.predicted_latency_ms:.3f} ms p50, "
+        f"measured {report.measured_latency_ms:.3f} ms; memory predicted "
+        f"{report.predicted_memory_bytes / MIB:.1f} MiB, budget {profile.memory_budget_bytes / MIB:.1f} MiB"
     )
-    assert abs(report.predicted_latency_ms - measured) <= 0.2 * measured
 
 
 def _bad_documents() -> dict[str, tuple[dict[str, Any], str]]:

@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -27,6 +26,7 @@ from torch import nn
 
 from edge_smsp import __version__
 from edge_smsp.errors import ExportError
+from edge_smsp.fileio import write_atomically
 
 METADATA_KEYS = ("labels", "input_size", "mean", "std", "backbone", "ratio", "task", "edge_smsp_version")
 DEFAULT_OPSET = 18
@@ -404,18 +404,7 @@ def _checked_image_size(image_size: Any) -> int:
 
 def _write_atomically(path: Path, payload: bytes) -> None:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                stream.write(payload)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.chmod(temporary, 0o644)  # mkstemp creates 0600; the model is shipped and read by others
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_atomically(path, payload)
     except OSError as error:
         raise ExportError(f"cannot write {path}: {error}") from None
 

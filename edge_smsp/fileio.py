@@ -8,15 +8,16 @@ import tempfile
 from pathlib import Path
 
 
-def write_atomically(target: Path, data: bytes) -> None:
+def write_atomically(target: Path, data: bytes, mode: int = 0o644) -> None:
     """Write `data` to `target` so that readers see the old file or the whole new one, never a part."""
+    target.parent.mkdir(parents=True, exist_ok=True)
     handle, temp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(handle, "wb") as stream:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(temp_name, 0o644)  # mkstemp creates 0600; these are ordinary result files
+        os.chmod(temp_name, mode)  # mkstemp creates 0600; most results are ordinary shared files
         os.replace(temp_name, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

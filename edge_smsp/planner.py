@@ -48,11 +48,11 @@ SEARCHES = ("bisect", "grid")
 
 @dataclass(frozen=True)
 class Measurement:
-    """A latency measured on the device for the backbone pruned at `ratio` (batch 1)."""
+    """A latency measured on the device for the backbone pruned at `ratio`, one timed run of a whole batch."""
 
     ratio: float
     latency_ms: Mapping[str, float]  # "p50" | "p90" | "p99" -> ms
-    macs: int | None = None  # None -> recomputed from the ratio
+    macs: int | None = None  # MACs of one timed run (per image x batch); None -> recomputed from the ratio
 
 
 @dataclass(frozen=True)
@@ -132,16 +132,16 @@ def structure_hash(model: nn.Module) -> str:
     return digest.hexdigest()
 
 
-_cost_cache: dict[tuple[str, int, float], ModelCost] = {}
+_cost_cache: dict[tuple[str, int, float, int], ModelCost] = {}
 _cost_cache_lock = threading.Lock()
 
 
-def cost_at_ratio(model: nn.Module, input_size: int, ratio: float) -> ModelCost:
-    """Cost of the backbone physically pruned at `ratio` (edge_smsp.prune, magnitude order); cached."""
+def cost_at_ratio(model: nn.Module, input_size: int, ratio: float, round_to: int = 8) -> ModelCost:
+    """Cost of the backbone physically pruned at `ratio` with prune's `round_to` rounding; cached."""
     ratio = round(float(ratio), 6)
     if not 0.0 <= ratio < 1.0:
         raise PlanError(f"ratio must be in [0, 1), got {ratio}")
-    key = (structure_hash(model), int(input_size), ratio)
+    key = (structure_hash(model), int(input_size), ratio, int(round_to))
     with _cost_cache_lock:
         cached = _cost_cache.get(key)
     if cached is not None:
@@ -153,7 +153,7 @@ def cost_at_ratio(model: nn.Module, input_size: int, ratio: float) -> ModelCost:
 
         try:
             # Unit counts per group depend on the ratio only, so the importance order does not change the cost.
-            pruned, _ = prune(model, ratio=ratio, image_size=input_size, tie_break={})
+            pruned, _ = prune(model, ratio=ratio, image_size=input_size, round_to=round_to, tie_break={})
         except PruneError as error:
             raise PlanError(f"cannot prune the backbone at ratio {ratio}: {error}") from None
         cost = measure_cost(pruned, input_size, ratio)
@@ -258,6 +258,7 @@ def plan(
     input_size: int | None = None,
     search: str = "bisect",
     backbone_name: str | None = None,
+    round_to: int = 8,
 ) -> Plan:
     """Smallest pruning ratio whose predicted memory and latency fit the profile; PlanError if none does."""
     if search not in SEARCHES:
@@ -270,13 +271,19 @@ def plan(
         raise PlanError(f"ratios must be in [0, 1), got {grid[0]}..{grid[-1]}")
     name = backbone_name or _backbone_name(backbone_model)
     latency_model = fit_latency_model(
-        profile, measurements, macs_at_ratio=lambda ratio: cost_at_ratio(backbone_model, size, ratio).macs
+        profile,
+        measurements,
+        macs_at_ratio=lambda ratio: (
+            cost_at_ratio(backbone_model, size, ratio, round_to).macs * profile.batch_size
+        ),
     )
     tried: dict[float, Candidate] = {}
 
     def evaluate(ratio: float) -> Candidate:
         if ratio not in tried:
-            tried[ratio] = _candidate(cost_at_ratio(backbone_model, size, ratio), profile, latency_model)
+            tried[ratio] = _candidate(
+                cost_at_ratio(backbone_model, size, ratio, round_to), profile, latency_model
+            )
         return tried[ratio]
 
     chosen: Candidate | None = None

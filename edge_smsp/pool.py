@@ -165,7 +165,7 @@ class DeviceMeasurement:
     image_size: int
     ratio: float
     params: int
-    macs: int
+    macs: int  # of one timed run: MACs per image x the batch size
     latency_p50_ms: float
     latency_p90_ms: float
     latency_p99_ms: float

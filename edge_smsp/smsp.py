@@ -24,6 +24,7 @@ from edge_smsp.data import Task
 from edge_smsp.errors import NoPoolEntriesError, PoolError, PruneError
 from edge_smsp.importance import score_units, unit_l1_norms
 from edge_smsp.leep import leep
+from edge_smsp.methods import METHODS, POOL_METHODS
 from edge_smsp.pool import BackboneRecord, Pool, PoolEntry, TaskRecord
 from edge_smsp.prune import (
     PruneSummary,
@@ -40,11 +41,6 @@ from edge_smsp.prune import (
 from edge_smsp.train import evaluate, finetune, predict_proba
 from edge_smsp.units import group_layouts
 from edge_smsp.zoo import backbone_spec, weights_hash
-
-# smsp: top-K most similar pool entries; smsp-random: K random entries (does similarity matter?);
-# random/magnitude/taylor: one-shot importance on the new task; scratch: the pool-building iterative method.
-METHODS = ("smsp", "smsp-random", "random", "magnitude", "taylor", "scratch")
-POOL_METHODS = ("smsp", "smsp-random")
 
 
 @dataclass(frozen=True)

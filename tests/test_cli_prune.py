@@ -61,6 +61,21 @@ def test_prune_as_a_subprocess_prints_a_readable_summary(tmp_path):
     assert json.loads((out / "pruned.json").read_text())["seed"] == 3
 
 
+def test_help_and_argument_errors_do_not_load_torch() -> None:
+    """Parsing is torch-free, so --help and usage errors answer at once (torch costs seconds to import)."""
+    probe = (
+        "import sys\n"
+        "from edge_smsp.cli import build_parser\n"
+        "help_text = build_parser().format_help()\n"
+        "for command in ('adapt', 'deploy', 'pool', 'prune', 'export', 'bench'):\n"
+        "    assert command in help_text, command\n"
+        "print(sorted(name for name in sys.modules if name == 'torch' or name.startswith('torch.')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

@@ -12,6 +12,7 @@ import venv
 from pathlib import Path
 from typing import Any
 
+import onnx
 import pytest
 import yaml
 
@@ -438,6 +439,36 @@ def test_calibrated_plan_for_a_tight_budget_meets_target_and_predicts_latency(
         f"measured {report.measured_latency_ms:.3f} ms; memory predicted "
         f"{report.predicted_memory_bytes / MIB:.1f} MiB, budget {profile.memory_budget_bytes / MIB:.1f} MiB"
     )
+
+
+def test_profile_batch_size_is_exported_benchmarked_and_stored(device_python: str, tmp_path: Path) -> None:
+    """A batch-4 profile ships a dynamic-batch model, benches whole batches and calibrates per timed run."""
+    backbone = zoo.load_backbone(BACKBONE, pretrained=True, image_size=32)
+    spec = zoo.backbone_spec(backbone)
+    task = load_task(
+        "fashion-mnist",
+        (0, 2, 4),
+        image_size=32,
+        mean=spec.mean,
+        std=spec.std,
+        train_per_class=8,
+        val_per_class=4,
+    )
+    profile = load_profile(write_profile(tmp_path / "device.yaml", local_connection(device_python, tmp_path)))
+    profile = dataclasses.replace(profile, batch_size=4)
+    bench = BenchSettings(runs=20, min_seconds=0.2)
+    with Pool(tmp_path / "pool.sqlite") as pool:
+        report = deploy(
+            profile, backbone, task, pool, smsp.AdaptConfig(ratio=0.0, iters=2), tmp_path / "out", bench=bench
+        )
+        stored = pool.measurements(device="test-device")
+
+    assert report.measured["batch_size"] == 4 and report.measured["input_shape"] == [4, 3, 32, 32]
+    graph_input = onnx.load(report.onnx_path).graph.input[0]
+    assert graph_input.type.tensor_type.shape.dim[0].dim_param  # a symbolic batch dimension
+    assert [row.macs for row in stored] == [4 * report.macs_after]
+    hint = fit_latency_model(profile)  # nothing measured before this deploy: the profile's throughput hint
+    assert report.predicted_latency_ms == pytest.approx(hint.predict(4 * report.macs_after))
 
 
 def _bad_documents() -> dict[str, tuple[dict[str, Any], str]]:

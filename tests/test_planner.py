@@ -67,6 +67,21 @@ def test_cost_comes_from_the_pruned_model_and_is_cached(backbone: nn.Module, cos
     assert structure_hash(backbone) != structure_hash(pruned)
 
 
+def test_plan_costs_follow_the_prune_rounding(backbone: nn.Module, costs: dict) -> None:
+    """With --round-to 1 the planner must cost the model prune will really build, not the rounded one."""
+    from edge_smsp.prune import prune
+
+    unrounded = cost_at_ratio(backbone, SIZE, 0.3, round_to=1)
+    pruned, _ = prune(backbone, ratio=0.3, image_size=SIZE, round_to=1)
+    assert unrounded == measure_cost(pruned, SIZE, ratio=0.3)
+    assert unrounded.params != cost_at_ratio(backbone, SIZE, 0.3).params
+    profile = _profile(memory_budget_bytes=predict_memory_bytes(unrounded, _profile()), latency_target_ms=1e6)
+    result = plan(profile, backbone, ratios=(0.3,), round_to=1)
+    assert result.ratio == 0.3 and result.memory_bytes == predict_memory_bytes(unrounded, profile)
+    with pytest.raises(PlanError):  # rounded up to multiples of 8, the same ratio no longer fits
+        plan(profile, backbone, ratios=(0.3,))
+
+
 def test_vit_macs_include_attention() -> None:
     model = zoo.load_backbone("deit_small_patch16_224", num_classes=10, image_size=SIZE)
     cost = measure_cost(model, SIZE)

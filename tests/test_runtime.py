@@ -117,6 +117,21 @@ def test_bench_runs_until_both_count_and_seconds_are_reached(convnet: Path) -> N
     assert report["runs"] > 1
 
 
+def test_bench_feeds_whole_batches_to_a_dynamic_batch_model(convnet: Path, colors: Path) -> None:
+    result = run_runtime(
+        "bench", "--model", str(convnet), "--runs", "20", "--min-seconds", "0", "--batch-size", "4"
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["batch_size"] == 4 and report["input_shape"] == [4, 3, 16, 16]
+    # Throughput counts images, four per timed run.
+    assert report["throughput_ips"] == pytest.approx(
+        4 * report["runs"] / report["measured_seconds"], rel=0.01
+    )
+    static = run_runtime("bench", "--model", str(colors), "--batch-size", "2")
+    assert_one_line_error(static, "fixed batch of 1", "--dynamic-batch")
+
+
 def test_bench_skips_unavailable_providers_and_reports_them(convnet: Path) -> None:
     result = run_runtime(
         "bench", "--model", str(convnet), "--runs", "5", "--min-seconds", "0",

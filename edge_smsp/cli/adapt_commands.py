@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from edge_smsp import smsp
 from edge_smsp.cli.common import (
     add_backbone_arguments,
     add_task_arguments,
@@ -15,10 +14,13 @@ from edge_smsp.cli.common import (
     show_progress,
 )
 from edge_smsp.cli.pool_commands import add_pool_argument, pool_path
-from edge_smsp.data import Task, load_task
 from edge_smsp.errors import DataError
+from edge_smsp.methods import METHODS, POOL_METHODS
 from edge_smsp.pool import Pool
-from edge_smsp.zoo import backbone_spec, default_pretrained, load_backbone
+
+if TYPE_CHECKING:  # torch loads only when a command runs, so --help stays fast
+    from edge_smsp.data import Task
+    from edge_smsp.smsp import AdaptConfig
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -46,7 +48,7 @@ def add_adapt_arguments(parser: argparse.ArgumentParser, *, ratio_required: bool
             "--ratio", type=ratio_arg, required=True, help="fraction of units removed per group"
         )
     parser.add_argument("--iters", type=int, default=100, help="fine-tuning iterations (default 100)")
-    parser.add_argument("--method", choices=smsp.METHODS, default="smsp")
+    parser.add_argument("--method", choices=METHODS, default="smsp")
     parser.add_argument("--top-k", type=int, default=5, help="pool tasks whose masks are summed (default 5)")
     parser.add_argument(
         "--weighting",
@@ -69,6 +71,8 @@ def add_adapt_arguments(parser: argparse.ArgumentParser, *, ratio_required: bool
 
 def backbone_from_args(args: argparse.Namespace) -> Any:
     """The backbone named on the command line, at the requested input size."""
+    from edge_smsp.zoo import default_pretrained, load_backbone
+
     pretrained = default_pretrained(args.backbone) if args.pretrained is None else args.pretrained
     return load_backbone(
         args.backbone, checkpoint=args.checkpoint, pretrained=pretrained, image_size=args.image_size
@@ -77,6 +81,9 @@ def backbone_from_args(args: argparse.Namespace) -> Any:
 
 def task_from_args(args: argparse.Namespace, backbone: Any, classes: tuple[int, ...] | None = None) -> Task:
     """The new task named by --dataset/--classes, normalised as the backbone expects."""
+    from edge_smsp.data import load_task
+    from edge_smsp.zoo import backbone_spec
+
     classes = classes if classes is not None else parse_classes(args.classes)
     if classes is None:
         raise DataError("name the new task's classes with --classes, e.g. --classes 0,3,5")
@@ -94,8 +101,10 @@ def task_from_args(args: argparse.Namespace, backbone: Any, classes: tuple[int, 
     )
 
 
-def config_from_args(args: argparse.Namespace, ratio: float) -> smsp.AdaptConfig:
-    return smsp.AdaptConfig(
+def config_from_args(args: argparse.Namespace, ratio: float) -> AdaptConfig:
+    from edge_smsp.smsp import AdaptConfig
+
+    return AdaptConfig(
         ratio=ratio,
         iters=args.iters,
         method=args.method,
@@ -112,12 +121,14 @@ def config_from_args(args: argparse.Namespace, ratio: float) -> smsp.AdaptConfig
 
 def open_pool_for(args: argparse.Namespace, method: str) -> Pool | None:
     """The pool, opened read-write when the method needs it or the result is stored in it."""
-    if method in smsp.POOL_METHODS or getattr(args, "add_to_pool", False):
-        return Pool(pool_path(args), create=method not in smsp.POOL_METHODS)
+    if method in POOL_METHODS or getattr(args, "add_to_pool", False):
+        return Pool(pool_path(args), create=method not in POOL_METHODS)
     return None
 
 
 def run_adapt(args: argparse.Namespace) -> int:
+    from edge_smsp import smsp
+
     config = config_from_args(args, args.ratio)
     backbone = backbone_from_args(args)
     task = task_from_args(args, backbone)

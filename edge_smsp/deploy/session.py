@@ -10,7 +10,6 @@ import copy
 import dataclasses
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -22,11 +21,13 @@ import torch
 from torch import nn
 
 from edge_smsp import smsp
+from edge_smsp.cost import ModelCost
 from edge_smsp.data import Task
 from edge_smsp.deploy import Transport, open_transport
 from edge_smsp.deploy.transport import sha256_file
 from edge_smsp.errors import ExportError, NoPoolEntriesError, PlanError, TransportError
 from edge_smsp.export import ExportResult, export_onnx, metadata_from_pruned
+from edge_smsp.fileio import write_atomically
 from edge_smsp.importance import score_units, unit_l1_norms
 from edge_smsp.planner import (
     LatencyModel,
@@ -74,6 +75,8 @@ class BenchSettings:
             str(profile.threads),
             "--providers",
             ",".join(profile.providers),
+            "--batch-size",
+            str(profile.batch_size),
         ]
 
 
@@ -195,19 +198,28 @@ def deploy(
             measurements = stored_measurements(pool, profile.name, name, size)
             if pool is None:  # calibration results were not stored: use them directly
                 measurements += [
-                    Measurement(ratio=row["ratio"], latency_ms=row["latency_ms"], macs=row["macs"])
+                    Measurement(ratio=row["ratio"], latency_ms=row["latency_ms"], macs=row["run_macs"])
                     for row in calibration
                 ]
             chosen_plan: Plan | None = None
             if given_ratio is None:
-                chosen_plan = plan(profile, shipped_shape, measurements, input_size=size, backbone_name=name)
+                chosen_plan = plan(
+                    profile,
+                    shipped_shape,
+                    measurements,
+                    input_size=size,
+                    backbone_name=name,
+                    round_to=config.round_to,
+                )
                 chosen_ratio, latency_model = chosen_plan.ratio, chosen_plan.latency_model
             else:
                 chosen_ratio = given_ratio
                 latency_model = fit_latency_model(
                     profile,
                     measurements,
-                    macs_at_ratio=lambda r: cost_at_ratio(shipped_shape, size, r).macs,
+                    macs_at_ratio=lambda r: (
+                        cost_at_ratio(shipped_shape, size, r, config.round_to).macs * profile.batch_size
+                    ),
                 )
 
         adapt_config, method_note = choose_method(
@@ -226,6 +238,7 @@ def deploy(
                 out / "model.onnx",
                 image_size=size,
                 metadata=metadata_from_pruned(result.model, meta),
+                dynamic_batch=profile.batch_size > 1,
                 parity_inputs=_parity_images(task),
             )
             # One MAC counter (the planner's) for the plan, the report and the stored measurement.
@@ -250,7 +263,7 @@ def deploy(
     )
     if pool is not None and not fallback:
         measurement_id = pool.add_measurement(
-            device_measurement(profile, name, size, chosen_ratio, cost.params, cost.macs, measured, task)
+            device_measurement(profile, name, size, chosen_ratio, cost, measured, task)
         )
     timings["total"] = time.perf_counter() - started
     report = DeployReport(
@@ -367,6 +380,7 @@ def calibrate_device(
             out_dir / f"ratio-{ratio:.2f}.onnx",
             image_size=size,
             metadata={**metadata, "ratio": ratio},
+            dynamic_batch=profile.batch_size > 1,
             parity_inputs=_parity_images(task),
         )
         remote = upload_model(transport, exported)
@@ -376,13 +390,14 @@ def calibrate_device(
         measurement_id = None
         if pool is not None and not fallback_providers(measured):
             measurement_id = pool.add_measurement(
-                device_measurement(profile, name, size, ratio, cost.params, cost.macs, measured, task, True)
+                device_measurement(profile, name, size, ratio, cost, measured, task, calibration=True)
             )
         rows.append(
             {
                 "ratio": ratio,
                 "params": cost.params,
                 "macs": cost.macs,
+                "run_macs": cost.macs * profile.batch_size,
                 "latency_ms": measured["latency_ms"],
                 "peak_rss_mib": measured.get("peak_rss_mib"),
                 "predicted_memory_bytes": predict_memory_bytes(cost, profile),
@@ -430,21 +445,20 @@ def device_measurement(
     backbone: str,
     image_size: int,
     ratio: float,
-    params: int,
-    macs: int,
+    cost: ModelCost,
     measured: dict[str, Any],
     task: Task,
     calibration: bool = False,
 ) -> DeviceMeasurement:
-    """A pool record of one device benchmark."""
+    """A pool record of one device benchmark; `macs` is per timed run, so the batch is included."""
     latency = measured["latency_ms"]
     return DeviceMeasurement(
         device=profile.name,
         backbone=backbone,
         image_size=image_size,
         ratio=ratio,
-        params=params,
-        macs=macs,
+        params=cost.params,
+        macs=cost.macs * profile.batch_size,
         latency_p50_ms=float(latency["p50"]),
         latency_p90_ms=float(latency["p90"]),
         latency_p99_ms=float(latency["p99"]),
@@ -454,6 +468,7 @@ def device_measurement(
             "task_id": task.task_id,
             "num_classes": task.num_classes,
             "calibration": calibration,
+            "batch_size": profile.batch_size,
             "threads": profile.threads,
             "profile_providers": list(profile.providers),
         },
@@ -470,16 +485,7 @@ def upload_model(transport: Transport, exported: ExportResult) -> str:
 
 def write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
     """Write JSON through a temporary file in the same folder and os.replace it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            json.dump(payload, stream, indent=2, default=str)
-            stream.write("\n")
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_atomically(path, (json.dumps(payload, indent=2, default=str) + "\n").encode("utf-8"))
 
 
 def _stage_timer(timings: dict[str, float], on_stage: Callable[[str], None] | None) -> Callable[[str], Any]:

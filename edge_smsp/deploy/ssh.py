@@ -6,10 +6,8 @@ import base64
 import getpass
 import hashlib
 import logging
-import os
 import select
 import shlex
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -19,6 +17,7 @@ import paramiko
 
 from edge_smsp.deploy.transport import RemoteResult, Transport, timed
 from edge_smsp.errors import TransportError
+from edge_smsp.fileio import write_atomically
 from edge_smsp.profiles import ConnectionSpec
 
 T = TypeVar("T")
@@ -64,15 +63,7 @@ def record_host_key(known_hosts: Path, hostname: str, key: paramiko.PKey) -> Non
     if existing and not existing.endswith("\n"):
         existing += "\n"
     line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
-    handle, temp = tempfile.mkstemp(dir=known_hosts.parent, prefix=".known_hosts.")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(existing + line)
-        os.chmod(temp, 0o600)
-        os.replace(temp, known_hosts)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
+    write_atomically(known_hosts, (existing + line).encode("utf-8"), mode=0o600)
 
 
 class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):

@@ -48,12 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_OneLineParser)
     commands.required = True
 
-    bench = commands.add_parser("bench", help="latency, throughput and memory of a model at batch 1")
+    bench = commands.add_parser(
+        "bench", help="latency, throughput and memory of a model (batch 1 by default)"
+    )
     bench.add_argument("--model", required=True, help="ONNX file")
     bench.add_argument("--warmup", type=_nonnegative_int, default=10, help="warm-up runs, at least 10")
     bench.add_argument("--runs", type=_nonnegative_int, default=100, help="timed runs, at least")
     bench.add_argument("--min-seconds", type=float, default=1.0, help="timed seconds, at least")
     bench.add_argument("--seed", type=int, default=0, help="seed of the fixed random inputs")
+    bench.add_argument(
+        "--batch-size", type=_nonnegative_int, default=1, help="images per run (needs a dynamic-batch model)"
+    )
     _add_session_options(bench)
 
     infer = commands.add_parser(
@@ -121,6 +126,7 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
             threads=args.threads,
             providers=providers,
             seed=args.seed,
+            batch_size=args.batch_size,
         )
     if args.command == "infer":
         from .infer import run_infer

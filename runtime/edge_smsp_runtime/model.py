@@ -225,14 +225,21 @@ def describe_io(args: Any) -> list[dict[str, Any]]:
     return [{"name": arg.name, "shape": list(arg.shape), "dtype": arg.type} for arg in args]
 
 
-def resolve_shape(shape: list[Any], name: str, input_size: tuple[int, int] | None) -> list[int]:
-    """A concrete shape: batch 1 for a symbolic first dim; image sides from metadata for NCHW inputs."""
+def resolve_shape(
+    shape: list[Any], name: str, input_size: tuple[int, int] | None, batch_size: int = 1
+) -> list[int]:
+    """A concrete shape: batch_size for a symbolic first dim; image sides from metadata for NCHW inputs."""
     resolved = []
     for index, dim in enumerate(shape):
+        if index == 0 and isinstance(dim, int) and dim > 0 and dim != batch_size:
+            raise RuntimeToolError(
+                f"input {name!r} has a fixed batch of {dim}, not {batch_size}; "
+                "export the model with a dynamic batch (edge-smsp export --dynamic-batch)"
+            )
         if isinstance(dim, int) and dim > 0:
             resolved.append(dim)
         elif index == 0:
-            resolved.append(1)
+            resolved.append(batch_size)
         elif len(shape) == 4 and index == 1:
             resolved.append(3)
         elif len(shape) == 4 and index in (2, 3) and input_size is not None:
@@ -245,8 +252,10 @@ def resolve_shape(shape: list[Any], name: str, input_size: tuple[int, int] | Non
     return resolved
 
 
-def seeded_feeds(session: Any, seed: int, input_size: tuple[int, int] | None) -> dict[str, Any]:
-    """Fixed pseudo-random inputs of batch 1 for every graph input, the same for a given seed."""
+def seeded_feeds(
+    session: Any, seed: int, input_size: tuple[int, int] | None, batch_size: int = 1
+) -> dict[str, Any]:
+    """Fixed pseudo-random inputs of `batch_size` for every graph input, the same for a given seed."""
     np = import_numpy()
     rng = np.random.default_rng(seed)
     feeds = {}
@@ -254,7 +263,7 @@ def seeded_feeds(session: Any, seed: int, input_size: tuple[int, int] | None) ->
         dtype = _NUMPY_DTYPES.get(arg.type)
         if dtype is None:
             raise RuntimeToolError(f"input {arg.name!r} has unsupported type {arg.type}")
-        shape = resolve_shape(list(arg.shape), arg.name, input_size)
+        shape = resolve_shape(list(arg.shape), arg.name, input_size, batch_size)
         if dtype.startswith("float"):
             feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
         elif dtype == "bool":

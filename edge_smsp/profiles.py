@@ -29,7 +29,7 @@ class ConnectionSpec:
 MIB = 1024**2
 PERCENTILES = ("p50", "p90", "p99")
 TRANSPORTS = ("ssh", "local")
-BUNDLED_PROFILES_DIR = Path(__file__).resolve().parent.parent / "device_profiles"
+BUNDLED_PROFILES_DIR = Path(__file__).resolve().parent / "device_profiles"  # a link to ../device_profiles
 MEMORY_HINT = "use 512MiB, 2GiB or a MiB integer"
 CONNECTION_KEYS = ("transport", "host", "port", "user", "key_file", "known_hosts", "python", "workdir")
 

@@ -97,14 +97,16 @@ def sha256_file(path: Path) -> str:
 
 
 def runtime_source_dir() -> Path:
-    """Directory of the edge_smsp_runtime package on this machine (installed or in the checkout)."""
+    """Directory of the edge_smsp_runtime package on this machine: installed, else the copy edge_smsp ships."""
     spec = importlib.util.find_spec(RUNTIME_PACKAGE)
     if spec is not None and spec.origin and spec.origin.endswith("__init__.py"):
         return Path(spec.origin).parent
-    checkout = Path(__file__).resolve().parents[2] / "runtime" / RUNTIME_PACKAGE
-    if (checkout / "__init__.py").is_file():
-        return checkout
-    raise TransportError("the edge-smsp-runtime package is not installed here: pip install -e runtime")
+    bundled = Path(__file__).resolve().parent / "device_runtime"  # a link to runtime/edge_smsp_runtime
+    if (bundled / "__init__.py").is_file():
+        return bundled
+    raise TransportError(
+        "the edge-smsp-runtime package is missing here: reinstall edge-smsp or pip install -e runtime"
+    )
 
 
 def runtime_files() -> list[tuple[Path, str]]:

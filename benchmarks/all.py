@@ -13,11 +13,30 @@ import time
 import traceback
 from collections.abc import Sequence
 
-from benchmarks import accuracy, adapt_time, budgets, mechanism, report, similarity_cost, speed, tuning
+from benchmarks import (
+    accuracy,
+    adapt_time,
+    budgets,
+    mechanism,
+    planner_check,
+    report,
+    similarity_cost,
+    speed,
+    tuning,
+)
 from benchmarks.common import add_mode_arguments, log
 
 # Tuning first: the held-out study runs the variant chosen on pool tasks next to the paper's default.
-STEPS = ("tuning", "accuracy", "budgets", "mechanism", "adapt_time", "similarity_cost", "speed")
+STEPS = (
+    "tuning",
+    "accuracy",
+    "budgets",
+    "mechanism",
+    "adapt_time",
+    "similarity_cost",
+    "speed",
+    "planner_check",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -45,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             if step == "speed":
                 speed.run(args.mode, args.results_dir)
+            elif step == "planner_check":
+                planner_check.run(args.mode, args.results_dir)
             else:
                 modules[step].run(args.mode, args.results_dir, args.workers)
         except Exception:  # one broken benchmark must not cost the others' results

@@ -16,7 +16,16 @@ from typing import Any
 from benchmarks.common import BENCHMARKS_DIR, DEFAULT_RESULTS_DIR, read_json, result_path
 from benchmarks.study import paper_variant_name
 
-NAMES = ("accuracy", "tuning", "budgets", "mechanism", "adapt_time", "similarity_cost", "speed")
+NAMES = (
+    "accuracy",
+    "tuning",
+    "budgets",
+    "mechanism",
+    "adapt_time",
+    "similarity_cost",
+    "speed",
+    "planner_check",
+)
 METHOD_ORDER = ("smsp", "smsp-random", "random", "magnitude", "taylor", "scratch")
 
 
@@ -780,6 +789,64 @@ def similarity_section(similarity: dict[str, Any], plots: Path) -> str:
     )
 
 
+def planner_section(check: dict[str, Any]) -> str:
+    """The planner's latency and memory predictions against device measurements."""
+    parts = [
+        "## 7. Planner predictions against the device",
+        mode_note(check),
+        "The `localhost` profile through the device runtime (local transport; the profile's threads, providers and "
+        "percentile): the backbone with a 3-class head, pruned with L1-magnitude scores at each ratio, measured in "
+        f"{check['settings']['rounds']} interleaved rounds (median kept). *Hint*: the profile's throughput hint "
+        "alone, what the first deploy to a new device uses. *Calibrated*: the line fitted to the measurements at "
+        "`deploy --calibrate`'s ratios, judged at the other ratios. *Memory*: the runtime overhead the device "
+        "reports (`info`: numpy + onnxruntime imported) plus a session, 3.4x the weights and the activations, "
+        "against the bench process's peak RSS; the built-in default overhead is shown for comparison.",
+    ]
+    for key, group in check["groups"].items():
+        percentile = group["percentile"]
+        rows = [
+            [
+                f"{r['ratio']:g}" + (" (cal.)" if r["in_calibration"] else ""),
+                f"{r['macs'] / 1e6:.1f}",
+                num(r["measured_ms"][percentile], 3),
+                f"{num(r['predicted_hint_ms'], 3)} ({100 * r['error_hint']:+.0f}%)",
+                f"{num(r['predicted_calibrated_ms'], 3)} ({100 * r['error_calibrated']:+.0f}%)",
+                num(r["peak_rss_mib"], 1),
+                f"{num(r['predicted_memory_device_mib'], 1)} ({r['memory_error_device_mib']:+.1f})",
+                f"{num(r['predicted_memory_default_mib'], 1)} ({r['memory_error_default_mib']:+.1f})",
+            ]
+            for r in group["rows"]
+        ]
+        held_out = group["held_out_abs_error_calibrated"]
+        hint = group["abs_error_hint"]
+        memory_errors = [r["memory_error_device_mib"] for r in group["rows"]]
+        parts += [
+            f"**{key}** ({percentile}; imported runtime on the device {group['imported_rss_mib']:.1f} MiB, so a "
+            f"runtime overhead of {group['runtime_overhead_device_mib']:.1f} MiB against the default "
+            f"{group['runtime_overhead_default_mib']:.1f} MiB):",
+            table(
+                [
+                    "ratio",
+                    "MACs M",
+                    f"measured {percentile} ms",
+                    "hint ms (error)",
+                    "calibrated ms (error)",
+                    "peak RSS MiB",
+                    "predicted MiB, device overhead (error)",
+                    "predicted MiB, default overhead (error)",
+                ],
+                rows,
+            ),
+            f"Calibrated latency at held-out ratios: median |error| {100 * held_out['median']:.0f}%, max "
+            f"{100 * held_out['max']:.0f}%; the hint alone: median {100 * hint['median']:.0f}%, max "
+            f"{100 * hint['max']:.0f}%. Memory with the device's overhead is off by "
+            f"{min(memory_errors):+.1f} to {max(memory_errors):+.1f} MiB (positive = conservative)."
+            if held_out["median"] is not None
+            else "",
+        ]
+    return "\n\n".join(part for part in parts if part)
+
+
 def machine_section(found: dict[str, dict[str, Any]]) -> str:
     """CPU, cores, versions, dates, commands."""
     any_payload = found.get("accuracy") or next(iter(found.values()))
@@ -914,6 +981,8 @@ def render(found: dict[str, dict[str, Any]], plots: Path) -> str:
         parts.append(adapt_section(found["adapt_time"], plots))
     if "similarity_cost" in found:
         parts.append(similarity_section(found["similarity_cost"], plots))
+    if "planner_check" in found:
+        parts.append(planner_section(found["planner_check"]))
     missing = [name for name in NAMES if name not in found]
     if missing:
         parts.append(

@@ -4,9 +4,12 @@ Memory model (what a device's peak resident memory is compared against):
 
     memory = runtime overhead + WEIGHT_COPIES * fp32 weight bytes + batch * peak activation bytes
 
-* runtime overhead: Python + numpy + onnxruntime (46 MiB once imported) plus the session's thread pool and
-  arenas: 72 MiB, measured on x86-64 with onnxruntime 1.32 and in line with 64-bit ARM boards. Profiles with a
-  GPU stack (CUDA/TensorRT contexts) set their own `runtime_overhead`.
+* runtime overhead: Python + numpy + onnxruntime once imported, plus the session's thread pool and arenas
+  (SESSION_OVERHEAD_BYTES). A profile's own `runtime_overhead` wins (GPU stacks: CUDA/TensorRT contexts);
+  else `deploy` uses the imported runtime's resident memory as the device's `info` reports it, because that
+  varies by 15+ MiB with the same binaries (how many of the libraries' file pages are mapped: 50.6 MiB in an
+  older virtual environment, 66.4 MiB in a freshly installed one, same wheels, same machine); else 72 MiB
+  (50 MiB imported + 22 MiB session), fitted on x86-64 with onnxruntime 1.32.
 * WEIGHT_COPIES: while ONNX Runtime creates a session it holds the file bytes, the parsed protobuf and its own
   (optimised, pre-packed) initializers at once. Peak RSS (VmHWM) of a fresh process that loads and runs the
   exported model was fitted over efficientnet_lite0 and resnet18 pruned at 0/0.3/0.6 and run at 64 and 224 px:
@@ -29,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -41,6 +44,9 @@ from edge_smsp.profiles import DeviceProfile, format_bytes
 
 MIB = 1024**2
 RUNTIME_OVERHEAD_BYTES = 72 * MIB
+# What the device runtime's `info` reported (numpy + onnxruntime imported) when RUNTIME_OVERHEAD_BYTES was fitted.
+IMPORTED_RUNTIME_BYTES = 50 * MIB
+SESSION_OVERHEAD_BYTES = RUNTIME_OVERHEAD_BYTES - IMPORTED_RUNTIME_BYTES
 WEIGHT_COPIES = 3.4
 DEFAULT_RATIOS: tuple[float, ...] = tuple(round(0.05 * step, 2) for step in range(19))  # 0.0 .. 0.9
 SEARCHES = ("bisect", "grid")
@@ -173,6 +179,13 @@ def runtime_overhead_bytes(profile: DeviceProfile) -> int:
     if profile.runtime_overhead_bytes is None:
         return RUNTIME_OVERHEAD_BYTES
     return profile.runtime_overhead_bytes
+
+
+def with_device_runtime_memory(profile: DeviceProfile, imported_rss_bytes: int | None) -> DeviceProfile:
+    """The profile, its runtime overhead taken from the device's imported runtime unless the profile sets one."""
+    if profile.runtime_overhead_bytes is not None or not imported_rss_bytes:
+        return profile
+    return replace(profile, runtime_overhead_bytes=int(imported_rss_bytes) + SESSION_OVERHEAD_BYTES)
 
 
 def predict_memory_bytes(cost: ModelCost, profile: DeviceProfile) -> int:

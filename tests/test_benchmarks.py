@@ -4,7 +4,17 @@ import json
 
 import pytest
 
-from benchmarks import accuracy, adapt_time, budgets, mechanism, report, similarity_cost, speed, tuning
+from benchmarks import (
+    accuracy,
+    adapt_time,
+    budgets,
+    mechanism,
+    planner_check,
+    report,
+    similarity_cost,
+    speed,
+    tuning,
+)
 from benchmarks.common import SETTINGS, pack_mask, result_path, spearman, unpack_mask
 from benchmarks.study import Study, group_sizes
 
@@ -113,11 +123,40 @@ def test_speed_measures_latency_directly_and_through_the_runtime(results_dir):
     assert rows[0]["speedup_p50"] == pytest.approx(1.0)
 
 
+def test_planner_check_compares_every_prediction_with_the_device(results_dir):
+    assert planner_check.main(["--smoke", "--results-dir", str(results_dir)]) == 0
+    payload = json.loads(result_path(results_dir, "planner_check", "smoke").read_text(encoding="utf-8"))
+    group = payload["groups"]["efficientnet_lite0@32"]
+    rows = group["rows"]
+    assert [row["ratio"] for row in rows] == list(planner_check.SETTINGS["smoke"].ratios)
+    assert (
+        [row["ratio"] for row in rows if row["in_calibration"]]
+        == group["calibration_ratios"]
+        == [0.0, 0.4, 0.7]
+    )
+    fitted = group["latency_model_calibrated"]
+    assert fitted["source"] == "fit" and fitted["n_measurements"] == 3
+    for row in rows:
+        assert row["measured_ms"]["p50"] > 0 and row["peak_rss_mib"] > 0
+        expected = fitted["intercept_ms"] + fitted["ms_per_gmac"] * row["macs"] / 1e9
+        assert row["predicted_calibrated_ms"] == pytest.approx(expected)
+        measured = row["measured_ms"][group["percentile"]]
+        assert row["error_calibrated"] == pytest.approx((expected - measured) / measured)
+        # Same model costs, different runtime overheads: the two memory predictions differ by exactly that.
+        difference = row["predicted_memory_device_mib"] - row["predicted_memory_default_mib"]
+        assert difference == pytest.approx(
+            group["runtime_overhead_device_mib"] - group["runtime_overhead_default_mib"]
+        )
+    assert rows[0]["macs"] > rows[-1]["macs"]
+    assert group["held_out_abs_error_calibrated"]["median"] is not None
+
+
 def test_report_writes_markdown_with_verdicts_and_plots(results_dir):
     out = results_dir / "RESULTS.md"
     assert report.main(["--results-dir", str(results_dir), "--mode", "smoke", "--out", str(out)]) == 0
     text = out.read_text(encoding="utf-8")
     assert "## Headline" in text and "## Verdicts" in text
+    assert "## 7. Planner predictions against the device" in text
     for claim in ("similar tasks share", "SMSP@100", "one score mask"):
         assert claim in text
     for plot in (

@@ -69,6 +69,12 @@ def test_help_and_argument_errors_do_not_load_torch() -> None:
         "help_text = build_parser().format_help()\n"
         "for command in ('adapt', 'deploy', 'pool', 'prune', 'export', 'bench'):\n"
         "    assert command in help_text, command\n"
+        "try:\n"
+        "    build_parser().parse_args(['deploy', '--profile', 'localhost', '--ratio', 'half'])\n"
+        "except SystemExit as stop:\n"
+        "    assert stop.code == 2\n"
+        "else:\n"
+        "    raise AssertionError('a ratio of half was accepted')\n"
         "print(sorted(name for name in sys.modules if name == 'torch' or name.startswith('torch.')))\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)

@@ -30,7 +30,9 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
     # setuptools builds in the source tree (build/, *.egg-info): build from a copy that keeps the links.
     source = out / "source"
-    skipped = shutil.ignore_patterns(".git", ".venv", "build", "runs", "results", "*.egg-info", "__pycache__")
+    skipped = shutil.ignore_patterns(
+        ".*", "build", "dist", "out", "runs", "results", "plots", "*.egg-info", "__pycache__"
+    )
     shutil.copytree(ROOT, source, symlinks=True, ignore=skipped)
     pip_wheel = [
         sys.executable,

@@ -78,8 +78,28 @@ def test_plan_costs_follow_the_prune_rounding(backbone: nn.Module, costs: dict) 
     profile = _profile(memory_budget_bytes=predict_memory_bytes(unrounded, _profile()), latency_target_ms=1e6)
     result = plan(profile, backbone, ratios=(0.3,), round_to=1)
     assert result.ratio == 0.3 and result.memory_bytes == predict_memory_bytes(unrounded, profile)
-    with pytest.raises(PlanError):  # rounded up to multiples of 8, the same ratio no longer fits
+    with pytest.raises(
+        PlanError
+    ):  # rounded to a multiple of 8 (here 45 -> 48), the same ratio no longer fits
         plan(profile, backbone, ratios=(0.3,))
+
+
+def test_batched_plans_fit_and_predict_per_timed_run(backbone: nn.Module, costs: dict) -> None:
+    """Measurements without MACs are costed per timed run (per image x batch), like the predictions."""
+    profile = _profile(batch_size=4, latency_target_ms=1e6)
+    measurements = [{"ratio": 0.0, "latency_ms": 10.0}, {"ratio": 0.5, "latency_ms": 6.0}]
+    result = plan(profile, backbone, measurements, ratios=RATIOS)
+    assert result.latency_model.source == "fit"
+    for ratio, latency in ((0.0, 10.0), (0.5, 6.0)):
+        assert result.latency_model.predict(4 * costs[ratio].macs) == pytest.approx(latency, rel=1e-6)
+    chosen = {candidate.ratio: candidate for candidate in result.candidates}[result.ratio]
+    assert chosen.predicted_latency_ms == pytest.approx(
+        result.latency_model.predict(4 * costs[result.ratio].macs)
+    )
+    single = _profile(batch_size=1, latency_target_ms=1e6)
+    assert plan(single, backbone, measurements, ratios=RATIOS).latency_model.ms_per_gmac == pytest.approx(
+        4 * result.latency_model.ms_per_gmac, rel=1e-6
+    )
 
 
 def test_vit_macs_include_attention() -> None:

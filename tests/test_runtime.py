@@ -130,6 +130,11 @@ def test_bench_feeds_whole_batches_to_a_dynamic_batch_model(convnet: Path, color
     )
     static = run_runtime("bench", "--model", str(colors), "--batch-size", "2")
     assert_one_line_error(static, "fixed batch of 1", "--dynamic-batch")
+    # Without --batch-size a fixed-batch model runs at its own batch.
+    default = run_runtime("bench", "--model", str(colors), "--runs", "5", "--min-seconds", "0")
+    assert default.returncode == 0, default.stderr
+    assert json.loads(default.stdout)["input_shape"] == [1, 3, 16, 16]
+    assert_one_line_error(run_runtime("bench", "--model", str(convnet), "--batch-size", "0"), "--batch-size")
 
 
 def test_bench_skips_unavailable_providers_and_reports_them(convnet: Path) -> None:

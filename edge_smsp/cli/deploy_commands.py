@@ -215,7 +215,10 @@ def describe_deploy(report: dict[str, Any]) -> str:
     measured = report["measured"]
     percentile = report["latency_percentile"]
     latency_verdict = "met" if report["meets_latency_target"] else "MISSED"
-    memory_line = f"predicted {_mib(report['predicted_memory_bytes'])}"
+    memory_line = (
+        f"predicted {_mib(report['predicted_memory_bytes'])} "
+        f"(runtime {_mib(report['runtime_overhead_bytes'])} from {report['runtime_overhead_source']})"
+    )
     if report["measured_peak_rss_bytes"] is not None:
         verdict = "met" if report["meets_memory_budget"] else "EXCEEDED"
         memory_line += f", measured peak RSS {_mib(report['measured_peak_rss_bytes'])}"

@@ -38,6 +38,8 @@ from edge_smsp.planner import (
     measure_cost,
     plan,
     predict_memory_bytes,
+    runtime_overhead_bytes,
+    with_device_runtime_memory,
 )
 from edge_smsp.pool import DeviceMeasurement, Pool
 from edge_smsp.profiles import MIB, DeviceProfile, load_profile
@@ -75,8 +77,8 @@ class BenchSettings:
             str(profile.threads),
             "--providers",
             ",".join(profile.providers),
-            "--batch-size",
-            str(profile.batch_size),
+            # Only when batching: a runtime older than the flag still benches batch-1 models.
+            *(["--batch-size", str(profile.batch_size)] if profile.batch_size > 1 else []),
         ]
 
 
@@ -98,6 +100,8 @@ class DeployReport:
     latency_percentile: str
     latency_target_ms: float
     memory_budget_bytes: int
+    runtime_overhead_bytes: int  # the memory model's runtime part
+    runtime_overhead_source: str  # "profile" | "device" (its imported runtime + a session) | "default"
     latency_model: dict[str, Any]
     predicted_latency_ms: float
     predicted_memory_bytes: int
@@ -186,16 +190,29 @@ def deploy(
         with stage("device_check"):
             # Pushes the runtime and imports numpy + onnxruntime there: a bare device fails now, not after export.
             device_info = transport.run_runtime(["info"], timeout=bench.timeout)
+        overhead_source = "profile" if profile.runtime_overhead_bytes is not None else "default"
+        imported_rss = device_info.get("imported_rss_mib")
+        if overhead_source == "default" and imported_rss:
+            profile = with_device_runtime_memory(profile, int(float(imported_rss) * MIB))
+            overhead_source = "device"
         calibration: list[dict[str, Any]] = []
         if calibrate:
             with stage("calibrate"):
                 calibration = calibrate_device(
-                    profile, backbone, task, pool, transport, out / "calibration", calibration_ratios, bench
+                    profile,
+                    backbone,
+                    task,
+                    pool,
+                    transport,
+                    out / "calibration",
+                    calibration_ratios,
+                    bench,
+                    round_to=config.round_to,
                 )
 
         with stage("plan"):
             shipped_shape = replace_classifier(copy.deepcopy(backbone), task.num_classes)
-            measurements = stored_measurements(pool, profile.name, name, size)
+            measurements = stored_measurements(pool, profile, name, size)
             if pool is None:  # calibration results were not stored: use them directly
                 measurements += [
                     Measurement(ratio=row["ratio"], latency_ms=row["latency_ms"], macs=row["run_macs"])
@@ -281,6 +298,8 @@ def deploy(
         latency_percentile=profile.latency_percentile,
         latency_target_ms=profile.latency_target_ms,
         memory_budget_bytes=profile.memory_budget_bytes,
+        runtime_overhead_bytes=runtime_overhead_bytes(profile),
+        runtime_overhead_source=overhead_source,
         latency_model=dataclasses.asdict(latency_model),
         predicted_latency_ms=_predicted_latency(latency_model, cost.macs, profile),
         predicted_memory_bytes=predict_memory_bytes(cost, profile),
@@ -354,6 +373,8 @@ def calibrate_device(
     out_dir: Path,
     ratios: Sequence[float] = CALIBRATION_RATIOS,
     bench: BenchSettings | None = None,
+    *,
+    round_to: int = 8,
 ) -> list[dict[str, Any]]:
     """NetAdapt-style: export and bench the magnitude-pruned backbone at a few ratios; store the results."""
     if len(set(ratios)) < 2:
@@ -374,7 +395,7 @@ def calibrate_device(
     }
     rows = []
     for ratio in sorted({_checked_ratio(value) for value in ratios}):
-        pruned, _ = prune(with_head, scores, ratio, tie_break=tie_break)
+        pruned, _ = prune(with_head, scores, ratio, round_to=round_to, tie_break=tie_break)
         exported = export_onnx(
             pruned,
             out_dir / f"ratio-{ratio:.2f}.onnx",
@@ -426,8 +447,10 @@ def choose_method(
     return dataclasses.replace(config, method=FALLBACK_METHOD), note
 
 
-def stored_measurements(pool: Pool | None, device: str, backbone: str, image_size: int) -> list[Measurement]:
-    """The pool's device measurements of this backbone at this input size, as planner Measurements."""
+def stored_measurements(
+    pool: Pool | None, profile: DeviceProfile, backbone: str, image_size: int
+) -> list[Measurement]:
+    """The pool's device measurements of this backbone and input size, run with the profile's batch and threads."""
     if pool is None:
         return []
     return [
@@ -436,7 +459,10 @@ def stored_measurements(pool: Pool | None, device: str, backbone: str, image_siz
             latency_ms={"p50": row.latency_p50_ms, "p90": row.latency_p90_ms, "p99": row.latency_p99_ms},
             macs=row.macs,
         )
-        for row in pool.measurements(device=device, backbone=backbone, image_size=image_size)
+        for row in pool.measurements(device=profile.name, backbone=backbone, image_size=image_size)
+        # Batching and threads change the fixed cost per run: one line cannot fit both regimes.
+        if row.report.get("batch_size", 1) == profile.batch_size
+        and row.report.get("threads", profile.threads) == profile.threads
     ]
 
 

@@ -7,7 +7,7 @@ import json
 import os
 import platform
 import sys
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from . import __version__
 from .errors import RuntimeToolError, one_line
@@ -23,14 +23,21 @@ class _OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
-    return value
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+_nonnegative_int = _int_at_least(0)
+_positive_int = _int_at_least(1)
 
 
 def _add_session_options(parser: argparse.ArgumentParser) -> None:
@@ -57,7 +64,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--min-seconds", type=float, default=1.0, help="timed seconds, at least")
     bench.add_argument("--seed", type=int, default=0, help="seed of the fixed random inputs")
     bench.add_argument(
-        "--batch-size", type=_nonnegative_int, default=1, help="images per run (needs a dynamic-batch model)"
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="images per run (a dynamic-batch model; default: the model's fixed batch, else 1)",
     )
     _add_session_options(bench)
 
@@ -91,11 +101,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _info() -> dict[str, Any]:
-    from .device import device_facts
+    from .device import current_rss_mib, device_facts
     from .model import import_numpy, import_onnxruntime
 
     numpy = import_numpy()
     ort = import_onnxruntime()
+    imported_rss = current_rss_mib()  # the host plans memory on top of this, as bench will start from it
     return {
         "command": "info",
         "runtime_version": __version__,
@@ -104,6 +115,7 @@ def _info() -> dict[str, Any]:
         "numpy_version": numpy.__version__,
         "onnxruntime_version": ort.__version__,
         "available_providers": list(ort.get_available_providers()),
+        "imported_rss_mib": imported_rss,
         "device": device_facts(),
     }
 

@@ -56,7 +56,7 @@ def run_bench(
     threads: int = 0,
     providers: list[str] | None = None,
     seed: int = 0,
-    batch_size: int = 1,
+    batch_size: int | None = None,
 ) -> dict[str, Any]:
     """Create a session, run warm-ups, then time runs until both `runs` and `min_seconds` are reached."""
     if warmup < MIN_WARMUP_RUNS:
@@ -65,7 +65,7 @@ def run_bench(
         raise RuntimeToolError("--runs must be at least 1")
     if min_seconds < 0:
         raise RuntimeToolError("--min-seconds must be >= 0")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise RuntimeToolError("--batch-size must be at least 1")
     np = import_numpy()
     ort = import_onnxruntime()
@@ -82,6 +82,9 @@ def run_bench(
 
     metadata = model_metadata(session)
     feeds = seeded_feeds(session, seed, metadata_input_size(metadata), batch_size)
+    # The batch actually run: the first dimension of the first input (a fixed batch when none was asked for).
+    shapes = [feed.shape for feed in feeds.values()]
+    run_batch = int(shapes[0][0]) if shapes and len(shapes[0]) else 1
     run = session.run
     try:
         started = time.perf_counter_ns()
@@ -125,7 +128,7 @@ def run_bench(
         "outputs": describe_io(session.get_outputs()),
         "input_shape": list(next(iter(feeds.values())).shape) if feeds else [],
         "metadata": metadata,
-        "batch_size": batch_size,
+        "batch_size": run_batch,
         "warmup_runs": warmup,
         "min_runs": runs,
         "min_seconds": min_seconds,
@@ -140,9 +143,7 @@ def run_bench(
         "latency_ms": latency_summary(latencies),
         "measured_seconds": round(measured_ns / 1e9, 6),
         # Images per second: each timed run classifies one batch.
-        "throughput_ips": round(len(latencies) * batch_size / (measured_ns / 1e9), 3)
-        if measured_ns
-        else None,
+        "throughput_ips": round(len(latencies) * run_batch / (measured_ns / 1e9), 3) if measured_ns else None,
         "baseline_rss_mib": baseline_rss,
         "peak_rss_mib": peak_rss_mib(),
         "onnxruntime_version": ort.__version__,

@@ -226,20 +226,24 @@ def describe_io(args: Any) -> list[dict[str, Any]]:
 
 
 def resolve_shape(
-    shape: list[Any], name: str, input_size: tuple[int, int] | None, batch_size: int = 1
+    shape: list[Any], name: str, input_size: tuple[int, int] | None, batch_size: int | None = None
 ) -> list[int]:
-    """A concrete shape: batch_size for a symbolic first dim; image sides from metadata for NCHW inputs."""
+    """A concrete shape: a symbolic first dim gets batch_size (default 1); image sides come from metadata.
+
+    A fixed batch is used as it is, unless batch_size asks for another one on an image (NCHW) input.
+    """
     resolved = []
     for index, dim in enumerate(shape):
-        if index == 0 and isinstance(dim, int) and dim > 0 and dim != batch_size:
+        fixed = isinstance(dim, int) and dim > 0
+        if index == 0 and fixed and batch_size is not None and dim != batch_size and len(shape) == 4:
             raise RuntimeToolError(
                 f"input {name!r} has a fixed batch of {dim}, not {batch_size}; "
                 "export the model with a dynamic batch (edge-smsp export --dynamic-batch)"
             )
-        if isinstance(dim, int) and dim > 0:
+        if fixed:
             resolved.append(dim)
         elif index == 0:
-            resolved.append(batch_size)
+            resolved.append(1 if batch_size is None else batch_size)
         elif len(shape) == 4 and index == 1:
             resolved.append(3)
         elif len(shape) == 4 and index in (2, 3) and input_size is not None:
@@ -253,9 +257,9 @@ def resolve_shape(
 
 
 def seeded_feeds(
-    session: Any, seed: int, input_size: tuple[int, int] | None, batch_size: int = 1
+    session: Any, seed: int, input_size: tuple[int, int] | None, batch_size: int | None = None
 ) -> dict[str, Any]:
-    """Fixed pseudo-random inputs of `batch_size` for every graph input, the same for a given seed."""
+    """Fixed pseudo-random inputs for every graph input (see resolve_shape), the same for a given seed."""
     np = import_numpy()
     rng = np.random.default_rng(seed)
     feeds = {}

@@ -1,0 +1,216 @@
+"""The planner's predictions against the device: latency (hint and calibrated) and peak memory vs measured.
+
+    python -m benchmarks.planner_check --quick|--full
+
+On the `localhost` profile (local transport, the profile's threads and providers): the backbone with a 3-class
+head, pruned with magnitude scores at every ratio of a grid and exported to ONNX, is benchmarked through the
+device runtime in rounds (the ratios interleaved, so that load from other processes hits them alike; the median
+per ratio is kept). Then, as `deploy` does:
+- latency from the profile's throughput hint alone;
+- latency from the line fitted to the measurements at deploy's calibration ratios, judged at the other ratios;
+- peak memory with the runtime overhead the device reports (`info`) and with the built-in default.
+Writes results/planner_check.<mode>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks.common import (
+    add_mode_arguments,
+    command_line,
+    log,
+    machine_facts,
+    quiet_warnings,
+    result_path,
+    tmp_dir,
+    write_json,
+)
+from benchmarks.speed import HEAD_CLASSES, export_pruned
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckSettings:
+    """One mode: which models, the ratio grid and how long each benchmark runs."""
+
+    models: tuple[tuple[str, int], ...]  # (backbone, input size)
+    ratios: tuple[float, ...]
+    rounds: int
+    runs: int
+    min_seconds: float
+
+
+SETTINGS = {
+    "smoke": CheckSettings((("efficientnet_lite0", 32),), (0.0, 0.4, 0.5, 0.7), 1, 20, 0.1),
+    "quick": CheckSettings((("efficientnet_lite0", 64),), (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7), 2, 200, 0.5),
+    "full": CheckSettings(
+        (("efficientnet_lite0", 64), ("resnet18", 64)),
+        tuple(round(0.1 * step, 1) for step in range(9)),
+        3,
+        300,
+        1.0,
+    ),
+}
+
+
+def measure(paths: Sequence[Path], settings: CheckSettings, workdir: Path) -> tuple[list[list[dict]], dict]:
+    """Per model, the runtime's bench report of every round; and the device's `info`."""
+    from edge_smsp.deploy import open_transport
+    from edge_smsp.deploy.session import BenchSettings
+    from edge_smsp.profiles import load_profile
+
+    profile = load_profile("localhost")
+    # This interpreter (it has onnxruntime) and a work dir inside the results' tmp folder, not ~/.cache.
+    connection = dataclasses.replace(profile.connection, python=sys.executable, workdir=str(workdir))
+    bench = BenchSettings(runs=settings.runs, min_seconds=settings.min_seconds)
+    reports: list[list[dict]] = [[] for _ in paths]
+    with open_transport(connection) as transport:
+        info = transport.run_runtime(["info"], timeout=120)
+        remotes = [transport.upload(path, f"models/{path.name}") for path in paths]
+        for round_index in range(settings.rounds):
+            log(f"planner_check: round {round_index + 1}/{settings.rounds} over {len(paths)} models")
+            for index, remote in enumerate(remotes):
+                reports[index].append(
+                    transport.run_runtime(bench.runtime_args(remote, profile), timeout=bench.timeout)
+                )
+        transport.cleanup()
+    return reports, info
+
+
+def check_model(name: str, size: int, settings: CheckSettings, out_dir: Path) -> dict[str, Any]:
+    """Measure one backbone over the ratio grid and compare with every prediction the planner makes."""
+    from edge_smsp.deploy.session import CALIBRATION_RATIOS
+    from edge_smsp.planner import (
+        Measurement,
+        cost_at_ratio,
+        fit_latency_model,
+        predict_memory_bytes,
+        runtime_overhead_bytes,
+        with_device_runtime_memory,
+    )
+    from edge_smsp.profiles import MIB, load_profile
+    from edge_smsp.prune import replace_classifier
+    from edge_smsp.zoo import default_pretrained, load_backbone
+
+    profile = load_profile("localhost")
+    percentile = profile.latency_percentile
+    exported = export_pruned(name, size, settings.ratios, out_dir)
+    reports, info = measure([Path(row["onnx"]) for row in exported], settings, out_dir / "device")
+    shipped = replace_classifier(
+        load_backbone(name, pretrained=default_pretrained(name), image_size=size), HEAD_CLASSES
+    )
+    device_profile = with_device_runtime_memory(profile, int(float(info["imported_rss_mib"]) * MIB))
+
+    rows = []
+    for row, runs in zip(exported, reports, strict=True):
+        cost = cost_at_ratio(shipped, size, row["ratio"])
+        measured = {
+            key: statistics.median(run["latency_ms"][key] for run in runs) for key in ("p50", "p90", "p99")
+        }
+        rows.append(
+            {
+                "ratio": row["ratio"],
+                "params": cost.params,
+                "macs": cost.macs,
+                "measured_ms": measured,
+                "measured_rounds_ms": [run["latency_ms"][percentile] for run in runs],
+                "peak_rss_mib": statistics.median(run["peak_rss_mib"] for run in runs),
+                "predicted_memory_device_mib": predict_memory_bytes(cost, device_profile) / MIB,
+                "predicted_memory_default_mib": predict_memory_bytes(cost, profile) / MIB,
+            }
+        )
+    for row in rows:
+        row["in_calibration"] = row["ratio"] in CALIBRATION_RATIOS
+    calibration = [row for row in rows if row["in_calibration"]]
+    hint = fit_latency_model(profile)
+    fitted = fit_latency_model(
+        profile,
+        [
+            Measurement(row["ratio"], row["measured_ms"], row["macs"] * profile.batch_size)
+            for row in calibration
+        ],
+    )
+    for row in rows:
+        measured = row["measured_ms"][percentile]
+        for label, model in (("hint", hint), ("calibrated", fitted)):
+            predicted = model.predict(row["macs"] * profile.batch_size)
+            row[f"predicted_{label}_ms"] = predicted
+            row[f"error_{label}"] = (predicted - measured) / measured
+        for label in ("device", "default"):
+            row[f"memory_error_{label}_mib"] = row[f"predicted_memory_{label}_mib"] - row["peak_rss_mib"]
+    held_out = [row for row in rows if not row["in_calibration"]]
+    return {
+        "model": name,
+        "image_size": size,
+        "percentile": percentile,
+        "calibration_ratios": [row["ratio"] for row in calibration],
+        "latency_model_hint": dataclasses.asdict(hint),
+        "latency_model_calibrated": dataclasses.asdict(fitted),
+        "imported_rss_mib": info["imported_rss_mib"],
+        "runtime_overhead_device_mib": runtime_overhead_bytes(device_profile) / MIB,
+        "runtime_overhead_default_mib": runtime_overhead_bytes(profile) / MIB,
+        "rows": rows,
+        "held_out_abs_error_calibrated": _abs_summary([row["error_calibrated"] for row in held_out]),
+        "abs_error_hint": _abs_summary([row["error_hint"] for row in rows]),
+    }
+
+
+def _abs_summary(errors: Sequence[float]) -> dict[str, float | None]:
+    values = [abs(error) for error in errors]
+    if not values:
+        return {"median": None, "max": None}
+    return {"median": statistics.median(values), "max": max(values)}
+
+
+def run(mode: str, results_dir: Path) -> dict[str, Any]:
+    """Check every model of the mode, write planner_check.<mode>.json, return it."""
+    quiet_warnings()
+    settings = SETTINGS[mode]
+    out_dir = tmp_dir(results_dir, mode) / "planner_check"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    groups = {}
+    for name, size in settings.models:
+        log(f"planner_check: {name}@{size} at ratios {list(settings.ratios)}")
+        groups[f"{name}@{size}"] = check_model(name, size, settings, out_dir)
+    payload = {
+        "benchmark": "planner_check",
+        "mode": mode,
+        "command": command_line("planner_check", mode),
+        "machine": machine_facts(),
+        "profile": "localhost",
+        "settings": dataclasses.asdict(settings),
+        "groups": groups,
+    }
+    path = result_path(results_dir, "planner_check", mode)
+    write_json(path, payload)
+    log(f"planner_check: wrote {path}")
+    return payload
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.planner_check", description=__doc__.splitlines()[0]
+    )
+    add_mode_arguments(parser)
+    args = parser.parse_args(argv)
+    payload = run(args.mode, args.results_dir)
+    for key, group in payload["groups"].items():
+        for row in group["rows"]:
+            print(
+                f"{key:<24} r={row['ratio']:<4g} measured {row['measured_ms'][group['percentile']]:7.3f} ms  "
+                f"hint {row['predicted_hint_ms']:7.3f}  calibrated {row['predicted_calibrated_ms']:7.3f}"
+                f"{' (calibration point)' if row['in_calibration'] else ''}  "
+                f"memory {row['peak_rss_mib']:.1f} MiB, predicted {row['predicted_memory_device_mib']:.1f}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

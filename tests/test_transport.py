@@ -10,13 +10,15 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
+import paramiko
 import pytest
 
 from edge_smsp.deploy import LocalTransport, Transport, open_transport
-from edge_smsp.deploy.ssh import remote_command
+from edge_smsp.deploy.ssh import record_host_key, remote_command
 from edge_smsp.deploy.transport import TEMP_PREFIX, runtime_files
 from edge_smsp.errors import TransportError
 from edge_smsp.profiles import ConnectionSpec
@@ -230,3 +232,22 @@ def test_remote_command_quotes_every_word_and_expands_only_a_leading_tilde(tmp_p
     pid, cwd, argv = result.stdout.splitlines()
     assert pid.isdigit() and cwd == str(home) and argv == str(args)
     assert not list(tmp_path.rglob("INJECTED"))
+
+
+def test_concurrent_trust_keeps_every_recorded_host(tmp_path: Path) -> None:
+    """Deploys trusting new hosts at the same time must not lose each other's known_hosts line."""
+    known_hosts = tmp_path / "ssh" / "known_hosts"
+    keys = []
+    for index in range(4):
+        write_ed25519_key(tmp_path / f"host{index}")
+        keys.append(paramiko.Ed25519Key.from_private_key_file(str(tmp_path / f"host{index}")))
+    hosts = [f"device-{index}.local" for index in range(24)]
+    with ThreadPoolExecutor(max_workers=8) as executor:
+        list(
+            executor.map(
+                lambda item: record_host_key(known_hosts, item[1], keys[item[0] % 4]), enumerate(hosts)
+            )
+        )
+    recorded = [line.split()[0] for line in known_hosts.read_text().splitlines()]
+    assert sorted(recorded) == sorted(hosts)
+    assert known_hosts.stat().st_mode & 0o777 == 0o600

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import fcntl
 import getpass
 import hashlib
 import logging
@@ -59,11 +60,15 @@ def fingerprint(key: paramiko.PKey) -> str:
 def record_host_key(known_hosts: Path, hostname: str, key: paramiko.PKey) -> None:
     """Append one host key line to a known_hosts file, written atomically and kept private."""
     known_hosts.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    existing = known_hosts.read_text() if known_hosts.exists() else ""
-    if existing and not existing.endswith("\n"):
-        existing += "\n"
     line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
-    write_atomically(known_hosts, (existing + line).encode("utf-8"), mode=0o600)
+    # Read-modify-replace under a lock: concurrent deploys trusting new hosts must not drop each other's line.
+    lock_path = known_hosts.with_name(f".{known_hosts.name}.lock")
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        existing = known_hosts.read_text() if known_hosts.exists() else ""
+        if existing and not existing.endswith("\n"):
+            existing += "\n"
+        write_atomically(known_hosts, (existing + line).encode("utf-8"), mode=0o600)
 
 
 class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):

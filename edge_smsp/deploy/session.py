@@ -43,7 +43,7 @@ from edge_smsp.planner import (
 )
 from edge_smsp.pool import DeviceMeasurement, Pool
 from edge_smsp.profiles import MIB, DeviceProfile, load_profile
-from edge_smsp.prune import prune, replace_classifier
+from edge_smsp.prune import checked_ratio, prune, replace_classifier
 from edge_smsp.zoo import backbone_spec
 
 FALLBACK_METHOD = "magnitude"
@@ -190,11 +190,13 @@ def deploy(
         with stage("device_check"):
             # Pushes the runtime and imports numpy + onnxruntime there: a bare device fails now, not after export.
             device_info = transport.run_runtime(["info"], timeout=bench.timeout)
-        overhead_source = "profile" if profile.runtime_overhead_bytes is not None else "default"
         imported_rss = device_info.get("imported_rss_mib")
-        if overhead_source == "default" and imported_rss:
-            profile = with_device_runtime_memory(profile, int(float(imported_rss) * MIB))
-            overhead_source = "device"
+        planned_profile = with_device_runtime_memory(profile, int(float(imported_rss or 0) * MIB))
+        if profile.runtime_overhead_bytes is not None:
+            overhead_source = "profile"
+        else:
+            overhead_source = "device" if planned_profile is not profile else "default"
+        profile = planned_profile
         calibration: list[dict[str, Any]] = []
         if calibrate:
             with stage("calibrate"):
@@ -538,10 +540,8 @@ def _prepare_out_dir(out: Path) -> None:
 
 
 def _checked_ratio(ratio: float) -> float:
-    ratio = round(float(ratio), 6)
-    if not 0.0 <= ratio < 1.0:
-        raise PlanError(f"ratio must be in [0, 1), got {ratio}")
-    return ratio
+    # Rounded like the planner's candidates, so a given ratio and a planned one name the same model.
+    return round(checked_ratio(ratio), 6)
 
 
 def _parity_images(task: Task) -> torch.Tensor:

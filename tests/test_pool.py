@@ -502,3 +502,97 @@ def test_the_same_classes_with_another_seed_are_the_same_task(tmp_path):
         reseeded = dataclasses.replace(make_task(1), seed=7)
         second = add_example_entry(pool, 2, task=reseeded, method="magnitude")
         assert pool.entry(first).task.task_key == pool.entry(second).task.task_key
+
+
+V1_POOL = Path(__file__).parent / "data" / "pool_v1.sqlite"  # written by edge-smsp 9bb472c (schema version 1)
+
+
+def test_a_version_1_pool_is_migrated_in_place_and_keeps_entries_and_measurements(tmp_path: Path) -> None:
+    path = tmp_path / "pool.sqlite"
+    path.write_bytes(V1_POOL.read_bytes())
+    raw = sqlite3.connect(path)
+    assert raw.execute("SELECT version FROM schema_version").fetchall() == [(1,)]
+    raw.close()
+
+    with Pool(path, create=False) as pool:  # opening for reading migrates too
+        assert pool.schema_version() == SCHEMA_VERSION == 2
+        assert pool.integrity_check() == []
+        (entry,) = pool.entries()
+        assert (entry.task.task_key, entry.task.classes, entry.backbone.name) == (
+            "fashion-mnist:0-1-2",
+            (0, 1, 2),
+            "efficientnet_lite0",
+        )
+        assert (entry.ratio, entry.method, entry.iters, entry.val_accuracy) == (
+            0.5,
+            "scratch-taylor-r2",
+            100,
+            0.8,
+        )
+        np.testing.assert_array_equal(pool.entry_masks(entry.id)["conv_stem"], [True, False, True, True])
+        np.testing.assert_array_equal(pool.entry_scores(entry.id)["blocks.0.0.conv_dw"], [0.2, 0.8])
+        restored = pool.materialise_model_dir(entry.id, tmp_path / "model")
+        assert (restored / "model.safetensors").read_bytes() == b"weights"
+        old = pool.measurements()
+        assert [(row.ratio, row.latency_p90_ms) for row in old] == [(0.0, 2.5), (0.3, 2.0)]
+        # Everything measured before version 2 ran on onnxruntime in fp32.
+        assert {(row.runtime, row.precision) for row in old} == {("onnxruntime", "fp32")}
+        assert pool.measurements(runtime="onnxruntime", precision="fp32") == old
+        assert pool.measurements(precision="int8") == []
+        new_id = pool.add_measurement(
+            dataclasses.replace(old[0], id=None, created=None, runtime="tensorrt", precision="int8")
+        )
+        assert [row.id for row in pool.measurements(runtime="tensorrt", precision="int8")] == [new_id]
+    with Pool(path, create=False) as pool:  # already current: opened as is
+        assert pool.schema_version() == SCHEMA_VERSION and len(pool.measurements()) == 3
+
+
+def test_a_fresh_pool_has_the_schema_of_a_migrated_one(tmp_path: Path) -> None:
+    migrated, fresh = tmp_path / "migrated.sqlite", tmp_path / "fresh.sqlite"
+    migrated.write_bytes(V1_POOL.read_bytes())
+    for path in (migrated, fresh):
+        Pool(path).close()
+    schemas = []
+    for path in (migrated, fresh):
+        raw = sqlite3.connect(path)
+        schemas.append(raw.execute("SELECT type, name, sql FROM sqlite_master ORDER BY name").fetchall())
+        raw.close()
+    assert schemas[0] == schemas[1]
+
+
+def test_only_comparable_measurements_calibrate_a_latency_model(tmp_path: Path) -> None:
+    base = DeviceMeasurement(
+        device="test-device",
+        backbone="efficientnet_lite0",
+        image_size=32,
+        ratio=0.1,
+        params=1000,
+        macs=10**6,
+        latency_p50_ms=1.0,
+        latency_p90_ms=1.5,
+        latency_p99_ms=2.0,
+    )
+    settings = {
+        0.1: {"report": {"batch_size": 1, "threads": 1}},
+        0.2: {"report": {"batch_size": 4, "threads": 1}},
+        0.3: {"report": {"batch_size": 1, "threads": 2}},
+        0.4: {"report": {"batch_size": 1, "threads": 1}},
+        0.5: {"report": {"batch_size": 1, "threads": 1}, "precision": "int8"},
+        0.6: {"report": {"batch_size": 1, "threads": 1}, "runtime": "tensorrt"},
+    }
+    with Pool(tmp_path / "pool.sqlite") as pool:
+        for ratio, changes in settings.items():
+            pool.add_measurement(dataclasses.replace(base, ratio=ratio, **changes))
+
+        def comparable(**changes: object) -> list[float]:
+            query = dict(
+                device="test-device", backbone="efficientnet_lite0", image_size=32, batch_size=1, threads=1
+            )
+            return [row.ratio for row in pool.comparable_measurements(**{**query, **changes})]
+
+        assert comparable() == [0.1, 0.4]
+        assert comparable(batch_size=4) == [0.2]
+        assert comparable(threads=2) == [0.3]
+        assert comparable(precision="int8") == [0.5]
+        assert comparable(runtime="tensorrt") == [0.6]
+        assert comparable(image_size=64) == []

@@ -1,0 +1,351 @@
+"""Pruned entries: a task's pruned model (metadata, masks, scores, model files) for one backbone."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edge_smsp.errors import PoolError
+from edge_smsp.fileio import write_atomically
+from edge_smsp.pool.entry_data import (
+    check_plain_name,
+    checked_masks,
+    checked_scores,
+    collect_model_files,
+    decode_arrays,
+    encode_arrays,
+)
+from edge_smsp.pool.store import PoolStore, dumps, now
+from edge_smsp.ratio import canonical_ratio
+
+
+@dataclass(frozen=True)
+class BackboneRecord:
+    """The pre-trained model an entry was pruned from; entries are comparable only within one weights hash."""
+
+    name: str
+    weights_hash: str
+    image_size: int
+    checkpoint: str | None = None
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """A pool task: a dataset, a subset of its classes and the seeded splits; task_key identifies it."""
+
+    task_key: str
+    dataset: str
+    classes: tuple[int, ...]
+    seed: int
+    n_train: int
+    n_val: int
+    class_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PoolEntry:
+    """A pruned model stored in the pool (masks, scores and files are read on request)."""
+
+    id: int
+    task: TaskRecord
+    backbone: BackboneRecord
+    ratio: float
+    method: str
+    iters: int
+    val_accuracy: float | None
+    created: str
+    file_names: tuple[str, ...]
+    extra: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready dict, as `pool list --json` prints it."""
+        return {
+            "id": self.id,
+            "task_id": self.task.task_key,
+            "dataset": self.task.dataset,
+            "classes": list(self.task.classes),
+            "class_names": list(self.task.class_names),
+            "seed": self.task.seed,
+            "backbone": self.backbone.name,
+            "backbone_hash": self.backbone.weights_hash,
+            "image_size": self.backbone.image_size,
+            "ratio": self.ratio,
+            "method": self.method,
+            "iters": self.iters,
+            "val_accuracy": self.val_accuracy,
+            "created": self.created,
+        }
+
+
+class EntryStore(PoolStore):
+    """The pool's entries: written whole in one transaction, read by backbone, task or id."""
+
+    def add_entry(
+        self,
+        *,
+        task: TaskRecord,
+        backbone: BackboneRecord,
+        ratio: float,
+        method: str,
+        iters: int,
+        val_accuracy: float | None,
+        masks: Mapping[str, np.ndarray],
+        scores: Mapping[str, np.ndarray] | None = None,
+        model_dir: str | Path | None = None,
+        model_files: Mapping[str, bytes] | None = None,
+        extra: Mapping[str, Any] | None = None,
+        replace: bool = False,
+    ) -> int:
+        """Store one pruned model (metadata, masks, scores, model files) in a single transaction; returns its id."""
+        ratio = _entry_ratio(ratio)
+        if not method:
+            raise PoolError("pool entry needs a pruning method name")
+        if iters < 0:
+            raise PoolError(f"pool entry iterations must be >= 0, got {iters}")
+        if val_accuracy is not None and not 0.0 <= val_accuracy <= 1.0:
+            raise PoolError(f"pool entry val_accuracy must be in [0, 1], got {val_accuracy}")
+        _check_backbone(backbone)
+        _check_task(task)
+        mask_blob = encode_arrays(checked_masks(masks), "masks")
+        score_blob = None if scores is None else encode_arrays(checked_scores(scores, masks), "scores")
+        files = collect_model_files(model_dir, model_files)
+        extra_json = dumps(dict(extra or {}), "extra")
+        created = now()
+        with self._write():
+            backbone_id = self._backbone_id(backbone, created)
+            task_id = self._task_id(task, created)
+            existing = self._db.execute(
+                "SELECT id FROM entries WHERE task_id = ? AND backbone_id = ? AND ratio = ? AND method = ? AND iters = ?",
+                (task_id, backbone_id, ratio, method, iters),
+            ).fetchone()
+            if existing is not None:
+                if not replace:
+                    raise PoolError(
+                        f"pool {self.path} already has entry {existing[0]} for task {task.task_key} "
+                        f"({backbone.name}, ratio {ratio}, {method}, {iters} iters); pass replace=True to overwrite"
+                    )
+                self._db.execute("DELETE FROM entries WHERE id = ?", (existing[0],))
+            entry_id = self._db.execute(
+                "INSERT INTO entries (task_id, backbone_id, ratio, method, iters, val_accuracy, masks, scores,"
+                " created, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    task_id,
+                    backbone_id,
+                    ratio,
+                    method,
+                    iters,
+                    val_accuracy,
+                    mask_blob,
+                    score_blob,
+                    created,
+                    extra_json,
+                ),
+            ).lastrowid
+            for name, data in files.items():
+                self._db.execute(
+                    "INSERT INTO entry_files (entry_id, name, sha256, data) VALUES (?, ?, ?, ?)",
+                    (entry_id, name, hashlib.sha256(data).hexdigest(), data),
+                )
+        return int(entry_id)
+
+    def delete_entry(self, entry_id: int) -> None:
+        """Remove one entry and its files."""
+        with self._write():
+            if self._db.execute("DELETE FROM entries WHERE id = ?", (entry_id,)).rowcount == 0:
+                raise PoolError(f"pool {self.path} has no entry {entry_id}")
+
+    def entries(
+        self,
+        backbone_hash: str | None = None,
+        backbone_name: str | None = None,
+        image_size: int | None = None,
+    ) -> list[PoolEntry]:
+        """Entries in insertion order, optionally only those of one backbone (by weights hash and/or name)."""
+        return self._select_entries(
+            [
+                ("b.weights_hash = ?", backbone_hash),
+                ("b.name = ?", backbone_name),
+                ("b.image_size = ?", image_size),
+            ]
+        )
+
+    def entry(self, entry_id: int) -> PoolEntry:
+        """One entry by id."""
+        found = self._select_entries([("e.id = ?", entry_id)])
+        if not found:
+            raise PoolError(f"pool {self.path} has no entry {entry_id}")
+        return found[0]
+
+    def entry_dicts(
+        self, backbone_hash: str | None = None, backbone_name: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Entries as plain dicts (task_id, dataset, classes, backbone, ratio, iters, val_accuracy, method, created, ...)."""
+        return [
+            entry.to_dict()
+            for entry in self.entries(backbone_hash=backbone_hash, backbone_name=backbone_name)
+        ]
+
+    def has_entry(
+        self,
+        task_key: str,
+        backbone_hash: str,
+        ratio: float,
+        method: str,
+        iters: int,
+        image_size: int | None = None,
+    ) -> bool:
+        """Whether a finished entry exists (resumable builds skip it)."""
+        sql = (
+            "SELECT 1 FROM entries e JOIN tasks t ON t.id = e.task_id JOIN backbones b ON b.id = e.backbone_id"
+            " WHERE t.task_key = ? AND b.weights_hash = ? AND e.ratio = ? AND e.method = ? AND e.iters = ?"
+        )
+        params: list[Any] = [task_key, backbone_hash, _entry_ratio(ratio), method, iters]
+        if image_size is not None:
+            sql += " AND b.image_size = ?"
+            params.append(image_size)
+        with self._errors():
+            return self._db.execute(sql + " LIMIT 1", params).fetchone() is not None
+
+    def entry_masks(self, entry_id: int) -> dict[str, np.ndarray]:
+        """Binary masks (bool arrays, one per unit group key) of an entry."""
+        blob = self._entry_blob(entry_id, "masks")
+        return decode_arrays(blob, f"masks of entry {entry_id}", self.path)
+
+    def entry_scores(self, entry_id: int) -> dict[str, np.ndarray] | None:
+        """Real-valued unit scores of an entry, or None when none were stored."""
+        blob = self._entry_blob(entry_id, "scores")
+        return None if blob is None else decode_arrays(blob, f"scores of entry {entry_id}", self.path)
+
+    def materialise_model_dir(self, entry_id: int, dest_dir: str | Path) -> Path:
+        """Write an entry's stored model files into dest_dir (checksums verified); returns dest_dir."""
+        self.entry(entry_id)
+        with self._errors():
+            rows = self._db.execute(
+                "SELECT name, sha256, data FROM entry_files WHERE entry_id = ? ORDER BY name", (entry_id,)
+            ).fetchall()
+        if not rows:
+            raise PoolError(f"pool entry {entry_id} has no stored model files")
+        dest = Path(dest_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        for name, sha256, data in rows:
+            check_plain_name(name)
+            if hashlib.sha256(data).hexdigest() != sha256:
+                raise PoolError(
+                    f"pool {self.path}: file {name} of entry {entry_id} fails its checksum; the database is damaged"
+                )
+            write_atomically(dest / name, bytes(data))
+        return dest
+
+    def _backbone_id(self, backbone: BackboneRecord, created: str) -> int:
+        self._db.execute(
+            "INSERT OR IGNORE INTO backbones (name, weights_hash, image_size, checkpoint, created) VALUES (?, ?, ?, ?, ?)",
+            (backbone.name, backbone.weights_hash, backbone.image_size, backbone.checkpoint, created),
+        )
+        return int(
+            self._db.execute(
+                "SELECT id FROM backbones WHERE name = ? AND weights_hash = ? AND image_size = ?",
+                (backbone.name, backbone.weights_hash, backbone.image_size),
+            ).fetchone()[0]
+        )
+
+    def _task_id(self, task: TaskRecord, created: str) -> int:
+        row = self._db.execute(
+            "SELECT id, dataset, classes, seed FROM tasks WHERE task_key = ?", (task.task_key,)
+        ).fetchone()
+        if row is not None:
+            # The key names the class set; a different sampling seed is the same task.
+            if (row[1], tuple(json.loads(row[2]))) != (task.dataset, tuple(task.classes)):
+                raise PoolError(
+                    f"pool {self.path} already stores task {task.task_key} as {row[1]} classes "
+                    f"{json.loads(row[2])}, not {task.dataset} classes {list(task.classes)}"
+                )
+            return int(row[0])
+        cursor = self._db.execute(
+            "INSERT INTO tasks (task_key, dataset, classes, class_names, seed, n_train, n_val, created)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                task.task_key,
+                task.dataset,
+                json.dumps([int(c) for c in task.classes]),
+                json.dumps([str(c) for c in task.class_names]),
+                int(task.seed),
+                int(task.n_train),
+                int(task.n_val),
+                created,
+            ),
+        )
+        return int(cursor.lastrowid)
+
+    def _select_entries(self, filters: list[tuple[str, Any]]) -> list[PoolEntry]:
+        active = [(clause, value) for clause, value in filters if value is not None]
+        where = (" WHERE " + " AND ".join(clause for clause, _ in active)) if active else ""
+        with self._errors():
+            rows = self._db.execute(
+                "SELECT e.id, e.ratio, e.method, e.iters, e.val_accuracy, e.created, e.extra,"
+                " t.task_key, t.dataset, t.classes, t.class_names, t.seed, t.n_train, t.n_val,"
+                " b.name, b.weights_hash, b.image_size, b.checkpoint,"
+                " (SELECT json_group_array(name) FROM (SELECT name FROM entry_files f WHERE f.entry_id = e.id ORDER BY name))"
+                " FROM entries e JOIN tasks t ON t.id = e.task_id JOIN backbones b ON b.id = e.backbone_id"
+                f"{where} ORDER BY e.id",
+                [value for _, value in active],
+            ).fetchall()
+        return [
+            PoolEntry(
+                id=row[0],
+                ratio=row[1],
+                method=row[2],
+                iters=row[3],
+                val_accuracy=row[4],
+                created=row[5],
+                extra=json.loads(row[6]),
+                task=TaskRecord(
+                    task_key=row[7],
+                    dataset=row[8],
+                    classes=tuple(json.loads(row[9])),
+                    class_names=tuple(json.loads(row[10])),
+                    seed=row[11],
+                    n_train=row[12],
+                    n_val=row[13],
+                ),
+                backbone=BackboneRecord(
+                    name=row[14], weights_hash=row[15], image_size=row[16], checkpoint=row[17]
+                ),
+                file_names=tuple(json.loads(row[18])),
+            )
+            for row in rows
+        ]
+
+    def _entry_blob(self, entry_id: int, column: str) -> bytes | None:
+        with self._errors():
+            row = self._db.execute(f"SELECT {column} FROM entries WHERE id = ?", (entry_id,)).fetchone()
+        if row is None:
+            raise PoolError(f"pool {self.path} has no entry {entry_id}")
+        return row[0]
+
+
+def _entry_ratio(ratio: float) -> float:
+    return canonical_ratio(ratio, error=PoolError, what="pruning ratio")
+
+
+def _check_backbone(backbone: BackboneRecord) -> None:
+    if not backbone.name or not backbone.weights_hash:
+        raise PoolError("pool backbone needs a name and a weights hash")
+    if backbone.image_size <= 0:
+        raise PoolError(f"pool backbone image_size must be > 0, got {backbone.image_size}")
+
+
+def _check_task(task: TaskRecord) -> None:
+    if not task.task_key or not task.dataset:
+        raise PoolError("pool task needs a task key and a dataset name")
+    if not task.classes:
+        raise PoolError(f"pool task {task.task_key} has no classes")
+    if task.class_names and len(task.class_names) != len(task.classes):
+        raise PoolError(
+            f"pool task {task.task_key} has {len(task.classes)} classes but {len(task.class_names)} class names"
+        )

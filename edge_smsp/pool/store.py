@@ -1,0 +1,263 @@
+"""The pool's store: the SQLite file, its schema and migrations, transactions, errors and integrity checks.
+
+Every write is a single IMMEDIATE transaction, so a crash mid-write leaves every finished write intact and no
+half write. WAL mode lets readers run beside a writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from edge_smsp.errors import PoolError
+from edge_smsp.pool.schema import BASE_SCHEMA, BASE_VERSION, MIGRATIONS, SCHEMA_VERSION, statements
+
+POOL_ENV_VAR = "EDGE_SMSP_POOL"
+BUSY_TIMEOUT_MS = 30_000
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def default_pool_path() -> Path:
+    """$EDGE_SMSP_POOL if set, else ~/.cache/edge-smsp/pool.sqlite."""
+    override = os.environ.get(POOL_ENV_VAR)
+    if override:
+        return Path(override).expanduser()
+    return Path.home() / ".cache" / "edge-smsp" / "pool.sqlite"
+
+
+class PoolStore:
+    """An open pool database file; use as a context manager or call close()."""
+
+    def __init__(
+        self,
+        path: str | Path | None = None,
+        create: bool = True,
+        check: Literal["quick", "full", "none"] = "quick",
+    ) -> None:
+        """Open (or with create=True, create) the pool; check is "quick", "full" or "none" integrity checking.
+        A pool of an older schema version is migrated in place."""
+        if check not in ("quick", "full", "none"):
+            raise ValueError(f"check must be 'quick', 'full' or 'none', got {check!r}")
+        self.path = Path(path).expanduser() if path is not None else default_pool_path()
+        self._connection: sqlite3.Connection | None = None
+        self._check_file(create)
+        if create:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                raise PoolError(
+                    f"cannot create the pool's folder {self.path.parent}: {error.strerror}"
+                ) from None
+        self._connection = self._connect(create)
+        try:
+            self._validate(check)
+            self._ensure_schema(create)
+            self._pragma("journal_mode=WAL")
+        except BaseException:
+            self.close()
+            raise
+
+    # --- lifecycle and checks ------------------------------------------------------------------------------
+
+    def __enter__(self) -> PoolStore:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+    def journal_mode(self) -> str:
+        """The SQLite journal mode in use ("wal" once opened)."""
+        with self._errors():
+            return str(self._db.execute("PRAGMA journal_mode").fetchone()[0])
+
+    def schema_version(self) -> int:
+        """The schema version recorded in the file."""
+        with self._errors():
+            return int(self._db.execute("SELECT version FROM schema_version").fetchone()[0])
+
+    def integrity_check(self) -> list[str]:
+        """Full SQLite integrity check plus foreign keys; an empty list means the file is sound."""
+        with self._errors():
+            problems = [row[0] for row in self._db.execute("PRAGMA integrity_check") if row[0] != "ok"]
+            problems += [
+                f"dangling reference in {row[0]} row {row[1]}"
+                for row in self._db.execute("PRAGMA foreign_key_check")
+            ]
+        return problems
+
+    # --- for the tables' code --------------------------------------------------------------------------------
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        if self._connection is None:
+            raise PoolError(f"pool {self.path} is closed")
+        return self._connection
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        """SQLite's exceptions as PoolErrors that say what to do."""
+        try:
+            yield
+        except sqlite3.OperationalError as error:
+            if "locked" in str(error) or "busy" in str(error):
+                raise PoolError(
+                    f"pool {self.path} stayed locked by another process for {BUSY_TIMEOUT_MS // 1000} s; try again"
+                ) from None
+            raise PoolError(f"pool {self.path}: {error}") from None
+        except sqlite3.IntegrityError as error:
+            raise PoolError(f"pool {self.path} refused the write: {error}") from None
+        except sqlite3.DatabaseError as error:
+            raise PoolError(f"pool {self.path} is unreadable ({error}); {self._fix_hint()}") from None
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[None]:
+        """One IMMEDIATE transaction: takes the write lock up front so concurrent writers wait, not fail."""
+        with self._errors():
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                # SQLite may already have rolled back by itself (disk full, I/O error).
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _fix_hint(self) -> str:
+        return f"move {self.path} aside and rebuild the pool, or pass --pool PATH to use another file"
+
+    # --- opening ---------------------------------------------------------------------------------------------
+
+    def _check_file(self, create: bool) -> None:
+        if self.path.is_dir():
+            raise PoolError(f"pool path {self.path} is a directory; pass --pool PATH naming a file")
+        if not self.path.exists():
+            if not create:
+                raise PoolError(
+                    f"no pool at {self.path}; build one with `edge-smsp pool build` or pass --pool PATH"
+                )
+            return
+        try:
+            with self.path.open("rb") as handle:
+                header = handle.read(len(_SQLITE_HEADER))
+        except OSError as error:
+            raise PoolError(f"cannot read pool {self.path}: {error.strerror}") from None
+        # An empty file is an empty database to SQLite; anything else must carry the SQLite header.
+        if header and header != _SQLITE_HEADER:
+            raise PoolError(f"{self.path} is not an SQLite pool database; {self._fix_hint()}")
+
+    def _connect(self, create: bool) -> sqlite3.Connection:
+        mode = "rwc" if create else "rw"
+        uri = f"file:{_quote_uri_path(self.path.absolute())}?mode={mode}"
+        try:
+            connection = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
+        except sqlite3.Error as error:
+            raise PoolError(f"cannot open pool {self.path}: {error}") from None
+        try:
+            connection.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+            connection.execute("PRAGMA foreign_keys = ON")
+            # FULL: a commit is on disk before a write returns, so a finished entry survives power loss too.
+            connection.execute("PRAGMA synchronous = FULL")
+            # Entries carry whole models; without a limit the WAL file keeps the size of the largest one.
+            connection.execute(f"PRAGMA journal_size_limit = {64 * 1024 * 1024}")
+        except sqlite3.Error as error:
+            connection.close()
+            raise PoolError(f"cannot open pool {self.path}: {error}; {self._fix_hint()}") from None
+        return connection
+
+    def _pragma(self, statement: str) -> None:
+        with self._errors():
+            self._db.execute(f"PRAGMA {statement}")
+
+    def _validate(self, check: str) -> None:
+        if check == "none":
+            return
+        pragma = "quick_check" if check == "quick" else "integrity_check"
+        with self._errors():
+            problems = [row[0] for row in self._db.execute(f"PRAGMA {pragma}") if row[0] != "ok"]
+        if problems:
+            raise PoolError(f"pool {self.path} is corrupt ({problems[0]}); {self._fix_hint()}")
+
+    def _ensure_schema(self, create: bool) -> None:
+        versions = self._schema_versions()
+        if versions is None and not create:
+            raise PoolError(
+                f"{self.path} is an empty file, not a pool; build one with `edge-smsp pool build` or pass --pool PATH"
+            )
+        if versions is not None and self._version(versions) == SCHEMA_VERSION:
+            return
+        with self._write():
+            # Re-read under the write lock: another process may have created or migrated the schema meanwhile.
+            versions = self._schema_versions()
+            if versions is None:
+                for statement in statements(BASE_SCHEMA):
+                    self._db.execute(statement)
+                self._db.execute(
+                    "INSERT INTO schema_version (version, created) VALUES (?, ?)", (BASE_VERSION, now())
+                )
+                versions = [BASE_VERSION]
+            for version in range(self._version(versions), SCHEMA_VERSION):
+                for statement in MIGRATIONS[version]:
+                    self._db.execute(statement)
+            self._db.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+
+    def _version(self, versions: list[Any]) -> int:
+        """The one recorded version, if this edge-smsp can read (or migrate) it."""
+        if len(versions) != 1 or not isinstance(versions[0], int):
+            raise PoolError(
+                f"pool {self.path} has an unreadable schema version {versions!r}; {self._fix_hint()}"
+            )
+        if versions[0] > SCHEMA_VERSION:
+            raise PoolError(
+                f"pool {self.path} has schema version {versions[0]}, newer than this edge-smsp understands "
+                f"({SCHEMA_VERSION}); upgrade edge-smsp or pass --pool PATH"
+            )
+        if versions[0] < BASE_VERSION:
+            raise PoolError(
+                f"pool {self.path} has unknown schema version {versions[0]} (expected {SCHEMA_VERSION}); "
+                f"{self._fix_hint()}"
+            )
+        return versions[0]
+
+    def _schema_versions(self) -> list[Any] | None:
+        """Versions recorded in schema_version; None for a database with no tables at all."""
+        with self._errors():
+            tables = {
+                row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            if "schema_version" in tables:
+                return [row[0] for row in self._db.execute("SELECT version FROM schema_version")]
+        if tables:
+            raise PoolError(
+                f"{self.path} is an SQLite database but not an edge-smsp pool; pass --pool PATH to use another file"
+            )
+        return None
+
+
+def now() -> str:
+    """A write's timestamp (UTC, seconds)."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def dumps(payload: dict[str, Any], what: str) -> str:
+    """JSON for a TEXT column; PoolError when it is not serialisable."""
+    try:
+        return json.dumps(payload, allow_nan=False, sort_keys=True)
+    except (TypeError, ValueError) as error:
+        raise PoolError(f"{what} must be JSON-serialisable: {error}") from None
+
+
+def _quote_uri_path(path: Path) -> str:
+    return str(path).replace("%", "%25").replace("?", "%3f").replace("#", "%23")

@@ -1,4 +1,6 @@
-"""Unit scores (one value per unit of every group): random, magnitude (L1) and first-order Taylor."""
+"""The criteria's arithmetic (one score per unit of every group): random, magnitude (L1), first-order Taylor.
+
+Which criterion a name means is the score-source registry's decision (edge_smsp.score_sources)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,9 @@ from torch import nn
 from torch.nn import functional
 
 from edge_smsp.errors import PruneError
+from edge_smsp.score_sources import criterion
 from edge_smsp.units import (
-    _GroupLayout,
+    UnitGroup,
     dependency_graph,
     full_channel_group,
     group_layouts,
@@ -22,21 +25,19 @@ from edge_smsp.units import (
     is_vit,
 )
 
-METHODS = ("random", "magnitude", "taylor")
-
 
 def score_units(
     model: nn.Module, method: str, batches: Iterable[tuple[Any, Any]] | None = None, seed: int = 0
 ) -> dict[str, np.ndarray]:
-    """One score per unit for every group; higher means more important. Taylor needs (x, y) batches."""
-    if method == "random":
-        generator = np.random.default_rng(seed)
-        return {layout.key: generator.random(layout.size) for layout in group_layouts(model)}
-    if method == "magnitude":
-        return unit_l1_norms(model)
-    if method == "taylor":
-        return _taylor_scores(model, batches)
-    raise PruneError(f"unknown importance method {method!r} (choose from {', '.join(METHODS)})")
+    """One score per unit for every group with the criterion `method`; higher means more important. Taylor
+    needs (x, y) batches."""
+    return criterion(method).score_model(model, batches, seed)
+
+
+def random_scores(model: nn.Module, seed: int = 0) -> dict[str, np.ndarray]:
+    """Seeded uniform random scores."""
+    generator = np.random.default_rng(seed)
+    return {group.key: generator.random(group.size) for group in group_layouts(model)}
 
 
 def unit_l1_norms(model: nn.Module) -> dict[str, np.ndarray]:
@@ -46,7 +47,8 @@ def unit_l1_norms(model: nn.Module) -> dict[str, np.ndarray]:
         return _group_scores(model, magnitude, lambda weight, grad: weight.abs())
 
 
-def _taylor_scores(model: nn.Module, batches: Iterable[tuple[Any, Any]] | None) -> dict[str, np.ndarray]:
+def taylor_scores(model: nn.Module, batches: Iterable[tuple[Any, Any]] | None) -> dict[str, np.ndarray]:
+    """|weight x gradient| summed over each unit's group, gradients of the cross-entropy over the batches."""
     if batches is None:
         raise PruneError("taylor importance needs batches of (images, labels)")
     # A private copy keeps the caller's gradients, BN statistics and train/eval flags untouched.
@@ -91,7 +93,7 @@ def _group_scores(
     return scores
 
 
-def _head_scores(model: nn.Module, layout: _GroupLayout, unit_term) -> np.ndarray:
+def _head_scores(model: nn.Module, layout: UnitGroup, unit_term) -> np.ndarray:
     attention = model.get_submodule(layout.module_name)
     qkv, proj = attention.qkv.weight, attention.proj.weight
     scores = np.zeros(layout.size)
@@ -107,3 +109,11 @@ def _grad(weight: torch.Tensor, indices: list[int], *, rows_first: bool) -> torc
     if weight.grad is None:
         return None
     return weight.grad[indices] if rows_first else weight.grad[:, indices]
+
+
+def unit_ranks(values: np.ndarray) -> np.ndarray:
+    """Ranks scaled to [0, 1): comparable across groups and entries whatever the scores' scale."""
+    values = np.asarray(values, dtype=np.float64)
+    ranks = np.empty(len(values), dtype=np.float64)
+    ranks[np.argsort(values, kind="stable")] = np.arange(len(values))
+    return ranks / max(len(values), 1)

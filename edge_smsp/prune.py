@@ -23,8 +23,9 @@ from torch import nn
 
 from edge_smsp.cost import measure_cost
 from edge_smsp.errors import PlanError, PruneError
+from edge_smsp.ratio import checked_ratio
 from edge_smsp.units import (
-    _GroupLayout,
+    UnitGroup,
     classifier_of,
     copy_with_layouts,
     dependency_graph,
@@ -79,7 +80,7 @@ def prune(
     """Return a physically pruned deep copy of `model` and a summary; the input model is left untouched."""
     layouts = group_layouts(model)
     by_key = {layout.key: layout for layout in layouts}
-    ratio = checked_ratio(ratio)
+    ratio = None if ratio is None else checked_ratio(ratio)
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
         raise PruneError(f"round_to must be an integer >= 1, got {round_to!r}")
     keep_counts = dict(keep_counts or {})
@@ -363,9 +364,7 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot store {type(value).__name__} in pruned.json")
 
 
-def _prune_group(
-    graph: tp.DependencyGraph, model: nn.Module, layout: _GroupLayout, removed: list[int]
-) -> None:
+def _prune_group(graph: tp.DependencyGraph, model: nn.Module, layout: UnitGroup, removed: list[int]) -> None:
     pruning_group(graph, model, layout, removed).prune(record_history=False)
 
 
@@ -411,22 +410,7 @@ def _tie_at_cut(scores: np.ndarray, count: int) -> bool:
     return bool(ranked[count - 1] == ranked[count])
 
 
-def checked_ratio(ratio: Any) -> float | None:
-    """The ratio as a float in [0, 1) (None stays None); PruneError otherwise."""
-    if ratio is None:
-        return None
-    try:
-        value = float(ratio)
-    except (TypeError, ValueError):
-        raise PruneError(f"ratio must be a number in [0, 1), got {ratio!r}") from None
-    if not 0.0 <= value < 1.0:  # also rejects NaN
-        raise PruneError(f"ratio must be in [0, 1), got {ratio!r}")
-    return value
-
-
-def _check_known_keys(
-    name: str, mapping: Mapping[str, Any] | None, by_key: Mapping[str, _GroupLayout]
-) -> None:
+def _check_known_keys(name: str, mapping: Mapping[str, Any] | None, by_key: Mapping[str, UnitGroup]) -> None:
     if mapping is None:
         return
     if not isinstance(mapping, Mapping):

@@ -21,6 +21,9 @@ DEFAULT_IMAGE_SIZE = 224
 CNN_TRACE_SIZE = 64
 
 
+HEADS_SUFFIX = ".heads"
+
+
 @dataclass(frozen=True)
 class UnitGroup:
     """Units that are pruned together: `size` units, indexed 0..size-1, under a stable key."""
@@ -29,23 +32,20 @@ class UnitGroup:
     kind: str  # "channels" | "heads" | "ffn"
     size: int
 
-
-@dataclass(frozen=True)
-class _GroupLayout:
-    key: str
-    kind: str
-    size: int
-    module_name: str  # the group's root: out-channel conv/linear, the Attention module, or the Mlp's fc1
+    @property
+    def module_name(self) -> str:
+        """The group's root module: the out-channel conv/linear, the Attention module, or the Mlp's fc1."""
+        return self.key.removesuffix(HEADS_SUFFIX) if self.kind == "heads" else self.key
 
 
-_layout_cache: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, tuple[_GroupLayout, ...]]] = (
+_layout_cache: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, tuple[UnitGroup, ...]]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 def unit_groups(model: nn.Module) -> list[UnitGroup]:
     """Prunable groups of a model in a stable order (named_modules order of each group's root)."""
-    return [UnitGroup(key=g.key, kind=g.kind, size=g.size) for g in group_layouts(model)]
+    return list(group_layouts(model))
 
 
 def model_input_size(model: nn.Module, image_size: int | None = None) -> int:
@@ -117,8 +117,8 @@ def dependency_graph(model: nn.Module, image_size: int | None = None) -> tp.Depe
     raise PruneError(f"cannot trace the model to find its prunable units: {reason}")
 
 
-def group_layouts(model: nn.Module, graph: tp.DependencyGraph | None = None) -> tuple[_GroupLayout, ...]:
-    """Cached group layouts; recomputed when the model's parameter shapes change. `graph`: one already built."""
+def group_layouts(model: nn.Module, graph: tp.DependencyGraph | None = None) -> tuple[UnitGroup, ...]:
+    """Cached unit groups; recomputed when the model's parameter shapes change. `graph`: one already built."""
     signature = shape_signature(model)
     cached = _layout_cache.get(model)
     if cached is not None and cached[0] == signature:
@@ -153,19 +153,19 @@ def copy_with_layouts(model: nn.Module) -> nn.Module:
     return duplicate
 
 
-def _vit_layouts(model: nn.Module) -> tuple[_GroupLayout, ...]:
+def _vit_layouts(model: nn.Module) -> tuple[UnitGroup, ...]:
     layouts = []
     for name, module in model.named_modules():
         if isinstance(module, Attention):
             if module.num_heads * module.head_dim != module.attn_dim:
                 raise PruneError(f"attention module {name} has a layout head pruning does not support")
-            layouts.append(_GroupLayout(f"{name}.heads", "heads", int(module.num_heads), name))
+            layouts.append(UnitGroup(f"{name}{HEADS_SUFFIX}", "heads", int(module.num_heads)))
         elif type(module) is Mlp and isinstance(module.fc1, nn.Linear) and isinstance(module.fc2, nn.Linear):
-            layouts.append(_GroupLayout(f"{name}.fc1", "ffn", int(module.fc1.out_features), f"{name}.fc1"))
+            layouts.append(UnitGroup(f"{name}.fc1", "ffn", int(module.fc1.out_features)))
     return tuple(layouts)
 
 
-def _cnn_layouts(model: nn.Module, graph: tp.DependencyGraph) -> tuple[_GroupLayout, ...]:
+def _cnn_layouts(model: nn.Module, graph: tp.DependencyGraph) -> tuple[UnitGroup, ...]:
     order = {module: index for index, (_, module) in enumerate(model.named_modules())}
     names = {module: name for name, module in model.named_modules()}
     classifier = classifier_of(model)
@@ -183,18 +183,18 @@ def _cnn_layouts(model: nn.Module, graph: tp.DependencyGraph) -> tuple[_GroupLay
             continue
         root = min(out_modules, key=order.__getitem__)
         size = len(group[0].idxs)
-        layouts.append((order[root], _GroupLayout(names[root], "channels", size, names[root])))
+        layouts.append((order[root], UnitGroup(names[root], "channels", size)))
     layouts.sort(key=lambda item: item[0])
     return tuple(layout for _, layout in layouts)
 
 
-def full_channel_group(graph: tp.DependencyGraph, model: nn.Module, layout: _GroupLayout) -> tp.Group:
+def full_channel_group(graph: tp.DependencyGraph, model: nn.Module, layout: UnitGroup) -> tp.Group:
     """The dependency group of a channel or FFN layout with every unit index (for importance)."""
     return pruning_group(graph, model, layout, list(range(layout.size)))
 
 
 def pruning_group(
-    graph: tp.DependencyGraph, model: nn.Module, layout: _GroupLayout, indices: list[int]
+    graph: tp.DependencyGraph, model: nn.Module, layout: UnitGroup, indices: list[int]
 ) -> tp.Group:
     """The dependency group that removes `indices` (root out-channel indices) from a channel or FFN layout."""
     root = model.get_submodule(layout.module_name)

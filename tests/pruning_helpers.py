@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from edge_smsp import zoo
-from edge_smsp.units import _GroupLayout, dependency_graph, full_channel_group, group_layouts
+from edge_smsp.units import UnitGroup, dependency_graph, full_channel_group, group_layouts
 
 FIRST_CLASS = ("resnet18", "resnet50", "deit_small_patch16_224", "efficientnet_lite0")
 IMAGE_SIZE = 32
@@ -44,7 +44,7 @@ def make_inert(model: nn.Module, removed: dict[str, list[int]]) -> None:
     graph = None
     with torch.no_grad():
         for key, units in removed.items():
-            layout: _GroupLayout = layouts[key]
+            layout: UnitGroup = layouts[key]
             if not units:
                 continue
             if layout.kind == "heads":

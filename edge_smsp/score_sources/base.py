@@ -1,0 +1,116 @@
+"""What a score source is (Torch-Pruning's Importance, one level up): it declares what it needs, may choose pool
+entries, and returns one score per unit of every group of the backbone; higher means more important."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from edge_smsp.errors import PruneError
+
+if TYPE_CHECKING:  # sources import torch only when they score, so the CLI can read the registry torch-free
+    from torch import nn
+
+    from edge_smsp.data import Task
+    from edge_smsp.pool import Pool, PoolEntry
+    from edge_smsp.smsp import AdaptConfig
+
+UnitScores = dict[str, np.ndarray]
+Batches = Iterator[tuple[Any, Any]]
+
+
+@dataclass(frozen=True)
+class Needs:
+    """What a source needs besides the backbone and the task; adapt provides it, the CLI opens a pool for it."""
+
+    pool: bool = False  # entries of this backbone in a pool, chosen by `select`
+    batches: bool = False  # labelled training batches of the new task
+    warmup: bool = False  # part of the iteration budget, to fine-tune the task model before scoring it
+
+
+@dataclass(frozen=True)
+class SimilarTask:
+    """One pool entry's similarity to the new task."""
+
+    entry_id: int
+    task_id: str
+    classes: tuple[int, ...]
+    leep: float | None
+    selected: bool
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Pool entries a source considered, best first, with their similarity to the task (NaN: not measured),
+    and the ones it chose."""
+
+    ranked: tuple[tuple[PoolEntry, float], ...]
+    selected: tuple[tuple[PoolEntry, float], ...]
+
+    def similar_tasks(self) -> list[SimilarTask]:
+        """The report's view: every considered entry, its rounded similarity and whether it was chosen."""
+        chosen = {entry.id for entry, _ in self.selected}
+        return [
+            SimilarTask(
+                entry_id=entry.id,
+                task_id=entry.task.task_key,
+                classes=tuple(entry.task.classes),
+                leep=None if math.isnan(value) else round(float(value), 6),
+                selected=entry.id in chosen,
+            )
+            for entry, value in self.ranked
+        ]
+
+
+@dataclass(frozen=True)
+class ScoreInputs:
+    """Everything a source may use; the optional parts are there when its `needs` ask for them."""
+
+    backbone: nn.Module  # the pre-trained backbone as loaded
+    model: nn.Module  # the backbone with the new task's head: the model pruned next
+    task: Task
+    config: AdaptConfig
+    pool: Pool | None = None  # needs.pool
+    selection: Selection | None = None  # what `select` chose
+    batches: Callable[[int], Batches] | None = None  # needs.batches: `count` seeded training batches
+    train: Callable[[nn.Module, int], None] | None = None  # needs.warmup: fine-tune for n budget iterations
+
+
+class ScoreSource:
+    """Base of every source: `needs`, optionally `select`, and `__call__` returning the unit scores."""
+
+    name: ClassVar[str]
+    needs: ClassVar[Needs] = Needs()
+
+    def select(self, inputs: ScoreInputs) -> Selection | None:
+        """Pool entries to draw on (pool sources only)."""
+        return None
+
+    def __call__(self, inputs: ScoreInputs) -> UnitScores:
+        """One score per unit of every group of the backbone."""
+        raise NotImplementedError
+
+
+class Criterion(ScoreSource):
+    """A source that scores the units of any model by itself (`prune`, and the rounds of iterative pruning)."""
+
+    # Whether re-scoring between pruning rounds means anything (a fresh random draw is one-shot random pruning).
+    iterative: ClassVar[bool] = True
+
+    def score_model(self, model: nn.Module, batches: Batches | None = None, seed: int = 0) -> UnitScores:
+        """Scores of `model`'s own units (Taylor: gradients from the (images, labels) batches)."""
+        raise NotImplementedError
+
+    def __call__(self, inputs: ScoreInputs) -> UnitScores:
+        return self.score_model(inputs.backbone, seed=inputs.config.seed)
+
+
+def needed(value: Any, source: ScoreSource, what: str) -> Any:
+    """`value`, which the source's needs promised; a clear error when the caller did not provide it."""
+    if value is None:
+        raise PruneError(f"score source {source.name} needs {what}")
+    return value

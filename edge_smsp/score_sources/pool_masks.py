@@ -1,0 +1,110 @@
+"""What the pool sources share: the entries of this backbone, and S = the sum of the selected entries' masks."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edge_smsp.errors import NoPoolEntriesError, PoolError
+from edge_smsp.score_sources.base import Needs, ScoreInputs, ScoreSource, UnitScores, needed
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from edge_smsp.pool import Pool, PoolEntry
+
+# "uniform" sums the masks; "leep" weights each by its normalised similarity.
+WEIGHTINGS = ("uniform", "leep")
+# "masks": the entries' binary masks (as in the paper); "scores": their real-valued unit scores, as ranks.
+MASK_SOURCES = ("masks", "scores")
+
+
+class PoolMaskSource(ScoreSource):
+    """S = sum of the masks of the entries `select` chose; subclasses choose the entries and the weighting."""
+
+    needs = Needs(pool=True)
+
+    def weighting(self, inputs: ScoreInputs) -> str:
+        return "uniform"
+
+    def __call__(self, inputs: ScoreInputs) -> UnitScores:
+        from edge_smsp.prune import backbone_group_sizes
+        from edge_smsp.zoo import backbone_spec
+
+        selection = needed(inputs.selection, self, "the pool entries it selected")
+        pool = needed(inputs.pool, self, "a pool")
+        scores = score_mask(
+            pool, selection.selected, weighting=self.weighting(inputs), source=inputs.config.mask_source
+        )
+        if set(scores) != set(backbone_group_sizes(inputs.backbone)):
+            raise PoolError(
+                f"pool masks do not match the unit groups of {backbone_spec(inputs.backbone).name}; "
+                "the pool was built with another model layout: rebuild it"
+            )
+        return scores
+
+    def entries(self, inputs: ScoreInputs) -> list[PoolEntry]:
+        """This backbone's entries at the task's input size."""
+        pool = needed(inputs.pool, self, "a pool (--pool) built for this backbone")
+        return pool_entries_for(pool, inputs.backbone, inputs.task.image_size)
+
+
+def score_mask(
+    pool: Pool,
+    selected: Sequence[tuple[PoolEntry, float]],
+    *,
+    weighting: str = "uniform",
+    source: str = "masks",
+) -> UnitScores:
+    """S = sum of the selected entries' masks (or real-valued scores), optionally weighted by similarity."""
+    from edge_smsp.importance import unit_ranks
+
+    if weighting == "leep":
+        similarities = np.array([similarity for _, similarity in selected], dtype=np.float64)
+        # LEEP is a mean log-likelihood: exp() turns it into a likelihood, normalised to sum to one.
+        weights = np.exp(similarities - similarities.max())
+        weights /= weights.sum()
+    else:
+        weights = np.ones(len(selected))
+    total: UnitScores = {}
+    for (entry, _), weight in zip(selected, weights, strict=True):
+        scores = pool.entry_scores(entry.id) if source == "scores" else None
+        if scores is not None:
+            arrays = {key: unit_ranks(values) for key, values in scores.items()}
+        else:
+            arrays = {
+                key: np.asarray(mask, dtype=np.float64) for key, mask in pool.entry_masks(entry.id).items()
+            }
+        for key, values in arrays.items():
+            total[key] = total.get(key, 0.0) + weight * values
+    return total
+
+
+def pool_entries_for(pool: Pool, backbone: nn.Module, image_size: int) -> list[PoolEntry]:
+    """Pool entries pruned from exactly this backbone at this input size; a clear error when there are none."""
+    from edge_smsp.zoo import backbone_spec, weights_hash
+
+    entries = pool.entries(backbone_hash=weights_hash(backbone), image_size=image_size)
+    if entries:
+        return entries
+    sizes = sorted(
+        {entry.backbone.image_size for entry in pool.entries(backbone_hash=weights_hash(backbone))}
+    )
+    if sizes:
+        raise NoPoolEntriesError(
+            f"pool {pool.path} holds entries for these weights at {', '.join(f'{size} px' for size in sizes)}, "
+            f"not {image_size} px; use --image-size {sizes[0]} or build a pool at {image_size} px"
+        )
+    name = backbone_spec(backbone).name
+    others = sorted({entry.backbone.name for entry in pool.entries()})
+    if others:
+        raise NoPoolEntriesError(
+            f"pool {pool.path} holds entries for {', '.join(others)} but none for these {name} weights; "
+            f"build one with `edge-smsp pool build --backbone {name}` or choose a baseline (--method magnitude)"
+        )
+    raise NoPoolEntriesError(
+        f"pool {pool.path} is empty; build one with `edge-smsp pool build --backbone {name} ...` "
+        "or choose a baseline method (--method random, magnitude or taylor)"
+    )

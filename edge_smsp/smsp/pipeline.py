@@ -1,0 +1,83 @@
+"""`adapt`: a sequence of named stages over one run. One-shot methods differ only in where scores come from.
+
+    head -> select (similar pool entries) -> scores -> prune -> finetune -> evaluate
+
+A new stage is a function of the run (edge_smsp.smsp.state.AdaptRun) and one line in ADAPT_STAGES; it reads
+what earlier stages left on the run (the selected pool entries and their similarity, the pruned model...).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+
+from edge_smsp.data import Task
+from edge_smsp.errors import PruneError
+from edge_smsp.pool import Pool
+from edge_smsp.score_sources import SCRATCH
+from edge_smsp.smsp.config import AdaptConfig, AdaptResult
+from edge_smsp.smsp.scratch import prune_iteratively
+from edge_smsp.smsp.stages import (
+    attach_task_head,
+    evaluate_on_val,
+    finetune_rest,
+    prune_to_ratio,
+    score_units,
+    select_pool_entries,
+)
+from edge_smsp.smsp.state import AdaptRun
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A named step; its wall time, less any fine-tuning inside it, goes to the report's `seconds` bucket."""
+
+    name: str
+    run: Callable[[AdaptRun], None]
+    seconds: str | None = None
+
+
+ADAPT_STAGES: tuple[Stage, ...] = (
+    Stage("head", attach_task_head),
+    Stage("select", select_pool_entries, "similarity"),
+    Stage("scores", score_units, "pruning"),
+    Stage("prune", prune_to_ratio, "pruning"),
+    Stage("finetune", finetune_rest),
+    Stage("evaluate", evaluate_on_val),
+)
+SCRATCH_STAGES: tuple[Stage, ...] = (
+    Stage("head", attach_task_head),
+    Stage("prune", prune_iteratively, "pruning"),
+    Stage("evaluate", evaluate_on_val),
+)
+
+
+def adapt(
+    backbone: nn.Module,
+    pool: Pool | None,
+    task: Task,
+    config: AdaptConfig,
+    *,
+    progress: bool = False,
+) -> AdaptResult:
+    """Prune `backbone` for `task` with the configured method, attach a fresh head, fine-tune, evaluate."""
+    if config.ratio is None:
+        raise PruneError("adapting needs a pruning ratio (AdaptConfig.ratio)")
+    started = time.perf_counter()
+    run = AdaptRun(backbone, pool, task, config, progress)
+    run_stages(run, SCRATCH_STAGES if config.method == SCRATCH else ADAPT_STAGES)
+    return run.result(time.perf_counter() - started)
+
+
+def run_stages(run: AdaptRun, stages: Sequence[Stage]) -> None:
+    """Run `stages` in order, adding each one's time to its bucket."""
+    for stage in stages:
+        trained_before = run.seconds["finetuning"]
+        started = time.perf_counter()
+        stage.run(run)
+        if stage.seconds is not None:
+            trained = run.seconds["finetuning"] - trained_before
+            run.seconds[stage.seconds] += time.perf_counter() - started - trained

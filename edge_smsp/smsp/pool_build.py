@@ -1,0 +1,129 @@
+"""Saving adapted models, storing them as pool entries, and building a pool from scratch-pruned tasks."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from edge_smsp.data import Task
+from edge_smsp.errors import PoolError
+from edge_smsp.pool import BackboneRecord, Pool, TaskRecord
+from edge_smsp.prune import backbone_group_sizes, kept_mask, save_pruned
+from edge_smsp.smsp.config import AdaptConfig, AdaptResult
+from edge_smsp.smsp.pipeline import adapt
+from edge_smsp.zoo import backbone_spec, weights_hash
+
+
+def backbone_record(backbone: nn.Module, image_size: int) -> BackboneRecord:
+    """How the pool identifies a backbone: its name and the hash of its weights."""
+    spec = backbone_spec(backbone)
+    return BackboneRecord(
+        name=spec.name, weights_hash=weights_hash(backbone), image_size=image_size, checkpoint=spec.checkpoint
+    )
+
+
+def task_record(task: Task) -> TaskRecord:
+    """The pool's description of a task."""
+    return TaskRecord(
+        task_key=task.task_id,
+        dataset=task.dataset,
+        classes=tuple(task.classes),
+        seed=task.seed,
+        n_train=len(task.train),
+        n_val=len(task.val),
+        class_names=tuple(task.class_names),
+    )
+
+
+def save_adapted(result: AdaptResult, out_dir: str | os.PathLike[str]) -> Path:
+    """Save the adapted model (loadable with prune.load_pruned) with its task and method in the metadata."""
+    return save_pruned(
+        result.model,
+        out_dir,
+        {
+            "class_names": list(result.task.class_names),
+            "task": result.task.task_id,
+            "classes": list(result.task.classes),
+            "dataset": result.task.dataset,
+            "ratio": result.ratio,
+            "method": result.method,
+            "iters": result.iters,
+            "val_accuracy": result.val_accuracy,
+            "mean": list(result.task.mean),
+            "std": list(result.task.std),
+        },
+    )
+
+
+def add_to_pool(pool: Pool, backbone: nn.Module, result: AdaptResult) -> int:
+    """Store an adapted model (mask, scores, weights) as a new pool entry; returns the entry id."""
+    with tempfile.TemporaryDirectory(prefix="edge-smsp-entry-") as scratch_dir:
+        model_dir = save_adapted(result, Path(scratch_dir) / "model")
+        return pool.add_entry(
+            task=task_record(result.task),
+            backbone=backbone_record(backbone, result.summary.image_size),
+            ratio=result.ratio,
+            method=result.config.pool_method,
+            iters=result.iters,
+            val_accuracy=result.val_accuracy,
+            masks=kept_mask(result.model),
+            scores=_backbone_scores(result.unit_scores, backbone_group_sizes(result.model)),
+            model_dir=model_dir,
+            extra={
+                "similar_tasks": [similar.task_id for similar in result.similar_tasks if similar.selected]
+            },
+            replace=True,
+        )
+
+
+def build_pool(
+    backbone: nn.Module,
+    pool: Pool,
+    tasks: Sequence[Task],
+    config: AdaptConfig,
+    *,
+    progress: bool = False,
+    on_task: Callable[[Task, AdaptResult | None], None] | None = None,
+) -> list[int]:
+    """Prune every task from scratch and store it; tasks already in the pool are skipped (resumable)."""
+    record = backbone_record(backbone, task_image_size(tasks))
+    added = []
+    for task in tasks:
+        if pool.has_entry(
+            task.task_id,
+            record.weights_hash,
+            config.ratio,
+            config.pool_method,
+            config.iters,
+            record.image_size,
+        ):
+            if on_task is not None:
+                on_task(task, None)
+            continue
+        result = adapt(backbone, None, task, config, progress=progress)
+        added.append(add_to_pool(pool, backbone, result))
+        if on_task is not None:
+            on_task(task, result)
+    return added
+
+
+def task_image_size(tasks: Sequence[Task]) -> int:
+    """The one input size all tasks of a pool build share."""
+    sizes = {task.image_size for task in tasks}
+    if len(sizes) != 1:
+        raise PoolError(f"all tasks of one pool build must share one image size, got {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _backbone_scores(scores: dict[str, np.ndarray], sizes: dict[str, int]) -> dict[str, np.ndarray]:
+    """Scores over the backbone's units (SMSP and one-shot scores already are; keep only matching groups)."""
+    return {
+        key: np.asarray(scores[key], dtype=np.float64)
+        for key in sizes
+        if len(scores.get(key, ())) == sizes[key]
+    }

@@ -1,0 +1,65 @@
+"""The stages of a one-shot adaptation, each a small function of the run (see edge_smsp.smsp.pipeline)."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import nn
+
+from edge_smsp.data import Task
+from edge_smsp.errors import PoolError
+from edge_smsp.importance import unit_l1_norms
+from edge_smsp.prune import prune, replace_classifier
+from edge_smsp.smsp.state import AdaptRun
+from edge_smsp.train import evaluate
+
+
+def attach_task_head(run: AdaptRun) -> None:
+    """A copy of the backbone with a fresh head for the task: sizes before/after both count the shipped model."""
+    run.model = with_task_head(run.backbone, run.task, run.config.seed)
+
+
+def select_pool_entries(run: AdaptRun) -> None:
+    """The pool entries the source draws on (pool sources), with their similarity to the task."""
+    if not run.source.needs.pool:
+        return
+    if run.pool is None:
+        raise PoolError(f"method {run.config.method} needs a pool (--pool) built for this backbone")
+    run.selection = run.source.select(run.score_inputs())
+
+
+def score_units(run: AdaptRun) -> None:
+    """One score per backbone unit from the configured source."""
+    run.scores = run.source(run.score_inputs())
+
+
+def prune_to_ratio(run: AdaptRun) -> None:
+    """Keep the top-scoring units of every group at the ratio (ties broken by the backbone's L1 norms)."""
+    assert run.model is not None and run.scores is not None and run.config.ratio is not None
+    run.model, run.summary = prune(
+        run.model,
+        run.scores,
+        run.config.ratio,
+        round_to=run.config.round_to,
+        tie_break=unit_l1_norms(run.backbone),
+    )
+
+
+def finetune_rest(run: AdaptRun) -> None:
+    """Fine-tune the sub-network for what is left of the iteration budget."""
+    assert run.model is not None
+    run.train(run.model, run.config.iters - run.iters_done)
+
+
+def evaluate_on_val(run: AdaptRun) -> None:
+    """Top-1 accuracy on the task's validation split."""
+    assert run.model is not None
+    run.val_accuracy = evaluate(run.model.eval(), run.task.val, batch_size=max(64, run.config.batch_size))
+
+
+def with_task_head(backbone: nn.Module, task: Task, seed: int) -> nn.Module:
+    """A copy of the backbone with a fresh classifier for the task, initialised from `seed` (not global RNG)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return replace_classifier(copy.deepcopy(backbone), len(task.classes))

@@ -1,0 +1,106 @@
+"""One adaptation in progress: what its stages read and leave for the stages after them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from edge_smsp.data import Task
+from edge_smsp.pool import Pool
+from edge_smsp.prune import PruneSummary
+from edge_smsp.score_sources import ScoreInputs, ScoreSource, Selection, score_source
+from edge_smsp.smsp.config import AdaptConfig, AdaptResult
+from edge_smsp.train import finetune
+
+
+@dataclass
+class AdaptRun:
+    """The state of one adaptation, passed from stage to stage (see edge_smsp.smsp.pipeline)."""
+
+    backbone: nn.Module
+    pool: Pool | None
+    task: Task
+    config: AdaptConfig
+    progress: bool = False
+    # Wall time per report bucket; fine-tuning counts itself wherever it happens (a warm-up, a recipe).
+    seconds: dict[str, float] = field(
+        default_factory=lambda: {"similarity": 0.0, "pruning": 0.0, "finetuning": 0.0}
+    )
+    model: nn.Module | None = None  # the backbone with the task's head; after `prune`, the sub-network
+    selection: Selection | None = None  # pool entries the source chose, with their similarity to the task
+    scores: dict[str, np.ndarray] | None = None  # over the backbone's units
+    summary: PruneSummary | None = None
+    iters_done: int = 0  # fine-tuning iterations spent so far, of config.iters
+    train_calls: int = 0  # fine-tuning runs so far: each draws its own batches
+    val_accuracy: float | None = None
+
+    @property
+    def source(self) -> ScoreSource:
+        return score_source(self.config.method)
+
+    def train(self, model: nn.Module, iters: int, seed_offset: int | None = None) -> None:
+        """Fine-tune `model` for `iters` iterations of the budget, with its own seed (the call's index)."""
+        if iters <= 0:
+            return
+        offset = self.train_calls if seed_offset is None else seed_offset
+        started = time.perf_counter()
+        finetune(
+            model,
+            self.task,
+            iters,
+            batch_size=self.config.batch_size,
+            lr=self.config.lr,
+            optimizer=self.config.optimizer,
+            seed=self.config.seed * 1000 + offset,
+            progress=self.progress,
+        )
+        self.seconds["finetuning"] += time.perf_counter() - started
+        self.train_calls += 1
+        self.iters_done += iters
+
+    def batches(self, count: int, offset: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """`count` training batches in a seeded order (offset: another order, e.g. per pruning round)."""
+        generator = torch.Generator().manual_seed(self.config.seed * 1000 + offset)
+        order = torch.randperm(len(self.task.train), generator=generator)
+        size = self.config.batch_size
+        for batch_index in range(count):
+            indices = order[batch_index * size : (batch_index + 1) * size]
+            if len(indices) == 0:
+                return
+            yield self.task.train.batch(indices)
+
+    def score_inputs(self) -> ScoreInputs:
+        """What the score source may use, as its needs declare."""
+        needs = self.source.needs
+        assert self.model is not None
+        return ScoreInputs(
+            backbone=self.backbone,
+            model=self.model,
+            task=self.task,
+            config=self.config,
+            pool=self.pool if needs.pool else None,
+            selection=self.selection,
+            batches=self.batches if needs.batches else None,
+            train=self.train if needs.warmup else None,
+        )
+
+    def result(self, total_seconds: float) -> AdaptResult:
+        """The finished adaptation."""
+        assert self.model is not None and self.summary is not None and self.scores is not None
+        assert self.val_accuracy is not None
+        seconds = {**self.seconds, "total": total_seconds}
+        return AdaptResult(
+            config=self.config,
+            val_accuracy=float(self.val_accuracy),
+            summary=self.summary,
+            similar_tasks=[] if self.selection is None else self.selection.similar_tasks(),
+            seconds={name: round(value, 3) for name, value in seconds.items()},
+            model=self.model,
+            unit_scores={key: np.asarray(value, dtype=np.float64) for key, value in self.scores.items()},
+            task=self.task,
+        )

@@ -40,9 +40,9 @@ from torch import nn
 
 from edge_smsp.cost import ModelCost, measure_cost
 from edge_smsp.errors import PlanError, PruneError
-from edge_smsp.profiles import DeviceProfile, format_bytes
+from edge_smsp.profiles import MIB, DeviceProfile, format_bytes
+from edge_smsp.ratio import canonical_ratio
 
-MIB = 1024**2
 RUNTIME_OVERHEAD_BYTES = 72 * MIB
 # What the device runtime's `info` reported (numpy + onnxruntime imported) when RUNTIME_OVERHEAD_BYTES was fitted.
 IMPORTED_RUNTIME_BYTES = 50 * MIB
@@ -74,6 +74,14 @@ class LatencyModel:
     def predict(self, macs: float) -> float:
         """Predicted latency in ms of one inference of `macs` multiply-accumulates."""
         return self.intercept_ms + self.ms_per_gmac * macs / 1e9
+
+
+@dataclass(frozen=True)
+class RuntimeOverhead:
+    """The memory model's runtime part and where it came from."""
+
+    bytes: int
+    source: str  # "profile" | "device" (its imported runtime + a session) | "default"
 
 
 @dataclass(frozen=True)
@@ -144,9 +152,7 @@ _cost_cache_lock = threading.Lock()
 
 def cost_at_ratio(model: nn.Module, input_size: int, ratio: float, round_to: int = 8) -> ModelCost:
     """Cost of the backbone physically pruned at `ratio` with prune's `round_to` rounding; cached."""
-    ratio = round(float(ratio), 6)
-    if not 0.0 <= ratio < 1.0:
-        raise PlanError(f"ratio must be in [0, 1), got {ratio}")
+    ratio = canonical_ratio(ratio, error=PlanError)
     key = (structure_hash(model), int(input_size), ratio, int(round_to))
     with _cost_cache_lock:
         cached = _cost_cache.get(key)
@@ -174,18 +180,30 @@ def clear_cost_cache() -> None:
         _cost_cache.clear()
 
 
+def runtime_overhead(profile: DeviceProfile, imported_rss_mib: float | None = None) -> RuntimeOverhead:
+    """The profile's runtime overhead; else the device's imported runtime (as `info` reports it, MiB) plus a
+    session; else RUNTIME_OVERHEAD_BYTES."""
+    if profile.runtime_overhead_bytes is not None:
+        return RuntimeOverhead(profile.runtime_overhead_bytes, "profile")
+    imported = int(float(imported_rss_mib or 0) * MIB)
+    if imported:
+        return RuntimeOverhead(imported + SESSION_OVERHEAD_BYTES, "device")
+    return RuntimeOverhead(RUNTIME_OVERHEAD_BYTES, "default")
+
+
 def runtime_overhead_bytes(profile: DeviceProfile) -> int:
     """The profile's runtime overhead, else RUNTIME_OVERHEAD_BYTES."""
-    if profile.runtime_overhead_bytes is None:
-        return RUNTIME_OVERHEAD_BYTES
-    return profile.runtime_overhead_bytes
+    return runtime_overhead(profile).bytes
 
 
-def with_device_runtime_memory(profile: DeviceProfile, imported_rss_bytes: int | None) -> DeviceProfile:
-    """The profile, its runtime overhead taken from the device's imported runtime unless the profile sets one."""
-    if profile.runtime_overhead_bytes is not None or not imported_rss_bytes:
-        return profile
-    return replace(profile, runtime_overhead_bytes=int(imported_rss_bytes) + SESSION_OVERHEAD_BYTES)
+def with_runtime_overhead(profile: DeviceProfile, overhead: RuntimeOverhead) -> DeviceProfile:
+    """The profile whose memory model uses `overhead`."""
+    return replace(profile, runtime_overhead_bytes=overhead.bytes)
+
+
+def run_macs(macs: int, profile: DeviceProfile) -> int:
+    """MACs of one timed run on the device: per image x the profile's batch size."""
+    return int(macs) * profile.batch_size
 
 
 def predict_memory_bytes(cost: ModelCost, profile: DeviceProfile) -> int:
@@ -195,6 +213,11 @@ def predict_memory_bytes(cost: ModelCost, profile: DeviceProfile) -> int:
         + WEIGHT_COPIES * cost.weight_bytes
         + profile.batch_size * cost.peak_activation_bytes
     )
+
+
+def predict_latency_ms(latency_model: LatencyModel, macs: int, profile: DeviceProfile) -> float:
+    """Predicted latency of one timed run of a model of `macs` MACs per image."""
+    return float(latency_model.predict(run_macs(macs, profile)))
 
 
 def as_measurement(record: Any) -> Measurement:
@@ -262,6 +285,23 @@ def fit_latency_model(
     return LatencyModel(0.0, slope, percentile, "scaled", len(points))
 
 
+def latency_model_for(
+    profile: DeviceProfile,
+    backbone_model: nn.Module,
+    input_size: int,
+    measurements: Iterable[Any] = (),
+    round_to: int = 8,
+) -> LatencyModel:
+    """The device's latency model for this backbone: measurements without MACs are costed at their ratio."""
+    return fit_latency_model(
+        profile,
+        measurements,
+        macs_at_ratio=lambda ratio: run_macs(
+            cost_at_ratio(backbone_model, input_size, ratio, round_to).macs, profile
+        ),
+    )
+
+
 def plan(
     profile: DeviceProfile,
     backbone_model: nn.Module,
@@ -277,19 +317,16 @@ def plan(
     if search not in SEARCHES:
         raise PlanError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
     size = int(input_size or profile.input_size)
-    grid = sorted({round(float(ratio), 6) for ratio in (DEFAULT_RATIOS if ratios is None else ratios)})
+    grid = sorted(
+        {
+            canonical_ratio(ratio, error=PlanError, what="ratios")
+            for ratio in (DEFAULT_RATIOS if ratios is None else ratios)
+        }
+    )
     if not grid:
         raise PlanError("no candidate ratios given")
-    if grid[0] < 0 or grid[-1] >= 1:
-        raise PlanError(f"ratios must be in [0, 1), got {grid[0]}..{grid[-1]}")
     name = backbone_name or _backbone_name(backbone_model)
-    latency_model = fit_latency_model(
-        profile,
-        measurements,
-        macs_at_ratio=lambda ratio: (
-            cost_at_ratio(backbone_model, size, ratio, round_to).macs * profile.batch_size
-        ),
-    )
+    latency_model = latency_model_for(profile, backbone_model, size, measurements, round_to)
     tried: dict[float, Candidate] = {}
 
     def evaluate(ratio: float) -> Candidate:
@@ -343,7 +380,7 @@ def plan(
 
 def _candidate(cost: ModelCost, profile: DeviceProfile, latency_model: LatencyModel) -> Candidate:
     memory = predict_memory_bytes(cost, profile)
-    latency = latency_model.predict(cost.macs * profile.batch_size)
+    latency = predict_latency_ms(latency_model, cost.macs, profile)
     return Candidate(
         ratio=cost.ratio,
         params=cost.params,

@@ -19,7 +19,7 @@ import yaml
 from edge_smsp import smsp, zoo
 from edge_smsp.cli import main
 from edge_smsp.data import load_task
-from edge_smsp.deploy.session import BenchSettings, deploy, stored_measurements
+from edge_smsp.deploy.session import BenchSettings, DeployRequest, deploy
 from edge_smsp.deploy.ssh import SshTransport
 from edge_smsp.deploy.transport import TEMP_PREFIX
 from edge_smsp.planner import (
@@ -29,7 +29,7 @@ from edge_smsp.planner import (
     fit_latency_model,
     predict_memory_bytes,
 )
-from edge_smsp.pool import DeviceMeasurement, Pool
+from edge_smsp.pool import Pool
 from edge_smsp.profiles import MIB, load_profile
 from edge_smsp.prune import replace_classifier
 from tests.sshd_fixture import SshdServer, write_ed25519_key
@@ -413,15 +413,17 @@ def test_calibrated_plan_for_a_tight_budget_meets_target_and_fits_latency(
     bench = BenchSettings(runs=200, min_seconds=1.0)
     with Pool(tmp_path / "pool.sqlite") as pool:
         report = deploy(
-            profile,
-            backbone,
-            task,
-            pool,
-            smsp.AdaptConfig(ratio=0.0, iters=2),
-            tmp_path / "out",
-            calibrate=True,
-            calibration_ratios=(0.2, 0.6),
-            bench=bench,
+            DeployRequest(
+                profile,
+                backbone,
+                task,
+                pool,
+                smsp.AdaptConfig(iters=2),
+                tmp_path / "out",
+                calibrate=True,
+                calibration_ratios=(0.2, 0.6),
+                bench=bench,
+            )
         )
         stored = pool.measurements(device="test-device")
         assert len(stored) == 3  # two calibration runs and the deploy
@@ -467,7 +469,9 @@ def test_profile_batch_size_is_exported_benchmarked_and_stored(device_python: st
     bench = BenchSettings(runs=20, min_seconds=0.2)
     with Pool(tmp_path / "pool.sqlite") as pool:
         report = deploy(
-            profile, backbone, task, pool, smsp.AdaptConfig(ratio=0.0, iters=2), tmp_path / "out", bench=bench
+            DeployRequest(
+                profile, backbone, task, pool, smsp.AdaptConfig(iters=2), tmp_path / "out", bench=bench
+            )
         )
         stored = pool.measurements(device="test-device")
 
@@ -486,30 +490,6 @@ def test_profile_batch_size_is_exported_benchmarked_and_stored(device_python: st
         predict_memory_bytes(cost_at_ratio(shipped, 32, report.ratio), profile) - RUNTIME_OVERHEAD_BYTES
     )
     assert report.predicted_memory_bytes == report.runtime_overhead_bytes + model_memory
-
-
-def test_plans_use_only_measurements_taken_with_the_profiles_batch_and_threads(tmp_path: Path) -> None:
-    profile = load_profile(write_profile(tmp_path / "device.yaml", local_connection("python3", tmp_path)))
-    with Pool(tmp_path / "pool.sqlite") as pool:
-        for ratio, batch, threads in ((0.1, 1, 1), (0.2, 4, 1), (0.3, 1, 2), (0.4, 1, 1)):
-            pool.add_measurement(
-                DeviceMeasurement(
-                    device="test-device",
-                    backbone=BACKBONE,
-                    image_size=32,
-                    ratio=ratio,
-                    params=1000,
-                    macs=10**6 * batch,
-                    latency_p50_ms=1.0,
-                    latency_p90_ms=1.5,
-                    latency_p99_ms=2.0,
-                    report={"batch_size": batch, "threads": threads},
-                )
-            )
-        assert [row.ratio for row in stored_measurements(pool, profile, BACKBONE, 32)] == [0.1, 0.4]
-        batched = dataclasses.replace(profile, batch_size=4)
-        assert [row.ratio for row in stored_measurements(pool, batched, BACKBONE, 32)] == [0.2]
-        assert stored_measurements(pool, profile, BACKBONE, 64) == []
 
 
 def _bad_documents() -> dict[str, tuple[dict[str, Any], str]]:

@@ -1,0 +1,110 @@
+"""Benchmarking a model on the device: the runtime's `bench` with the profile's session options, checked."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from edge_smsp.deploy.transport import Transport, sha256_file
+from edge_smsp.errors import TransportError
+from edge_smsp.profiles import DeviceProfile, load_profile
+
+if TYPE_CHECKING:
+    from edge_smsp.export import ExportResult
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """How long the device benchmark runs (edge_smsp_runtime bench: warm-ups, then runs or seconds)."""
+
+    runs: int = 100
+    min_seconds: float = 2.0
+    warmup: int = 10
+    timeout: float = 600.0
+
+    def runtime_args(self, model_path: str, profile: DeviceProfile) -> list[str]:
+        """`python -m edge_smsp_runtime` arguments benchmarking model_path with the profile's session options."""
+        return [
+            "bench",
+            "--model",
+            model_path,
+            "--warmup",
+            str(self.warmup),
+            "--runs",
+            str(self.runs),
+            "--min-seconds",
+            repr(float(self.min_seconds)),
+            "--threads",
+            str(profile.threads),
+            "--providers",
+            ",".join(profile.providers),
+            # Only when batching: a runtime older than the flag still benches batch-1 models.
+            *(["--batch-size", str(profile.batch_size)] if profile.batch_size > 1 else []),
+        ]
+
+
+@dataclass(frozen=True)
+class DeviceRun:
+    """The runtime's bench report of one model, checked to be of the file that was shipped."""
+
+    measured: dict[str, Any]
+    latency_ms: float  # at the profile's percentile
+    fallback_providers: tuple[str, ...]  # requested providers the device lacks: it ran slower ones
+
+
+def run_bench(
+    transport: Transport,
+    remote_model: str,
+    exported: ExportResult,
+    profile: DeviceProfile,
+    settings: BenchSettings,
+) -> DeviceRun:
+    """Benchmark the uploaded model (its SHA-256 checked against the runtime's) with the profile's options."""
+    measured = transport.run_runtime(settings.runtime_args(remote_model, profile), timeout=settings.timeout)
+    if measured.get("model_sha256") != exported.sha256:
+        raise TransportError(
+            f"the device benchmarked a file whose SHA-256 differs from {exported.onnx_path}; upload again"
+        )
+    try:
+        latency = float(measured["latency_ms"][profile.latency_percentile])
+    except (KeyError, TypeError, ValueError):
+        raise TransportError(
+            f"the device's bench report has no latency_ms.{profile.latency_percentile}"
+        ) from None
+    return DeviceRun(measured, latency, tuple(fallback_providers(measured)))
+
+
+def fallback_providers(measured: dict[str, Any]) -> list[str]:
+    """Requested providers the device lacks: such a run must not calibrate the plan (it ran slower ones)."""
+    return list(measured.get("providers_unavailable") or [])
+
+
+def bench_model(
+    profile: DeviceProfile | str | os.PathLike[str],
+    model_path: str | os.PathLike[str],
+    *,
+    trust_new_host: bool = False,
+    bench: BenchSettings | None = None,
+) -> dict[str, Any]:
+    """Upload any ONNX file to the profile's device (verified) and return the runtime's bench report."""
+    from edge_smsp.deploy import open_transport
+
+    profile = profile if isinstance(profile, DeviceProfile) else load_profile(profile)
+    bench = bench or BenchSettings()
+    path = Path(model_path)
+    if not path.is_file():
+        raise TransportError(f"--model {path}: no such ONNX file")
+    digest = sha256_file(path)
+    with open_transport(profile.connection, trust_new_host=trust_new_host) as transport:
+        remote = transport.upload(path, f"models/{digest[:16]}.onnx")
+        report = transport.run_runtime(bench.runtime_args(remote, profile), timeout=bench.timeout)
+    if report.get("model_sha256") != digest:
+        raise TransportError(f"the device benchmarked a different file than {path} (SHA-256 mismatch)")
+    report["profile"] = profile.name
+    report["remote_model_path"] = remote
+    report["latency_percentile"] = profile.latency_percentile
+    report["latency_target_ms"] = profile.latency_target_ms
+    report["memory_budget_bytes"] = profile.memory_budget_bytes
+    return report

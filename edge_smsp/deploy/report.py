@@ -1,0 +1,91 @@
+"""What one deploy chose, shipped and measured: the report printed, saved as JSON and returned."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from edge_smsp.fileio import write_atomically
+
+REPORT_NAME = "deploy_report.json"
+
+
+@dataclass
+class DeployReport:
+    """What one deploy chose, shipped and measured on the device."""
+
+    profile: str
+    device_transport: str
+    backbone: str
+    image_size: int
+    task_id: str
+    class_names: list[str]
+    method: str
+    method_requested: str
+    method_note: str | None
+    ratio: float
+    ratio_source: str  # "plan" | "given"
+    latency_percentile: str
+    latency_target_ms: float
+    memory_budget_bytes: int
+    runtime_overhead_bytes: int  # the memory model's runtime part
+    runtime_overhead_source: str  # "profile" | "device" (its imported runtime + a session) | "default"
+    latency_model: dict[str, Any]
+    predicted_latency_ms: float
+    predicted_memory_bytes: int
+    measured: dict[str, Any]
+    measured_latency_ms: float
+    measured_peak_rss_bytes: int | None
+    val_accuracy: float
+    params_before: int
+    params_after: int
+    macs_before: int
+    macs_after: int
+    onnx_path: str
+    card_path: str
+    model_dir: str
+    onnx_size_bytes: int
+    onnx_sha256: str
+    max_abs_diff: float
+    remote_model_path: str
+    measurement_id: int | None
+    measurement_note: str | None
+    device_info: dict[str, Any]
+    similar_tasks: list[dict[str, Any]]
+    calibration: list[dict[str, Any]]
+    plan: dict[str, Any] | None
+    seconds: dict[str, float]
+    out_dir: str
+    report_path: str
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def latency_error(self) -> float:
+        """(predicted - measured) / measured latency at the profile's percentile."""
+        return (self.predicted_latency_ms - self.measured_latency_ms) / self.measured_latency_ms
+
+    @property
+    def meets_latency_target(self) -> bool:
+        return self.measured_latency_ms <= self.latency_target_ms
+
+    @property
+    def meets_memory_budget(self) -> bool | None:
+        if self.measured_peak_rss_bytes is None:
+            return None
+        return self.measured_peak_rss_bytes <= self.memory_budget_bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary, with the derived verdicts."""
+        payload = dataclasses.asdict(self)
+        payload["latency_error"] = round(self.latency_error, 4)
+        payload["meets_latency_target"] = self.meets_latency_target
+        payload["meets_memory_budget"] = self.meets_memory_budget
+        return payload
+
+
+def write_json_atomically(path: Path, payload: dict[str, Any]) -> None:
+    """Write JSON through a temporary file in the same folder and os.replace it into place."""
+    write_atomically(path, (json.dumps(payload, indent=2, default=str) + "\n").encode("utf-8"))

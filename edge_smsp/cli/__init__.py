@@ -8,13 +8,14 @@ from collections.abc import Sequence
 
 from edge_smsp import __version__
 from edge_smsp.cli import adapt_commands, deploy_commands, model_commands, pool_commands
+from edge_smsp.cli.args import OneLineParser
 from edge_smsp.errors import EdgeSmspError
 
 COMMAND_MODULES = (model_commands, pool_commands, adapt_commands, deploy_commands)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="edge-smsp",
         description="Prune a pre-trained vision model for a new task with SMSP and deploy it to an edge device.",
     )
@@ -27,7 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version, or a usage error already printed as one line
+        return int(stop.code or 0)
     try:
         return int(args.handler(args) or 0)
     except EdgeSmspError as error:

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from edge_smsp.cli.common import (
+from edge_smsp.cli.args import (
+    add_adapt_arguments,
     add_backbone_arguments,
+    add_pool_argument,
     add_task_arguments,
-    parse_classes,
-    print_json,
-    ratio_arg,
-    show_progress,
+    backbone_from_args,
+    config_from_args,
+    open_pool_for,
+    task_from_args,
 )
-from edge_smsp.cli.pool_commands import add_pool_argument, pool_path
-from edge_smsp.errors import DataError
-from edge_smsp.methods import METHODS, POOL_METHODS
-from edge_smsp.pool import Pool
-
-if TYPE_CHECKING:  # torch loads only when a command runs, so --help stays fast
-    from edge_smsp.data import Task
-    from edge_smsp.smsp import AdaptConfig
+from edge_smsp.cli.common import print_json, show_progress
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -41,95 +36,10 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=run_adapt)
 
 
-def add_adapt_arguments(parser: argparse.ArgumentParser, *, ratio_required: bool = True) -> None:
-    """The adaptation knobs shared by adapt and deploy."""
-    if ratio_required:
-        parser.add_argument(
-            "--ratio", type=ratio_arg, required=True, help="fraction of units removed per group"
-        )
-    parser.add_argument("--iters", type=int, default=100, help="fine-tuning iterations (default 100)")
-    parser.add_argument("--method", choices=METHODS, default="smsp")
-    parser.add_argument("--top-k", type=int, default=5, help="pool tasks whose masks are summed (default 5)")
-    parser.add_argument(
-        "--weighting",
-        choices=("uniform", "leep"),
-        default="uniform",
-        help="sum masks uniformly or weighted by normalised LEEP",
-    )
-    parser.add_argument(
-        "--mask-source",
-        choices=("masks", "scores"),
-        default="masks",
-        help="sum the entries' binary masks (the paper) or their real-valued unit scores",
-    )
-    parser.add_argument(
-        "--round-to", type=int, default=8, help="kept channels rounded to a multiple (1: off)"
-    )
-    parser.add_argument("--lr", type=float, default=None)
-    parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
-
-
-def backbone_from_args(args: argparse.Namespace) -> Any:
-    """The backbone named on the command line, at the requested input size."""
-    from edge_smsp.zoo import default_pretrained, load_backbone
-
-    pretrained = default_pretrained(args.backbone) if args.pretrained is None else args.pretrained
-    return load_backbone(
-        args.backbone, checkpoint=args.checkpoint, pretrained=pretrained, image_size=args.image_size
-    )
-
-
-def task_from_args(args: argparse.Namespace, backbone: Any, classes: tuple[int, ...] | None = None) -> Task:
-    """The new task named by --dataset/--classes, normalised as the backbone expects."""
-    from edge_smsp.data import load_task
-    from edge_smsp.zoo import backbone_spec
-
-    classes = classes if classes is not None else parse_classes(args.classes)
-    if classes is None:
-        raise DataError("name the new task's classes with --classes, e.g. --classes 0,3,5")
-    spec = backbone_spec(backbone)
-    return load_task(
-        args.dataset,
-        classes,
-        data_dir=args.data_dir,
-        image_size=args.image_size,
-        mean=spec.mean,
-        std=spec.std,
-        seed=args.seed,
-        train_per_class=args.train_per_class,
-        val_per_class=args.val_per_class,
-    )
-
-
-def config_from_args(args: argparse.Namespace, ratio: float) -> AdaptConfig:
-    from edge_smsp.smsp import AdaptConfig
-
-    return AdaptConfig(
-        ratio=ratio,
-        iters=args.iters,
-        method=args.method,
-        top_k=args.top_k,
-        weighting=args.weighting,
-        mask_source=args.mask_source,
-        round_to=args.round_to,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        optimizer=args.optimizer,
-        seed=args.seed,
-    )
-
-
-def open_pool_for(args: argparse.Namespace, method: str) -> Pool | None:
-    """The pool, opened read-write when the method needs it or the result is stored in it."""
-    if method in POOL_METHODS or getattr(args, "add_to_pool", False):
-        return Pool(pool_path(args), create=method not in POOL_METHODS)
-    return None
-
-
 def run_adapt(args: argparse.Namespace) -> int:
     from edge_smsp import smsp
 
-    config = config_from_args(args, args.ratio)
+    config = config_from_args(args)
     backbone = backbone_from_args(args)
     task = task_from_args(args, backbone)
     pool = open_pool_for(args, config.method)

@@ -7,8 +7,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_smsp.cli.common import print_json
-from edge_smsp.errors import ExportError, TransportError
+from edge_smsp.cli.args import (
+    add_adapt_arguments,
+    add_backbone_arguments,
+    add_device_arguments,
+    add_pool_argument,
+    add_task_arguments,
+    backbone_from_args,
+    bench_settings_from_args,
+    config_from_args,
+    pool_path,
+    task_from_args,
+)
+from edge_smsp.cli.common import print_json, show_progress
+from edge_smsp.errors import ExportError
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -69,10 +81,6 @@ DEFAULT_CLASSES = "0,2,4"  # Fashion-MNIST T-shirt/top, Pullover, Coat: the embe
 
 def register_deploy(subcommands: argparse._SubParsersAction) -> None:
     """`edge-smsp deploy`: plan, adapt, export, ship and benchmark on a device described by a profile."""
-    from edge_smsp.cli.adapt_commands import add_adapt_arguments
-    from edge_smsp.cli.common import add_backbone_arguments, add_task_arguments, ratio_arg
-    from edge_smsp.cli.pool_commands import add_pool_argument
-
     parser = subcommands.add_parser(
         "deploy",
         help="adapt a sub-network that fits a device, ship it there and measure it",
@@ -91,20 +99,14 @@ def register_deploy(subcommands: argparse._SubParsersAction) -> None:
         default_image_size=None,
         image_size_help="input resolution (default: the profile's input_size)",
     )
-    add_adapt_arguments(parser, ratio_required=False)
-    parser.add_argument(
-        "--ratio",
-        type=ratio_arg,
-        default=None,
-        help="adapt at this ratio and skip planning (default: plan it)",
-    )
+    add_adapt_arguments(parser, ratio_help="adapt at this ratio and skip planning (default: plan it)")
     add_pool_argument(parser)
     parser.add_argument(
         "--calibrate",
         action="store_true",
         help="first benchmark the backbone pruned at a few ratios on the device and store the results",
     )
-    _add_device_arguments(parser)
+    add_device_arguments(parser)
     parser.add_argument(
         "--out", type=Path, default=None, metavar="DIR", help="default: runs/deploy-<profile>-<timestamp>"
     )
@@ -124,47 +126,23 @@ def register_bench(subcommands: argparse._SubParsersAction) -> None:
         "--profile", required=True, metavar="P", help="profile YAML or bundled name (localhost)"
     )
     parser.add_argument("--model", required=True, type=Path, help="ONNX file")
-    _add_device_arguments(parser)
+    add_device_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the runtime's JSON report")
     parser.set_defaults(handler=run_bench)
-
-
-def _add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--trust-new-host", action="store_true", help="accept an unknown SSH host key and record it"
-    )
-    parser.add_argument("--bench-runs", type=int, default=100, metavar="N", help="timed runs, at least")
-    parser.add_argument(
-        "--bench-seconds", type=float, default=2.0, metavar="S", help="timed seconds, at least (default 2)"
-    )
-
-
-def _bench_settings(args: argparse.Namespace) -> Any:
-    from edge_smsp.deploy.session import BenchSettings
-
-    if args.bench_runs < 1:
-        raise TransportError(f"--bench-runs must be at least 1, got {args.bench_runs}")
-    if not args.bench_seconds >= 0:
-        raise TransportError(f"--bench-seconds must be >= 0, got {args.bench_seconds}")
-    return BenchSettings(runs=args.bench_runs, min_seconds=args.bench_seconds)
 
 
 def run_deploy(args: argparse.Namespace) -> int:
     """Handler of `edge-smsp deploy`."""
     import sys
 
-    from edge_smsp.cli.adapt_commands import backbone_from_args, config_from_args, task_from_args
-    from edge_smsp.cli.common import show_progress
-    from edge_smsp.cli.pool_commands import pool_path
-    from edge_smsp.deploy.session import deploy
+    from edge_smsp.deploy.session import DeployRequest, deploy
     from edge_smsp.pool import Pool
     from edge_smsp.profiles import load_profile
 
     profile = load_profile(args.profile)  # a bad profile fails before anything slow happens
-    bench = _bench_settings(args)
     if args.image_size is None:
         args.image_size = profile.input_size
-    config = config_from_args(args, 0.0 if args.ratio is None else args.ratio)
+    config = config_from_args(args)
     out = args.out or Path("runs") / f"deploy-{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     progress = show_progress(args)
 
@@ -174,21 +152,19 @@ def run_deploy(args: argparse.Namespace) -> int:
 
     with Pool(pool_path(args)) as pool:
         backbone = backbone_from_args(args)
-        task = task_from_args(args, backbone)
-        report = deploy(
-            profile,
-            backbone,
-            task,
-            pool,
-            config,
-            out,
-            ratio=args.ratio,
+        request = DeployRequest(
+            profile=profile,
+            backbone=backbone,
+            task=task_from_args(args, backbone),
+            pool=pool,
+            config=config,
+            out_dir=out,
             trust_new_host=args.trust_new_host,
             calibrate=args.calibrate,
-            bench=bench,
+            bench=bench_settings_from_args(args),
             progress=progress,
-            on_stage=announce,
         )
+        report = deploy(request, on_stage=announce)
     if args.json:
         print_json(report.to_dict())
     else:
@@ -202,7 +178,9 @@ def run_bench(args: argparse.Namespace) -> int:
     from edge_smsp.profiles import load_profile
 
     profile = load_profile(args.profile)
-    report = bench_model(profile, args.model, trust_new_host=args.trust_new_host, bench=_bench_settings(args))
+    report = bench_model(
+        profile, args.model, trust_new_host=args.trust_new_host, bench=bench_settings_from_args(args)
+    )
     if args.json:
         print_json(report)
     else:

@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from edge_smsp.cli.common import print_json, ratio_arg
-from edge_smsp.errors import PruneError
-
-PRUNE_METHODS = ("random", "magnitude")
+from edge_smsp.cli.args import (
+    add_backbone_arguments,
+    add_image_size_argument,
+    add_round_to_argument,
+    backbone_from_args,
+    pretrained_from_args,
+    ratio_arg,
+)
+from edge_smsp.cli.common import print_json
+from edge_smsp.score_sources import criterion_names
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -22,24 +28,18 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         help="prune a backbone at a ratio and save the smaller model",
         description="Remove the lowest-scoring units (coupled channels, heads, FFN nodes) of every group.",
     )
-    prune.add_argument(
-        "--model", required=True, help="backbone name (see `edge-smsp models`, or any timm name)"
-    )
-    prune.add_argument("--checkpoint", help="local checkpoint file (timm or plain state dict)")
-    prune.add_argument(
-        "--pretrained",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="start from pre-trained weights (default: yes where bundled offline weights exist)",
-    )
-    prune.add_argument("--image-size", type=int, help="input size in pixels (default: the backbone's own)")
+    add_backbone_arguments(prune, flag="--model", required=True)
+    add_image_size_argument(prune, None, "input size in pixels (default: the backbone's own)")
     prune.add_argument(
         "--ratio", type=ratio_arg, required=True, help="fraction of units removed per group, [0, 1)"
     )
-    prune.add_argument("--method", choices=PRUNE_METHODS, required=True, help="where unit scores come from")
     prune.add_argument(
-        "--round-to", type=int, default=8, help="round kept channel counts to a multiple (1: off)"
+        "--method",
+        choices=criterion_names(batches=False),
+        required=True,
+        help="where unit scores come from",
     )
+    add_round_to_argument(prune, help_text="round kept channel counts to a multiple (1: off)")
     prune.add_argument("--seed", type=int, default=0, help="seed of the random method")
     prune.add_argument("--out", required=True, help="directory for model.safetensors and pruned.json")
     prune.add_argument("--json", action="store_true", help="print one JSON object")
@@ -64,26 +64,16 @@ def models_command(args: argparse.Namespace) -> int:
 
 def prune_command(args: argparse.Namespace) -> int:
     """Load the backbone, score its units, prune, save, print the summary."""
-    from edge_smsp import zoo
     from edge_smsp.importance import score_units
     from edge_smsp.prune import prune, save_pruned
 
-    if not 0.0 <= args.ratio < 1.0:  # checked before the (slow) model load
-        raise PruneError(f"ratio must be in [0, 1), got {args.ratio}")
-    if args.round_to < 1:
-        raise PruneError(f"--round-to must be >= 1, got {args.round_to}")
-    if args.image_size is not None and args.image_size < 1:
-        raise PruneError(f"--image-size must be a positive number of pixels, got {args.image_size}")
-    pretrained = zoo.default_pretrained(args.model) if args.pretrained is None else args.pretrained
-    model = zoo.load_backbone(
-        args.model, checkpoint=args.checkpoint, pretrained=pretrained, image_size=args.image_size
-    )
+    model = backbone_from_args(args)
     scores = score_units(model, args.method, seed=args.seed)
     pruned, summary = prune(model, scores, args.ratio, round_to=args.round_to)
     meta = {
-        "backbone": args.model,
+        "backbone": args.backbone,
         "checkpoint": args.checkpoint,
-        "pretrained": pretrained,
+        "pretrained": pretrained_from_args(args),
         "method": args.method,
         "ratio": args.ratio,
         "round_to": args.round_to,
@@ -91,7 +81,7 @@ def prune_command(args: argparse.Namespace) -> int:
     }
     out = save_pruned(pruned, args.out, meta)
     report = {
-        "model": args.model,
+        "model": args.backbone,
         "ratio": args.ratio,
         "method": args.method,
         "image_size": summary.image_size,

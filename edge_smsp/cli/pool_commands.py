@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
-from edge_smsp.cli.common import print_json
-from edge_smsp.pool import Pool, default_pool_path
+from edge_smsp.cli.args import (
+    add_backbone_arguments,
+    add_pool_argument,
+    add_round_to_argument,
+    add_task_arguments,
+    backbone_from_args,
+    pool_path,
+    ratio_arg,
+    task_from_args,
+)
+from edge_smsp.cli.common import print_json, show_progress
+from edge_smsp.pool import Pool
+from edge_smsp.score_sources import SCRATCH, criterion_names
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -22,26 +32,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     register_build(verbs)
 
 
-def add_pool_argument(parser: argparse.ArgumentParser) -> None:
-    """--pool PATH, shared by every command that reads or writes the pool."""
-    parser.add_argument(
-        "--pool",
-        type=Path,
-        default=None,
-        metavar="PATH",
-        help=f"pool database file (default: $EDGE_SMSP_POOL or {default_pool_path()})",
-    )
-
-
-def pool_path(args: argparse.Namespace) -> Path:
-    """The pool file named by --pool, else the default."""
-    return args.pool if args.pool is not None else default_pool_path()
-
-
 def register_build(verbs: argparse._SubParsersAction) -> None:
     """`pool build`: prune N generated tasks from scratch (iterative pruning) and store them; resumable."""
-    from edge_smsp.cli.common import add_backbone_arguments, add_task_arguments, ratio_arg
-
     parser = verbs.add_parser(
         "build",
         help="prune generated tasks from scratch and store them in the pool",
@@ -56,8 +48,8 @@ def register_build(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--ratio", type=ratio_arg, required=True)
     parser.add_argument("--iters", type=int, default=1000, help="iterations per task over all rounds")
     parser.add_argument("--rounds", type=int, default=4, help="pruning rounds (fine-tuning between them)")
-    parser.add_argument("--importance", choices=("taylor", "magnitude"), default="taylor")
-    parser.add_argument("--round-to", type=int, default=8)
+    parser.add_argument("--importance", choices=criterion_names(iterative=True), default="taylor")
+    add_round_to_argument(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=run_build)
 
@@ -66,14 +58,12 @@ def run_build(args: argparse.Namespace) -> int:
     import sys
 
     from edge_smsp import smsp
-    from edge_smsp.cli.adapt_commands import backbone_from_args, task_from_args
-    from edge_smsp.cli.common import show_progress
     from edge_smsp.data import generate_tasks
 
     config = smsp.AdaptConfig(
         ratio=args.ratio,
         iters=args.iters,
-        method="scratch",
+        method=SCRATCH,
         scratch_rounds=args.rounds,
         scratch_importance=args.importance,
         round_to=args.round_to,

@@ -1,0 +1,304 @@
+"""Argument groups shared by several commands, each beside the converter that turns it into library objects.
+
+Parsing stays torch-free (--help answers at once); converters import the heavy modules when they run. Bad
+values fail inside argparse: one line on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+from edge_smsp.errors import DataError, EdgeSmspError
+from edge_smsp.pool import Pool, default_pool_path
+from edge_smsp.ratio import checked_ratio
+from edge_smsp.score_sources import method_names, needs_pool
+from edge_smsp.score_sources.pool_masks import MASK_SOURCES, WEIGHTINGS
+
+if TYPE_CHECKING:  # torch loads only when a command runs
+    from torch import nn
+
+    from edge_smsp.data import Task
+    from edge_smsp.deploy.session import BenchSettings
+    from edge_smsp.smsp import AdaptConfig
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr and exit 2, like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+# --- value converters ---------------------------------------------------------------------------------------
+
+
+def ratio_arg(text: str) -> float:
+    """A pruning ratio in [0, 1) (checked by its owner, edge_smsp.ratio)."""
+    try:
+        return checked_ratio(text)
+    except EdgeSmspError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """A converter for integers >= minimum."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        return value
+
+    return parse
+
+
+def seconds_arg(text: str) -> float:
+    """A non-negative number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
+
+
+def classes_arg(text: str) -> tuple[int, ...]:
+    """'0,3,5' -> (0, 3, 5)."""
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated integers such as 0,3,5, got {text!r}"
+        ) from None
+
+
+# --- the backbone -------------------------------------------------------------------------------------------
+
+
+def add_backbone_arguments(
+    parser: argparse.ArgumentParser, flag: str = "--backbone", *, required: bool = False
+) -> None:
+    """--backbone (or `flag`)/--checkpoint/--pretrained: which pre-trained model to start from."""
+    parser.add_argument(
+        flag,
+        dest="backbone",
+        required=required,
+        default=None if required else "efficientnet_lite0",
+        metavar="NAME",
+        help="timm model name ("
+        + (
+            "see `edge-smsp models`)"
+            if required
+            else "default: efficientnet_lite0 with bundled ImageNet weights)"
+        ),
+    )
+    parser.add_argument(
+        "--checkpoint", default=None, metavar="PATH", help="local weights (timm or state dict)"
+    )
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        action=argparse.BooleanOptionalAction,
+        help="load pre-trained weights (default: yes for bundled backbones, else random init)",
+    )
+
+
+def pretrained_from_args(args: argparse.Namespace) -> bool:
+    """--pretrained, or the backbone's default (bundled offline weights)."""
+    from edge_smsp.zoo import default_pretrained
+
+    return default_pretrained(args.backbone) if args.pretrained is None else args.pretrained
+
+
+def backbone_from_args(args: argparse.Namespace) -> nn.Module:
+    """The backbone named on the command line, at the requested input size."""
+    from edge_smsp.zoo import load_backbone
+
+    return load_backbone(
+        args.backbone,
+        checkpoint=args.checkpoint,
+        pretrained=pretrained_from_args(args),
+        image_size=args.image_size,
+    )
+
+
+# --- the task -----------------------------------------------------------------------------------------------
+
+
+def add_task_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    classes: bool,
+    default_classes: str | None = None,
+    default_image_size: int | None = 64,
+    image_size_help: str = "input resolution (default 64)",
+) -> None:
+    """Dataset, image size, batch size, seed and data dir, shared by pool build, adapt and deploy."""
+    parser.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | imagefolder | cifar100")
+    parser.add_argument("--data-dir", default=None, metavar="DIR", help="where the dataset's files are")
+    if classes:
+        default_note = f" (default {default_classes})" if default_classes else ""
+        parser.add_argument(
+            "--classes",
+            type=classes_arg,
+            default=default_classes,
+            metavar="IDS",
+            help=f"comma-separated class ids of the new task, e.g. 0,3,5{default_note}",
+        )
+    add_image_size_argument(parser, default_image_size, image_size_help)
+    parser.add_argument("--batch-size", type=int, default=32, metavar="B")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--train-per-class",
+        type=int,
+        default=None,
+        metavar="N",
+        help="training images per class (default: the dataset's split, capped)",
+    )
+    parser.add_argument("--val-per-class", type=int, default=None, metavar="N")
+
+
+def add_image_size_argument(parser: argparse.ArgumentParser, default: int | None, help_text: str) -> None:
+    """--image-size PX."""
+    parser.add_argument("--image-size", type=int_at_least(1), default=default, metavar="PX", help=help_text)
+
+
+def task_from_args(
+    args: argparse.Namespace, backbone: nn.Module, classes: tuple[int, ...] | None = None
+) -> Task:
+    """The new task named by --dataset/--classes, normalised as the backbone expects."""
+    from edge_smsp.data import load_task
+    from edge_smsp.zoo import backbone_spec
+
+    classes = classes if classes is not None else args.classes
+    if classes is None:
+        raise DataError("name the new task's classes with --classes, e.g. --classes 0,3,5")
+    spec = backbone_spec(backbone)
+    return load_task(
+        args.dataset,
+        classes,
+        data_dir=args.data_dir,
+        image_size=args.image_size,
+        mean=spec.mean,
+        std=spec.std,
+        seed=args.seed,
+        train_per_class=args.train_per_class,
+        val_per_class=args.val_per_class,
+    )
+
+
+# --- the adaptation -----------------------------------------------------------------------------------------
+
+
+def add_adapt_arguments(parser: argparse.ArgumentParser, *, ratio_help: str | None = None) -> None:
+    """The adaptation knobs shared by adapt and deploy; `ratio_help`: --ratio is optional (deploy plans it)."""
+    parser.add_argument(
+        "--ratio",
+        type=ratio_arg,
+        required=ratio_help is None,
+        default=None,
+        help=ratio_help or "fraction of units removed per group",
+    )
+    parser.add_argument("--iters", type=int, default=100, help="fine-tuning iterations (default 100)")
+    parser.add_argument("--method", choices=method_names(), default="smsp")
+    parser.add_argument("--top-k", type=int, default=5, help="pool tasks whose masks are summed (default 5)")
+    parser.add_argument(
+        "--weighting",
+        choices=WEIGHTINGS,
+        default="uniform",
+        help="sum masks uniformly or weighted by normalised LEEP",
+    )
+    parser.add_argument(
+        "--mask-source",
+        choices=MASK_SOURCES,
+        default="masks",
+        help="sum the entries' binary masks (the paper) or their real-valued unit scores",
+    )
+    add_round_to_argument(parser, help_text="kept channels rounded to a multiple (1: off)")
+    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+
+
+def add_round_to_argument(parser: argparse.ArgumentParser, help_text: str | None = None) -> None:
+    """--round-to N (prune's channel rounding)."""
+    parser.add_argument("--round-to", type=int_at_least(1), default=8, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> AdaptConfig:
+    """The AdaptConfig of adapt/deploy's flags (ratio None: deploy plans it)."""
+    from edge_smsp.smsp import AdaptConfig
+
+    return AdaptConfig(
+        ratio=args.ratio,
+        iters=args.iters,
+        method=args.method,
+        top_k=args.top_k,
+        weighting=args.weighting,
+        mask_source=args.mask_source,
+        round_to=args.round_to,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        optimizer=args.optimizer,
+        seed=args.seed,
+    )
+
+
+# --- the pool -----------------------------------------------------------------------------------------------
+
+
+def add_pool_argument(parser: argparse.ArgumentParser) -> None:
+    """--pool PATH, shared by every command that reads or writes the pool."""
+    parser.add_argument(
+        "--pool",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help=f"pool database file (default: $EDGE_SMSP_POOL or {default_pool_path()})",
+    )
+
+
+def pool_path(args: argparse.Namespace) -> Path:
+    """The pool file named by --pool, else the default."""
+    return args.pool if args.pool is not None else default_pool_path()
+
+
+def open_pool_for(args: argparse.Namespace, method: str) -> Pool | None:
+    """The pool, opened when the method draws on it (it must exist then) or the result is stored in it."""
+    draws_on_pool = needs_pool(method)
+    if draws_on_pool or getattr(args, "add_to_pool", False):
+        return Pool(pool_path(args), create=not draws_on_pool)
+    return None
+
+
+# --- the device ---------------------------------------------------------------------------------------------
+
+
+def add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    """--trust-new-host and the benchmark's length, shared by deploy and bench."""
+    parser.add_argument(
+        "--trust-new-host", action="store_true", help="accept an unknown SSH host key and record it"
+    )
+    parser.add_argument(
+        "--bench-runs", type=int_at_least(1), default=100, metavar="N", help="timed runs, at least"
+    )
+    parser.add_argument(
+        "--bench-seconds",
+        type=seconds_arg,
+        default=2.0,
+        metavar="S",
+        help="timed seconds, at least (default 2)",
+    )
+
+
+def bench_settings_from_args(args: argparse.Namespace) -> BenchSettings:
+    """How long the device benchmark runs."""
+    from edge_smsp.deploy.session import BenchSettings
+
+    return BenchSettings(runs=args.bench_runs, min_seconds=args.bench_seconds)

@@ -15,7 +15,7 @@ import argparse
 import itertools
 import tempfile
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,29 +23,46 @@ import numpy as np
 
 from benchmarks.common import (
     add_mode_arguments,
-    average_ranks,
-    chance_iou,
     command_line,
-    iou,
     log,
     machine_facts,
-    mean_std,
     result_path,
-    spearman,
-    unpack_mask,
     write_json,
 )
-from benchmarks.study import Study, _single_thread, group_sizes, study_backbone, study_task
+from benchmarks.formatting import label, mode_note, num, pct, pyplot, save_figure, table
+from benchmarks.specs import (
+    paper_variant_name,
+)
+from benchmarks.stats import (
+    average_ranks,
+    chance_iou,
+    iou,
+    mean_std,
+    spearman,
+    unpack_mask,
+)
+from benchmarks.study import (
+    Study,
+)
+from benchmarks.workers import (
+    group_sizes,
+    single_thread,
+    study_backbone,
+    study_task,
+)
+from edge_smsp.score_sources import SCRATCH
 
 PERMUTATIONS = 5000
+
+NAME = "mechanism"
 
 
 def leep_matrix(study: Study) -> tuple[np.ndarray, list[str]]:
     """L[i, j]: LEEP of pool entry i's pruned model on pool task j's training sample."""
+    from edge_smsp.estimators.base import sample_task
     from edge_smsp.leep import leep
     from edge_smsp.pool import Pool
     from edge_smsp.prune import load_pruned
-    from edge_smsp.smsp import sample_task
     from edge_smsp.train import predict_proba
 
     s = study.settings
@@ -89,12 +106,12 @@ def heldout_overlap(study: Study, sizes: dict[str, int]) -> list[dict[str, Any]]
     """On held-out tasks: IoU of each one-shot method's mask with the from-scratch mask of the same task."""
     study.cache.reload()
     runs = [r for r in study.cache.runs.values() if r.get("phase") == "heldout"]
-    scratch = {(r["task_id"], r["ratio"]): r for r in runs if r["method"] == "scratch"}
+    scratch = {(r["task_id"], r["ratio"]): r for r in runs if r["method"] == SCRATCH}
     values: dict[tuple[str, float], list[float]] = defaultdict(list)
     for record in runs:
         reference = scratch.get((record["task_id"], record["ratio"]))
         if (
-            record["method"] == "scratch"
+            record["method"] == SCRATCH
             or reference is None
             or record["iters"] != study.settings.oneshot_iters
         ):
@@ -115,7 +132,7 @@ def run(mode: str, results_dir: Path, workers: int | None = None) -> dict[str, A
     study = Study(mode, results_dir, workers)
     pool_records = study.ensure_pool()
     sizes = group_sizes(mode)
-    with _single_thread():
+    with single_thread():
         log("mechanism: LEEP of every pool model on every pool task")
         matrix, task_ids = leep_matrix(study)
         backbone = study_backbone(mode)
@@ -165,7 +182,7 @@ def run(mode: str, results_dir: Path, workers: int | None = None) -> dict[str, A
     payload = {
         "benchmark": "mechanism",
         "mode": mode,
-        "command": command_line("mechanism", mode),
+        "command": command_line(NAME, mode),
         "machine": machine_facts(),
         "pool_ratio": study.settings.pool_ratio,
         "tasks": task_ids,
@@ -186,7 +203,7 @@ def run(mode: str, results_dir: Path, workers: int | None = None) -> dict[str, A
         "heldout_iou_with_scratch": heldout_overlap(study, sizes),
         "pair_rows": [{k: v for k, v in pair.items() if k != "iou_per_group"} for pair in pairs],
     }
-    path = write_json(result_path(results_dir, "mechanism", mode), payload)
+    path = write_json(result_path(results_dir, NAME, mode), payload)
     log(f"mechanism: wrote {path}")
     return payload
 
@@ -195,6 +212,101 @@ def _kinds(model: Any) -> dict[str, str]:
     from edge_smsp.units import unit_groups
 
     return {group.key: group.kind for group in unit_groups(model)}
+
+
+def claim(mechanism: dict[str, Any] | None) -> tuple[str, str]:
+    """Similar tasks share more kept units."""
+    if not mechanism or mechanism.get("spearman_iou_vs_leep") is None:
+        return "not measured", "the mechanism benchmark has not run"
+    rho, p = mechanism["spearman_iou_vs_leep"], mechanism.get("mantel_p_one_sided")
+    if rho > 0 and p is not None and p < 0.05:
+        verdict = "holds"
+    elif rho > 0:
+        verdict = "mixed (positive but not significant)"
+    else:
+        verdict = "does not hold here"
+    iou, chance = mechanism["iou"], mechanism["iou_chance"]
+    text = (
+        f"Spearman ρ(IoU, LEEP) = {rho:.2f} over {mechanism['pairs']} pool-task pairs (Mantel one-sided p = "
+        f"{num(p, 3)}); IoU of kept units {iou['min']:.2f}-{iou['max']:.2f} (mean {iou['mean']:.2f}) vs "
+        f"{chance:.2f} for random masks of the same size"
+    )
+    if iou["min"] > chance and verdict != "holds":
+        text += (
+            ". Every pair overlaps far above chance, but the overlap barely depends on how similar the tasks "
+            "are: the kept units are mostly a task-independent core"
+        )
+    return verdict, text
+
+
+def plot(mechanism: dict[str, Any], out: Path) -> Path:
+    """IoU of kept units vs LEEP for every pool-task pair, coloured by shared classes."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(5.6, 4.2))
+    rows = mechanism["pair_rows"]
+    scatter = axis.scatter(
+        [r["leep"] for r in rows],
+        [r["iou"] for r in rows],
+        c=[r["shared_classes"] for r in rows],
+        cmap="viridis",
+    )
+    figure.colorbar(scatter, ax=axis, label="shared classes")
+    axis.axhline(mechanism["iou_chance"], color="grey", linestyle="--", label="random masks")
+    axis.set_xlabel("task similarity: LEEP (mean of both directions)")
+    axis.set_ylabel("IoU of kept units")
+    axis.set_title(f"Spearman ρ = {num(mechanism['spearman_iou_vs_leep'])}")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    return save_figure(figure, out)
+
+
+def section(found: Mapping[str, dict[str, Any]], plots: Path) -> str | None:
+    """IoU vs LEEP."""
+    mechanism = found.get(NAME)
+    if not mechanism:
+        return None
+    image = plot(mechanism, plots / "mechanism_iou_vs_leep.png")
+    shared = mechanism["iou_by_shared_classes"]
+    groups = sorted(mechanism["spearman_per_group"].items(), key=lambda item: -(item[1] or -9))
+    positive = sum(1 for _, rho in groups if rho is not None and rho > 0)
+    heldout = mechanism.get("heldout_iou_with_scratch") or []
+    lines = [
+        "## 2. Mechanism: do similar tasks keep the same units? (claim 1)",
+        mode_note(mechanism),
+        table(
+            ["quantity", "value"],
+            [
+                ["pool-task pairs", mechanism["pairs"]],
+                ["Spearman ρ(IoU, LEEP)", num(mechanism["spearman_iou_vs_leep"])],
+                ["Mantel permutation p (one-sided)", num(mechanism["mantel_p_one_sided"], 4)],
+                ["Spearman ρ(IoU, shared classes)", num(mechanism["spearman_iou_vs_shared_classes"])],
+                ["mean IoU of kept units", pct(mechanism["iou"]).replace(" ±", " % ±") + " %"],
+                ["IoU of two random masks (same sizes)", f"{100 * mechanism['iou_chance']:.1f} %"],
+                [
+                    "IoU with the backbone's L1-magnitude mask",
+                    pct(mechanism["iou_with_backbone_magnitude_mask"]) + " %",
+                ],
+                ["layers with ρ > 0", f"{positive} / {len(groups)}"],
+            ],
+        ),
+        "Mean IoU by number of shared classes: "
+        + ", ".join(f"{k}: {100 * v['mean']:.1f} % (n={v['n']})" for k, v in shared.items()),
+        f"![IoU vs LEEP](plots/{image.name})",
+    ]
+    if heldout:
+        lines.append(
+            "On held-out tasks, overlap (IoU) of each method's kept units with the from-scratch mask of the same task:"
+        )
+        lines.append(
+            table(
+                ["method", "ratio", "IoU with scratch mask %"],
+                [
+                    [label(r["variant"], paper_variant_name()), f"{r['ratio']:g}", pct(r["iou_with_scratch"])]
+                    for r in heldout
+                ],
+            )
+        )
+    return "\n\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,7 +18,7 @@ import argparse
 import dataclasses
 import statistics
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +32,10 @@ from benchmarks.common import (
     tmp_dir,
     write_json,
 )
+from benchmarks.formatting import mode_note, num, table
 from benchmarks.speed import HEAD_CLASSES, export_pruned
+
+NAME = "planner_check"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,14 +88,16 @@ def measure(paths: Sequence[Path], settings: CheckSettings, workdir: Path) -> tu
 
 def check_model(name: str, size: int, settings: CheckSettings, out_dir: Path) -> dict[str, Any]:
     """Measure one backbone over the ratio grid and compare with every prediction the planner makes."""
-    from edge_smsp.deploy.session import CALIBRATION_RATIOS
+    from edge_smsp.deploy.stages import CALIBRATION_RATIOS
     from edge_smsp.planner import (
         Measurement,
         cost_at_ratio,
         fit_latency_model,
+        predict_latency_ms,
         predict_memory_bytes,
-        runtime_overhead_bytes,
-        with_device_runtime_memory,
+        run_macs,
+        runtime_overhead,
+        with_runtime_overhead,
     )
     from edge_smsp.profiles import MIB, load_profile
     from edge_smsp.prune import replace_classifier
@@ -105,7 +110,8 @@ def check_model(name: str, size: int, settings: CheckSettings, out_dir: Path) ->
     shipped = replace_classifier(
         load_backbone(name, pretrained=default_pretrained(name), image_size=size), HEAD_CLASSES
     )
-    device_profile = with_device_runtime_memory(profile, int(float(info["imported_rss_mib"]) * MIB))
+    device_overhead = runtime_overhead(profile, info["imported_rss_mib"])
+    device_profile = with_runtime_overhead(profile, device_overhead)
 
     rows = []
     for row, runs in zip(exported, reports, strict=True):
@@ -132,14 +138,14 @@ def check_model(name: str, size: int, settings: CheckSettings, out_dir: Path) ->
     fitted = fit_latency_model(
         profile,
         [
-            Measurement(row["ratio"], row["measured_ms"], row["macs"] * profile.batch_size)
+            Measurement(row["ratio"], row["measured_ms"], run_macs(row["macs"], profile))
             for row in calibration
         ],
     )
     for row in rows:
         measured = row["measured_ms"][percentile]
         for label, model in (("hint", hint), ("calibrated", fitted)):
-            predicted = model.predict(row["macs"] * profile.batch_size)
+            predicted = predict_latency_ms(model, row["macs"], profile)
             row[f"predicted_{label}_ms"] = predicted
             row[f"error_{label}"] = (predicted - measured) / measured
         for label in ("device", "default"):
@@ -153,8 +159,8 @@ def check_model(name: str, size: int, settings: CheckSettings, out_dir: Path) ->
         "latency_model_hint": dataclasses.asdict(hint),
         "latency_model_calibrated": dataclasses.asdict(fitted),
         "imported_rss_mib": info["imported_rss_mib"],
-        "runtime_overhead_device_mib": runtime_overhead_bytes(device_profile) / MIB,
-        "runtime_overhead_default_mib": runtime_overhead_bytes(profile) / MIB,
+        "runtime_overhead_device_mib": device_overhead.bytes / MIB,
+        "runtime_overhead_default_mib": runtime_overhead(profile).bytes / MIB,
         "rows": rows,
         "held_out_abs_error_calibrated": _abs_summary([row["error_calibrated"] for row in held_out]),
         "abs_error_hint": _abs_summary([row["error_hint"] for row in rows]),
@@ -168,8 +174,8 @@ def _abs_summary(errors: Sequence[float]) -> dict[str, float | None]:
     return {"median": statistics.median(values), "max": max(values)}
 
 
-def run(mode: str, results_dir: Path) -> dict[str, Any]:
-    """Check every model of the mode, write planner_check.<mode>.json, return it."""
+def run(mode: str, results_dir: Path, workers: int | None = None) -> dict[str, Any]:
+    """Check every model of the mode (in this process: `workers` is not used), write planner_check.<mode>.json."""
     quiet_warnings()
     settings = SETTINGS[mode]
     out_dir = tmp_dir(results_dir, mode) / "planner_check"
@@ -181,16 +187,77 @@ def run(mode: str, results_dir: Path) -> dict[str, Any]:
     payload = {
         "benchmark": "planner_check",
         "mode": mode,
-        "command": command_line("planner_check", mode),
+        "command": command_line(NAME, mode),
         "machine": machine_facts(),
         "profile": "localhost",
         "settings": dataclasses.asdict(settings),
         "groups": groups,
     }
-    path = result_path(results_dir, "planner_check", mode)
+    path = result_path(results_dir, NAME, mode)
     write_json(path, payload)
     log(f"planner_check: wrote {path}")
     return payload
+
+
+def section(found: Mapping[str, dict[str, Any]], plots: Path) -> str | None:
+    """The planner's latency and memory predictions against device measurements."""
+    check = found.get(NAME)
+    if not check:
+        return None
+    parts = [
+        "## 7. Planner predictions against the device",
+        mode_note(check),
+        "The `localhost` profile through the device runtime (local transport; the profile's threads, providers and "
+        "percentile): the backbone with a 3-class head, pruned with L1-magnitude scores at each ratio, measured in "
+        f"{check['settings']['rounds']} interleaved rounds (median kept). *Hint*: the profile's throughput hint "
+        "alone, what the first deploy to a new device uses. *Calibrated*: the line fitted to the measurements at "
+        "`deploy --calibrate`'s ratios, judged at the other ratios. *Memory*: the runtime overhead the device "
+        "reports (`info`: numpy + onnxruntime imported) plus a session, 3.4x the weights and the activations, "
+        "against the bench process's peak RSS; the built-in default overhead is shown for comparison.",
+    ]
+    for key, group in check["groups"].items():
+        percentile = group["percentile"]
+        rows = [
+            [
+                f"{r['ratio']:g}" + (" (cal.)" if r["in_calibration"] else ""),
+                f"{r['macs'] / 1e6:.1f}",
+                num(r["measured_ms"][percentile], 3),
+                f"{num(r['predicted_hint_ms'], 3)} ({100 * r['error_hint']:+.0f}%)",
+                f"{num(r['predicted_calibrated_ms'], 3)} ({100 * r['error_calibrated']:+.0f}%)",
+                num(r["peak_rss_mib"], 1),
+                f"{num(r['predicted_memory_device_mib'], 1)} ({r['memory_error_device_mib']:+.1f})",
+                f"{num(r['predicted_memory_default_mib'], 1)} ({r['memory_error_default_mib']:+.1f})",
+            ]
+            for r in group["rows"]
+        ]
+        held_out = group["held_out_abs_error_calibrated"]
+        hint = group["abs_error_hint"]
+        memory_errors = [r["memory_error_device_mib"] for r in group["rows"]]
+        parts += [
+            f"**{key}** ({percentile}; imported runtime on the device {group['imported_rss_mib']:.1f} MiB, so a "
+            f"runtime overhead of {group['runtime_overhead_device_mib']:.1f} MiB against the default "
+            f"{group['runtime_overhead_default_mib']:.1f} MiB):",
+            table(
+                [
+                    "ratio",
+                    "MACs M",
+                    f"measured {percentile} ms",
+                    "hint ms (error)",
+                    "calibrated ms (error)",
+                    "peak RSS MiB",
+                    "predicted MiB, device overhead (error)",
+                    "predicted MiB, default overhead (error)",
+                ],
+                rows,
+            ),
+            f"Calibrated latency at held-out ratios: median |error| {100 * held_out['median']:.0f}%, max "
+            f"{100 * held_out['max']:.0f}%; the hint alone: median {100 * hint['median']:.0f}%, max "
+            f"{100 * hint['max']:.0f}%. Memory with the device's overhead is off by "
+            f"{min(memory_errors):+.1f} to {max(memory_errors):+.1f} MiB (positive = conservative)."
+            if held_out["median"] is not None
+            else "",
+        ]
+    return "\n\n".join(part for part in parts if part)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

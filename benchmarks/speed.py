@@ -16,13 +16,12 @@ import argparse
 import dataclasses
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from benchmarks.common import SETTINGS as MODE_SETTINGS
 from benchmarks.common import (
     add_mode_arguments,
     command_line,
@@ -34,9 +33,13 @@ from benchmarks.common import (
     tmp_dir,
     write_json,
 )
+from benchmarks.formatting import median, mode_note, num, pyplot, save_figure, table
+from benchmarks.settings import SETTINGS as MODE_SETTINGS
 
 HEAD_CLASSES = 3
 WARMUP = 10
+
+NAME = "speed"
 
 
 def export_pruned(name: str, size: int, ratios: Sequence[float], out_dir: Path) -> list[dict[str, Any]]:
@@ -151,11 +154,11 @@ def runtime_latency(paths: Sequence[Path], threads: int, runs: int, workdir: Pat
     return reports
 
 
-def run(mode: str, results_dir: Path, threads: int = 1) -> dict[str, Any]:
-    """Measure every (model, size) group not yet in speed.<mode>.json, write it, return it."""
+def run(mode: str, results_dir: Path, workers: int | None = None, threads: int = 1) -> dict[str, Any]:
+    """Measure every (model, size) group not yet in speed.<mode>.json (in this process: `workers` is not used)."""
     quiet_warnings()
     s = MODE_SETTINGS[mode]
-    path = result_path(results_dir, "speed", mode)
+    path = result_path(results_dir, NAME, mode)
     previous = read_json(path) or {}
     groups: dict[str, Any] = previous.get("groups", {}) if previous.get("threads") == threads else {}
     out_dir = tmp_dir(results_dir, mode) / "speed"
@@ -215,7 +218,7 @@ def _payload(mode: str, threads: int, groups: dict[str, Any]) -> dict[str, Any]:
     return {
         "benchmark": "speed",
         "mode": mode,
-        "command": command_line("speed", mode) + (f" --threads {threads}" if threads != 1 else ""),
+        "command": command_line(NAME, mode) + (f" --threads {threads}" if threads != 1 else ""),
         "machine": machine_facts(),
         "threads": threads,
         "batch_size": 1,
@@ -225,13 +228,125 @@ def _payload(mode: str, threads: int, groups: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def plot(speed: dict[str, Any], out: Path) -> Path:
+    """Measured speedup vs MAC reduction per model and size; the diagonal is the compute-bound limit."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(5.6, 4.2))
+    top = 1.0
+    for key, group in speed["groups"].items():
+        rows = group["rows"]
+        axis.plot([r["mac_reduction"] for r in rows], [r["speedup_p50"] for r in rows], marker="o", label=key)
+        top = max(top, *(r["mac_reduction"] for r in rows), *(r["speedup_p50"] for r in rows))
+    axis.plot([1, top], [1, top], color="grey", linestyle="--", label="speedup = MAC reduction")
+    axis.set_xlabel("MAC reduction (x)")
+    axis.set_ylabel("p50 latency speedup (x)")
+    axis.set_title(f"ONNX Runtime CPU, batch 1, {speed['threads']} thread(s)")
+    axis.legend(fontsize=7)
+    axis.grid(alpha=0.3)
+    return save_figure(figure, out)
+
+
+def section(found: Mapping[str, dict[str, Any]], plots: Path) -> str | None:
+    """Latency vs ratio next to params and MACs; runtime vs direct."""
+    speed = found.get(NAME)
+    if not speed:
+        return None
+    image = plot(speed, plots / "speed_vs_macs.png")
+    rows, runtime_rows = [], []
+    for key, group in speed["groups"].items():
+        for r in group["rows"]:
+            rows.append(
+                [
+                    key,
+                    f"{r['ratio']:g}",
+                    f"{r['params'] / 1e6:.2f}",
+                    f"{r['macs'] / 1e6:.1f}",
+                    num(r["direct_ms"]["p50"]),
+                    num(r["direct_ms"]["p90"]),
+                    f"{r['mac_reduction']:.2f}x",
+                    f"{r['speedup_p50']:.2f}x",
+                    num(r["speedup_over_mac_reduction"]),
+                ]
+            )
+            if r.get("runtime_ms"):
+                runtime_rows.append(
+                    [
+                        key,
+                        f"{r['ratio']:g}",
+                        num(r["direct_ms"]["p50"]),
+                        num(r["runtime_ms"]["p50"]),
+                        num(r["direct_ms"]["p90"]),
+                        num(r["runtime_ms"]["p90"]),
+                        num(r.get("runtime_over_direct_p50")),
+                    ]
+                )
+    ratios = [
+        r["speedup_over_mac_reduction"] for g in speed["groups"].values() for r in g["rows"] if r["ratio"] > 0
+    ]
+    lines = [
+        "## 4. Inference speed",
+        mode_note(speed),
+        f"ONNX Runtime {speed['machine']['versions']['onnxruntime']} CPUExecutionProvider, batch 1, "
+        f"{speed['threads']} intra-op thread(s), 3-class head; models pruned with L1-magnitude scores at each ratio "
+        "(latency depends on how many units are kept, not which) and exported with `edge_smsp.export.export_onnx`. "
+        "resnet18 and deit_small use random weights (no network here), efficientnet_lite0 the bundled ImageNet "
+        "weights. Ratios are measured interleaved, round by round, so that load from other processes hits them alike.",
+        table(
+            [
+                "model @ px",
+                "ratio",
+                "params M",
+                "MACs M",
+                "p50 ms",
+                "p90 ms",
+                "MAC reduction",
+                "speedup (p50)",
+                "speedup / MAC reduction",
+            ],
+            rows,
+        ),
+        f"Speedup / MAC reduction over the pruned models: min {min(ratios):.2f}, median "
+        f"{sorted(ratios)[len(ratios) // 2]:.2f}, max {max(ratios):.2f} (1.0 = the compute-bound limit); median by "
+        "ratio: "
+        + ", ".join(
+            f"r={ratio:g}: {median([r['speedup_over_mac_reduction'] for g in speed['groups'].values() for r in g['rows'] if r['ratio'] == ratio]):.2f}"
+            for ratio in sorted(
+                {r["ratio"] for g in speed["groups"].values() for r in g["rows"] if r["ratio"] > 0}
+            )
+        )
+        + ". Where it falls well below 1 (the CNNs at high ratios), the thin pruned layers are no longer "
+        "compute-bound: per-operator overhead and memory traffic, which shrink less than the MACs, dominate."
+        if ratios
+        else "",
+        f"![speedup vs MAC reduction](plots/{image.name})",
+    ]
+    if runtime_rows:
+        lines += [
+            "Through the device runtime (`edge_smsp_runtime bench` on the `localhost` profile, local transport: "
+            "upload, SHA-256 check, a fresh Python process) against the direct in-process measurement:",
+            table(
+                [
+                    "model @ px",
+                    "ratio",
+                    "direct p50",
+                    "runtime p50",
+                    "direct p90",
+                    "runtime p90",
+                    "runtime / direct p50",
+                ],
+                runtime_rows,
+            ),
+        ]
+    return "\n\n".join(line for line in lines if line)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(prog="python -m benchmarks.speed", description=__doc__.splitlines()[0])
     add_mode_arguments(parser)
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     args = parser.parse_args(argv)
-    payload = run(args.mode, args.results_dir, args.threads)
+    payload = run(args.mode, args.results_dir, threads=args.threads)
     for key, group in payload["groups"].items():
         for row in group["rows"]:
             runtime = row["runtime_ms"]["p50"] if row["runtime_ms"] else float("nan")

@@ -2,108 +2,40 @@
 
 `accuracy`, `budgets`, `tuning`, `mechanism` and `adapt_time` all call `Study.ensure(...)` for the runs they
 need; finished runs are cached in results/study.<mode>.json (and the pool in results/tmp/<mode>/pool.sqlite),
-so a rerun, or another benchmark, skips them. Runs execute in single-thread worker processes: on shared
-cores, PyTorch's multi-threaded kernels slow down by 5-15x whenever another process takes a core, a single
-thread per process does not.
+so a rerun, or another benchmark, skips them. Runs execute in single-thread worker processes
+(benchmarks.workers): on shared cores, PyTorch's multi-threaded kernels slow down by 5-15x whenever another
+process takes a core, a single thread per process does not.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
-import hashlib
 import multiprocessing
 import os
 import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from benchmarks.common import (
-    BACKBONE,
-    DATASET,
-    PAPER_VARIANT,
-    SETTINGS,
     RunCache,
-    StudySettings,
     default_workers,
     log,
-    pack_mask,
-    quiet_warnings,
     result_path,
     tmp_dir,
 )
-
-POOL_METHODS = ("smsp", "smsp-random")
-ALL_ENTRIES = 999  # top_k meaning "every pool entry"
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One adaptation: a method at a ratio and iteration budget on one task (held-out, or a left-out pool task)."""
-
-    phase: str  # "heldout": a new task against the whole pool; "loo": a pool task against the pool without it
-    classes: tuple[int, ...]
-    method: str
-    ratio: float
-    iters: int
-    seed: int
-    top_k: int = 5
-    weighting: str = "uniform"
-    mask_source: str = "masks"
-    export: bool = False
-
-    @property
-    def variant(self) -> str:
-        """Method name, with K, weighting and mask source for the pool methods."""
-        if self.method not in POOL_METHODS:
-            return self.method
-        k = "all" if self.top_k >= ALL_ENTRIES else str(self.top_k)
-        if self.method == "smsp-random":
-            return f"smsp-random[k{k}]"
-        return f"smsp[k{k},{self.weighting},{self.mask_source}]"
-
-    @property
-    def key(self) -> str:
-        """Cache key: everything that changes the result."""
-        classes = "-".join(map(str, self.classes))
-        return f"{self.phase}|{classes}|{self.variant}|r{self.ratio:g}|it{self.iters}|s{self.seed}"
-
-
-def variant_spec(
-    phase: str,
-    classes: Sequence[int],
-    variant: Sequence[Any],
-    ratio: float,
-    iters: int,
-    seed: int,
-    export: bool = False,
-) -> RunSpec:
-    """A RunSpec from a (method, top_k, weighting, mask_source) tuple."""
-    method, top_k, weighting, mask_source = variant
-    if method not in POOL_METHODS:
-        return RunSpec(phase, tuple(classes), method, ratio, iters, seed, export=export)
-    return RunSpec(
-        phase,
-        tuple(classes),
-        method,
-        ratio,
-        iters,
-        seed,
-        int(top_k),
-        weighting or "uniform",
-        mask_source or "masks",
-        export,
-    )
-
-
-def paper_variant_name() -> str:
-    """Display name of the paper's default SMSP configuration."""
-    return variant_spec("heldout", (0, 1), PAPER_VARIANT, 0.5, 1, 0).variant
+from benchmarks.settings import (
+    DATASET,
+    PAPER_VARIANT,
+    SETTINGS,
+    StudySettings,
+)
+from benchmarks.specs import RunSpec, variant_spec
+from benchmarks.workers import build_pool_entry, run_spec, single_thread, worker_init
+from edge_smsp.score_sources import SCRATCH
 
 
 class Study:
@@ -158,7 +90,7 @@ class Study:
             for ratio in s.scratch_ratios:
                 export = ratio == s.export_ratio
                 specs.append(
-                    RunSpec("heldout", classes, "scratch", ratio, s.scratch_iters, seed, export=export)
+                    RunSpec("heldout", classes, SCRATCH, ratio, s.scratch_iters, seed, export=export)
                 )
         return specs
 
@@ -201,7 +133,7 @@ class Study:
         jobs = [
             (
                 self.pool_key(classes),
-                _build_pool_entry,
+                build_pool_entry,
                 (self.mode, str(self.pool_path), classes, self.task_seed(classes)),
             )
             for classes in self.pool_classes
@@ -225,7 +157,7 @@ class Study:
         jobs = []
         for spec in missing:
             pool_path = self.loo_pool(spec.classes) if spec.phase == "loo" else self.pool_path
-            jobs.append((spec.key, _run_spec, (self.mode, str(pool_path), asdict(spec), str(self.tmp))))
+            jobs.append((spec.key, run_spec, (self.mode, str(pool_path), asdict(spec), str(self.tmp))))
         if jobs:
             log(f"{label}: {len(unique) - len(missing)} of {len(unique)} runs cached, running {len(missing)}")
         self._execute(jobs, label)
@@ -278,214 +210,17 @@ class Study:
             )
 
         if self.workers <= 1:
-            with _single_thread():
+            with single_thread():
                 for key, function, arguments in jobs:
                     finished(key, function(*arguments))
             return
         context = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(
-            max_workers=self.workers, mp_context=context, initializer=_worker_init
+            max_workers=self.workers, mp_context=context, initializer=worker_init
         ) as executor:
             futures = {executor.submit(function, *arguments): key for key, function, arguments in jobs}
             for future in concurrent.futures.as_completed(futures):
                 finished(futures[future], future.result())
-
-
-# --- worker side -------------------------------------------------------------------------------------------------
-
-_STATE: dict[str, Any] = {}
-
-
-def _worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)
-    quiet_warnings()
-
-
-class _single_thread:
-    """In-process runs (one worker): one thread for their duration, the caller's setting restored after."""
-
-    def __enter__(self) -> None:
-        import torch
-
-        self.threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        quiet_warnings()
-
-    def __exit__(self, *exc_info: object) -> None:
-        import torch
-
-        torch.set_num_threads(self.threads)
-
-
-def study_backbone(mode: str):
-    """The study's backbone (bundled ImageNet EfficientNet-Lite0 at the study's image size), loaded once."""
-    from edge_smsp.zoo import load_backbone
-
-    key = ("backbone", mode)
-    if key not in _STATE:
-        _STATE[key] = load_backbone(BACKBONE, pretrained=True, image_size=SETTINGS[mode].image_size)
-    return _STATE[key]
-
-
-def study_task(mode: str, classes: Sequence[int]):
-    """A study task (same images for every method and run), loaded once per process."""
-    from edge_smsp.data import load_task
-    from edge_smsp.zoo import backbone_spec
-
-    key = ("task", mode, tuple(classes))
-    if key not in _STATE:
-        s = SETTINGS[mode]
-        spec = backbone_spec(study_backbone(mode))
-        _STATE[key] = load_task(
-            DATASET,
-            tuple(classes),
-            image_size=s.image_size,
-            mean=spec.mean,
-            std=spec.std,
-            seed=s.seed,
-            train_per_class=s.train_per_class,
-            val_per_class=s.val_per_class,
-        )
-    return _STATE[key]
-
-
-def group_sizes(mode: str) -> dict[str, int]:
-    """Unit group sizes of the study backbone, in the order masks are packed."""
-    from edge_smsp.prune import backbone_group_sizes
-
-    return backbone_group_sizes(study_backbone(mode))
-
-
-def _build_pool_entry(mode: str, pool_path: str, classes: tuple[int, ...], seed: int) -> dict[str, Any]:
-    import torch
-
-    from edge_smsp import smsp
-    from edge_smsp.pool import Pool
-
-    s = SETTINGS[mode]
-    torch.manual_seed(seed)  # the new head's initial weights come from the global RNG
-    backbone = study_backbone(mode)
-    task = study_task(mode, classes)
-    config = smsp.AdaptConfig(
-        ratio=s.pool_ratio,
-        iters=s.pool_iters,
-        method="scratch",
-        scratch_rounds=s.scratch_rounds,
-        batch_size=s.batch_size,
-        seed=seed,
-    )
-    results: list[Any] = []
-    with Pool(pool_path) as pool:
-        smsp.build_pool(backbone, pool, [task], config, on_task=lambda _task, result: results.append(result))
-        entry = next(e for e in pool.entries() if e.task.task_key == task.task_id and e.ratio == s.pool_ratio)
-        masks = pool.entry_masks(entry.id)
-    result = results[0] if results else None
-    kept = {key: np.flatnonzero(mask).tolist() for key, mask in masks.items()}
-    return {
-        "phase": "pool",
-        "task_id": task.task_id,
-        "classes": list(classes),
-        "class_names": list(task.class_names),
-        "entry_id": entry.id,
-        "val_accuracy": entry.val_accuracy,
-        "iters": entry.iters,
-        "ratio": entry.ratio,
-        "params_after": result.summary.params_after if result else None,
-        "macs_after": result.summary.macs_after if result else None,
-        "seconds": result.seconds if result else {"total": float("nan")},
-        "mask": pack_mask(kept, group_sizes(mode)),
-        "load_average": [round(v, 2) for v in os.getloadavg()],
-        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-
-
-def _run_spec(mode: str, pool_path: str, spec_fields: dict[str, Any], tmp: str) -> dict[str, Any]:
-    import torch
-
-    from edge_smsp import smsp
-    from edge_smsp.pool import Pool
-
-    spec = RunSpec(**{**spec_fields, "classes": tuple(spec_fields["classes"])})
-    s = SETTINGS[mode]
-    # adapt() draws the new head's initial weights from the global RNG: seed it, so that every method on a
-    # task starts from the same head whatever ran before in this worker (a paired comparison, reproducible).
-    torch.manual_seed(spec.seed)
-    backbone = study_backbone(mode)
-    task = study_task(mode, spec.classes)
-    config = smsp.AdaptConfig(
-        ratio=spec.ratio,
-        iters=spec.iters,
-        method=spec.method,
-        top_k=spec.top_k,
-        weighting=spec.weighting,
-        mask_source=spec.mask_source,
-        batch_size=s.batch_size,
-        seed=spec.seed,
-        similarity_samples=s.similarity_samples,
-        scratch_rounds=s.scratch_rounds,
-    )
-    if spec.method in POOL_METHODS:
-        with Pool(pool_path, create=False) as pool:
-            result = smsp.adapt(backbone, pool, task, config)
-    else:
-        result = smsp.adapt(backbone, None, task, config)
-    digest = hashlib.sha256()
-    for key in sorted(result.unit_scores):
-        digest.update(key.encode())
-        digest.update(np.ascontiguousarray(result.unit_scores[key], dtype=np.float64).tobytes())
-    record = result.to_dict()
-    record.pop("groups", None)
-    record.update(
-        {
-            "key": spec.key,
-            "phase": spec.phase,
-            "variant": spec.variant,
-            "seed": spec.seed,
-            "top_k": spec.top_k,
-            "weighting": spec.weighting,
-            "mask_source": spec.mask_source,
-            "class_names": list(task.class_names),
-            "mask": pack_mask(result.summary.kept_indices, group_sizes(mode)),
-            "score_digest": digest.hexdigest()[:16],
-            "threads": torch.get_num_threads(),
-            "load_average": [round(v, 2) for v in os.getloadavg()],
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
-        }
-    )
-    if spec.export:
-        record["export"] = _export(result, Path(tmp) / "onnx", spec.key)
-        record["seconds"]["export"] = record["export"]["seconds"]
-    return record
-
-
-def _export(result: Any, out_dir: Path, key: str) -> dict[str, Any]:
-    from edge_smsp.export import export_onnx
-    from edge_smsp.zoo import backbone_spec
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = hashlib.sha256(key.encode()).hexdigest()[:12]
-    spec = backbone_spec(result.model)
-    exported = export_onnx(
-        result.model,
-        out_dir / f"{name}.onnx",
-        image_size=result.summary.image_size,
-        metadata={
-            "labels": list(result.task.class_names),
-            "mean": list(result.task.mean),
-            "std": list(result.task.std),
-            "backbone": spec.name,
-            "ratio": result.ratio,
-            "task": result.task.task_id,
-        },
-    )
-    return {
-        "seconds": round(exported.seconds, 3),
-        "size_bytes": exported.size_bytes,
-        "max_abs_diff": exported.max_abs_diff,
-        "onnx": str(exported.onnx_path),
-    }
 
 
 def clean_tmp(results_dir: Path, mode: str) -> None:

@@ -15,8 +15,23 @@ from benchmarks import (
     speed,
     tuning,
 )
-from benchmarks.common import SETTINGS, pack_mask, result_path, spearman, unpack_mask
-from benchmarks.study import Study, group_sizes
+from benchmarks.common import (
+    result_path,
+)
+from benchmarks.settings import (
+    SETTINGS,
+)
+from benchmarks.stats import (
+    pack_mask,
+    spearman,
+    unpack_mask,
+)
+from benchmarks.study import (
+    Study,
+)
+from benchmarks.workers import (
+    group_sizes,
+)
 
 SMOKE = SETTINGS["smoke"]
 

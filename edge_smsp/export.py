@@ -27,6 +27,7 @@ from torch import nn
 from edge_smsp import __version__
 from edge_smsp.errors import ExportError
 from edge_smsp.fileio import write_atomically
+from edge_smsp.ratio import checked_ratio
 
 METADATA_KEYS = ("labels", "input_size", "mean", "std", "backbone", "ratio", "task", "edge_smsp_version")
 DEFAULT_OPSET = 18
@@ -198,9 +199,7 @@ def build_metadata(
     if given_size is not None and int(given_size) != image_size:
         raise ExportError(f"metadata.input_size: {given_size} differs from image_size {image_size}")
     ratio = metadata.get("ratio")
-    ratio = 0.0 if ratio is None else float(ratio)
-    if not 0.0 <= ratio < 1.0:
-        raise ExportError(f"metadata.ratio: must be in [0, 1), got {ratio}")
+    ratio = 0.0 if ratio is None else checked_ratio(ratio, error=ExportError, what="metadata.ratio:")
     task = metadata.get("task")
     task = "" if task is None else task if isinstance(task, str) else json.dumps(task, sort_keys=True)
     return {

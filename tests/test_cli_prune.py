@@ -102,3 +102,20 @@ def test_bad_input_is_one_line_exit_2_and_writes_nothing(capsys, tmp_path, extra
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in stderr
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("argv", "flag"),
+    [
+        (["deploy", "--profile", "localhost", "--bench-runs", "0"], "--bench-runs"),
+        (["deploy", "--profile", "localhost", "--bench-seconds", "-1"], "--bench-seconds"),
+        (["adapt", "--classes", "0,x", "--ratio", "0.5", "--out", "never"], "--classes"),
+        (["adapt", "--classes", "0,1", "--ratio", "half", "--out", "never"], "--ratio"),
+        (["pool", "build", "--tasks", "2", "--ratio", "0.5", "--round-to", "0"], "--round-to"),
+    ],
+)
+def test_bad_values_fail_in_argument_parsing_with_one_line(capsys, argv, flag):
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert captured.out == "" and len(lines) == 1 and flag in lines[0], captured.err

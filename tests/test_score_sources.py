@@ -1,0 +1,98 @@
+"""The score-source and similarity-estimator registries: one table each, read torch-free, typed errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from edge_smsp.errors import PruneError
+from edge_smsp.estimators import SIMILARITY_ESTIMATORS, similarity_estimator
+from edge_smsp.score_sources import (
+    SCORE_SOURCES,
+    SCRATCH,
+    Criterion,
+    ScoreInputs,
+    ScoreSource,
+    criterion,
+    criterion_names,
+    method_names,
+    needs_pool,
+    pool_source_names,
+    score_source,
+)
+
+
+def test_every_registered_source_loads_under_its_own_name() -> None:
+    for name in SCORE_SOURCES:
+        source = score_source(name)
+        assert isinstance(source, ScoreSource) and source.name == name
+    assert method_names() == (*SCORE_SOURCES, SCRATCH)
+    assert pool_source_names() == ("smsp", "smsp-random")
+    assert not needs_pool(SCRATCH) and not needs_pool("taylor") and needs_pool("smsp")
+    # What `prune` offers (no data needed) and what iterative pruning re-scores with between rounds.
+    assert criterion_names(batches=False) == ("random", "magnitude")
+    assert criterion_names(iterative=True) == ("magnitude", "taylor")
+    assert all(isinstance(criterion(name), Criterion) for name in criterion_names())
+
+
+def test_unknown_names_are_typed_errors_naming_the_choices() -> None:
+    with pytest.raises(PruneError, match="unknown score source 'oracle': choose one of smsp, "):
+        score_source("oracle")
+    with pytest.raises(PruneError, match="unknown importance method 'smsp'"):
+        criterion("smsp")  # a pool source scores no model by itself
+    with pytest.raises(PruneError, match="unknown similarity estimator 'cosine'"):
+        similarity_estimator("cosine")
+    assert similarity_estimator("leep").name == "leep" and list(SIMILARITY_ESTIMATORS) == ["leep"]
+
+
+def test_config_and_adapt_check_their_inputs_against_the_registries() -> None:
+    from edge_smsp import smsp
+
+    with pytest.raises(PruneError, match="unknown method 'oracle'"):
+        smsp.AdaptConfig(ratio=0.5, method="oracle")
+    with pytest.raises(PruneError, match="unknown scratch importance 'random'"):
+        smsp.AdaptConfig(ratio=0.5, method=SCRATCH, scratch_importance="random")
+    with pytest.raises(PruneError, match="unknown similarity 'cosine'"):
+        smsp.AdaptConfig(ratio=0.5, similarity="cosine")
+    with pytest.raises(PruneError, match="needs a pruning ratio"):
+        smsp.adapt(None, None, None, smsp.AdaptConfig(method="magnitude"))  # type: ignore[arg-type]
+
+
+def test_a_source_refuses_inputs_its_needs_did_not_get() -> None:
+    from edge_smsp import smsp
+
+    inputs = ScoreInputs(backbone=None, model=None, task=None, config=smsp.AdaptConfig(ratio=0.5))  # type: ignore[arg-type]
+    with pytest.raises(PruneError, match="taylor needs a warm-up"):
+        score_source("taylor")(inputs)
+    with pytest.raises(PruneError, match="smsp needs the pool entries it selected"):
+        score_source("smsp")(inputs)
+
+
+def test_the_stages_of_an_adaptation_in_order() -> None:
+    from edge_smsp import smsp
+
+    assert [stage.name for stage in smsp.ADAPT_STAGES] == [
+        "head",
+        "select",
+        "scores",
+        "prune",
+        "finetune",
+        "evaluate",
+    ]
+    assert [stage.name for stage in smsp.SCRATCH_STAGES] == ["head", "prune", "evaluate"]
+
+
+def test_the_registries_are_read_without_torch() -> None:
+    probe = (
+        "import sys\n"
+        "from edge_smsp.score_sources import SCORE_SOURCES, criterion_names, score_source\n"
+        "from edge_smsp.estimators import similarity_estimator\n"
+        "needs = {name: score_source(name).needs for name in SCORE_SOURCES}\n"
+        "criterion_names(); similarity_estimator('leep')\n"
+        "print(sorted(name for name in sys.modules if name == 'torch' or name.startswith('torch.')))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

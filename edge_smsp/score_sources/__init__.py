@@ -37,7 +37,6 @@ SCORE_SOURCES: dict[str, str] = {
     "random": "edge_smsp.score_sources.random_scores:RandomScores",
     "magnitude": "edge_smsp.score_sources.magnitude:Magnitude",
     "taylor": "edge_smsp.score_sources.taylor:Taylor",
-    "negative-magnitude": "edge_smsp.score_sources.negative_magnitude:NegativeMagnitude",
 }
 # Not a source: iterative pruning from scratch, re-scoring with a criterion between rounds (how the pool is built).
 SCRATCH = "scratch"

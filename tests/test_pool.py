@@ -379,6 +379,19 @@ def test_sigkill_mid_entry_keeps_finished_entries_and_no_half_entry(tmp_path: Pa
     raw.close()
 
 
+JETSON_MEASUREMENT = DeviceMeasurement(
+    device="jetson_nano",
+    backbone="efficientnet_lite0",
+    image_size=224,
+    ratio=0.25,
+    params=2_500_000,
+    macs=250_000_000,
+    latency_p50_ms=9.0,
+    latency_p90_ms=9.5,
+    latency_p99_ms=11.0,
+)
+
+
 def test_device_measurements_round_trip_and_filter(tmp_path: Path) -> None:
     report = {"latency_ms": {"p50": 3.5}, "providers": ["CPUExecutionProvider"]}
     first = DeviceMeasurement(
@@ -394,17 +407,7 @@ def test_device_measurements_round_trip_and_filter(tmp_path: Path) -> None:
         peak_rss_mib=80.5,
         report=report,
     )
-    second = DeviceMeasurement(
-        device="jetson_nano",
-        backbone="efficientnet_lite0",
-        image_size=224,
-        ratio=0.25,
-        params=2_500_000,
-        macs=250_000_000,
-        latency_p50_ms=9.0,
-        latency_p90_ms=9.5,
-        latency_p99_ms=11.0,
-    )
+    second = JETSON_MEASUREMENT
     path = tmp_path / "pool.sqlite"
     with Pool(path) as pool:
         first_id = pool.add_measurement(first)
@@ -561,17 +564,7 @@ def test_a_fresh_pool_has_the_schema_of_a_migrated_one(tmp_path: Path) -> None:
 
 
 def test_only_comparable_measurements_calibrate_a_latency_model(tmp_path: Path) -> None:
-    base = DeviceMeasurement(
-        device="test-device",
-        backbone="efficientnet_lite0",
-        image_size=32,
-        ratio=0.1,
-        params=1000,
-        macs=10**6,
-        latency_p50_ms=1.0,
-        latency_p90_ms=1.5,
-        latency_p99_ms=2.0,
-    )
+    base = dataclasses.replace(JETSON_MEASUREMENT, device="test-device", image_size=32)
     settings = {
         0.1: {"report": {"batch_size": 1, "threads": 1}},
         0.2: {"report": {"batch_size": 4, "threads": 1}},

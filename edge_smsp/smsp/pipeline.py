@@ -2,6 +2,9 @@
 
     head -> select (similar pool entries) -> scores -> prune -> finetune -> evaluate
 
+The head goes on first: the sizes before and after both count the model that is shipped, Taylor's warm-up
+trains through it, and the pruned head keeps its slice of the seeded initial weights.
+
 A new stage is a function of the run (edge_smsp.smsp.state.AdaptRun) and one line in ADAPT_STAGES; it reads
 what earlier stages left on the run (the selected pool entries and their similarity, the pruned model...).
 """
@@ -25,7 +28,7 @@ from edge_smsp.smsp.stages import (
     evaluate_on_val,
     finetune_rest,
     prune_to_ratio,
-    score_units,
+    score_with_source,
     select_pool_entries,
 )
 from edge_smsp.smsp.state import AdaptRun
@@ -43,8 +46,10 @@ class Stage:
 ADAPT_STAGES: tuple[Stage, ...] = (
     Stage("head", attach_task_head),
     Stage("select", select_pool_entries, "similarity"),
-    Stage("scores", score_units, "pruning"),
+    Stage("scores", score_with_source, "pruning"),
     Stage("prune", prune_to_ratio, "pruning"),
+    # Weight initialisation goes here (run.selection: the chosen pool entries and their similarity), then a
+    # recovery recipe; fine-tuning inside a stage (run.train) counts against the budget `finetune` spends.
     Stage("finetune", finetune_rest),
     Stage("evaluate", evaluate_on_val),
 )

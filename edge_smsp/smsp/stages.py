@@ -29,7 +29,7 @@ def select_pool_entries(run: AdaptRun) -> None:
     run.selection = run.source.select(run.score_inputs())
 
 
-def score_units(run: AdaptRun) -> None:
+def score_with_source(run: AdaptRun) -> None:
     """One score per backbone unit from the configured source."""
     run.scores = run.source(run.score_inputs())
 

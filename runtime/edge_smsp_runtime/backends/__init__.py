@@ -12,7 +12,6 @@ __all__ = ["BACKENDS", "DEFAULT_BACKEND", "Backend", "Session", "backend_names",
 # when created, so a device needs only the engines it uses.
 BACKENDS = {
     "onnxruntime": "onnxruntime_backend",
-    "openvino": "openvino_backend",
 }
 DEFAULT_BACKEND = "onnxruntime"
 

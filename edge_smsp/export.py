@@ -86,8 +86,8 @@ def export_onnx(
 ) -> ExportResult:
     """Export to ONNX (batch 1 unless dynamic_batch), simplify, check, verify parity, write model + card.
 
-    opset: the ai.onnx opset the file may use at most (default DEFAULT_OPSET), OLDEST_EXPORT_OPSET to
-    newest_export_opset(); the file is stamped with exactly this opset.
+    opset: the ai.onnx opset of the file (default DEFAULT_OPSET), OLDEST_EXPORT_OPSET to newest_export_opset();
+    a device runs it when its runtime runs that opset or newer.
     """
     started = time.perf_counter()
     out = Path(out_path)

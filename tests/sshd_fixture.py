@@ -117,7 +117,7 @@ class SshdServer:
                     "PermitRootLogin prohibit-password",
                     "StrictModes no",
                     "UsePAM no",
-                    f"Subsystem sftp {sftp}" if self.sftp else "",
+                    f"Subsystem sftp {sftp}" if self.sftp else "# no SFTP subsystem",
                     "AllowTcpForwarding no",
                     "X11Forwarding no",
                     "PrintMotd no",

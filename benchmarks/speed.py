@@ -91,13 +91,14 @@ def direct_latency(
     paths: Sequence[Path], size: int, threads: int, rounds: int, runs: int
 ) -> list[dict[str, float]]:
     """p50/p90 latency (ms) of each model with onnxruntime in this process; models interleaved round by round."""
+    from edge_smsp_runtime.backends import get_backend
     from edge_smsp_runtime.bench import latency_summary
-    from edge_smsp_runtime.model import create_session
 
-    sessions = [create_session(str(path), ["CPUExecutionProvider"], threads)[0] for path in paths]
+    backend = get_backend("onnxruntime")
+    sessions = [backend.create_session(str(path), ["CPUExecutionProvider"], threads)[0] for path in paths]
     feeds = [
         {
-            session.get_inputs()[0].name: np.random.default_rng(0)
+            session.inputs()[0]["name"]: np.random.default_rng(0)
             .standard_normal((1, 3, size, size))
             .astype(np.float32)
         }
@@ -105,13 +106,13 @@ def direct_latency(
     ]
     for session, feed in zip(sessions, feeds, strict=True):
         for _ in range(WARMUP):
-            session.run(None, feed)
+            session.run(feed)
     latencies: list[list[int]] = [[] for _ in sessions]
     for _ in range(rounds):
         for index, (session, feed) in enumerate(zip(sessions, feeds, strict=True)):
             for _ in range(runs):
                 started = time.perf_counter_ns()
-                session.run(None, feed)
+                session.run(feed)
                 latencies[index].append(time.perf_counter_ns() - started)
     return [latency_summary(values) | {"runs": len(values)} for values in latencies]
 

@@ -41,3 +41,7 @@ class ExportError(EdgeSmspError):
 
 class TransportError(EdgeSmspError):
     """Device unreachable, host key refused, upload corrupted, remote command failed or timed out."""
+
+
+class DeviceStackError(EdgeSmspError):
+    """The device's software (Python, runtime, ONNX opset) cannot run the model, or is older than its profile says."""

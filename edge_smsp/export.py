@@ -1,9 +1,14 @@
 """ONNX export of a (pruned) model: export, simplify, check, parity with torch, metadata, model card.
 
-Exporter: torch.onnx's torch.export-based exporter (dynamo=True, opset 18+), the default and maintained path
-in torch 2.14; the TorchScript exporter is deprecated there ("will be removed"). It needs no network and handles
-timm CNNs and ViTs; it is used for opset >= 18. For older opsets (old ONNX Runtime builds on a device) the
-TorchScript exporter is used, because down-converting the dynamo graph fails for common ops.
+Exporters, by requested opset (measured on efficientnet_lite0, resnet18 and deit_small, opsets 15 to 28):
+- opset 18 and newer: torch.onnx's torch.export-based exporter (dynamo=True), the default and maintained path in
+  torch 2.14 (the TorchScript exporter is deprecated there). It builds the graph at its own opset 18; the ONNX
+  version converter then lifts it to the requested opset. Asking the dynamo exporter for a newer opset directly
+  breaks DeiT from opset 26 (its Attention op lands in a graph stamped 18).
+- older opsets (old ONNX Runtime builds on devices, e.g. opset 15 on a Jetson Nano): the TorchScript exporter,
+  because down-converting the dynamo graph fails for common ops (Pad, Squeeze) and silently keeps opset 18.
+The IR version is lowered to the one of the ONNX release that introduced the opset, so that any runtime that
+runs the opset also reads the file (onnxruntime 1.14 runs opset 18 but only IR 8, the dynamo exporter writes 10).
 """
 
 from __future__ import annotations
@@ -25,12 +30,13 @@ import torch
 from torch import nn
 
 from edge_smsp import __version__
+from edge_smsp.device_stack import DEFAULT_OPSET, NEWEST_KNOWN_OPSET, onnxruntime_max_opset, opset_problem
 from edge_smsp.errors import ExportError
 from edge_smsp.fileio import write_atomically
 from edge_smsp.ratio import checked_ratio
 
 METADATA_KEYS = ("labels", "input_size", "mean", "std", "backbone", "ratio", "task", "edge_smsp_version")
-DEFAULT_OPSET = 18
+DYNAMO_OPSET = 18  # the opset the dynamo exporter builds graphs at
 PARITY_TOLERANCE = 1e-4
 PARITY_SAMPLES = 4
 INPUT_NAME = "input"
@@ -74,12 +80,16 @@ def export_onnx(
     metadata: Mapping[str, Any],
     dynamic_batch: bool = False,
     parity_inputs: torch.Tensor | None = None,
-    opset: int = DEFAULT_OPSET,
+    opset: int | None = None,
     exporter: str | None = None,
     tolerance: float = PARITY_TOLERANCE,
     simplify: bool = True,
 ) -> ExportResult:
-    """Export to ONNX (batch 1 unless dynamic_batch), simplify, check, verify parity, write model + card."""
+    """Export to ONNX (batch 1 unless dynamic_batch), simplify, check, verify parity, write model + card.
+
+    opset: the ai.onnx opset of the file (default DEFAULT_OPSET), OLDEST_EXPORT_OPSET to newest_export_opset();
+    a device runs it when its runtime runs that opset or newer.
+    """
     started = time.perf_counter()
     out = Path(out_path)
     if out.suffix != ".onnx":
@@ -87,11 +97,14 @@ def export_onnx(
     if out.exists() and out.is_dir():
         raise ExportError(f"output path {out} is a directory")
     image_size = _checked_image_size(image_size)
-    exporter = exporter or ("dynamo" if opset >= 18 else "torchscript")
+    opset = checked_opset(DEFAULT_OPSET if opset is None else opset)
+    exporter = exporter or ("dynamo" if opset >= DYNAMO_OPSET else "torchscript")
     if exporter not in EXPORTERS:
         raise ExportError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
-    if exporter == "dynamo" and opset < 18:
-        raise ExportError(f"the dynamo exporter needs opset >= 18 (got {opset}); use exporter='torchscript'")
+    if exporter == "dynamo" and opset < DYNAMO_OPSET:
+        raise ExportError(
+            f"the dynamo exporter needs opset >= {DYNAMO_OPSET} (got {opset}); use exporter='torchscript'"
+        )
 
     was_training = model.training
     model.eval()
@@ -109,6 +122,7 @@ def export_onnx(
     simplified = False
     if simplify:
         proto, simplified = _simplify(proto)
+    _lower_ir_version(proto)
     del proto.metadata_props[:]
     for key in METADATA_KEYS:
         entry = proto.metadata_props.add()
@@ -125,9 +139,7 @@ def export_onnx(
             f"on {len(inputs)} {inputs_kind} input(s)"
         )
 
-    opset_used = next(
-        (entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), opset
-    )
+    opset_used = _onnx_opset(proto)
     digest = hashlib.sha256(payload).hexdigest()
     card_path = out.with_suffix(".json")
     seconds = time.perf_counter() - started
@@ -175,6 +187,23 @@ def export_onnx(
         parity_samples=len(inputs),
         parity_inputs=inputs_kind,
     )
+
+
+def newest_export_opset() -> int:
+    """The newest opset export_onnx writes here: what the onnx package defines and the host's onnxruntime (which
+    checks parity) runs, within the runtime's table."""
+    import onnxruntime
+
+    runtime_opset = onnxruntime_max_opset(onnxruntime.__version__) or DEFAULT_OPSET
+    return min(onnx.defs.onnx_opset_version(), runtime_opset, NEWEST_KNOWN_OPSET)
+
+
+def checked_opset(opset: Any) -> int:
+    """`opset` if export_onnx can write it, else ExportError naming the range."""
+    problem = opset_problem(opset, newest_export_opset())
+    if problem:
+        raise ExportError(f"opset: {problem}")
+    return opset
 
 
 def build_metadata(
@@ -288,7 +317,7 @@ def _export(
                     None,
                     dynamo=True,
                     verbose=False,
-                    opset_version=opset,
+                    opset_version=DYNAMO_OPSET,
                     input_names=[INPUT_NAME],
                     output_names=[OUTPUT_NAME],
                     dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},)
@@ -296,26 +325,46 @@ def _export(
                     else None,
                     optimize=True,
                 )
-                return program.model_proto
-            import io
+                proto = program.model_proto
+                if opset != _onnx_opset(proto):
+                    proto = onnx.version_converter.convert_version(proto, opset)
+            else:
+                import io
 
-            buffer = io.BytesIO()
-            torch.onnx.export(
-                model,
-                (example,),
-                buffer,
-                dynamo=False,
-                opset_version=opset,
-                input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}} if dynamic_batch else None,
-                do_constant_folding=True,
-            )
-            return onnx.load_from_string(buffer.getvalue())
+                buffer = io.BytesIO()
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    buffer,
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+                    if dynamic_batch
+                    else None,
+                    do_constant_folding=True,
+                )
+                proto = onnx.load_from_string(buffer.getvalue())
     except Exception as error:  # the exporters raise many unrelated types for unsupported graphs
         raise ExportError(
-            f"ONNX export of {backbone} failed ({exporter} exporter): {_first_line(error)}"
+            f"ONNX export of {backbone} at opset {opset} failed ({exporter} exporter): {_first_line(error)}"
         ) from None
+    written = _onnx_opset(proto)
+    if written != opset:  # an exporter that silently kept another opset
+        raise ExportError(f"the {exporter} exporter wrote opset {written} when asked for opset {opset}")
+    return proto
+
+
+def _onnx_opset(proto: onnx.ModelProto) -> int | None:
+    """The ai.onnx opset a model imports."""
+    return next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), None)
+
+
+def _lower_ir_version(proto: onnx.ModelProto) -> None:
+    """Stamp the IR version of the ONNX release that introduced the model's opsets (if lower than the exporter's)."""
+    oldest = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
+    proto.ir_version = min(proto.ir_version, oldest)
 
 
 def _simplify(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from edge_smsp.device_stack import OLDEST_PYTHON, opset_problem
 from edge_smsp.errors import ProfileError
 
 
@@ -22,7 +23,7 @@ class ConnectionSpec:
     user: str | None = None
     key_file: Path | None = None
     known_hosts: Path | None = None
-    python: str = "python3"
+    python: str | None = None  # None: the transport's default (local: this interpreter; ssh: python3)
     workdir: str = "~/.cache/edge-smsp-runtime"
 
 
@@ -66,6 +67,9 @@ class DeviceProfile:
         None  # interpreter + runtime libraries; None -> the planner's default
     )
     description: str = ""
+    # The device's software contract: its Python ("3.6") and the newest ONNX opset its runtime runs.
+    python_version: str | None = None
+    max_opset: int | None = None
     source: Path | None = field(default=None, compare=False)
 
     @property
@@ -90,6 +94,8 @@ class DeviceProfile:
             "throughput_gmacs": self.throughput_gmacs,
             "latency_overhead_ms": self.latency_overhead_ms,
             "runtime_overhead_bytes": self.runtime_overhead_bytes,
+            "python_version": self.python_version,
+            "max_opset": self.max_opset,
             "connection": connection,
             "source": None if self.source is None else str(self.source),
         }
@@ -188,6 +194,8 @@ def profile_from_dict(
             document.get("latency_overhead_ms", 0.0), "latency_overhead_ms"
         ),
         runtime_overhead_bytes=None if overhead is None else parse_memory(overhead, "runtime_overhead"),
+        python_version=_python_version(document.get("python_version")),
+        max_opset=_max_opset(document.get("max_opset")),
         connection=_connection(document["connection"], base_dir),
         source=source,
     )
@@ -210,6 +218,8 @@ _TOP_LEVEL_KEYS = (
     "batch_size",
     "latency_overhead_ms",
     "runtime_overhead",
+    "python_version",
+    "max_opset",
 )
 
 
@@ -237,7 +247,7 @@ def _connection(value: Any, base_dir: Path | None) -> ConnectionSpec:
         user=user,
         key_file=_host_path(value.get("key_file"), "connection.key_file", base_dir),
         known_hosts=_host_path(value.get("known_hosts"), "connection.known_hosts", base_dir),
-        python=_optional_string(value.get("python"), "connection.python") or defaults.python,
+        python=_optional_string(value.get("python"), "connection.python"),
         workdir=_optional_string(value.get("workdir"), "connection.workdir") or defaults.workdir,
     )
 
@@ -320,6 +330,29 @@ def _non_negative_number(value: Any, path: str) -> float:
 def _choice(value: Any, choices: tuple[str, ...], path: str) -> str:
     if value not in choices:
         raise ProfileError(f"{path}: must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _python_version(value: Any) -> str | None:
+    if value is None:
+        return None
+    oldest = ".".join(map(str, OLDEST_PYTHON))
+    if not isinstance(value, str):  # YAML reads 3.10 as the number 3.1
+        raise ProfileError(f'python_version: must be a quoted string such as "{oldest}", got {value!r}')
+    match = re.fullmatch(r"(\d+)\.(\d+)", value.strip())
+    if match is None:
+        raise ProfileError(f'python_version: must be MAJOR.MINOR such as "{oldest}", got {value!r}')
+    if (int(match[1]), int(match[2])) < OLDEST_PYTHON:
+        raise ProfileError(
+            f"python_version: the device runtime needs Python {oldest} or newer, got {value!r}"
+        )
+    return value.strip()
+
+
+def _max_opset(value: Any) -> int | None:
+    problem = None if value is None else opset_problem(value)
+    if problem:
+        raise ProfileError(f"max_opset: {problem}")
     return value
 
 

@@ -29,3 +29,47 @@ if [ "$(cat .venv/.edge-smsp-installed 2>/dev/null)" != "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".[dev]" -e runtime
   echo "$stamp" > .venv/.edge-smsp-installed
 fi
+
+# Wheels of the oldest device stacks the runtime is tested on (tests/test_oldest_runtime.py), fetched here so that
+# tests never download: each set goes with a stack.json naming its interpreter.
+# - onnxruntime 1.15.0, the oldest wheel pip finds for this Python 3.11 (`pip index versions onnxruntime`), with the
+#   numpy 1.x it was built against;
+# - the Jetson Nano's JetPack 4.6 stack: Python 3.6 with onnxruntime 1.10.0 (opset 15) and numpy 1.19.5, when a
+#   Python 3.6 interpreter is on this machine (EDGE_SMSP_PYTHON36, python3.6 on PATH, or pyenv's).
+wheels="${EDGE_SMSP_WHEELS:-$HOME/.cache/edge-smsp/wheels}"
+
+prepare_stack() {  # NAME PYTHON REQUIREMENT...
+  local name=$1 interpreter=$2
+  shift 2
+  local dir="$wheels/$name"
+  [ -f "$dir/stack.json" ] && return 0
+  local version
+  version=$("$interpreter" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+  echo "setup: downloading the $name wheel set (Python $version: $*)" >&2
+  rm -rf "$dir.partial" && mkdir -p "$dir.partial"
+  .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version "$version" \
+    --implementation cp -d "$dir.partial" "$@"
+  .venv/bin/python -c 'import json, sys; json.dump({"python": sys.argv[1], "requirements": sys.argv[2:]}, sys.stdout)' \
+    "$interpreter" "$@" >"$dir.partial/stack.json"
+  rm -rf "$dir" && mv "$dir.partial" "$dir"
+}
+
+find_python36() {
+  local candidate
+  for candidate in "${EDGE_SMSP_PYTHON36:-}" "$(command -v python3.6 || true)" "$HOME"/.pyenv/versions/3.6*/bin/python3.6; do
+    if [ -n "$candidate" ] && [ -x "$candidate" ] &&
+      "$candidate" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 6))' 2>/dev/null; then
+      echo "$candidate"
+      return 0
+    fi
+  done
+  return 1
+}
+
+prepare_stack oldest-onnxruntime "$(.venv/bin/python -c 'import sys; print(sys.executable)')" \
+  onnxruntime==1.15.0 numpy==1.26.4
+if python36=$(find_python36); then
+  prepare_stack jetpack-4.6 "$python36" onnxruntime==1.10.0 numpy==1.19.5
+else
+  echo "setup: no Python 3.6 here (set EDGE_SMSP_PYTHON36): the JetPack 4.6 runtime test will not run" >&2
+fi

@@ -75,10 +75,14 @@ def _descendants(root_pid: int) -> list[int]:
 
 
 class SshdServer:
-    """One sshd process on 127.0.0.1 with its own host key, client key, authorized_keys and known_hosts."""
+    """One sshd process on 127.0.0.1 with its own host key, client key, authorized_keys and known_hosts.
 
-    def __init__(self, root: Path) -> None:
+    sftp=False leaves out the `Subsystem sftp` line, like a device whose sshd offers no SFTP.
+    """
+
+    def __init__(self, root: Path, sftp: bool = True) -> None:
         self.root = root
+        self.sftp = sftp
         root.mkdir(parents=True, exist_ok=True)
         self.host = "127.0.0.1"
         self.port = 0
@@ -113,7 +117,7 @@ class SshdServer:
                     "PermitRootLogin prohibit-password",
                     "StrictModes no",
                     "UsePAM no",
-                    f"Subsystem sftp {sftp}",
+                    f"Subsystem sftp {sftp}" if self.sftp else "# no SFTP subsystem",
                     "AllowTcpForwarding no",
                     "X11Forwarding no",
                     "PrintMotd no",

@@ -14,12 +14,14 @@ from torch import nn
 
 from edge_smsp import __version__, zoo
 from edge_smsp.cli import main
+from edge_smsp.device_stack import DEFAULT_OPSET, OLDEST_EXPORT_OPSET
 from edge_smsp.errors import ExportError
 from edge_smsp.export import (
     METADATA_KEYS,
     decode_metadata,
     export_onnx,
     load_onnx_checked,
+    newest_export_opset,
     onnx_metadata,
 )
 
@@ -80,11 +82,61 @@ def test_export_passes_checker_and_parity(name: str, tmp_path: Path) -> None:
     assert onnx_metadata(result.onnx_path)["backbone"] == name
 
 
+# Each exporter path: TorchScript below 18, dynamo at 18, the version converter above it (DeiT's attention is
+# where asking dynamo for a newer opset directly broke), and the newest opset this host's onnx/onnxruntime allow.
+OPSET_CASES = [
+    ("efficientnet_lite0", OLDEST_EXPORT_OPSET),
+    ("efficientnet_lite0", 19),
+    ("efficientnet_lite0", "newest"),
+    ("resnet18", 17),
+    ("resnet18", DEFAULT_OPSET),
+    ("deit_small_patch16_224", OLDEST_EXPORT_OPSET),
+    ("deit_small_patch16_224", 23),
+    ("deit_small_patch16_224", "newest"),
+]
+
+
+@pytest.mark.parametrize(("name", "opset"), OPSET_CASES)
+def test_export_at_a_device_opset_matches_torch(name: str, opset: int | str, tmp_path: Path) -> None:
+    opset = newest_export_opset() if opset == "newest" else opset
+    model = _model(name)
+    images = _images()
+    result = export_onnx(
+        model,
+        tmp_path / "model.onnx",
+        image_size=SIZE,
+        metadata=_metadata(name),
+        parity_inputs=images,
+        opset=opset,
+    )
+    proto = load_onnx_checked(result.onnx_path)
+    assert [(entry.domain, entry.version) for entry in proto.opset_import] == [("", opset)]
+    assert result.opset == opset and json.loads(result.card_path.read_text())["opset"] == opset
+    # The IR version of the ONNX release that brought the opset: a runtime that runs the opset reads the file.
+    assert proto.ir_version <= onnx.helper.find_min_ir_version_for(list(proto.opset_import))
+    assert result.exporter == ("torchscript" if opset < 18 else "dynamo")
+    assert result.max_abs_diff <= 1e-4
+    _assert_runs_like_torch(result.onnx_path, model, images)
+
+
+@pytest.mark.parametrize("opset", [0, OLDEST_EXPORT_OPSET - 1, 999, 18.0, "18", True])
+def test_opset_outside_the_supported_range_writes_nothing(
+    resnet18: nn.Module, opset: object, tmp_path: Path
+) -> None:
+    out = tmp_path / "model.onnx"
+    with pytest.raises(
+        ExportError, match=rf"^opset: must be .*{OLDEST_EXPORT_OPSET}-{newest_export_opset()}"
+    ):
+        export_onnx(resnet18, out, image_size=SIZE, metadata=_metadata("resnet18"), opset=opset)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_resnet18_export_file_card_and_metadata(resnet18: nn.Module, resnet18_export) -> None:
     result = resnet18_export
     path = result.onnx_path
     payload = path.read_bytes()
     assert result.size_bytes == len(payload) and result.max_abs_diff <= 1e-4
+    assert result.opset == DEFAULT_OPSET  # no opset asked for
     import hashlib
 
     assert result.sha256 == hashlib.sha256(payload).hexdigest()

@@ -21,7 +21,9 @@ sys.meta_path[:] = [finder for finder in sys.meta_path if "__editable__" not in 
 sys.path.insert(0, sys.argv[1])
 from edge_smsp.profiles import load_profile
 from edge_smsp.deploy.transport import runtime_files
-print(json.dumps({"profile": load_profile("localhost").name, "runtime": [str(path) for path, _ in runtime_files()]}))
+import edge_smsp.device_stack, edge_smsp.device_runtime.opsets as opsets
+print(json.dumps({"profile": load_profile("localhost").name, "runtime": [str(path) for path, _ in runtime_files()],
+                  "opsets_from": opsets.__file__}))
 """
 
 
@@ -57,8 +59,11 @@ def test_wheel_contains_every_profile_and_runtime_module(wheel: Path) -> None:
         for profile in sorted((ROOT / "device_profiles").glob("*.yaml")):
             packaged = f"edge_smsp/device_profiles/{profile.name}"
             assert archive.read(packaged) == profile.read_bytes()
-        for module in sorted((ROOT / "runtime" / "edge_smsp_runtime").glob("*.py")):
-            packaged = f"edge_smsp/deploy/device_runtime/{module.name}"
+        runtime = ROOT / "runtime" / "edge_smsp_runtime"
+        modules = sorted(runtime.rglob("*.py"))
+        assert runtime / "backends" / "onnxruntime_backend.py" in modules  # subpackages too
+        for module in modules:
+            packaged = f"edge_smsp/device_runtime/{module.relative_to(runtime).as_posix()}"
             assert archive.read(packaged) == module.read_bytes()
     assert not any(name.startswith(("tests/", "benchmarks/")) for name in names)
 
@@ -81,7 +86,15 @@ def test_installed_wheel_finds_profiles_and_the_runtime_it_uploads(wheel: Path, 
     found = json.loads(probe.stdout)
     assert found["profile"] == "localhost"
     runtime = [Path(path) for path in found["runtime"]]
-    assert runtime and all(
-        path.is_relative_to(target / "edge_smsp" / "deploy" / "device_runtime") for path in runtime
-    )
-    assert {path.name for path in runtime} >= {"__init__.py", "__main__.py", "bench.py"}
+    installed = target / "edge_smsp" / "device_runtime"
+    assert runtime and all(path.is_relative_to(installed) for path in runtime)
+    assert {path.relative_to(installed).as_posix() for path in runtime} >= {
+        "__init__.py",
+        "__main__.py",
+        "bench.py",
+        "opsets.py",
+        "backends/__init__.py",
+        "backends/onnxruntime_backend.py",
+    }
+    # The host reads the opset table from the same copy it uploads.
+    assert found["opsets_from"] == str(installed / "opsets.py")

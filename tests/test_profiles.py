@@ -68,6 +68,26 @@ def test_connection_keys_are_exactly_the_contract() -> None:
     spec = load_profile("jetson_nano").connection
     assert isinstance(spec, ConnectionSpec)
     assert spec.port == 22 and spec.python == "python3" and spec.workdir.startswith("~")
+    # No python named: the transport's own (the local transport runs this interpreter).
+    assert load_profile("localhost").connection.python is None
+
+
+# Each bundled device's real software stack (see the comment in its YAML).
+STACKS = {
+    "jetson_nano": ("3.6", 15),  # JetPack 4.6: Python 3.6.9, onnxruntime-gpu 1.10/1.11
+    "jetson_orin_nano": ("3.10", 20),  # JetPack 6: Python 3.10, onnxruntime-gpu 1.17+
+    "raspberry_pi_4": ("3.11", 18),  # Raspberry Pi OS bookworm, PyPI's aarch64 onnxruntime 1.15+
+    "raspberry_pi_5": ("3.11", 18),
+    "localhost": ("3.11", 21),  # edge-smsp's own: Python 3.11+, onnxruntime 1.20+
+}
+
+
+@pytest.mark.parametrize("name", BUNDLED)
+def test_bundled_profiles_carry_their_devices_software_stack(name: str) -> None:
+    profile = load_profile(name)
+    assert (profile.python_version, profile.max_opset) == STACKS[name]
+    assert profile.to_dict()["python_version"] == STACKS[name][0]
+    assert profile.to_dict()["max_opset"] == STACKS[name][1]
 
 
 @pytest.mark.parametrize(
@@ -97,6 +117,17 @@ def test_connection_keys_are_exactly_the_contract() -> None:
         (("connection",), "pi@raspberrypi", "connection: must be a mapping"),
         (("colour",), "red", "colour: unknown field"),
         (("connection", "proxy"), "x", "connection.proxy: unknown field"),
+        (("python_version",), 3.1, 'python_version: must be a quoted string such as "3.6", got 3.1'),
+        (("python_version",), "3.x", "python_version: must be MAJOR.MINOR"),
+        (
+            ("python_version",),
+            "3.5",
+            "python_version: the device runtime needs Python 3.6 or newer, got '3.5'",
+        ),
+        (("max_opset",), 14, "max_opset: must be 15-"),
+        (("max_opset",), 999, "max_opset: must be 15-"),
+        (("max_opset",), "15", "max_opset: must be an integer opset 15-"),
+        (("max_opset",), True, "max_opset: must be an integer opset 15-"),
     ],
 )
 def test_invalid_field_names_its_path(
@@ -227,5 +258,8 @@ def test_optional_fields_and_defaults() -> None:
     assert profile.latency_overhead_ms == 0.0
     assert profile.runtime_overhead_bytes is None
     assert profile.connection.host == "127.0.0.1"
+    document.pop("python_version")
+    document.pop("max_opset")
+    assert (profile_from_dict(document).python_version, profile_from_dict(document).max_opset) == (None, None)
     document["runtime_overhead"] = "300MiB"
     assert profile_from_dict(document).runtime_overhead_bytes == 300 * MIB

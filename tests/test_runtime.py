@@ -11,19 +11,34 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime
 import pytest
 from edge_smsp_runtime import METADATA_KEYS
+from edge_smsp_runtime.backends import BACKENDS, backend_names, get_backend
 from edge_smsp_runtime.errors import RuntimeToolError
 from edge_smsp_runtime.images import load_image, preprocess, resize_and_crop, resize_antialiased
+from edge_smsp_runtime.opsets import (
+    NEWEST_KNOWN_OPSET,
+    ONNXRUNTIME_OPSETS,
+    major_minor,
+    onnxruntime_max_opset,
+)
 
+from edge_smsp.deploy import ssh as ssh_module
+from edge_smsp.deploy import transport as transport_module
 from tests.tiny_onnx import COLOR_LABELS, color_classifier, tiny_convnet
 
-RUNTIME_DIR = Path(__file__).resolve().parents[1] / "runtime"
+ROOT = Path(__file__).resolve().parents[1]
+RUNTIME_DIR = ROOT / "runtime"
+RUNTIME_SOURCES = sorted((RUNTIME_DIR / "edge_smsp_runtime").rglob("*.py"))
 
 BENCH_KEYS = {
     "command",
     "runtime_version",
     "runtime_path",
+    "runtime",
+    "precision",
+    "engine_version",
     "model_path",
     "model_size_bytes",
     "model_sha256",
@@ -287,13 +302,113 @@ def test_device_python_without_torch_runs_bench_and_refuses_finetune(
     assert_one_line_error(result, "pip install torch")
 
 
-def test_runtime_sources_parse_as_python_3_8() -> None:
-    for source in sorted((RUNTIME_DIR / "edge_smsp_runtime").glob("*.py")):
-        tree = ast.parse(source.read_text(), filename=str(source), feature_version=(3, 8))
-        lazy = any(isinstance(node, ast.ImportFrom) and node.module == "__future__" for node in tree.body)
-        annotated = any(isinstance(node, (ast.AnnAssign, ast.FunctionDef)) for node in ast.walk(tree))
-        # Annotations like `str | None` and `list[int]` only work on 3.8 when never evaluated (PEP 563).
-        assert lazy or not annotated, f"{source.name} needs `from __future__ import annotations`"
+def test_runtime_sources_parse_with_the_python_3_6_grammar() -> None:
+    assert {path.name for path in RUNTIME_SOURCES} >= {"__main__.py", "onnxruntime_backend.py", "opsets.py"}
+    for source in RUNTIME_SOURCES:
+        tree = ast.parse(source.read_text(), filename=str(source), feature_version=(3, 6))
+        # The 3.6 grammar accepts the import; the 3.6 compiler rejects the feature (PEP 563 is 3.7).
+        future = [alias.name for node in tree.body if isinstance(node, ast.ImportFrom) and node.module == "__future__"
+                  for alias in node.names]  # fmt: skip
+        assert "annotations" not in future, f"{source.name}: `from __future__ import annotations` needs 3.7"
+
+
+def _vermin(*paths: Path) -> subprocess.CompletedProcess[str]:
+    """vermin (its own table of syntax, stdlib modules, functions and arguments per Python version) with the
+    annotations evaluated, as Python 3.6 evaluates them."""
+    command = ["-t=3.6-", "--violations", "--eval-annotations", "--no-tips", *map(str, paths)]
+    return subprocess.run(
+        [sys.executable, "-c", "import sys, vermin; sys.exit(vermin.main())", *command],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_vermin_finds_nothing_that_python_3_6_lacks(tmp_path: Path) -> None:
+    # The scripts the transports run with the device's python belong to the runtime's contract too.
+    snippets = {
+        "verify_and_rename.py": transport_module._VERIFY_AND_RENAME,
+        "cleanup.py": transport_module._CLEANUP,
+        "run_runtime.py": transport_module._RUN_RUNTIME,
+        "resolve_workdir.py": ssh_module._RESOLVE_WORKDIR,
+    }
+    for name, source in snippets.items():
+        (tmp_path / name).write_text(source)
+        ast.parse(source, feature_version=(3, 6))
+    result = _vermin(RUNTIME_DIR / "edge_smsp_runtime", tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # It does flag what 3.6 lacks: a 3.7 keyword argument and a 3.9 annotation evaluated at definition.
+    newer = tmp_path / "newer.py"
+    newer.write_text(
+        "import subprocess\ndef run() -> list[str]:\n    return [subprocess.run(['true'], capture_output=True)]\n"
+    )
+    flagged = _vermin(newer)
+    assert flagged.returncode != 0 and "capture_output" in flagged.stdout and "list[..]" in flagged.stdout
+
+
+def test_runtime_package_declares_python_3_6() -> None:
+    import tomllib
+
+    project = tomllib.loads((RUNTIME_DIR / "pyproject.toml").read_text())["project"]
+    assert project["requires-python"] == ">=3.6"
+    assert sorted(project["dependencies"]) == ["numpy", "onnxruntime"]
+
+
+def test_backend_registry_names_match_and_default_first() -> None:
+    assert backend_names()[0] == "onnxruntime"
+    for name in BACKENDS:
+        backend = get_backend(name)
+        assert backend.name == name and backend.precisions[0] == "fp32"
+    with pytest.raises(RuntimeToolError, match="unknown runtime 'tensorrt' \\(available: onnxruntime"):
+        get_backend("tensorrt")
+    assert_one_line_error(run_runtime("info", "--runtime", "tensorrt"), "--runtime", "onnxruntime")
+
+
+def test_onnxruntime_opset_table() -> None:
+    firsts = [first for first, _ in ONNXRUNTIME_OPSETS]
+    opsets = [opset for _, opset in ONNXRUNTIME_OPSETS]
+    assert firsts == sorted(set(firsts)) and opsets == sorted(set(opsets))  # one row per change, both rising
+    assert onnxruntime_max_opset("1.10.0") == 15 and onnxruntime_max_opset("1.11.1") == 16
+    assert onnxruntime_max_opset("1.16.3+cu118") == onnxruntime_max_opset("1.16.0")
+    assert onnxruntime_max_opset("1.32.0") == NEWEST_KNOWN_OPSET
+    assert onnxruntime_max_opset("2.0.0") == NEWEST_KNOWN_OPSET  # newer than the table: at least its last row
+    assert onnxruntime_max_opset("0.5.0") is None and onnxruntime_max_opset("unknown") is None
+    assert major_minor("3.6.9") == (3, 6) and major_minor("3.11.2+") == (3, 11) and major_minor("3") is None
+
+
+def test_info_reports_python_runtime_and_its_highest_opset() -> None:
+    result = run_runtime("info")
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["python_version"] == ".".join(map(str, sys.version_info[:3]))
+    assert info["runtime"] == "onnxruntime" and info["runtimes"] == backend_names()
+    assert info["onnxruntime_version"] == info["engine_version"] == onnxruntime.__version__
+    assert info["max_opset"] == onnxruntime_max_opset(onnxruntime.__version__)
+    assert info["precisions"] == ["fp32"] and "CPUExecutionProvider" in info["available_providers"]
+    assert info["imported_rss_mib"] > 0 and info["device"]["machine"]
+
+
+def test_model_newer_than_the_runtime_is_refused_with_the_opset_to_ask_for(tmp_path: Path) -> None:
+    newest = onnxruntime_max_opset(onnxruntime.__version__)
+    model = tiny_convnet(tmp_path / "future.onnx", opset=newest + 1)
+    for command in (["bench", "--model", str(model)], ["infer", "--model", str(model), str(model)]):
+        assert_one_line_error(
+            run_runtime(*command), f"opset {newest + 1}, newer than onnxruntime", f"--opset {newest}"
+        )
+
+
+def test_bench_and_infer_report_runtime_and_precision(convnet: Path, colors: Path, tmp_path: Path) -> None:
+    bench = json.loads(
+        run_runtime("bench", "--model", str(convnet), "--runs", "3", "--min-seconds", "0").stdout
+    )
+    assert bench["runtime"] == "onnxruntime" and bench["precision"] == "fp32"
+    image = tmp_path / "red.npy"
+    np.save(image, _solid(0))
+    infer = json.loads(run_runtime("infer", "--model", str(colors), str(image)).stdout)
+    assert infer["runtime"] == "onnxruntime" and infer["precision"] == "fp32"
+    assert_one_line_error(
+        run_runtime("bench", "--model", str(convnet), "--precision", "int8"), "fp32", "not 'int8'"
+    )
 
 
 @pytest.mark.slow  # about a minute on two shared cores: torch import, pruning replay, dynamo export

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import subprocess
@@ -18,12 +19,14 @@ import paramiko
 import pytest
 
 from edge_smsp.deploy import LocalTransport, Transport, open_transport
-from edge_smsp.deploy.ssh import record_host_key, remote_command
+from edge_smsp.deploy.ssh import SshTransport, record_host_key, remote_command
 from edge_smsp.deploy.transport import TEMP_PREFIX, runtime_files
 from edge_smsp.errors import TransportError
 from edge_smsp.profiles import ConnectionSpec
 from tests.sshd_fixture import SshdServer, free_port, write_ed25519_key
 from tests.tiny_onnx import tiny_convnet
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # Spaces, both quotes, a command substitution and a glob: any of them breaks an unquoted remote command.
 AWKWARD_NAME = "dev ice 'q' \"dq\" $(touch INJECTED) ;*"
@@ -62,7 +65,14 @@ def test_upload_lands_verified_under_awkward_names(transport: Transport, model: 
 def test_run_runtime_bench_uses_the_pushed_runtime(transport: Transport, model: Path) -> None:
     remote = transport.upload(model, "model.onnx")
     runtime_dir = transport.push_runtime()
-    for local_file, remote_name in runtime_files():
+    shipped = runtime_files()
+    # The whole package: subpackages (the backends) too, not only its top-level modules.
+    assert {name for _, name in shipped} >= {
+        "runtime/edge_smsp_runtime/__main__.py",
+        "runtime/edge_smsp_runtime/backends/__init__.py",
+        "runtime/edge_smsp_runtime/backends/onnxruntime_backend.py",
+    }
+    for local_file, remote_name in shipped:
         assert sha256(Path(transport.workdir) / remote_name) == sha256(local_file)
     report = transport.run_runtime(
         ["bench", "--model", remote, "--runs", "20", "--min-seconds", "0"], timeout=60
@@ -251,3 +261,62 @@ def test_concurrent_trust_keeps_every_recorded_host(tmp_path: Path) -> None:
     recorded = [line.split()[0] for line in known_hosts.read_text().splitlines()]
     assert sorted(recorded) == sorted(hosts)
     assert known_hosts.stat().st_mode & 0o777 == 0o600
+
+
+def test_device_without_sftp_gets_its_own_one_line_error(
+    sshd_factory: type[SshdServer], model: Path, tmp_path: Path
+) -> None:
+    server = sshd_factory(tmp_path / "sshd-without-sftp", sftp=False)
+    server.start()
+    with open_transport(server.connection(workdir=tmp_path / "work", python=sys.executable)) as transport:
+        assert transport.run(["echo", "ok"], timeout=10).stdout == "ok\n"  # SSH itself works
+        with pytest.raises(TransportError) as refused:
+            transport.upload(model, "model.onnx")
+    message = str(refused.value)
+    assert message.startswith(f"SFTP is not available on {server.user}@127.0.0.1:{server.port}")
+    assert "Subsystem sftp" in message and "restart sshd" in message and "\n" not in message
+    assert "lost the connection" not in message
+    assert not (tmp_path / "work" / "model.onnx").exists()
+
+
+def test_local_transport_runs_the_hosts_own_python_unless_the_profile_names_one(
+    device_python: str, sshd: SshdServer, tmp_path: Path
+) -> None:
+    host = LocalTransport(ConnectionSpec(transport="local", workdir=str(tmp_path / "host")))
+    assert host.python == sys.executable
+    assert host.run_runtime(["info"], timeout=60)["python_version"] == ".".join(
+        map(str, sys.version_info[:3])
+    )
+    named = LocalTransport(
+        ConnectionSpec(transport="local", python=device_python, workdir=str(tmp_path / "d"))
+    )
+    assert named.python == device_python
+    assert named.run([named.python, "-c", "import torch"], timeout=30).rc != 0  # really the other interpreter
+    with SshTransport(replace(sshd.connection(workdir=tmp_path / "ssh"), python=None)) as remote:
+        assert remote.python == "python3"  # over SSH: the device's own python3
+
+
+def test_cli_deploy_on_the_localhost_profile_needs_no_venv_on_path(tmp_path: Path) -> None:
+    venv_bin = Path(sys.executable).parent
+    env = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",  # no venv: `python3` here, if any, lacks onnxruntime
+        "HOME": str(tmp_path / "home"),
+        "OMP_NUM_THREADS": "1",
+        "LANG": "C.UTF-8",
+    }
+    system_python = subprocess.run(
+        ["sh", "-c", "python3 -c 'import onnxruntime'"], env=env, capture_output=True, timeout=60
+    )
+    assert system_python.returncode != 0  # else this test could not tell the interpreters apart
+    argv = [
+        str(venv_bin / "edge-smsp"), "deploy", "--profile", str(ROOT / "device_profiles" / "localhost.yaml"),
+        "--iters", "2", "--train-per-class", "16", "--val-per-class", "8", "--bench-runs", "3",
+        "--bench-seconds", "0", "--pool", str(tmp_path / "pool.sqlite"), "--out", str(tmp_path / "run"), "--json",
+    ]  # fmt: skip
+    result = subprocess.run(argv, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "run" / "deploy_report.json").read_text())
+    assert report["device_transport"] == "local"
+    assert Path(report["remote_model_path"]).is_relative_to(
+        tmp_path / "home" / ".cache" / "edge-smsp-runtime"
+    )

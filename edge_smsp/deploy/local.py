@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -15,14 +16,20 @@ from edge_smsp.profiles import ConnectionSpec
 
 
 class LocalTransport(Transport):
-    """Runs commands as subprocesses of this process, in their own process group so a timeout kills them all."""
+    """Runs commands as subprocesses of this process, in their own process group so a timeout kills them all.
+
+    The runtime runs on this very interpreter unless the profile names another python: the host's own
+    interpreter has numpy and onnxruntime, whatever PATH says.
+    """
+
+    default_python = sys.executable
 
     def __init__(self, connection: ConnectionSpec) -> None:
         super().__init__(connection)
 
     @property
     def python(self) -> str:
-        return os.path.expanduser(self.connection.python)
+        return os.path.expanduser(super().python)
 
     def _resolve_workdir(self) -> str:
         workdir = Path(os.path.expanduser(self.connection.workdir))

@@ -350,7 +350,17 @@ class SshTransport(Transport):
         if self._sftp is None:
             if self._client is None:
                 raise _ConnectionLost("SSH session not active")
-            self._sftp = self._client.open_sftp()
+            try:
+                self._sftp = self._client.open_sftp()
+            except (paramiko.SSHException, EOFError):
+                if not self._connected():
+                    raise  # the connection dropped: the retry loop reconnects
+                # The link is up but the server closed the sftp channel: it runs no SFTP subsystem.
+                raise TransportError(
+                    f"SFTP is not available on {self.address}: its sshd has no SFTP subsystem; add "
+                    "`Subsystem sftp /usr/lib/openssh/sftp-server` (or `Subsystem sftp internal-sftp`) to the "
+                    "device's /etc/ssh/sshd_config and restart sshd"
+                ) from None
             self._sftp.get_channel().settimeout(max(60.0, self.connect_timeout))
         return self._sftp
 

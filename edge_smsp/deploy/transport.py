@@ -23,7 +23,7 @@ DEFAULT_TIMEOUT = 120.0
 STALE_TEMP_SECONDS = 3600
 
 # Scripts run by the device's python. They travel base64-encoded inside `-c` so that no login shell (sh, bash,
-# csh) ever has to parse their quotes or newlines. They must run on Python 3.8.
+# csh) ever has to parse their quotes or newlines. They must run on Python 3.6, like the device runtime.
 _VERIFY_AND_RENAME = """
 import hashlib, json, os, sys
 args = sys.argv[1:]
@@ -101,7 +101,7 @@ def runtime_source_dir() -> Path:
     spec = importlib.util.find_spec(RUNTIME_PACKAGE)
     if spec is not None and spec.origin and spec.origin.endswith("__init__.py"):
         return Path(spec.origin).parent
-    bundled = Path(__file__).resolve().parent / "device_runtime"  # a link to runtime/edge_smsp_runtime
+    bundled = Path(__file__).resolve().parents[1] / "device_runtime"  # a link to runtime/edge_smsp_runtime
     if (bundled / "__init__.py").is_file():
         return bundled
     raise TransportError(
@@ -110,9 +110,10 @@ def runtime_source_dir() -> Path:
 
 
 def runtime_files() -> list[tuple[Path, str]]:
-    """(local file, path relative to the remote work dir) of every module of the runtime package."""
+    """(local file, path relative to the remote work dir) of every module of the runtime, subpackages included."""
     source = runtime_source_dir()
-    return [(path, f"runtime/{RUNTIME_PACKAGE}/{path.name}") for path in sorted(source.glob("*.py"))]
+    modules = sorted(path for path in source.rglob("*.py") if "__pycache__" not in path.parts)
+    return [(path, f"runtime/{RUNTIME_PACKAGE}/{path.relative_to(source).as_posix()}") for path in modules]
 
 
 def check_remote_name(remote_name: str) -> str:
@@ -131,6 +132,8 @@ def last_line(text: str) -> str:
 
 class Transport(ABC):
     """A device reached locally or over SSH. Subclasses provide running, file transfer and the work dir."""
+
+    default_python = "python3"  # the device's interpreter when the profile names none
 
     def __init__(self, connection: ConnectionSpec) -> None:
         self.connection = connection
@@ -171,8 +174,8 @@ class Transport(ABC):
 
     @property
     def python(self) -> str:
-        """The device's python interpreter as the profile names it."""
-        return self.connection.python
+        """The device's python interpreter: the profile's, else the transport's default."""
+        return self.connection.python or self.default_python
 
     def remote_path(self, remote_name: str) -> str:
         """Absolute device path of a name relative to the work dir."""

@@ -1,15 +1,14 @@
 """python -m edge_smsp_runtime {bench,infer,finetune,info}: one JSON report on stdout, one-line errors, exit 2."""
 
-from __future__ import annotations
-
 import argparse
 import json
 import os
 import platform
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from . import __version__
+from .backends import DEFAULT_BACKEND, backend_names
 from .errors import RuntimeToolError, one_line
 
 PROG = "edge-smsp-runtime"
@@ -40,7 +39,20 @@ _nonnegative_int = _int_at_least(0)
 _positive_int = _int_at_least(1)
 
 
+def _add_runtime_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--runtime",
+        choices=backend_names(),
+        default=DEFAULT_BACKEND,
+        help="inference engine (default: %(default)s)",
+    )
+
+
 def _add_session_options(parser: argparse.ArgumentParser) -> None:
+    _add_runtime_option(parser)
+    parser.add_argument(
+        "--precision", default=None, help="numeric precision (default: the runtime's first, fp32)"
+    )
     parser.add_argument("--threads", type=_nonnegative_int, default=0, help="intra-op threads (0 = default)")
     parser.add_argument(
         "--providers",
@@ -96,36 +108,44 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--bench-runs", type=_nonnegative_int, default=50)
     _add_session_options(finetune)
 
-    commands.add_parser("info", help="versions and device facts")
+    info = commands.add_parser("info", help="versions, the highest ONNX opset the runtime runs, device facts")
+    _add_runtime_option(info)
     return parser
 
 
-def _info() -> dict[str, Any]:
+def _info(runtime: Optional[str]) -> Dict[str, Any]:
+    from .backends import get_backend
     from .device import current_rss_mib, device_facts
-    from .model import import_numpy, import_onnxruntime
+    from .model import import_numpy
 
     numpy = import_numpy()
-    ort = import_onnxruntime()
+    backend = get_backend(runtime)
     imported_rss = current_rss_mib()  # the host plans memory on top of this, as bench will start from it
-    return {
+    report = {
         "command": "info",
         "runtime_version": __version__,
         "runtime_path": os.path.dirname(os.path.abspath(__file__)),
+        "runtime": backend.name,
+        "runtimes": backend_names(),
+        "engine_version": backend.version(),
+        "max_opset": backend.max_opset(),
+        "precisions": list(backend.precisions),
         "python_version": platform.python_version(),
         "numpy_version": numpy.__version__,
-        "onnxruntime_version": ort.__version__,
-        "available_providers": list(ort.get_available_providers()),
+        "available_providers": backend.available_providers(),
         "imported_rss_mib": imported_rss,
         "device": device_facts(),
     }
+    report.update(backend.version_keys())
+    return report
 
 
-def run_command(args: argparse.Namespace) -> dict[str, Any]:
+def run_command(args: argparse.Namespace) -> Dict[str, Any]:
     """Dispatch a parsed command line to the library; returns the JSON report."""
     from .model import parse_providers
 
     if args.command == "info":
-        return _info()
+        return _info(args.runtime)
     providers = parse_providers(args.providers)
     if args.command == "bench":
         from .bench import run_bench
@@ -139,11 +159,21 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
             providers=providers,
             seed=args.seed,
             batch_size=args.batch_size,
+            runtime=args.runtime,
+            precision=args.precision,
         )
     if args.command == "infer":
         from .infer import run_infer
 
-        return run_infer(args.model, args.images, top_k=args.top_k, threads=args.threads, providers=providers)
+        return run_infer(
+            args.model,
+            args.images,
+            top_k=args.top_k,
+            threads=args.threads,
+            providers=providers,
+            runtime=args.runtime,
+            precision=args.precision,
+        )
     from .finetune import run_finetune
 
     return run_finetune(
@@ -159,10 +189,11 @@ def run_command(args: argparse.Namespace) -> dict[str, Any]:
         threads=args.threads,
         bench_runs=args.bench_runs,
         providers=providers,
+        runtime=args.runtime,
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse, run, print one JSON report; any error is one line on stderr and exit 2."""
     args = build_parser().parse_args(argv)
     try:

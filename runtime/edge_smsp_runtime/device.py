@@ -1,14 +1,22 @@
-"""Facts about the device and this process: CPU, cores, RAM, board name, resident memory."""
-
-from __future__ import annotations
+"""Facts about the device and this process: CPU, cores, RAM, board name, resident memory; a clock."""
 
 import os
 import platform
 import sys
-from typing import Any
+import time
+from typing import Any, Dict, Optional
+
+_PERF_COUNTER_NS = getattr(time, "perf_counter_ns", None)  # Python 3.7+
 
 
-def _read_text(path: str) -> str | None:
+def now_ns() -> int:
+    """A monotonic clock in integer nanoseconds (perf_counter_ns where the Python has it)."""
+    if _PERF_COUNTER_NS is not None:
+        return _PERF_COUNTER_NS()
+    return int(time.perf_counter() * 1e9)
+
+
+def _read_text(path: str) -> Optional[str]:
     try:
         with open(path, "rb") as handle:
             return handle.read().decode("utf-8", "replace")
@@ -16,7 +24,7 @@ def _read_text(path: str) -> str | None:
         return None
 
 
-def _status_kib(field: str) -> float | None:
+def _status_kib(field: str) -> Optional[float]:
     """A memory field of /proc/self/status (VmRSS, VmHWM) in KiB; None off Linux."""
     text = _read_text("/proc/self/status")
     if text is None:
@@ -27,7 +35,7 @@ def _status_kib(field: str) -> float | None:
     return None
 
 
-def current_rss_mib() -> float | None:
+def current_rss_mib() -> Optional[float]:
     """Resident memory now, MiB."""
     kib = _status_kib("VmRSS")
     return None if kib is None else round(kib / 1024.0, 2)
@@ -46,7 +54,7 @@ def peak_rss_mib() -> float:
     return round(peak / divisor, 2)
 
 
-def _cpu_model(cpuinfo: str | None) -> str:
+def _cpu_model(cpuinfo: Optional[str]) -> str:
     if cpuinfo:
         # x86 names the CPU in "model name"; ARM boards use "Model" (Raspberry Pi), "Hardware" or "Processor".
         for key in ("model name", "Model", "Hardware", "Processor", "cpu model", "cpu"):
@@ -57,7 +65,7 @@ def _cpu_model(cpuinfo: str | None) -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
-def _total_ram_mib() -> float | None:
+def _total_ram_mib() -> Optional[float]:
     text = _read_text("/proc/meminfo")
     if text:
         for line in text.splitlines():
@@ -69,14 +77,14 @@ def _total_ram_mib() -> float | None:
         return None
 
 
-def _usable_cores() -> int | None:
+def _usable_cores() -> Optional[int]:
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:
         return os.cpu_count()
 
 
-def device_facts() -> dict[str, Any]:
+def device_facts() -> Dict[str, Any]:
     """CPU model, cores, total RAM, board name (/proc/device-tree/model on Jetson and Raspberry Pi), OS."""
     board = _read_text("/proc/device-tree/model")
     return {

@@ -1,7 +1,5 @@
 """The one error type of the runtime: the command line prints its message on one line and exits 2."""
 
-from __future__ import annotations
-
 
 class RuntimeToolError(Exception):
     """A problem the user can act on: missing file or dependency, unreadable model or image, bad option."""

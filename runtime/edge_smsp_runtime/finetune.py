@@ -1,10 +1,8 @@
 """On-device fine-tuning of a pruned model saved by edge-smsp, then ONNX export and benchmark (needs torch)."""
 
-from __future__ import annotations
-
 import os
 import time
-from typing import Any
+from typing import Any, Dict, List, Optional, Tuple
 
 from .bench import run_bench
 from .errors import RuntimeToolError
@@ -14,7 +12,7 @@ from .model import import_numpy
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".npy")
 
 
-def _import_training_stack() -> tuple[Any, Any, Any]:
+def _import_training_stack() -> Tuple[Any, Any, Any]:
     """torch, edge_smsp.prune and edge_smsp.export, or an error naming what to install."""
     try:
         import torch
@@ -30,7 +28,7 @@ def _import_training_stack() -> tuple[Any, Any, Any]:
     return torch, prune, export
 
 
-def read_image_folder(root: str, max_per_class: int) -> tuple[list[str], list[tuple[str, int]]]:
+def read_image_folder(root: str, max_per_class: int) -> Tuple[List[str], List[Tuple[str, int]]]:
     """ImageFolder layout: one sub-directory per class, sorted by name; returns class names and (path, class)."""
     if not os.path.isdir(root):
         raise RuntimeToolError(f"image folder not found: {root}")
@@ -60,7 +58,7 @@ def run_finetune(
     data_dir: str,
     *,
     iters: int,
-    out_dir: str | None = None,
+    out_dir: Optional[str] = None,
     batch_size: int = 16,
     lr: float = 0.01,
     val_fraction: float = 0.2,
@@ -68,8 +66,9 @@ def run_finetune(
     seed: int = 0,
     threads: int = 0,
     bench_runs: int = 50,
-    providers: list[str] | None = None,
-) -> dict[str, Any]:
+    providers: Optional[List[str]] = None,
+    runtime: Optional[str] = None,
+) -> Dict[str, Any]:
     """Fine-tune the pruned model for `iters` SGD steps on the folder's classes, export it and benchmark it."""
     if iters < 1:
         raise RuntimeToolError("--iters must be at least 1")
@@ -143,5 +142,7 @@ def run_finetune(
         "val_accuracy": val_accuracy,
         "train_seconds": round(train_seconds, 3),
         "export_max_abs_diff": exported.max_abs_diff,
-        "bench": run_bench(onnx_path, runs=bench_runs, min_seconds=0.0, threads=threads, providers=providers),
+        "bench": run_bench(
+            onnx_path, runs=bench_runs, min_seconds=0.0, threads=threads, providers=providers, runtime=runtime
+        ),
     }

@@ -1,9 +1,7 @@
 """Image decoding and preprocessing: Pillow when installed, else .npy and binary PGM/PPM in pure numpy."""
 
-from __future__ import annotations
-
 import os
-from typing import Any
+from typing import Any, List, Tuple
 
 from .errors import RuntimeToolError, one_line
 from .model import import_numpy
@@ -51,7 +49,7 @@ def _read_netpbm(path: str) -> Any:
     with open(path, "rb") as handle:
         data = handle.read()
     magic = data[:2]
-    tokens: list[bytes] = []
+    tokens = []  # type: List[bytes]
     position = 2
     while len(tokens) < 3:
         while position < len(data) and data[position : position + 1].isspace():
@@ -168,7 +166,7 @@ def resize_and_crop(image: Any, height: int, width: int) -> Any:
     return (pixels / 255.0).astype(np.float32)
 
 
-def preprocess(image: Any, size: tuple[int, int], channels: int, mean: list[float], std: list[float]) -> Any:
+def preprocess(image: Any, size: Tuple[int, int], channels: int, mean: List[float], std: List[float]) -> Any:
     """HxWxC [0, 1] image -> normalised float32 NCHW batch of one, the way the host fed the model."""
     np = import_numpy()
     if channels == 3 and image.shape[-1] == 1:

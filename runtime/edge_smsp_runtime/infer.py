@@ -1,24 +1,16 @@
 """Top-k classification of image files, with labels and preprocessing read from the model's metadata."""
 
-from __future__ import annotations
-
 import os
-import time
-from typing import Any
+from typing import Any, Dict, List, Optional
 
 from . import __version__
+from .device import now_ns
 from .errors import RuntimeToolError, one_line
 from .images import load_image, preprocess
-from .model import (
-    create_session,
-    import_numpy,
-    metadata_input_size,
-    metadata_json,
-    model_metadata,
-)
+from .model import import_numpy, metadata_input_size, metadata_json, open_model
 
 
-def _channel_list(value: Any, key: str, channels: int) -> list[float] | None:
+def _channel_list(value: Any, key: str, channels: int) -> Optional[List[float]]:
     if value is None:
         return None
     if isinstance(value, (int, float)):
@@ -43,27 +35,31 @@ def _softmax(logits: Any) -> Any:
 
 def run_infer(
     model_path: str,
-    images: list[str],
+    images: List[str],
     *,
     top_k: int = 5,
     threads: int = 0,
-    providers: list[str] | None = None,
+    providers: Optional[List[str]] = None,
     use_pillow: bool = True,
-) -> dict[str, Any]:
+    runtime: Optional[str] = None,
+    precision: Optional[str] = None,
+) -> Dict[str, Any]:
     """Classify each image (batch 1) and return its top-k labels with softmax probabilities."""
     np = import_numpy()
     if top_k < 1:
         raise RuntimeToolError("--top-k must be at least 1")
     if not images:
         raise RuntimeToolError("give at least one image")
-    session, _ = create_session(model_path, list(providers or ["CPUExecutionProvider"]), threads)
-    metadata = model_metadata(session)
+    backend, session, _ = open_model(
+        model_path, runtime, list(providers or ["CPUExecutionProvider"]), threads, precision
+    )
+    metadata = session.metadata()
     notes = []
-    model_input = session.get_inputs()[0]
-    shape = list(model_input.shape)
+    model_input = session.inputs()[0]
+    shape = model_input["shape"]
     if len(shape) != 4:
         raise RuntimeToolError(
-            f"input {model_input.name!r} has shape {shape}; infer expects an NCHW image input"
+            f"input {model_input['name']!r} has shape {shape}; infer expects an NCHW image input"
         )
     channels = shape[1] if isinstance(shape[1], int) and shape[1] > 0 else 3
     size = metadata_input_size(metadata)
@@ -90,10 +86,10 @@ def run_infer(
     for path in images:
         batch = preprocess(load_image(path, use_pillow=use_pillow), size, channels, mean, std)
         try:
-            started = time.perf_counter_ns()
-            outputs = session.run(None, {model_input.name: batch})
-            latency_ms = (time.perf_counter_ns() - started) / 1e6
-        except Exception as error:  # onnxruntime's own exception types
+            started = now_ns()
+            outputs = session.run({model_input["name"]: batch})
+            latency_ms = (now_ns() - started) / 1e6
+        except Exception as error:  # the engine's own exception types
             raise RuntimeToolError(f"inference failed on {path}: {one_line(error)}") from None
         logits = np.asarray(outputs[0], dtype=np.float64).reshape(-1)
         if labels is not None and len(labels) != logits.size:
@@ -119,8 +115,10 @@ def run_infer(
     return {
         "command": "infer",
         "runtime_version": __version__,
+        "runtime": backend.name,
+        "precision": session.precision,
         "model_path": os.path.abspath(model_path),
-        "providers": list(session.get_providers()),
+        "providers": session.providers(),
         "input_size": list(size),
         "mean": mean,
         "std": std,

@@ -1,13 +1,12 @@
-"""Model file facts (size, SHA-256, opset) and onnxruntime sessions with seeded inputs."""
-
-from __future__ import annotations
+"""Model file facts (size, SHA-256, opset), opening a model on a backend, and seeded inputs."""
 
 import hashlib
 import json
 import os
-from typing import Any
+from typing import Any, Dict, List, Optional, Tuple
 
-from .errors import RuntimeToolError, one_line
+from .backends import Backend, Session, get_backend
+from .errors import RuntimeToolError
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 
@@ -33,19 +32,6 @@ def import_numpy() -> Any:
     return numpy
 
 
-def import_onnxruntime() -> Any:
-    """onnxruntime with its logger limited to errors, or an error naming the pip command."""
-    try:
-        import onnxruntime
-    except ImportError:
-        raise RuntimeToolError(
-            "onnxruntime is not installed: pip install onnxruntime (onnxruntime-gpu on CUDA devices)"
-        ) from None
-    # Warnings on stderr would be mistaken by the host for the command's error line.
-    onnxruntime.set_default_logger_severity(3)
-    return onnxruntime
-
-
 def check_model_path(path: str) -> None:
     """Fail early and clearly when the model file is missing."""
     if not os.path.isfile(path):
@@ -61,7 +47,7 @@ def file_sha256(path: str) -> str:
     return digest.hexdigest()
 
 
-def _read_varint(handle: Any) -> int | None:
+def _read_varint(handle: Any) -> Optional[int]:
     result = 0
     shift = 0
     while True:
@@ -78,7 +64,7 @@ def _read_varint(handle: Any) -> int | None:
             raise ValueError("varint too long")
 
 
-def _parse_opset_entry(payload: bytes) -> tuple[str, int]:
+def _parse_opset_entry(payload: bytes) -> Tuple[str, int]:
     import io
 
     stream = io.BytesIO(payload)
@@ -106,12 +92,12 @@ def _parse_opset_entry(payload: bytes) -> tuple[str, int]:
             raise ValueError("unknown wire type")
 
 
-def read_opsets(path: str) -> dict[str, Any]:
+def read_opsets(path: str) -> Dict[str, Any]:
     """ir_version and opset imports from the ModelProto's top-level fields, without the onnx package.
 
     Only field headers are read; the graph is skipped by its length, so this costs a few reads even for big models.
     """
-    facts: dict[str, Any] = {"ir_version": None, "opset": None, "opset_imports": {}}
+    facts = {"ir_version": None, "opset": None, "opset_imports": {}}  # type: Dict[str, Any]
     try:
         with open(path, "rb") as handle:
             while True:
@@ -145,7 +131,7 @@ def read_opsets(path: str) -> dict[str, Any]:
     return facts
 
 
-def parse_providers(text: str | None) -> list[str]:
+def parse_providers(text: Optional[str]) -> List[str]:
     """Comma-separated execution providers, in order of preference."""
     if not text:
         return list(DEFAULT_PROVIDERS)
@@ -155,46 +141,27 @@ def parse_providers(text: str | None) -> list[str]:
     return names
 
 
-def create_session(path: str, providers: list[str], threads: int) -> tuple[Any, list[str]]:
-    """An InferenceSession on the requested providers that exist here; returns it and the skipped ones."""
-    ort = import_onnxruntime()
+def open_model(
+    path: str, runtime: Optional[str], providers: List[str], threads: int, precision: Optional[str] = None
+) -> Tuple[Backend, Session, List[str]]:
+    """The backend, a session of the model on it, and the requested providers it skipped.
+
+    A model stamped with a newer opset than the engine runs fails here with the export to ask for, instead of
+    with the engine's own message.
+    """
+    backend = get_backend(runtime)
     check_model_path(path)
-    known = set(ort.get_all_providers())
-    unknown = [name for name in providers if name not in known]
-    if unknown:
+    opset, max_opset = read_opsets(path)["opset"], backend.max_opset()
+    if opset is not None and max_opset is not None and opset > max_opset:
         raise RuntimeToolError(
-            f"unknown execution provider {unknown[0]!r} (onnxruntime knows: {', '.join(sorted(known))})"
+            f"{path} is opset {opset}, newer than {backend.name} {backend.version()} runs (opset {max_opset} at "
+            f"most): export it with --opset {max_opset}"
         )
-    available = set(ort.get_available_providers())
-    usable = [name for name in providers if name in available]
-    skipped = [name for name in providers if name not in available]
-    if not usable:
-        raise RuntimeToolError(
-            f"none of the requested providers is available in this onnxruntime build "
-            f"(requested: {', '.join(providers)}; available: {', '.join(ort.get_available_providers())})"
-        )
-    options = ort.SessionOptions()
-    if threads < 0:
-        raise RuntimeToolError("--threads must be >= 0 (0 = onnxruntime's default)")
-    if threads:
-        options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    try:
-        session = ort.InferenceSession(path, sess_options=options, providers=usable)
-    except Exception as error:  # onnxruntime raises its own exception types for every load failure
-        raise RuntimeToolError(f"cannot load model {path}: {one_line(error)}") from None
-    return session, skipped
+    session, skipped = backend.create_session(path, providers, threads, precision or backend.precisions[0])
+    return backend, session, skipped
 
 
-def model_metadata(session: Any) -> dict[str, str]:
-    """The model's metadata_props as a plain dict."""
-    return dict(session.get_modelmeta().custom_metadata_map)
-
-
-def metadata_json(metadata: dict[str, str], key: str) -> Any:
+def metadata_json(metadata: Dict[str, str], key: str) -> Any:
     """A metadata value decoded as JSON; None when absent; an error naming the key when malformed."""
     if key not in metadata:
         return None
@@ -204,7 +171,7 @@ def metadata_json(metadata: dict[str, str], key: str) -> Any:
         raise RuntimeToolError(f"model metadata {key!r} is not valid JSON: {metadata[key][:60]!r}") from None
 
 
-def metadata_input_size(metadata: dict[str, str]) -> tuple[int, int] | None:
+def metadata_input_size(metadata: Dict[str, str]) -> Optional[Tuple[int, int]]:
     """(height, width) from the metadata's input_size: an int or [height, width]."""
     value = metadata_json(metadata, "input_size")
     if value is None:
@@ -220,14 +187,9 @@ def metadata_input_size(metadata: dict[str, str]) -> tuple[int, int] | None:
     raise RuntimeToolError(f"model metadata 'input_size' must be a positive int or [h, w], got {value!r}")
 
 
-def describe_io(args: Any) -> list[dict[str, Any]]:
-    """Name, shape (symbolic dims as names) and element type of graph inputs or outputs."""
-    return [{"name": arg.name, "shape": list(arg.shape), "dtype": arg.type} for arg in args]
-
-
 def resolve_shape(
-    shape: list[Any], name: str, input_size: tuple[int, int] | None, batch_size: int | None = None
-) -> list[int]:
+    shape: List[Any], name: str, input_size: Optional[Tuple[int, int]], batch_size: Optional[int] = None
+) -> List[int]:
     """A concrete shape: a symbolic first dim gets batch_size (default 1); image sides come from metadata.
 
     A fixed batch is used as it is, unless batch_size asks for another one on an image (NCHW) input.
@@ -257,21 +219,22 @@ def resolve_shape(
 
 
 def seeded_feeds(
-    session: Any, seed: int, input_size: tuple[int, int] | None, batch_size: int | None = None
-) -> dict[str, Any]:
+    session: Session, seed: int, input_size: Optional[Tuple[int, int]], batch_size: Optional[int] = None
+) -> Dict[str, Any]:
     """Fixed pseudo-random inputs for every graph input (see resolve_shape), the same for a given seed."""
     np = import_numpy()
     rng = np.random.default_rng(seed)
     feeds = {}
-    for arg in session.get_inputs():
-        dtype = _NUMPY_DTYPES.get(arg.type)
+    for arg in session.inputs():
+        name = arg["name"]
+        dtype = _NUMPY_DTYPES.get(arg["dtype"])
         if dtype is None:
-            raise RuntimeToolError(f"input {arg.name!r} has unsupported type {arg.type}")
-        shape = resolve_shape(list(arg.shape), arg.name, input_size, batch_size)
+            raise RuntimeToolError(f"input {name!r} has unsupported type {arg['dtype']}")
+        shape = resolve_shape(arg["shape"], name, input_size, batch_size)
         if dtype.startswith("float"):
-            feeds[arg.name] = rng.standard_normal(shape).astype(dtype)
+            feeds[name] = rng.standard_normal(shape).astype(dtype)
         elif dtype == "bool":
-            feeds[arg.name] = rng.random(shape) < 0.5
+            feeds[name] = rng.random(shape) < 0.5
         else:
-            feeds[arg.name] = rng.integers(0, 10, size=shape).astype(dtype)
+            feeds[name] = rng.integers(0, 10, size=shape).astype(dtype)
     return feeds

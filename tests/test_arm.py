@@ -1,0 +1,113 @@
+"""The device side on ARM64: the uploaded runtime over SSH on an emulated Raspberry Pi 5 (scripts/arm_device.sh:
+Debian bookworm arm64 under qemu-user, numpy and onnxruntime from PyPI's aarch64 wheels, OpenSSH on 127.0.0.1).
+
+Emulation is ~1000x slower than the real board: one info, one short bench and one image, never speed."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge_smsp import zoo
+from edge_smsp.deploy import open_transport
+from edge_smsp.device_stack import check_device_stack, device_opset
+from edge_smsp.export import export_onnx
+from edge_smsp.profiles import DeviceProfile, load_profile
+from tests.required import skip_or_fail
+
+pytestmark = pytest.mark.arm  # everything here is about the emulated device
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "arm_device.sh"
+LABELS = ["sandal", "sneaker", "boot"]
+SIZE = 32
+# What arm_device.sh says when this machine cannot emulate aarch64 at all (not root, no binfmt_misc).
+CANNOT_EMULATE = ("needs root", "cannot be emulated here")
+
+
+@pytest.fixture(scope="session")
+def arm_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DeviceProfile]:
+    """The emulated device (built once into the script's cache, minutes the first time) and its profile."""
+    env = dict(os.environ, EDGE_SMSP_ARM_INSTANCE=f"pytest-{os.getpid()}")
+    started = subprocess.run(
+        ["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=1800
+    )
+    reason = started.stderr.strip().splitlines()[-1] if started.stderr.strip() else ""
+    if started.returncode == 2 and any(phrase in reason for phrase in CANNOT_EMULATE):
+        skip_or_fail(f"no emulated ARM64 device here: {reason}")
+    assert started.returncode == 0, started.stderr[-3000:]
+    path = tmp_path_factory.mktemp("arm") / "raspberry_pi_5_emulated.yaml"
+    path.write_text(started.stdout)
+    try:
+        yield load_profile(path)
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
+
+
+def test_uploaded_runtime_runs_on_the_emulated_arm64_device(
+    arm_device: DeviceProfile, tmp_path: Path
+) -> None:
+    pi5 = load_profile("raspberry_pi_5")
+    assert arm_device.name == "raspberry_pi_5_emulated" and arm_device.connection.host == "127.0.0.1"
+    assert (arm_device.python_version, arm_device.max_opset) == (pi5.python_version, pi5.max_opset)
+    opset = device_opset(None, arm_device)
+    model = zoo.load_backbone("efficientnet_lite0", num_classes=len(LABELS), image_size=SIZE)
+    metadata = {"labels": LABELS, "mean": [0.5] * 3, "std": [0.25] * 3, "backbone": "efficientnet_lite0"}
+    exported = export_onnx(model, tmp_path / "model.onnx", image_size=SIZE, metadata=metadata, opset=opset)
+
+    with open_transport(arm_device.connection) as device:
+        python = device.python
+        info = device.run_runtime(["info"], timeout=600)
+        assert info["device"]["machine"] == "aarch64"
+        # The versions info reports, against what the device's interpreter and package metadata say.
+        version = device.run([python, "--version"], timeout=120).stdout.split()[1]
+        installed = device.run(
+            [python, "-c", "import importlib.metadata as m; print(m.version('onnxruntime'))"], timeout=120
+        ).stdout.strip()
+        assert info["python_version"] == version and version.startswith(arm_device.python_version + ".")
+        assert info["onnxruntime_version"] == info["engine_version"] == installed
+        assert check_device_stack(info, arm_device, opset).machine == "aarch64"
+
+        remote = device.upload(exported.onnx_path, "models/model.onnx")
+        landed = device.run(["sha256sum", remote], timeout=120).stdout.split()[0]
+        assert landed == hashlib.sha256(exported.onnx_path.read_bytes()).hexdigest() == exported.sha256
+
+        bench = device.run_runtime(
+            ["bench", "--model", remote, "--runs", "3", "--min-seconds", "0", "--threads", "1"], timeout=900
+        )
+        assert bench["device"]["machine"] == "aarch64" and bench["model_sha256"] == exported.sha256
+        assert bench["opset"] == opset and bench["runs"] >= 3
+        assert bench["peak_rss_mib"] >= bench["baseline_rss_mib"] > 0
+
+        image = tmp_path / "image.npy"
+        np.save(image, np.random.default_rng(0).integers(0, 256, size=(40, 40, 3), dtype=np.uint8))
+        infer = device.run_runtime(
+            ["infer", "--model", remote, device.upload(image, "image.npy")], timeout=600
+        )
+        assert {entry["label"] for entry in infer["results"][0]["top_k"]} == set(LABELS)
+
+
+def test_without_root_the_script_refuses_in_one_line_that_the_fixture_recognises(tmp_path: Path) -> None:
+    if os.geteuid() == 0:  # drop to nobody: the script must say why it cannot emulate, not half-build
+        command = [
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "bash",
+            str(SCRIPT),
+            "start",
+        ]
+    else:
+        command = ["bash", str(SCRIPT), "start"]
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "EDGE_SMSP_ARM_CACHE": str(tmp_path / "cache")}
+    tmp_path.chmod(0o777)
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and CANNOT_EMULATE[0] in result.stderr
+    assert not (tmp_path / "cache").exists()

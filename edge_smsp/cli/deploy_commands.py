@@ -48,7 +48,7 @@ def register_export(subcommands: argparse._SubParsersAction) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     """Handler of `edge-smsp export`."""
-    from edge_smsp.export import DEFAULT_OPSET, export_onnx, metadata_from_pruned
+    from edge_smsp.export import export_onnx, metadata_from_pruned
 
     model_dir: Path = args.model_dir
     if not model_dir.is_dir():
@@ -63,7 +63,7 @@ def run_export(args: argparse.Namespace) -> int:
         image_size=image_size,
         metadata=metadata_from_pruned(model, meta),
         dynamic_batch=args.dynamic_batch,
-        opset=args.opset or DEFAULT_OPSET,
+        opset=args.opset,
     )
     if args.json:
         print_json(result.to_dict())

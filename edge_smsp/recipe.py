@@ -87,12 +87,16 @@ def recover(model: nn.Module, task: Task, recipe: Recipe, seed: int = 0) -> Reco
         features = penultimate_features(model, images)
         report.seconds["features"] = time.perf_counter() - started
         started = time.perf_counter()
-        if recipe.imprint:
-            report.head_scale = imprint_head(model, features, labels)
-            report.steps.append("imprint")
-        if recipe.probe_steps:
-            report.probe_loss = linear_probe(model, features, labels, recipe.probe_steps, recipe.probe_l2)
-            report.steps.append("probe")
+        if not _separates_classes(features, labels, len(task.classes)):
+            # Seen without adaptive BN after pruning: stale statistics drive the last ReLU6 to 0 for every image.
+            report.steps.append("head skipped: the features do not separate the classes")
+        else:
+            if recipe.imprint:
+                report.head_scale = imprint_head(model, features, labels)
+                report.steps.append("imprint")
+            if recipe.probe_steps:
+                report.probe_loss = linear_probe(model, features, labels, recipe.probe_steps, recipe.probe_l2)
+                report.steps.append("probe")
         report.seconds["head"] = time.perf_counter() - started
     report.seconds = {name: round(value, 3) for name, value in report.seconds.items()}
     return report
@@ -184,6 +188,11 @@ def linear_probe(
         if head.bias is not None:
             head.bias.copy_(bias.to(head.bias.dtype))
     return before, after
+
+
+def _separates_classes(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> bool:
+    means = torch.from_numpy(class_means(features, labels, num_classes))
+    return bool(((means - means.mean(dim=0)).norm(dim=1) > 0).all())
 
 
 def _fitted_scale(projections: torch.Tensor, labels: torch.Tensor) -> float:

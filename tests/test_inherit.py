@@ -19,11 +19,16 @@ SIZE = 32
 
 @pytest.fixture(scope="module")
 def backbone() -> nn.Module:
-    return prune.replace_classifier(zoo.load_backbone("efficientnet_lite0", pretrained=True, image_size=SIZE), 3)
+    return prune.replace_classifier(
+        zoo.load_backbone("efficientnet_lite0", pretrained=True, image_size=SIZE), 3
+    )
 
 
 def _kept(model: nn.Module, pick) -> dict[str, list[int]]:
-    return {key: sorted(int(i) for i in pick(np.arange(size))) for key, size in backbone_group_sizes(model).items()}
+    return {
+        key: sorted(int(i) for i in pick(np.arange(size)))
+        for key, size in backbone_group_sizes(model).items()
+    }
 
 
 def _randomised(model: nn.Module, seed: int) -> nn.Module:
@@ -45,7 +50,9 @@ def three_way(backbone):
     """Source A keeps the first half of every group, B the middle half; the target every even unit, so its
     units are held by A only, by both, by B only, or by none."""
     first = _pruned(backbone, _kept(backbone, lambda u: u[: max(1, len(u) // 2)]), seed=1)
-    middle = _pruned(backbone, _kept(backbone, lambda u: u[len(u) // 4 : max(len(u) // 4 + 1, 3 * len(u) // 4)]), seed=2)
+    middle = _pruned(
+        backbone, _kept(backbone, lambda u: u[len(u) // 4 : max(len(u) // 4 + 1, 3 * len(u) // 4)]), seed=2
+    )
     target = _pruned(backbone, _kept(backbone, lambda u: u[::2]))
     return first, middle, target
 

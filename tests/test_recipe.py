@@ -29,7 +29,13 @@ def backbone() -> nn.Module:
 def task(backbone) -> data.Task:
     spec = zoo.backbone_spec(backbone)
     return data.load_task(
-        "fashion-mnist", (0, 1, 7), image_size=SIZE, mean=spec.mean, std=spec.std, train_per_class=40, val_per_class=10
+        "fashion-mnist",
+        (0, 1, 7),
+        image_size=SIZE,
+        mean=spec.mean,
+        std=spec.std,
+        train_per_class=40,
+        val_per_class=10,
     )
 
 
@@ -103,7 +109,8 @@ def test_recover_runs_the_named_steps_and_plain_runs_none(pruned, task):
     untouched = copy.deepcopy(pruned)
     report = recipe.recover(untouched, task, recipe.RECIPES["plain"])
     assert report.steps == [] and all(
-        torch.equal(a, b) for a, b in zip(untouched.state_dict().values(), pruned.state_dict().values(), strict=True)
+        torch.equal(a, b)
+        for a, b in zip(untouched.state_dict().values(), pruned.state_dict().values(), strict=True)
     )
     report = recipe.recover(model, task, recipe.RECIPES["recover"], seed=0)
     assert report.steps == ["adaptive_bn", "imprint"]
@@ -118,3 +125,19 @@ def test_invalid_recipe_and_identical_prototypes_are_refused(backbone):
     same = torch.ones(4, features.classifier(model).in_features)
     with pytest.raises(EdgeSmspError, match="identical prototypes"):
         recipe.imprint_head(model, same, torch.tensor([0, 1, 0, 1]))
+
+
+def test_head_steps_are_skipped_when_stale_statistics_kill_the_features(pruned, task):
+    """Seen in the study: pruned with the backbone's BatchNorm statistics, the last ReLU6 outputs 0 for every
+    image. Stale statistics are simulated here on the last BatchNorm; adaptive BN brings the features back."""
+    model = copy.deepcopy(pruned)
+    with torch.no_grad():
+        model.bn2.running_mean.fill_(1e4)
+    images, _ = features.task_sample(task, 60, seed=0)
+    assert features.penultimate_features(model, images).abs().max() == 0
+    head_before = features.classifier(model).weight.clone()
+    report = recipe.recover(model, task, recipe.Recipe("imprint only", adaptive_bn=False), seed=0)
+    assert report.steps == ["head skipped: the features do not separate the classes"]
+    assert torch.equal(features.classifier(model).weight, head_before)
+    report = recipe.recover(model, task, recipe.RECIPES["recover"], seed=0)
+    assert report.steps == ["adaptive_bn", "imprint"]

@@ -42,6 +42,7 @@ class Variant:
     taylor: str = "warmup"  # warmup (20 % of the budget on the unpruned model) | imprint (recipe first)
     lr: float | None = None
     bn_train: bool = True
+    mask_source: str = "masks"  # masks (binary, summed) | scores (the entries' unit ranks, summed; smsp only)
 
     @property
     def name(self) -> str:
@@ -54,7 +55,11 @@ class Variant:
         )
 
     def _common(self) -> str:
-        return (f",lr{self.lr:g}" if self.lr is not None else "") + ("" if self.bn_train else ",bnfrozen")
+        return (
+            (f",lr{self.lr:g}" if self.lr is not None else "")
+            + ("" if self.bn_train else ",bnfrozen")
+            + ("" if self.mask_source == "masks" else f",{self.mask_source}")
+        )
 
 
 def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, iters: int) -> dict[str, Any]:
@@ -102,9 +107,16 @@ def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, ite
         selected = ordered[: variant.top_k]
         seconds["similarity"] = time.perf_counter() - t
         scores: dict[str, np.ndarray] = {}
-        for task_id in selected:
-            for key, mask in _masks(entries[task_id][1]).items():
-                scores[key] = scores.get(key, 0.0) + mask
+        if variant.mask_source == "scores":
+            from edge_smsp.pool import Pool
+
+            with Pool(common.pool_path(size, *pool), create=False) as opened:
+                chosen = [(entries[task_id][0], 0.0) for task_id in selected]
+                scores = smsp.score_mask(opened, chosen, source="scores")
+        else:
+            for task_id in selected:
+                for key, mask in _masks(entries[task_id][1]).items():
+                    scores[key] = scores.get(key, 0.0) + mask
         info["selected"] = selected
         info["selected_shared"] = [rank.shared(classes, t) for t in selected]
     else:
@@ -180,14 +192,38 @@ def _batches(task, seed: int, count: int):
 
 
 V = Variant
+RECIPE_NAMES = ("plain", "bn", "imprint", "bn+imprint", "bn+imprint+probe", "imprint+probe")
 EXPERIMENTS: dict[str, list[Variant]] = {
-    "recipe": [
-        V(recipe=r) for r in ("plain", "bn", "imprint", "bn+imprint", "bn+imprint+probe", "imprint+probe")
-    ],
+    "recipe": [V(estimator="proto", recipe=r) for r in RECIPE_NAMES],
     "init": [
-        V(init=i, recipe=r, top_k=k)
+        V(estimator="proto", init=i, recipe=r, top_k=k)
         for r in ("plain", "bn+imprint")
         for i, k in (("top1", 1), ("top1", 5), ("avg", 5), ("wavg", 5), ("avg", 3))
+    ],
+    "followup05": [
+        V(estimator="proto", init="top1", top_k=1, recipe=r, lr=lr)
+        for r in ("plain", "bn+imprint")
+        for lr in (0.003, 0.03)
+    ]
+    + [
+        V(estimator="leep", init="top1", top_k=1),
+        V(method="smsp-random", init="top1", top_k=1),
+        V(estimator="proto", init="top1", top_k=1, pool_iters=1000),
+        V(estimator="proto", init="top1", top_k=1, recipe="bn+imprint", pool_iters=1000),
+        V(estimator="proto", pool_iters=1000),
+        V(estimator="proto", init="avg", top_k=3, pool_iters=1000),
+    ],
+    "r07": [
+        V(estimator="proto", recipe=r, init=i, top_k=k, pool_ratio=pr, pool_iters=pi, mask_source=ms)
+        for r in ("plain", "bn+imprint")
+        for i, k, pr, pi, ms in (
+            ("backbone", 5, 0.5, 400, "masks"),
+            ("top1", 1, 0.5, 400, "masks"),
+            ("top1", 1, 0.5, 400, "scores"),
+            ("top1", 1, 0.7, 400, "masks"),
+            ("top1", 1, 0.7, 1000, "masks"),
+            ("top1", 1, 0.5, 1000, "scores"),
+        )
     ],
     "tp": [
         V(method=m, recipe=r, taylor=t)

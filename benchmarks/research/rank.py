@@ -17,7 +17,7 @@ import torch
 
 from benchmarks.research import common
 
-ESTIMATORS = ("leep", "logme", "proto", "proto-raw")
+ESTIMATORS = ("leep", "logme", "proto", "proto-p1", "proto-raw")
 _MODELS: dict[tuple, Any] = {}
 _DESCRIPTORS: dict[tuple, np.ndarray] = {}
 
@@ -54,7 +54,7 @@ def scores(
     """Similarity of every other pool entry to the pool task `classes` (higher = more similar)."""
     from edge_smsp.features import penultimate_features, task_sample
     from edge_smsp.leep import leep
-    from edge_smsp.similarity import descriptor_centre, logme, prototype_similarity
+    from edge_smsp.similarity import DEFAULT_POWER, descriptor_centre, logme, prototype_similarity
     from edge_smsp.train import predict_proba
 
     task = common.task(classes, size)
@@ -62,8 +62,9 @@ def scores(
     if estimator.startswith("proto"):
         query = descriptor(classes, size, seed)
         descriptors = {c: descriptor(c, size, 0) for c in others}
-        centre = descriptor_centre(list(descriptors.values())) if estimator == "proto" else None
-        return {_task_id(c): prototype_similarity(query, d, centre) for c, d in descriptors.items()}
+        centre = descriptor_centre(list(descriptors.values())) if estimator != "proto-raw" else None
+        power = {"proto": DEFAULT_POWER}.get(estimator, 1.0)
+        return {_task_id(c): prototype_similarity(query, d, centre, power) for c, d in descriptors.items()}
     images, labels = task_sample(task, common.SIMILARITY_SAMPLES, seed)
     result = {}
     for task_id, (_entry, model) in entry_models(size, *pool).items():

@@ -57,7 +57,7 @@ def coordinates(backbone: nn.Module, kept: Mapping[str, Sequence[int]]) -> Coord
         return _coordinate_cache[cache_key]
     if getattr(backbone, KEPT_ATTRIBUTE, None) is not None:
         raise PruneError("coordinates are measured on the unpruned backbone, not on a pruned model")
-    probe = copy_with_layouts(backbone).double()
+    probe = copy_with_layouts(backbone).to("cpu", torch.float64)
     original_shapes = {}
     with torch.no_grad():
         for name, tensor in _tensors(probe).items():
@@ -112,7 +112,9 @@ def inherit(
                 weights += weight * held
                 holders += held.to(torch.int64)
             mean = total / weights.clamp(min=1e-300)
-            tensor.copy_(torch.where(weights > 0, mean, tensor.to(torch.float64)).to(tensor.dtype))
+            tensor.copy_(
+                torch.where(weights > 0, mean, tensor.detach().to("cpu", torch.float64)).to(tensor.dtype)
+            )
             counts = torch.bincount(holders.flatten(), minlength=len(sources) + 1)
             for count, number in enumerate(counts.tolist()):
                 if number:
@@ -139,7 +141,7 @@ def _aligned(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The source's values at the target's positions (any value where it lacks them), and a 0/1 mask of where
     the source holds them."""
-    values = source.detach().to(torch.float64)
+    values = source.detach().to("cpu", torch.float64)
     held = torch.ones(target_shape, dtype=torch.float64)
     for dim in range(min(2, len(target_shape))):
         wanted = _backbone_indices(target_axes[dim], target_shape[dim])

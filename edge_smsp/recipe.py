@@ -39,11 +39,18 @@ class Recipe:
     imprint: bool = True
     probe_steps: int = 0  # full-batch L-BFGS steps on the head alone (0: no linear probe)
     probe_l2: float = 1e-3  # L2 penalty of the probe on the head's weights
+    imprint_shrink: float = 1.0  # multiplies the fitted scale: < 1 starts the head less confident
     samples: int = 512  # class-balanced training images for BN statistics and prototypes
     bn_batch_size: int = 64
 
     def __post_init__(self) -> None:
-        if self.probe_steps < 0 or self.samples < 2 or self.bn_batch_size < 2 or self.probe_l2 < 0:
+        if (
+            self.probe_steps < 0
+            or self.samples < 2
+            or self.bn_batch_size < 2
+            or self.probe_l2 < 0
+            or not self.imprint_shrink > 0
+        ):
             raise EdgeSmspError(f"invalid recipe {self}")
 
     @property
@@ -92,7 +99,7 @@ def recover(model: nn.Module, task: Task, recipe: Recipe, seed: int = 0) -> Reco
             report.steps.append("head skipped: the features do not separate the classes")
         else:
             if recipe.imprint:
-                report.head_scale = imprint_head(model, features, labels)
+                report.head_scale = imprint_head(model, features, labels, recipe.imprint_shrink)
                 report.steps.append("imprint")
             if recipe.probe_steps:
                 report.probe_loss = linear_probe(model, features, labels, recipe.probe_steps, recipe.probe_l2)
@@ -127,7 +134,9 @@ def adaptive_bn(model: nn.Module, images: torch.Tensor, batch_size: int = 64) ->
 
 
 @torch.no_grad()
-def imprint_head(model: nn.Module, features: torch.Tensor, labels: torch.Tensor) -> float:
+def imprint_head(
+    model: nn.Module, features: torch.Tensor, labels: torch.Tensor, shrink: float = 1.0
+) -> float:
     """Set the classifier to scaled, centred class-prototype directions; returns the fitted scale.
 
     With c the mean of the class means and u_k the unit direction of (mean_k - c), logit_k = s * u_k . (x - c):
@@ -144,7 +153,7 @@ def imprint_head(model: nn.Module, features: torch.Tensor, labels: torch.Tensor)
         raise EdgeSmspError("two classes have identical prototypes: cannot imprint a head")
     directions = offsets / norms
     projections = (features.to(torch.float64) - centre) @ directions.T
-    scale = _fitted_scale(projections, labels)
+    scale = shrink * _fitted_scale(projections, labels)
     head.weight.copy_((scale * directions).to(head.weight.dtype))
     if head.bias is not None:
         head.bias.copy_((-scale * directions @ centre).to(head.bias.dtype))

@@ -14,14 +14,14 @@ import torch
 from benchmarks.research import common
 
 
-def build(size: int, ratio: float, iters: int) -> None:
+def build(size: int, ratio: float, iters: int, tasks: int = common.POOL_TASKS) -> None:
     from edge_smsp import smsp
     from edge_smsp.pool import Pool
 
     path = common.pool_path(size, ratio, iters)
     path.parent.mkdir(parents=True, exist_ok=True)
     results = common.Results("pool_builds")
-    for classes in common.pool_tasks():
+    for classes in common.pool_tasks()[:tasks]:
         seed = common.task_seed(classes)
         config = smsp.AdaptConfig(
             ratio=ratio,
@@ -59,11 +59,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--pool", action="append", required=True, help="RATIO:ITERS")
+    parser.add_argument("--tasks", type=int, default=common.POOL_TASKS, help="only the first N pool tasks")
     args = parser.parse_args()
     common.single_thread()
     for spec in args.pool:
         ratio, iters = spec.split(":")
-        build(args.size, float(ratio), int(iters))
+        build(args.size, float(ratio), int(iters), args.tasks)
 
 
 if __name__ == "__main__":

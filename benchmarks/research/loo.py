@@ -27,6 +27,7 @@ RECIPES = {
     "bn+probe": Recipe("bn+probe", imprint=False, probe_steps=50),
     "bn+imprint+probe": Recipe("bn+imprint+probe", probe_steps=50),
     "imprint+probe": Recipe("imprint+probe", adaptive_bn=False, probe_steps=50),
+    "bn+imprint/10": Recipe("bn+imprint/10", imprint_shrink=0.1),
 }
 
 
@@ -224,6 +225,30 @@ EXPERIMENTS: dict[str, list[Variant]] = {
             ("top1", 1, 0.7, 1000, "masks"),
             ("top1", 1, 0.5, 1000, "scores"),
         )
+    ],
+    "sweep": [
+        V(estimator="proto", init="top1", top_k=1, recipe="plain", pool_iters=1000),
+        V(estimator="proto", init="top1", top_k=1, recipe="bn+imprint", pool_iters=1000),
+        V(estimator="proto", recipe="plain", pool_iters=1000),
+        V(estimator="proto", recipe="bn+imprint", pool_iters=1000),
+        V(method="taylor", recipe="plain", taylor="warmup"),
+        V(method="taylor", recipe="bn+imprint", taylor="imprint"),
+        V(method="random", recipe="plain"),
+    ],
+    "shrink": [
+        V(estimator="proto", recipe="bn+imprint/10", pool_iters=1000),
+        V(estimator="proto", init="top1", top_k=1, recipe="imprint", pool_iters=1000),
+        V(estimator="proto", init="top1", top_k=1, recipe="plain", pool_iters=1000, bn_train=False),
+        V(estimator="proto", init="top1", top_k=1, recipe="bn+imprint", pool_iters=1000, bn_train=False),
+        V(estimator="proto", init="top1", top_k=1, recipe="bn+imprint/10", pool_iters=1000),
+        V(method="taylor", recipe="bn+imprint/10", taylor="imprint"),
+    ],
+    "px64": [
+        V(estimator="proto", init="top1", top_k=1, recipe="plain"),
+        V(estimator="proto", init="top1", top_k=1, recipe="bn+imprint"),
+        V(estimator="proto", recipe="plain"),
+        V(method="taylor", recipe="plain", taylor="warmup"),
+        V(method="random", recipe="plain"),
     ],
     "tp": [
         V(method=m, recipe=r, taylor=t)

@@ -1,0 +1,71 @@
+"""Build the research pools: every pool task pruned from scratch (iterative Taylor) at a ratio and budget.
+
+Each entry's val accuracy is also that pool task's scratch@iters result, the bar SMSP must reach.
+Usage: .venv/bin/python -m benchmarks.research.build_pools --size 32 --pool 0.5:400 --pool 0.5:1000 ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from benchmarks.research import common
+
+
+def build(size: int, ratio: float, iters: int, tasks: int = common.POOL_TASKS) -> None:
+    from edge_smsp import smsp
+    from edge_smsp.pool import Pool
+
+    path = common.pool_path(size, ratio, iters)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    results = common.Results("pool_builds")
+    for classes in common.pool_tasks()[:tasks]:
+        seed = common.task_seed(classes)
+        config = smsp.AdaptConfig(
+            ratio=ratio,
+            iters=iters,
+            method="scratch",
+            scratch_rounds=common.SCRATCH_ROUNDS,
+            batch_size=common.BATCH_SIZE,
+            seed=seed,
+        )
+        torch.manual_seed(seed)
+        task = common.task(classes, size)
+        started = time.perf_counter()
+        with Pool(path) as pool:
+            made = smsp.build_pool(common.backbone(size), pool, [task], config)
+        if made:
+            with Pool(path) as pool:
+                entry = pool.entry(made[0])
+            record = {
+                "key": f"px{size}|r{ratio:g}|it{iters}|{task.task_id}",
+                "size": size,
+                "ratio": ratio,
+                "iters": iters,
+                "task": task.task_id,
+                "val_accuracy": entry.val_accuracy,
+                "seconds": round(time.perf_counter() - started, 1),
+            }
+            results.put(record)
+            common.log(
+                f"pool px{size} r{ratio:g} it{iters} {task.task_id}: {entry.val_accuracy:.4f} "
+                f"in {record['seconds']} s"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--pool", action="append", required=True, help="RATIO:ITERS")
+    parser.add_argument("--tasks", type=int, default=common.POOL_TASKS, help="only the first N pool tasks")
+    args = parser.parse_args()
+    common.single_thread()
+    for spec in args.pool:
+        ratio, iters = spec.split(":")
+        build(args.size, float(ratio), int(iters), args.tasks)
+
+
+if __name__ == "__main__":
+    main()

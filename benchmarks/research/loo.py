@@ -1,0 +1,321 @@
+"""Leave-one-out adaptation of pool tasks: SMSP (masks / pool weights) and Torch-Pruning criteria, with recipes.
+
+Each pool task is adapted from the research pool without its own entry. A variant is one line of `Variant`;
+experiments are named lists of variants (`EXPERIMENTS`). Results: results/loo.jsonl, resumable.
+Usage: .venv/bin/python -m benchmarks.research.loo --exp recipe --ratio 0.5 --ratio 0.7 --iters 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.research import common, rank
+from edge_smsp.recipe import Recipe
+
+RECIPES = {
+    "plain": Recipe("plain", adaptive_bn=False, imprint=False),
+    "bn": Recipe("bn", imprint=False),
+    "imprint": Recipe("imprint", adaptive_bn=False),
+    "bn+imprint": Recipe("bn+imprint"),
+    "bn+probe": Recipe("bn+probe", imprint=False, probe_steps=50),
+    "bn+imprint+probe": Recipe("bn+imprint+probe", probe_steps=50),
+    "imprint+probe": Recipe("imprint+probe", adaptive_bn=False, probe_steps=50),
+    "bn+imprint/10": Recipe("bn+imprint/10", imprint_shrink=0.1),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    method: str = "smsp"  # smsp | smsp-random | taylor | magnitude | random
+    estimator: str = "leep"  # leep | proto | logme (smsp only)
+    top_k: int = 5
+    init: str = "backbone"  # backbone | top1 | avg | wavg  (weights; smsp only)
+    recipe: str = "plain"
+    pool_ratio: float = 0.5
+    pool_iters: int = 400
+    taylor: str = "warmup"  # warmup (20 % of the budget on the unpruned model) | imprint (recipe first)
+    lr: float | None = None
+    bn_train: bool = True
+    mask_source: str = "masks"  # masks (binary, summed) | scores (the entries' unit ranks, summed; smsp only)
+
+    @property
+    def name(self) -> str:
+        if self.method in ("taylor", "magnitude", "random"):
+            extra = f",{self.taylor}" if self.method == "taylor" else ""
+            return f"{self.method}[{self.recipe}{extra}{self._common()}]"
+        return (
+            f"{self.method}[{self.estimator},k{self.top_k},{self.init},{self.recipe},"
+            f"pool{self.pool_ratio:g}@{self.pool_iters}{self._common()}]"
+        )
+
+    def _common(self) -> str:
+        return (
+            (f",lr{self.lr:g}" if self.lr is not None else "")
+            + ("" if self.bn_train else ",bnfrozen")
+            + ("" if self.mask_source == "masks" else f",{self.mask_source}")
+        )
+
+
+def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, iters: int) -> dict[str, Any]:
+    from edge_smsp import smsp
+    from edge_smsp.importance import score_units, unit_l1_norms
+    from edge_smsp.inherit import inherit
+    from edge_smsp.prune import prune
+    from edge_smsp.recipe import recover
+    from edge_smsp.train import evaluate, finetune
+
+    seed = common.task_seed(classes)
+    backbone = common.backbone(size)
+    task = common.task(classes, size)
+    recipe = RECIPES[variant.recipe]
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    model = smsp.with_task_head(backbone, task, seed)
+    spent, selected = 0, []
+    info: dict[str, Any] = {}
+
+    def train(steps: int, offset: int) -> None:
+        t = time.perf_counter()
+        finetune(
+            model,
+            task,
+            steps,
+            batch_size=common.BATCH_SIZE,
+            lr=variant.lr,
+            seed=seed * 1000 + offset,
+            train_mode_bn=variant.bn_train,
+        )
+        seconds["finetune"] = seconds.get("finetune", 0.0) + time.perf_counter() - t
+
+    if variant.method in ("smsp", "smsp-random"):
+        t = time.perf_counter()
+        pool = (variant.pool_ratio, variant.pool_iters)
+        entries = rank.entry_models(size, *pool)
+        if variant.method == "smsp":
+            similarity = rank.cached_scores(variant.estimator, classes, size, pool)
+            ordered = sorted(similarity, key=similarity.get, reverse=True)
+        else:
+            others = sorted(t for t in entries if t != task.task_id)
+            picks = np.random.default_rng(seed).choice(len(others), size=len(others), replace=False)
+            ordered, similarity = [others[int(i)] for i in picks], {}
+        selected = ordered[: variant.top_k]
+        seconds["similarity"] = time.perf_counter() - t
+        scores: dict[str, np.ndarray] = {}
+        if variant.mask_source == "scores":
+            from edge_smsp.pool import Pool
+
+            with Pool(common.pool_path(size, *pool), create=False) as opened:
+                chosen = [(entries[task_id][0], 0.0) for task_id in selected]
+                scores = smsp.score_mask(opened, chosen, source="scores")
+        else:
+            for task_id in selected:
+                for key, mask in _masks(entries[task_id][1]).items():
+                    scores[key] = scores.get(key, 0.0) + mask
+        info["selected"] = selected
+        info["selected_shared"] = [rank.shared(classes, t) for t in selected]
+    else:
+        if variant.method == "taylor" and variant.taylor == "warmup":
+            spent = round(iters * 0.2)
+            train(spent, 0)
+        elif variant.method == "taylor":
+            recover(model, task, recipe if recipe.needs_features else RECIPES["bn+imprint"], seed)
+        scored = model if variant.method == "taylor" else backbone
+        t = time.perf_counter()
+        scores = score_units(scored, variant.method, batches=_batches(task, seed, 4), seed=seed)
+        seconds["scores"] = time.perf_counter() - t
+    t = time.perf_counter()
+    model, summary = prune(model, scores, ratio, round_to=8, tie_break=_l1(backbone, unit_l1_norms))
+    seconds["prune"] = time.perf_counter() - t
+    if variant.init != "backbone":
+        t = time.perf_counter()
+        sources = _sources(variant, selected, similarity, entries)
+        report = inherit(model, backbone, sources)
+        info["inherit_covered"] = round(report.covered_fraction, 4)
+        seconds["inherit"] = time.perf_counter() - t
+    t = time.perf_counter()
+    recovery = recover(model, task, recipe, seed)
+    info["head_scale"] = recovery.head_scale
+    seconds["recipe"] = time.perf_counter() - t
+    train(iters - spent, 1 if spent else 0)
+    t = time.perf_counter()
+    accuracy = evaluate(model, task.val)
+    seconds["evaluate"] = time.perf_counter() - t
+    seconds["total"] = time.perf_counter() - started
+    return {
+        "task": task.task_id,
+        "val_accuracy": accuracy,
+        "params_after": summary.params_after,
+        "seconds": {k: round(v, 2) for k, v in seconds.items()},
+        **info,
+    }
+
+
+def _sources(variant: Variant, selected: list[str], similarity: dict[str, float], entries: dict) -> list:
+    if variant.init == "top1":
+        return [(entries[selected[0]][1], 1.0)]
+    if variant.init == "avg":
+        return [(entries[t][1], 1.0) for t in selected]
+    if variant.init == "wavg":  # softmax over the similarity scores of the selected entries
+        values = np.array([similarity[t] for t in selected], dtype=np.float64)
+        spread = values.std() or 1.0
+        weights = np.exp((values - values.max()) / spread)
+        return [(entries[t][1], float(w)) for t, w in zip(selected, weights, strict=True)]
+    raise SystemExit(f"unknown init {variant.init}")
+
+
+def _masks(model) -> dict[str, np.ndarray]:
+    from edge_smsp.prune import kept_mask
+
+    return {key: mask.astype(np.float64) for key, mask in kept_mask(model).items()}
+
+
+_L1: dict[int, Any] = {}
+
+
+def _l1(backbone, function):
+    if id(backbone) not in _L1:
+        _L1[id(backbone)] = function(backbone)
+    return _L1[id(backbone)]
+
+
+def _batches(task, seed: int, count: int):
+    generator = torch.Generator().manual_seed(seed * 1000)
+    order = torch.randperm(len(task.train), generator=generator)
+    for index in range(count):
+        yield task.train.batch(order[index * common.BATCH_SIZE : (index + 1) * common.BATCH_SIZE])
+
+
+V = Variant
+RECIPE_NAMES = ("plain", "bn", "imprint", "bn+imprint", "bn+imprint+probe", "imprint+probe")
+EXPERIMENTS: dict[str, list[Variant]] = {
+    "recipe": [V(estimator="proto", recipe=r) for r in RECIPE_NAMES],
+    "init": [
+        V(estimator="proto", init=i, recipe=r, top_k=k)
+        for r in ("plain", "bn+imprint")
+        for i, k in (("top1", 1), ("top1", 5), ("avg", 5), ("wavg", 5), ("avg", 3))
+    ],
+    "followup05": [
+        V(estimator="proto", init="top1", top_k=1, recipe=r, lr=lr)
+        for r in ("plain", "bn+imprint")
+        for lr in (0.003, 0.03)
+    ]
+    + [
+        V(estimator="leep", init="top1", top_k=1),
+        V(method="smsp-random", init="top1", top_k=1),
+        V(estimator="proto", init="top1", top_k=1, pool_iters=1000),
+        V(estimator="proto", init="top1", top_k=1, recipe="bn+imprint", pool_iters=1000),
+        V(estimator="proto", pool_iters=1000),
+        V(estimator="proto", init="avg", top_k=3, pool_iters=1000),
+    ],
+    "r07": [
+        V(estimator="proto", recipe=r, init=i, top_k=k, pool_ratio=pr, pool_iters=pi, mask_source=ms)
+        for r in ("plain", "bn+imprint")
+        for i, k, pr, pi, ms in (
+            ("backbone", 5, 0.5, 400, "masks"),
+            ("top1", 1, 0.5, 400, "masks"),
+            ("top1", 1, 0.5, 400, "scores"),
+            ("top1", 1, 0.7, 400, "masks"),
+            ("top1", 1, 0.7, 1000, "masks"),
+            ("top1", 1, 0.5, 1000, "scores"),
+        )
+    ],
+    "sweep": [
+        V(estimator="proto", init="top1", top_k=1, recipe="plain", pool_iters=1000),
+        V(estimator="proto", init="top1", top_k=1, recipe="bn+imprint", pool_iters=1000),
+        V(estimator="proto", recipe="plain", pool_iters=1000),
+        V(estimator="proto", recipe="bn+imprint", pool_iters=1000),
+        V(method="taylor", recipe="plain", taylor="warmup"),
+        V(method="taylor", recipe="bn+imprint", taylor="imprint"),
+        V(method="random", recipe="plain"),
+    ],
+    "shrink": [
+        V(estimator="proto", recipe="bn+imprint/10", pool_iters=1000),
+        V(estimator="proto", init="top1", top_k=1, recipe="imprint", pool_iters=1000),
+        V(estimator="proto", init="top1", top_k=1, recipe="plain", pool_iters=1000, bn_train=False),
+        V(estimator="proto", init="top1", top_k=1, recipe="bn+imprint", pool_iters=1000, bn_train=False),
+        V(estimator="proto", init="top1", top_k=1, recipe="bn+imprint/10", pool_iters=1000),
+        V(method="taylor", recipe="bn+imprint/10", taylor="imprint"),
+    ],
+    "px64": [
+        V(estimator="proto", init="top1", top_k=1, recipe="plain"),
+        V(estimator="proto", init="top1", top_k=1, recipe="bn+imprint"),
+        V(estimator="proto", recipe="plain"),
+        V(method="taylor", recipe="plain", taylor="warmup"),
+        V(method="random", recipe="plain"),
+    ],
+    "tp": [
+        V(method=m, recipe=r, taylor=t)
+        for r in ("plain", "bn+imprint")
+        for m, t in (
+            ("taylor", "warmup"),
+            ("taylor", "imprint"),
+            ("magnitude", "warmup"),
+            ("random", "warmup"),
+        )
+        if not (r == "plain" and t == "imprint")
+    ],
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--exp", action="append", default=[])
+    parser.add_argument("--variant", action="append", default=[], help="Variant fields as k=v,k=v")
+    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--ratio", type=float, action="append")
+    parser.add_argument("--iters", type=int, action="append")
+    parser.add_argument("--tasks", type=int, default=common.POOL_TASKS, help="first N pool tasks")
+    args = parser.parse_args()
+    common.single_thread()
+    variants = [v for name in args.exp for v in EXPERIMENTS[name]]
+    for text in args.variant:
+        fields = dict(item.split("=") for item in text.split(","))
+        types = {f.name: f.type for f in dataclasses.fields(Variant)}
+        variants.append(Variant(**{k: _parse(types[k], v) for k, v in fields.items()}))
+    results = common.Results("loo")
+    done = results.load()
+    tasks = common.pool_tasks()[: args.tasks]
+    for iters in args.iters or [100]:
+        for ratio in args.ratio or [0.5]:
+            for variant in variants:
+                for classes in tasks:
+                    key = f"px{args.size}|{variant.name}|r{ratio:g}|it{iters}|{'-'.join(map(str, classes))}"
+                    if key in done:
+                        continue
+                    torch.manual_seed(common.task_seed(classes))
+                    record = run(variant, classes, args.size, ratio, iters)
+                    record.update(
+                        {
+                            "key": key,
+                            "variant": variant.name,
+                            "fields": dataclasses.asdict(variant),
+                            "size": args.size,
+                            "ratio": ratio,
+                            "iters": iters,
+                        }
+                    )
+                    results.put(record)
+                    common.log(f"{key}: {record['val_accuracy']:.4f} ({record['seconds']['total']:.0f} s)")
+
+
+def _parse(kind: str, value: str) -> Any:
+    if value == "None":
+        return None
+    if "int" in kind:
+        return int(value)
+    if "float" in kind:
+        return float(value)
+    if "bool" in kind:
+        return value == "True"
+    return value
+
+
+if __name__ == "__main__":
+    main()

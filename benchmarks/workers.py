@@ -106,12 +106,14 @@ def build_pool_entry(mode: str, pool_path: str, classes: tuple[int, ...], seed: 
         batch_size=s.batch_size,
         seed=seed,
     )
-    results: list[Any] = []
+    reports: list[dict[str, Any]] = []
     with Pool(pool_path) as pool:
-        smsp.build_pool(backbone, pool, [task], config, on_task=lambda _task, result: results.append(result))
+        smsp.build_pool(
+            backbone, pool, [task], config, on_task=lambda outcome: reports.append(outcome.report or {})
+        )
         entry = next(e for e in pool.entries() if e.task.task_key == task.task_id and e.ratio == s.pool_ratio)
         masks = pool.entry_masks(entry.id)
-    result = results[0] if results else None
+    report = reports[0] if reports else {}
     kept = {key: np.flatnonzero(mask).tolist() for key, mask in masks.items()}
     return {
         "phase": "pool",
@@ -122,9 +124,9 @@ def build_pool_entry(mode: str, pool_path: str, classes: tuple[int, ...], seed: 
         "val_accuracy": entry.val_accuracy,
         "iters": entry.iters,
         "ratio": entry.ratio,
-        "params_after": result.summary.params_after if result else None,
-        "macs_after": result.summary.macs_after if result else None,
-        "seconds": result.seconds if result else {"total": float("nan")},
+        "params_after": report.get("params_after"),
+        "macs_after": report.get("macs_after"),
+        "seconds": report.get("seconds", {"total": float("nan")}),
         "mask": pack_mask(kept, group_sizes(mode)),
         "load_average": [round(v, 2) for v in os.getloadavg()],
         "finished": time.strftime("%Y-%m-%d %H:%M:%S"),

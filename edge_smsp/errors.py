@@ -45,3 +45,7 @@ class TransportError(EdgeSmspError):
 
 class DeviceStackError(EdgeSmspError):
     """The device's software (Python, runtime, ONNX opset) cannot run the model, or is older than its profile says."""
+
+
+class ClusterError(EdgeSmspError):
+    """Ray missing or unreachable, or a task that failed on the cluster more often than it is retried."""

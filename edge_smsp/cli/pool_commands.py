@@ -19,6 +19,8 @@ from edge_smsp.cli.common import print_json, show_progress
 from edge_smsp.pool import Pool
 from edge_smsp.score_sources import SCRATCH, criterion_names
 
+LOCAL_RAY = "local"  # --ray without an address: start a local Ray cluster for this build
+
 
 def register(subcommands: argparse._SubParsersAction) -> None:
     """Add `pool` and its verbs to the parser."""
@@ -50,12 +52,26 @@ def register_build(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--rounds", type=int, default=4, help="pruning rounds (fine-tuning between them)")
     parser.add_argument("--importance", choices=criterion_names(iterative=True), default="taylor")
     add_round_to_argument(parser)
+    parser.add_argument(
+        "--ray",
+        nargs="?",
+        const=LOCAL_RAY,
+        default=None,
+        metavar="ADDRESS",
+        help="run each task as a Ray task: on a new local Ray cluster, or on the cluster at ADDRESS "
+        "(host:port of `ray start --head`); this process stays the pool's only writer (pip install edge-smsp[ray])",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=run_build)
 
 
 def run_build(args: argparse.Namespace) -> int:
     import sys
+
+    if args.ray is not None:  # before anything is loaded or written: a missing Ray is one line
+        from edge_smsp.smsp.ray_build import import_ray
+
+        import_ray()
 
     from edge_smsp import smsp
     from edge_smsp.data import generate_tasks
@@ -76,19 +92,42 @@ def run_build(args: argparse.Namespace) -> int:
     backbone = backbone_from_args(args)
     tasks = [task_from_args(args, backbone, classes) for classes in class_sets]
     done: list[dict[str, Any]] = []
+    cluster: dict[str, Any] = {}
 
-    def report(task: Any, result: Any) -> None:
-        row = {"task_id": task.task_id, "skipped": result is None}
-        if result is not None:
-            row.update(val_accuracy=result.val_accuracy, seconds=result.seconds["total"])
-        done.append(row)
+    def note(text: str) -> None:
         if not args.json:
-            state = "already in pool" if result is None else f"val accuracy {100 * result.val_accuracy:.2f}%"
-            print(f"[{len(done)}/{len(tasks)}] {task.task_id}: {state}", file=sys.stderr, flush=True)
+            print(text, file=sys.stderr, flush=True)
 
+    def report(outcome: smsp.TaskOutcome) -> None:
+        row = {"task_id": outcome.task.task_id, "status": outcome.status, "entry_id": outcome.entry_id}
+        row["skipped"] = outcome.report is None
+        if outcome.report is not None:
+            row.update(
+                val_accuracy=outcome.report["val_accuracy"], seconds=outcome.report["seconds"]["total"]
+            )
+        done.append(row)
+        note(f"[{len(done)}/{len(tasks)}] {outcome.task.task_id}: {_outcome_text(outcome)}")
+
+    def started(facts: dict[str, Any]) -> None:
+        cluster.update(facts)
+        kind = "local Ray cluster" if facts["local"] else "Ray cluster"
+        note(f"{kind} at {facts['address']}: {facts['cpus']} CPUs on {facts['nodes']} node(s)")
+
+    callbacks = {
+        "on_task": report,
+        "on_wait": lambda task, holder: note(f"{task.task_id}: being built by {holder}; waiting for it"),
+    }
     path = pool_path(args)
     with Pool(path) as pool:
-        added = smsp.build_pool(backbone, pool, tasks, config, progress=show_progress(args), on_task=report)
+        if args.ray is None:
+            added = smsp.build_pool(backbone, pool, tasks, config, progress=show_progress(args), **callbacks)
+        else:
+            from edge_smsp.smsp.ray_build import ray_build_pool
+
+            address = None if args.ray == LOCAL_RAY else args.ray
+            added = ray_build_pool(
+                backbone, pool, tasks, config, address=address, on_cluster=started, **callbacks
+            )
         total = len(pool.entries(backbone_name=args.backbone))
     summary = {
         "pool": str(path),
@@ -99,11 +138,22 @@ def run_build(args: argparse.Namespace) -> int:
         "tasks": done,
         "entries": total,
     }
+    if cluster:
+        summary["ray"] = cluster
     if args.json:
         print_json(summary)
     else:
         print(f"pool {path}: {len(added)} entries added, {total} for {args.backbone}")
     return 0
+
+
+def _outcome_text(outcome: Any) -> str:
+    if outcome.status == "in pool":
+        return "already in pool"
+    accuracy = f"val accuracy {100 * outcome.report['val_accuracy']:.2f}%"
+    if outcome.status == "dropped":
+        return f"{accuracy}, but another build committed this task first; kept theirs"
+    return f"{accuracy} (entry {outcome.entry_id})"
 
 
 def register_list(verbs: argparse._SubParsersAction) -> None:

@@ -13,39 +13,9 @@ import numpy as np
 
 from edge_smsp.errors import PoolError
 from edge_smsp.fileio import write_atomically
-from edge_smsp.pool.entry_data import (
-    check_plain_name,
-    checked_masks,
-    checked_scores,
-    collect_model_files,
-    decode_arrays,
-    encode_arrays,
-)
-from edge_smsp.pool.store import PoolStore, dumps, now
-from edge_smsp.ratio import canonical_ratio
-
-
-@dataclass(frozen=True)
-class BackboneRecord:
-    """The pre-trained model an entry was pruned from; entries are comparable only within one weights hash."""
-
-    name: str
-    weights_hash: str
-    image_size: int
-    checkpoint: str | None = None
-
-
-@dataclass(frozen=True)
-class TaskRecord:
-    """A pool task: a dataset, a subset of its classes and the seeded splits; task_key identifies it."""
-
-    task_key: str
-    dataset: str
-    classes: tuple[int, ...]
-    seed: int
-    n_train: int
-    n_val: int
-    class_names: tuple[str, ...] = ()
+from edge_smsp.pool.entry_data import NewEntry, check_plain_name, decode_arrays, new_entry
+from edge_smsp.pool.records import BackboneRecord, BuildKey, TaskRecord, entry_ratio
+from edge_smsp.pool.store import PoolStore, now
 
 
 @dataclass(frozen=True)
@@ -103,55 +73,61 @@ class EntryStore(PoolStore):
         replace: bool = False,
     ) -> int:
         """Store one pruned model (metadata, masks, scores, model files) in a single transaction; returns its id."""
-        ratio = _entry_ratio(ratio)
-        if not method:
-            raise PoolError("pool entry needs a pruning method name")
-        if iters < 0:
-            raise PoolError(f"pool entry iterations must be >= 0, got {iters}")
-        if val_accuracy is not None and not 0.0 <= val_accuracy <= 1.0:
-            raise PoolError(f"pool entry val_accuracy must be in [0, 1], got {val_accuracy}")
-        _check_backbone(backbone)
-        _check_task(task)
-        mask_blob = encode_arrays(checked_masks(masks), "masks")
-        score_blob = None if scores is None else encode_arrays(checked_scores(scores, masks), "scores")
-        files = collect_model_files(model_dir, model_files)
-        extra_json = dumps(dict(extra or {}), "extra")
-        created = now()
+        entry = new_entry(
+            task=task,
+            backbone=backbone,
+            ratio=ratio,
+            method=method,
+            iters=iters,
+            val_accuracy=val_accuracy,
+            masks=masks,
+            scores=scores,
+            model_dir=model_dir,
+            model_files=model_files,
+            extra=extra,
+        )
+        return self.commit_entry(entry, replace=replace)
+
+    def commit_entry(self, entry: NewEntry, replace: bool = False) -> int:
+        """Store a checked, encoded entry in a single transaction; returns its id."""
         with self._write():
-            backbone_id = self._backbone_id(backbone, created)
-            task_id = self._task_id(task, created)
-            existing = self._db.execute(
-                "SELECT id FROM entries WHERE task_id = ? AND backbone_id = ? AND ratio = ? AND method = ? AND iters = ?",
-                (task_id, backbone_id, ratio, method, iters),
-            ).fetchone()
+            existing = self._entry_id(entry.key)
             if existing is not None:
                 if not replace:
                     raise PoolError(
-                        f"pool {self.path} already has entry {existing[0]} for task {task.task_key} "
-                        f"({backbone.name}, ratio {ratio}, {method}, {iters} iters); pass replace=True to overwrite"
+                        f"pool {self.path} already has entry {existing} for task {entry.task.task_key} "
+                        f"({entry.backbone.name}, ratio {entry.ratio}, {entry.method}, {entry.iters} iters); "
+                        "pass replace=True to overwrite"
                     )
-                self._db.execute("DELETE FROM entries WHERE id = ?", (existing[0],))
-            entry_id = self._db.execute(
-                "INSERT INTO entries (task_id, backbone_id, ratio, method, iters, val_accuracy, masks, scores,"
-                " created, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    task_id,
-                    backbone_id,
-                    ratio,
-                    method,
-                    iters,
-                    val_accuracy,
-                    mask_blob,
-                    score_blob,
-                    created,
-                    extra_json,
-                ),
-            ).lastrowid
-            for name, data in files.items():
-                self._db.execute(
-                    "INSERT INTO entry_files (entry_id, name, sha256, data) VALUES (?, ?, ?, ?)",
-                    (entry_id, name, hashlib.sha256(data).hexdigest(), data),
-                )
+                self._db.execute("DELETE FROM entries WHERE id = ?", (existing,))
+            return self._insert_entry(entry)
+
+    def _insert_entry(self, entry: NewEntry) -> int:
+        """Insert an entry and its files; the caller holds the write transaction and checked the key is free."""
+        created = now()
+        backbone_id = self._backbone_id(entry.backbone, created)
+        task_id = self._task_id(entry.task, created)
+        entry_id = self._db.execute(
+            "INSERT INTO entries (task_id, backbone_id, ratio, method, iters, val_accuracy, masks, scores,"
+            " created, extra) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                task_id,
+                backbone_id,
+                entry.ratio,
+                entry.method,
+                entry.iters,
+                entry.val_accuracy,
+                entry.masks,
+                entry.scores,
+                created,
+                entry.extra,
+            ),
+        ).lastrowid
+        for name, data in entry.files.items():
+            self._db.execute(
+                "INSERT INTO entry_files (entry_id, name, sha256, data) VALUES (?, ?, ?, ?)",
+                (entry_id, name, hashlib.sha256(data).hexdigest(), data),
+            )
         return int(entry_id)
 
     def delete_entry(self, entry_id: int) -> None:
@@ -200,17 +176,28 @@ class EntryStore(PoolStore):
         iters: int,
         image_size: int | None = None,
     ) -> bool:
-        """Whether a finished entry exists (resumable builds skip it)."""
+        """Whether a finished entry exists (resumable builds skip it); any input size unless image_size is given."""
         sql = (
             "SELECT 1 FROM entries e JOIN tasks t ON t.id = e.task_id JOIN backbones b ON b.id = e.backbone_id"
             " WHERE t.task_key = ? AND b.weights_hash = ? AND e.ratio = ? AND e.method = ? AND e.iters = ?"
         )
-        params: list[Any] = [task_key, backbone_hash, _entry_ratio(ratio), method, iters]
+        params: list[Any] = [task_key, backbone_hash, entry_ratio(ratio), method, iters]
         if image_size is not None:
             sql += " AND b.image_size = ?"
             params.append(image_size)
         with self._errors():
             return self._db.execute(sql + " LIMIT 1", params).fetchone() is not None
+
+    def _entry_id(self, key: BuildKey) -> int | None:
+        """The id of the entry that fills a build key, if any (inside or outside a transaction)."""
+        with self._errors():
+            row = self._db.execute(
+                "SELECT e.id FROM entries e JOIN tasks t ON t.id = e.task_id JOIN backbones b ON b.id = e.backbone_id"
+                " WHERE t.task_key = ? AND b.weights_hash = ? AND b.image_size = ? AND e.ratio = ?"
+                " AND e.method = ? AND e.iters = ?",
+                (key.task_key, key.weights_hash, key.image_size, key.ratio, key.method, key.iters),
+            ).fetchone()
+        return None if row is None else int(row[0])
 
     def entry_masks(self, entry_id: int) -> dict[str, np.ndarray]:
         """Binary masks (bool arrays, one per unit group key) of an entry."""
@@ -327,25 +314,3 @@ class EntryStore(PoolStore):
         if row is None:
             raise PoolError(f"pool {self.path} has no entry {entry_id}")
         return row[0]
-
-
-def _entry_ratio(ratio: float) -> float:
-    return canonical_ratio(ratio, error=PoolError, what="pruning ratio")
-
-
-def _check_backbone(backbone: BackboneRecord) -> None:
-    if not backbone.name or not backbone.weights_hash:
-        raise PoolError("pool backbone needs a name and a weights hash")
-    if backbone.image_size <= 0:
-        raise PoolError(f"pool backbone image_size must be > 0, got {backbone.image_size}")
-
-
-def _check_task(task: TaskRecord) -> None:
-    if not task.task_key or not task.dataset:
-        raise PoolError("pool task needs a task key and a dataset name")
-    if not task.classes:
-        raise PoolError(f"pool task {task.task_key} has no classes")
-    if task.class_names and len(task.class_names) != len(task.classes):
-        raise PoolError(
-            f"pool task {task.task_key} has {len(task.classes)} classes but {len(task.class_names)} class names"
-        )

@@ -1,16 +1,32 @@
-"""An entry's contents before they are stored: checked masks and scores, their encoding, the model's files."""
+"""An entry's contents before they are stored: checked masks and scores, their encoding, the model's files,
+and the checked, encoded entry (NewEntry) that a build hands the pool's writer."""
 
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import zipfile
 import zlib
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from edge_smsp.errors import PoolError
+from edge_smsp.pool.records import (
+    BackboneRecord,
+    BuildKey,
+    TaskRecord,
+    check_backbone,
+    check_task,
+    entry_ratio,
+)
+from edge_smsp.pool.store import dumps
+
+WIRE_FORMAT = "edge-smsp-entry/1"
 
 
 def checked_masks(masks: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -96,3 +112,117 @@ def check_plain_name(name: str) -> None:
     """A stored file name must not leave its directory (a shared pool file is untrusted input)."""
     if not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name:
         raise PoolError(f"model file name {name!r} must be a plain file name")
+
+
+@dataclass(frozen=True)
+class NewEntry:
+    """An entry checked and encoded, ready to commit in one transaction (what a build worker hands the writer)."""
+
+    task: TaskRecord
+    backbone: BackboneRecord
+    ratio: float
+    method: str
+    iters: int
+    val_accuracy: float | None
+    masks: bytes  # .npz of bool arrays
+    scores: bytes | None  # .npz of float64 arrays
+    files: dict[str, bytes] = field(repr=False)
+    extra: str = "{}"  # JSON object
+
+    @property
+    def key(self) -> BuildKey:
+        """The build key this entry fills."""
+        return BuildKey(
+            task_key=self.task.task_key,
+            weights_hash=self.backbone.weights_hash,
+            image_size=self.backbone.image_size,
+            ratio=self.ratio,
+            method=self.method,
+            iters=self.iters,
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        """Plain values only (str, numbers, bytes, lists, dicts): what travels from a worker, without pickle."""
+        return {
+            "format": WIRE_FORMAT,
+            "task": dataclasses.asdict(self.task),
+            "backbone": dataclasses.asdict(self.backbone),
+            "ratio": self.ratio,
+            "method": self.method,
+            "iters": self.iters,
+            "val_accuracy": self.val_accuracy,
+            "masks": self.masks,
+            "scores": self.scores,
+            "files": dict(self.files),
+            "extra": self.extra,
+        }
+
+    @classmethod
+    def from_wire(cls, wire: Any) -> NewEntry:
+        """The entry a worker sent, checked again as if it were added here (a worker is another program)."""
+        if not isinstance(wire, dict) or wire.get("format") != WIRE_FORMAT:
+            raise PoolError(f"a build worker sent something that is not a {WIRE_FORMAT} entry")
+        try:
+            task_fields, backbone_fields = dict(wire["task"]), dict(wire["backbone"])
+            task = TaskRecord(
+                **{
+                    **task_fields,
+                    "classes": tuple(task_fields["classes"]),
+                    "class_names": tuple(task_fields["class_names"]),
+                }
+            )
+            masks = decode_arrays(wire["masks"], "masks from a build worker", Path("<worker>"))
+            scores = wire["scores"]
+            return new_entry(
+                task=task,
+                backbone=BackboneRecord(**backbone_fields),
+                ratio=wire["ratio"],
+                method=wire["method"],
+                iters=wire["iters"],
+                val_accuracy=wire["val_accuracy"],
+                masks=masks,
+                scores=None
+                if scores is None
+                else decode_arrays(scores, "scores from a build worker", Path("<worker>")),
+                model_files=wire["files"],
+                extra=json.loads(wire["extra"]),
+            )
+        except (KeyError, TypeError, ValueError) as error:
+            raise PoolError(f"a build worker sent a malformed entry: {error}") from None
+
+
+def new_entry(
+    *,
+    task: TaskRecord,
+    backbone: BackboneRecord,
+    ratio: float,
+    method: str,
+    iters: int,
+    val_accuracy: float | None,
+    masks: Mapping[str, np.ndarray],
+    scores: Mapping[str, np.ndarray] | None = None,
+    model_dir: str | Path | None = None,
+    model_files: Mapping[str, bytes] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> NewEntry:
+    """Check and encode one pruned model (metadata, masks, scores, model files) for the pool."""
+    if not method:
+        raise PoolError("pool entry needs a pruning method name")
+    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
+        raise PoolError(f"pool entry iterations must be an integer >= 0, got {iters}")
+    if val_accuracy is not None and not 0.0 <= val_accuracy <= 1.0:
+        raise PoolError(f"pool entry val_accuracy must be in [0, 1], got {val_accuracy}")
+    check_backbone(backbone)
+    check_task(task)
+    return NewEntry(
+        task=task,
+        backbone=backbone,
+        ratio=entry_ratio(ratio),
+        method=method,
+        iters=iters,
+        val_accuracy=val_accuracy,
+        masks=encode_arrays(checked_masks(masks), "masks"),
+        scores=None if scores is None else encode_arrays(checked_scores(scores, masks), "scores"),
+        files=collect_model_files(model_dir, model_files),
+        extra=dumps(dict(extra or {}), "extra"),
+    )

@@ -6,7 +6,7 @@ migrated pool and a fresh one are the same database.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 4
 BASE_VERSION = 1
 
 BASE_SCHEMA = """
@@ -84,6 +84,27 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "DROP INDEX measurements_by_device",
         "CREATE INDEX measurements_by_device ON device_measurements"
         " (device, backbone, image_size, runtime, precision)",
+    ),
+    # Version 3 (task descriptors) comes from the similarity work on its own branch; at the merge its statements
+    # replace this empty placeholder, and the claims below stay version 4.
+    2: (),
+    # Build claims: a `pool build` claims a task before training it, so that concurrent builds do each task once
+    # (edge_smsp.pool.claims). One row per claimed build key; finishing deletes it with the entry's commit.
+    3: (
+        "CREATE TABLE build_claims ("
+        " task_key TEXT NOT NULL,"
+        " weights_hash TEXT NOT NULL,"
+        " image_size INTEGER NOT NULL,"
+        " ratio REAL NOT NULL,"
+        " method TEXT NOT NULL,"
+        " iters INTEGER NOT NULL,"
+        " writer TEXT NOT NULL,"
+        " machine TEXT NOT NULL,"
+        " pid INTEGER NOT NULL,"
+        " process_start TEXT NOT NULL,"
+        " claimed TEXT NOT NULL,"
+        " expires REAL NOT NULL,"
+        " PRIMARY KEY (task_key, weights_hash, image_size, ratio, method, iters))",
     ),
 }
 

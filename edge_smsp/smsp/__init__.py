@@ -8,17 +8,24 @@ take the same stages and differ only in where the unit scores come from (edge_sm
     stages.py      the one-shot stages
     scratch.py     iterative pruning from scratch (pool building)
     pipeline.py    the stage sequences and `adapt`
-    pool_build.py  saving results, pool entries, `build_pool`
+    pool_build.py  saving results, pool entries, the per-task build step, `build_pool`
+    build_loop.py  a build's claim -> run -> commit loop, shared by the in-process and the Ray build
+    ray_build.py   `ray_build_pool`: the build's tasks on a Ray cluster (optional extra `ray`)
 """
 
 from edge_smsp.score_sources import SimilarTask
 from edge_smsp.score_sources.pool_masks import pool_entries_for, score_mask
+from edge_smsp.smsp.build_loop import TaskOutcome
 from edge_smsp.smsp.config import AdaptConfig, AdaptResult
 from edge_smsp.smsp.pipeline import ADAPT_STAGES, SCRATCH_STAGES, Stage, adapt, run_stages
 from edge_smsp.smsp.pool_build import (
+    BuiltTask,
     add_to_pool,
     backbone_record,
+    build_entry,
+    build_keys,
     build_pool,
+    finished_entry,
     save_adapted,
     task_image_size,
     task_record,
@@ -33,12 +40,17 @@ __all__ = [
     "AdaptConfig",
     "AdaptResult",
     "AdaptRun",
+    "BuiltTask",
     "SimilarTask",
     "Stage",
+    "TaskOutcome",
     "adapt",
     "add_to_pool",
     "backbone_record",
+    "build_entry",
+    "build_keys",
     "build_pool",
+    "finished_entry",
     "pool_entries_for",
     "prune_from_scratch",
     "run_stages",

@@ -5,15 +5,26 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from torch import nn
 
 from edge_smsp.data import Task
-from edge_smsp.errors import PoolError
-from edge_smsp.pool import BackboneRecord, Pool, TaskRecord
+from edge_smsp.errors import PoolError, PruneError
+from edge_smsp.pool import (
+    DEFAULT_LEASE_SECONDS,
+    BackboneRecord,
+    BuildKey,
+    NewEntry,
+    Pool,
+    TaskRecord,
+    new_entry,
+)
 from edge_smsp.prune import backbone_group_sizes, kept_mask, save_pruned
+from edge_smsp.smsp.build_loop import InProcessRunner, TaskOutcome, run_build
 from edge_smsp.smsp.config import AdaptConfig, AdaptResult
 from edge_smsp.smsp.pipeline import adapt
 from edge_smsp.zoo import backbone_spec, weights_hash
@@ -60,11 +71,10 @@ def save_adapted(result: AdaptResult, out_dir: str | os.PathLike[str]) -> Path:
     )
 
 
-def add_to_pool(pool: Pool, backbone: nn.Module, result: AdaptResult) -> int:
-    """Store an adapted model (mask, scores, weights) as a new pool entry; returns the entry id."""
+def finished_entry(backbone: nn.Module, result: AdaptResult) -> NewEntry:
+    """An adapted model (mask, scores, weights) checked and encoded as a pool entry of `backbone`."""
     with tempfile.TemporaryDirectory(prefix="edge-smsp-entry-") as scratch_dir:
-        model_dir = save_adapted(result, Path(scratch_dir) / "model")
-        return pool.add_entry(
+        return new_entry(
             task=task_record(result.task),
             backbone=backbone_record(backbone, result.summary.image_size),
             ratio=result.ratio,
@@ -73,12 +83,44 @@ def add_to_pool(pool: Pool, backbone: nn.Module, result: AdaptResult) -> int:
             val_accuracy=result.val_accuracy,
             masks=kept_mask(result.model),
             scores=_backbone_scores(result.unit_scores, backbone_group_sizes(result.model)),
-            model_dir=model_dir,
+            model_dir=save_adapted(result, Path(scratch_dir) / "model"),
             extra={
                 "similar_tasks": [similar.task_id for similar in result.similar_tasks if similar.selected]
             },
-            replace=True,
         )
+
+
+def add_to_pool(pool: Pool, backbone: nn.Module, result: AdaptResult) -> int:
+    """Store an adapted model as a pool entry (replacing one of the same key); returns the entry id."""
+    return pool.commit_entry(finished_entry(backbone, result), replace=True)
+
+
+@dataclass(frozen=True)
+class BuiltTask:
+    """What the per-task step of a pool build produced: the entry to commit and the adaptation's report."""
+
+    entry: NewEntry
+    report: dict[str, Any]  # AdaptResult.to_dict(): accuracy, sizes, seconds
+
+    def to_wire(self) -> dict[str, Any]:
+        """Plain values only, for a worker's answer (see NewEntry.to_wire)."""
+        return {"entry": self.entry.to_wire(), "report": self.report}
+
+    @classmethod
+    def from_wire(cls, wire: Any) -> BuiltTask:
+        """A worker's answer, checked."""
+        if not isinstance(wire, dict) or not isinstance(wire.get("report"), dict):
+            raise PoolError("a build worker sent an answer without its report")
+        return cls(NewEntry.from_wire(wire.get("entry")), wire["report"])
+
+
+BuildStep = Callable[[nn.Module, Task, AdaptConfig, bool], BuiltTask]
+
+
+def build_entry(backbone: nn.Module, task: Task, config: AdaptConfig, progress: bool = False) -> BuiltTask:
+    """The per-task step of a pool build: prune `task` from scratch and encode the finished entry."""
+    result = adapt(backbone, None, task, config, progress=progress)
+    return BuiltTask(finished_entry(backbone, result), result.to_dict())
 
 
 def build_pool(
@@ -88,28 +130,42 @@ def build_pool(
     config: AdaptConfig,
     *,
     progress: bool = False,
-    on_task: Callable[[Task, AdaptResult | None], None] | None = None,
+    on_task: Callable[[TaskOutcome], None] | None = None,
+    on_wait: Callable[[Task, str], None] | None = None,
+    step: BuildStep = build_entry,
+    lease_seconds: float = DEFAULT_LEASE_SECONDS,
 ) -> list[int]:
-    """Prune every task from scratch and store it; tasks already in the pool are skipped (resumable)."""
+    """Prune every task from scratch and store it, in this process; returns the ids this build added.
+    Tasks in the pool are skipped (resumable); tasks another build has claimed are left to it (see
+    edge_smsp.smsp.build_loop), so concurrent builds on one pool do each task once."""
+    runner = InProcessRunner(backbone, config, step, progress)
+    return run_build(
+        pool,
+        tasks,
+        build_keys(backbone, tasks, config),
+        runner,
+        on_task=on_task,
+        on_wait=on_wait,
+        lease_seconds=lease_seconds,
+    )
+
+
+def build_keys(backbone: nn.Module, tasks: Sequence[Task], config: AdaptConfig) -> list[BuildKey]:
+    """The pool key each task's entry will fill."""
+    if config.ratio is None:
+        raise PruneError("building a pool needs a pruning ratio (AdaptConfig.ratio)")
     record = backbone_record(backbone, task_image_size(tasks))
-    added = []
-    for task in tasks:
-        if pool.has_entry(
-            task.task_id,
-            record.weights_hash,
-            config.ratio,
-            config.pool_method,
-            config.iters,
-            record.image_size,
-        ):
-            if on_task is not None:
-                on_task(task, None)
-            continue
-        result = adapt(backbone, None, task, config, progress=progress)
-        added.append(add_to_pool(pool, backbone, result))
-        if on_task is not None:
-            on_task(task, result)
-    return added
+    return [
+        BuildKey(
+            task_key=task.task_id,
+            weights_hash=record.weights_hash,
+            image_size=record.image_size,
+            ratio=config.ratio,
+            method=config.pool_method,
+            iters=config.iters,
+        )
+        for task in tasks
+    ]
 
 
 def task_image_size(tasks: Sequence[Task]) -> int:

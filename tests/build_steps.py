@@ -90,9 +90,10 @@ def main() -> None:
     parser.add_argument("--go", default=None, help="print 'ready' once loaded, then wait for this file")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    out = sys.stdout  # the Ray build sends stdout to stderr while it runs: lines for the test go here
     backbone, tasks, config = tiny_build()
     if args.go is not None:
-        print("ready", flush=True)
+        print("ready", file=out, flush=True)
         while not os.path.exists(args.go):
             time.sleep(0.02)
     step = TracedStep(args.markers, args.stall_task)
@@ -102,10 +103,10 @@ def main() -> None:
         outcomes.append(
             {"task_id": outcome.task.task_id, "status": outcome.status, "entry_id": outcome.entry_id}
         )
-        print(json.dumps(outcomes[-1]), flush=True)
+        print(json.dumps(outcomes[-1]), file=out, flush=True)
 
     def on_wait(task, holder) -> None:
-        print(json.dumps({"task_id": task.task_id, "waiting_for": holder}), flush=True)
+        print(json.dumps({"task_id": task.task_id, "waiting_for": holder}), file=out, flush=True)
 
     options = dict(on_task=on_task, on_wait=on_wait, step=step, lease_seconds=args.lease)
     with Pool(args.pool) as pool:
@@ -115,7 +116,7 @@ def main() -> None:
             from edge_smsp.smsp.ray_build import ray_build_pool
 
             added = ray_build_pool(backbone, pool, tasks, config, address=args.ray, **options)
-    print(json.dumps({"added": added}), flush=True)
+    print(json.dumps({"added": added}), file=out, flush=True)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -86,27 +87,30 @@ def ray_session(ray: ModuleType, address: str | None, num_cpus: int | None) -> I
     options: dict[str, Any] = {
         "include_dashboard": False,
         "log_to_driver": False,
-        "logging_level": logging.WARNING,
+        "logging_level": logging.ERROR,  # failures raise; Ray's notices would only crowd the build's own lines
     }
     if address is None:
-        # A local cluster listens on loopback only: nothing outside this machine needs to reach it.
-        options.update(address="local", num_cpus=num_cpus, _node_ip_address="127.0.0.1")
+        options.update(address="local", num_cpus=num_cpus)
     else:
         options.update(address=address)
     where = "a local Ray cluster" if address is None else f"the Ray cluster at {address}"
-    try:
-        ray.init(**options)
-    except Exception as error:  # Ray raises ConnectionError, ValueError, RuntimeError... for a bad address
-        raise ClusterError(f"cannot start or reach {where}: {_first_line(error)}") from None
-    try:
-        yield {
-            "address": ray.get_runtime_context().gcs_address,
-            "local": address is None,
-            "cpus": int(ray.cluster_resources().get("CPU", 0)),
-            "nodes": len([node for node in ray.nodes() if node.get("Alive")]),
-        }
-    finally:
-        ray.shutdown()
+    # Ray prints the cluster's notices (a worker died...) on stdout, which belongs to the CLI's --json output.
+    with contextlib.redirect_stdout(sys.stderr):
+        try:
+            ray.init(**options)
+        except (
+            Exception
+        ) as error:  # Ray raises ConnectionError, ValueError, RuntimeError... for a bad address
+            raise ClusterError(f"cannot start or reach {where}: {_first_line(error)}") from None
+        try:
+            yield {
+                "address": ray.get_runtime_context().gcs_address,
+                "local": address is None,
+                "cpus": int(ray.cluster_resources().get("CPU", 0)),
+                "nodes": len([node for node in ray.nodes() if node.get("Alive")]),
+            }
+        finally:
+            ray.shutdown()
 
 
 class RayRunner:

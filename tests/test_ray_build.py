@@ -5,6 +5,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -31,7 +32,7 @@ except ImportError:
     ray = None
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def needs_ray() -> None:
     if ray is None:
         skip_or_fail("Ray is not installed: pip install edge-smsp[dev] (or [ray])")
@@ -77,6 +78,19 @@ def test_ray_missing_is_one_line_naming_the_extra_and_writes_nothing(tmp_path):
     done = cli("pool", "build", "--ray", "--tasks", "2", "--pool", str(pool), *BUILD_FLAGS, prelude=hide_ray)
     assert done.returncode == 2
     assert done.stderr.count("\n") == 1 and "pip install edge-smsp[ray]" in done.stderr, done.stderr
+    assert done.stdout == "" and not pool.exists()
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:{free_port}", "no-port-here"])
+def test_an_unreachable_or_malformed_address_is_one_line_and_writes_nothing(needs_ray, tmp_path, address):
+    with socket.socket() as probe:  # a loopback port nothing listens on once closed
+        probe.bind(("127.0.0.1", 0))
+        free_port = probe.getsockname()[1]
+    pool = tmp_path / "pool.sqlite"
+    address = address.format(free_port=free_port)
+    done = cli("pool", "build", "--ray", address, "--tasks", "2", "--pool", str(pool), *BUILD_FLAGS)
+    assert done.returncode == 2
+    assert done.stderr.count("\n") == 1 and address in done.stderr, done.stderr
     assert done.stdout == "" and not pool.exists()
 
 
@@ -128,10 +142,8 @@ def _task_like(backbone, record):
 
 
 @pytest.fixture(scope="module")
-def cluster():
+def cluster(needs_ray):
     """One local Ray cluster (2 CPUs) for the fault tests; their drivers join it by address."""
-    if ray is None:
-        skip_or_fail("Ray is not installed: pip install edge-smsp[dev] (or [ray])")
     ray.init(
         address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR
     )

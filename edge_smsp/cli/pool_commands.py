@@ -68,10 +68,12 @@ def register_build(verbs: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     import sys
 
-    if args.ray is not None:  # before anything is loaded or written: a missing Ray is one line
-        from edge_smsp.smsp.ray_build import import_ray
+    if args.ray is not None:  # before anything is loaded or written: a missing Ray or cluster is one line
+        from edge_smsp.smsp.ray_build import check_reachable, import_ray
 
         import_ray()
+        if args.ray != LOCAL_RAY:
+            check_reachable(args.ray)
 
     from edge_smsp import smsp
     from edge_smsp.data import generate_tasks

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +41,8 @@ RAY_INSTALL_HINT = "pip install edge-smsp[ray]"
 # task raises itself are not retried: they would fail again.
 WORKER_RETRIES = 3
 _CAPACITY_REFRESH_SECONDS = 10.0
+# Ray retries an unreachable cluster for minutes; a plain TCP connect says within seconds whether anyone listens.
+REACH_TIMEOUT_SECONDS = 5.0
 
 
 def import_ray() -> ModuleType:
@@ -81,6 +84,24 @@ def ray_build_pool(
             runner.cancel_running()
 
 
+def check_reachable(address: str) -> None:
+    """A ClusterError unless something listens at `address` ("host:port" of `ray start --head`; Ray's other
+    address forms, "auto" or "ray://...", are left to Ray)."""
+    host, colon, port = address.rpartition(":")
+    if not colon or "/" in address or not port.isdigit():
+        if address == "auto" or address.startswith("ray://"):
+            return
+        raise ClusterError(f"--ray {address}: expected HOST:PORT of the cluster's head (`ray start --head`)")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_TIMEOUT_SECONDS):
+            pass
+    except (OSError, ValueError) as error:
+        reason = _first_line(error)
+        raise ClusterError(
+            f"cannot reach the Ray cluster at {address}: {reason} (is `ray start --head` running there?)"
+        ) from None
+
+
 @contextlib.contextmanager
 def ray_session(ray: ModuleType, address: str | None, num_cpus: int | None) -> Iterator[dict[str, Any]]:
     """Connected to a Ray cluster (a new local one when address is None) for the block; yields its facts."""
@@ -92,6 +113,7 @@ def ray_session(ray: ModuleType, address: str | None, num_cpus: int | None) -> I
     if address is None:
         options.update(address="local", num_cpus=num_cpus)
     else:
+        check_reachable(address)
         options.update(address=address)
     where = "a local Ray cluster" if address is None else f"the Ray cluster at {address}"
     # Ray prints the cluster's notices (a worker died...) on stdout, which belongs to the CLI's --json output.

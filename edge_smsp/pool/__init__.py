@@ -17,7 +17,7 @@ from edge_smsp.pool.measurements import (
     MeasurementStore,
 )
 from edge_smsp.pool.schema import SCHEMA_VERSION
-from edge_smsp.pool.store import BUSY_TIMEOUT_MS, POOL_ENV_VAR, default_pool_path
+from edge_smsp.pool.store import BUSY_TIMEOUT_MS, POOL_ENV_VAR, check_pool_file, default_pool_path
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -30,6 +30,7 @@ __all__ = [
     "Pool",
     "PoolEntry",
     "TaskRecord",
+    "check_pool_file",
     "default_pool_path",
 ]
 

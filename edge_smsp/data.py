@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import functools
 import gzip
-import math
 import os
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -18,23 +16,37 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 
+from edge_smsp.datasets import (
+    DATASETS,
+    DEFAULT_CACHE_DIR,
+    FASHION_MNIST_CLASSES,
+    FASHION_MNIST_DIR,
+    check_classes,
+    check_count,
+    cifar100_folder,
+    dataset_name,
+    dataset_root,
+    fashion_mnist_files,
+    generate_tasks,
+    image_size_problem,
+    imagefolder_classes,
+    imagefolder_layout,
+    num_classes,
+)
 from edge_smsp.errors import DataError
 
-DATASETS: tuple[str, ...] = ("fashion-mnist", "imagefolder", "cifar100")
-FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
-FASHION_MNIST_CLASSES: tuple[str, ...] = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
-DEFAULT_CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "edge-smsp" / "datasets"
+__all__ = [
+    "DATASETS",
+    "DEFAULT_CACHE_DIR",
+    "FASHION_MNIST_CLASSES",
+    "FASHION_MNIST_DIR",
+    "ImageTensorDataset",
+    "Task",
+    "generate_tasks",
+    "load_task",
+    "num_classes",
+]
+
 # Defaults sized for few-iteration fine-tuning (100 iterations x 32 images) and a val accuracy resolution
 # well under one percent, while keeping the in-memory uint8 subset small.
 DEFAULT_TRAIN_PER_CLASS = 500
@@ -130,28 +142,27 @@ def load_task(
     download: bool = False,
 ) -> Task:
     """Load a task: the given classes of a dataset, resized and normalised, subsampled per class by seed."""
-    name = _dataset_name(dataset)
+    name = dataset_name(dataset)
     mean, std = _check_normalisation(mean, std)
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 8:
-        raise DataError(f"image size must be an integer of at least 8 pixels, got {image_size}")
-    train_count = _check_count("train_per_class", train_per_class, DEFAULT_TRAIN_PER_CLASS)
-    val_count = _check_count("val_per_class", val_per_class, DEFAULT_VAL_PER_CLASS)
+    problem = image_size_problem(image_size)
+    if problem:
+        raise DataError(f"image size {problem}")
+    check_count("train_per_class", train_per_class)
+    check_count("val_per_class", val_per_class)
+    train_count = train_per_class or DEFAULT_TRAIN_PER_CLASS
+    val_count = val_per_class or DEFAULT_VAL_PER_CLASS
+    root = dataset_root(name, data_dir)
 
     if name == "fashion-mnist":
-        root = Path(data_dir) if data_dir is not None else FASHION_MNIST_DIR
         all_names = FASHION_MNIST_CLASSES
-        classes = _check_classes(classes, len(all_names), name)
+        classes = check_classes(classes, len(all_names), name)
         train_split, val_split = _fashion_mnist_splits(root, download)
     elif name == "cifar100":
-        root = Path(data_dir) if data_dir is not None else DEFAULT_CACHE_DIR
         train_split, val_split, all_names = _cifar100_splits(root, download)
-        classes = _check_classes(classes, len(all_names), name)
+        classes = check_classes(classes, len(all_names), name)
     else:
-        if data_dir is None:
-            raise DataError("--dataset imagefolder needs --data-dir DIR (one sub-folder of images per class)")
-        root = Path(data_dir)
-        all_names = _imagefolder_classes(root)
-        classes = _check_classes(classes, len(all_names), name)
+        all_names = imagefolder_classes(root)
+        classes = check_classes(classes, len(all_names), name)
         train_split, val_split = _imagefolder_splits(root, all_names, classes, seed, val_per_class)
 
     train = _build_split(train_split, classes, train_count, image_size, mean, std, seed, "train")
@@ -170,63 +181,6 @@ def load_task(
     )
 
 
-def generate_tasks(
-    dataset: str,
-    n_tasks: int,
-    classes_per_task: int,
-    seed: int,
-    data_dir: str | os.PathLike | None = None,
-) -> list[tuple[int, ...]]:
-    """n_tasks distinct class subsets (sorted tuples) of classes_per_task classes each, seeded."""
-    total = num_classes(dataset, data_dir)
-    if isinstance(n_tasks, bool) or not isinstance(n_tasks, int) or n_tasks < 1:
-        raise DataError(f"number of tasks must be a positive integer, got {n_tasks}")
-    if isinstance(classes_per_task, bool) or not isinstance(classes_per_task, int) or classes_per_task < 2:
-        raise DataError(f"a task needs at least 2 classes, got {classes_per_task}")
-    if classes_per_task > total:
-        raise DataError(f"{dataset} has {total} classes; cannot make tasks of {classes_per_task}")
-    possible = math.comb(total, classes_per_task)
-    if n_tasks > possible:
-        raise DataError(
-            f"{dataset} has only {possible} distinct tasks of {classes_per_task} classes; asked for {n_tasks}"
-        )
-    rng = np.random.default_rng(seed)
-    if possible <= 50_000:
-        every = list(combinations(range(total), classes_per_task))
-        picked = rng.choice(len(every), size=n_tasks, replace=False)
-        return [every[int(i)] for i in picked]
-    tasks: list[tuple[int, ...]] = []
-    seen: set[tuple[int, ...]] = set()
-    while len(tasks) < n_tasks:
-        candidate = tuple(sorted(int(c) for c in rng.choice(total, size=classes_per_task, replace=False)))
-        if candidate not in seen:
-            seen.add(candidate)
-            tasks.append(candidate)
-    return tasks
-
-
-def num_classes(dataset: str, data_dir: str | os.PathLike | None = None) -> int:
-    """Number of classes of a dataset (an image folder's sub-folders are counted)."""
-    name = _dataset_name(dataset)
-    if name == "fashion-mnist":
-        return len(FASHION_MNIST_CLASSES)
-    if name == "cifar100":
-        return 100
-    if data_dir is None:
-        raise DataError("--dataset imagefolder needs --data-dir DIR (one sub-folder of images per class)")
-    return len(_imagefolder_classes(Path(data_dir)))
-
-
-def _dataset_name(dataset: str) -> str:
-    name = str(dataset).strip().lower().replace("_", "-")
-    name = {"fashionmnist": "fashion-mnist", "cifar-100": "cifar100", "image-folder": "imagefolder"}.get(
-        name, name
-    )
-    if name not in DATASETS:
-        raise DataError(f"unknown dataset '{dataset}'; choose one of {', '.join(DATASETS)}")
-    return name
-
-
 def _check_normalisation(
     mean: Sequence[float], std: Sequence[float]
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -240,35 +194,6 @@ def _check_normalisation(
             f"mean and std must be three numbers each, std > 0; got {mean_values} and {std_values}"
         )
     return mean_values, std_values
-
-
-def _check_count(label: str, value: int | None, default: int) -> int:
-    if value is None:
-        return default
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise DataError(f"{label} must be a positive integer, got {value}")
-    return value
-
-
-def _check_classes(classes: Sequence[int], total: int, dataset: str) -> tuple[int, ...]:
-    try:
-        values = tuple(classes)
-    except TypeError as error:
-        raise DataError(f"classes must be a list of class ids, got {classes!r}") from error
-    if not all(isinstance(c, int | np.integer) and not isinstance(c, bool) for c in values):
-        raise DataError(f"class ids must be integers, got {list(values)}")
-    values = tuple(int(c) for c in values)
-    if len(values) < 2:
-        raise DataError(f"a task needs at least 2 classes, got {list(values)}")
-    duplicated = sorted({c for c in values if values.count(c) > 1})
-    if duplicated:
-        raise DataError(f"class ids repeat: {', '.join(map(str, duplicated))}")
-    outside = [c for c in values if not 0 <= c < total]
-    if outside:
-        raise DataError(
-            f"class ids {', '.join(map(str, outside))} out of range: {dataset} has classes 0..{total - 1}"
-        )
-    return values
 
 
 def _build_split(
@@ -345,23 +270,12 @@ def _read_image_files(paths: Sequence[str], size: int) -> torch.Tensor:
 
 # Fashion-MNIST -----------------------------------------------------------------------------------------------
 
-_FASHION_FILES = {
-    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
-    "val": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
-}
-
 
 def _fashion_mnist_splits(root: Path, download: bool) -> tuple[_Split, _Split]:
-    found = _find_fashion_files(root)
-    if found is None and download:
-        _download_with_torchvision("FashionMNIST", root)
-        found = _find_fashion_files(root)
+    found = fashion_mnist_files(root, missing_ok=download)
     if found is None:
-        wanted = ", ".join(f"{name}.gz" for pair in _FASHION_FILES.values() for name in pair)
-        raise DataError(
-            f"Fashion-MNIST files not found in {root} (need {wanted}): install Debian's dataset-fashion-mnist "
-            "(apt-get install dataset-fashion-mnist), pass --data-dir DIR, or download them with torchvision"
-        )
+        _download_with_torchvision("FashionMNIST", root)
+        found = fashion_mnist_files(root)
     splits = []
     for part in ("train", "val"):
         images_path, labels_path = found[part]
@@ -373,24 +287,6 @@ def _fashion_mnist_splits(root: Path, download: bool) -> tuple[_Split, _Split]:
             )
         splits.append(_Split(labels=labels.astype(np.int64), pixels=pixels))
     return splits[0], splits[1]
-
-
-def _find_fashion_files(root: Path) -> dict[str, tuple[Path, Path]] | None:
-    for directory in (root, root / "FashionMNIST" / "raw"):
-        found = {}
-        for part, names in _FASHION_FILES.items():
-            paths = []
-            for name in names:
-                candidates = [directory / f"{name}.gz", directory / name]
-                existing = next((path for path in candidates if path.is_file()), None)
-                if existing is None:
-                    break
-                paths.append(existing)
-            if len(paths) == 2:
-                found[part] = (paths[0], paths[1])
-        if len(found) == 2:
-            return found
-    return None
 
 
 def _read_idx(path: Path, magic: int, dims: int) -> np.ndarray:
@@ -436,11 +332,7 @@ def _cifar100_splits(root: Path, download: bool) -> tuple[_Split, _Split, tuple[
 
     if download:
         _download_with_torchvision("CIFAR100", root)
-    if not (root / "cifar-100-python").is_dir():
-        raise DataError(
-            f"CIFAR-100 files not found in {root} (need {root / 'cifar-100-python'}): pass --data-dir DIR holding "
-            "cifar-100-python/, or download it online with torchvision.datasets.CIFAR100(DIR, download=True)"
-        )
+    cifar100_folder(root)
     splits = []
     names: tuple[str, ...] = ()
     for train in (True, False):
@@ -454,24 +346,6 @@ def _cifar100_splits(root: Path, download: bool) -> tuple[_Split, _Split, tuple[
 
 
 # ImageFolder -------------------------------------------------------------------------------------------------
-
-
-def _imagefolder_layout(root: Path) -> tuple[Path, Path | None]:
-    """(train folder, val folder or None): DIR/train + DIR/val (or DIR/test), else DIR itself, split by seed."""
-    if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist")
-    val = next((root / name for name in ("val", "test") if (root / name).is_dir()), None)
-    if (root / "train").is_dir() and val is not None:
-        return root / "train", val
-    return root, None
-
-
-def _imagefolder_classes(root: Path) -> tuple[str, ...]:
-    train_root, _ = _imagefolder_layout(root)
-    names = tuple(sorted(entry.name for entry in os.scandir(train_root) if entry.is_dir()))
-    if len(names) < 2:
-        raise DataError(f"image folder {train_root} needs at least 2 class sub-folders, found {len(names)}")
-    return names
 
 
 def _imagefolder_files(
@@ -498,7 +372,7 @@ def _imagefolder_files(
 def _imagefolder_splits(
     root: Path, names: tuple[str, ...], classes: tuple[int, ...], seed: int, val_per_class: int | None
 ) -> tuple[_Split, _Split]:
-    train_root, val_root = _imagefolder_layout(root)
+    train_root, val_root = imagefolder_layout(root)
     train_files = _imagefolder_files(train_root, names, classes)
     if val_root is not None:
         val_files = _imagefolder_files(val_root, names, classes)

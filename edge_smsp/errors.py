@@ -7,6 +7,10 @@ class EdgeSmspError(Exception):
     exit_code = 2
 
 
+class OutputPathError(EdgeSmspError):
+    """An output file or directory that cannot be written (a file in the way, a place that takes no new files)."""
+
+
 class ModelError(EdgeSmspError):
     """Unknown model name, unreadable checkpoint, weights that cannot be had offline."""
 

@@ -30,9 +30,10 @@ import torch
 from torch import nn
 
 from edge_smsp import __version__
+from edge_smsp.datasets import image_size_problem
 from edge_smsp.device_stack import DEFAULT_OPSET, NEWEST_KNOWN_OPSET, onnxruntime_max_opset, opset_problem
-from edge_smsp.errors import ExportError
-from edge_smsp.fileio import write_atomically
+from edge_smsp.errors import ExportError, OutputPathError
+from edge_smsp.fileio import checked_output_path, write_atomically
 from edge_smsp.ratio import checked_ratio
 
 METADATA_KEYS = ("labels", "input_size", "mean", "std", "backbone", "ratio", "task", "edge_smsp_version")
@@ -94,8 +95,10 @@ def export_onnx(
     out = Path(out_path)
     if out.suffix != ".onnx":
         raise ExportError(f"output path {out} must end in .onnx")
-    if out.exists() and out.is_dir():
-        raise ExportError(f"output path {out} is a directory")
+    try:
+        checked_output_path(out, directory=False)  # refused now, not after the export's minutes
+    except OutputPathError as error:
+        raise ExportError(f"output path {error}") from None
     image_size = _checked_image_size(image_size)
     opset = checked_opset(DEFAULT_OPSET if opset is None else opset)
     exporter = exporter or ("dynamo" if opset >= DYNAMO_OPSET else "torchscript")
@@ -445,8 +448,9 @@ def _three_numbers(value: Any, key: str, *, positive: bool = False) -> list[floa
 
 
 def _checked_image_size(image_size: Any) -> int:
-    if isinstance(image_size, bool) or not isinstance(image_size, int) or not 8 <= image_size <= 4096:
-        raise ExportError(f"image_size must be an integer 8-4096, got {image_size!r}")
+    problem = image_size_problem(image_size)
+    if problem:
+        raise ExportError(f"image_size {problem}")
     return image_size
 
 

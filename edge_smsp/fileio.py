@@ -7,6 +7,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from edge_smsp.errors import OutputPathError
+
 
 def write_atomically(target: Path, data: bytes, mode: int = 0o644) -> None:
     """Write `data` to `target` so that readers see the old file or the whole new one, never a part."""
@@ -23,3 +25,29 @@ def write_atomically(target: Path, data: bytes, mode: int = 0o644) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temp_name)
         raise
+
+
+def checked_output_path(path: str | os.PathLike[str], *, directory: bool) -> Path:
+    """`path` if a command can write it (a directory, or a file) and make its missing folders; OutputPathError
+    saying why not. Nothing is left behind: the probe is a uniquely named folder, removed at once."""
+    text = os.fspath(path)
+    if not text.strip():
+        raise OutputPathError("an output path must not be empty")
+    target = Path(text).expanduser()
+    if target.exists():
+        if directory and not target.is_dir():
+            raise OutputPathError(f"{target} exists and is not a directory")
+        if not directory and target.is_dir():
+            raise OutputPathError(f"{target} is a directory; name the file to write")
+    existing = target if target.is_dir() else target.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise OutputPathError(f"cannot write {target}: {existing} is a file, not a directory")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".edge-smsp-probe-", dir=existing))
+    except OSError as error:
+        raise OutputPathError(
+            f"cannot write {target}: nothing can be created in {existing} ({error.strerror or error})"
+        ) from None
+    return target

@@ -9,6 +9,7 @@ from typing import Any
 
 import yaml
 
+from edge_smsp.datasets import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from edge_smsp.device_stack import OLDEST_PYTHON, opset_problem
 from edge_smsp.errors import ProfileError
 
@@ -186,7 +187,7 @@ def profile_from_dict(
         latency_target_ms=_positive_number(document["latency_target_ms"], "latency_target_ms"),
         latency_percentile=_choice(document["latency_percentile"], PERCENTILES, "latency_percentile"),
         batch_size=_integer(document.get("batch_size", 1), "batch_size", 1, 1024),
-        input_size=_integer(document["input_size"], "input_size", 8, 4096),
+        input_size=_integer(document["input_size"], "input_size", MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
         threads=_integer(document["threads"], "threads", 1, 256),
         providers=_providers(document["providers"], "providers"),
         throughput_gmacs=_positive_number(document["throughput_gmacs"], "throughput_gmacs"),

@@ -254,8 +254,11 @@ def save_pruned(model: nn.Module, out_dir: str | os.PathLike[str], meta: Mapping
     text = json.dumps(record, indent=2, default=_json_default)
     if out.exists() and not out.is_dir():
         raise PruneError(f"output path {out} exists and is not a directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as error:
+        raise PruneError(f"cannot write pruned model to {out}: {error.strerror or error}") from None
     try:
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         (staging / META_FILE).write_text(text + "\n", encoding="utf-8")

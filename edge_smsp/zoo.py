@@ -25,6 +25,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from edge_smsp.datasets import image_size_problem
 from edge_smsp.errors import ModelError
 
 
@@ -115,8 +116,9 @@ def load_backbone(
     _check_name(name)
     if num_classes is not None and (not _is_int(num_classes) or num_classes < 1):
         raise ModelError(f"num_classes must be a positive integer, got {num_classes}")
-    if image_size is not None and (not _is_int(image_size) or image_size < 8):
-        raise ModelError(f"image size must be an integer of at least 8 pixels, got {image_size}")
+    problem = None if image_size is None else image_size_problem(image_size)
+    if problem:
+        raise ModelError(f"image size {problem}")
 
     # Fixed seed so that random weights and fresh heads are the same on every load (stable weights_hash).
     with torch.random.fork_rng(devices=[]):

@@ -328,7 +328,7 @@ def test_vermin_finds_nothing_that_python_3_6_lacks(tmp_path: Path) -> None:
     # The scripts the transports run with the device's python belong to the runtime's contract too.
     snippets = {
         "verify_and_rename.py": transport_module._VERIFY_AND_RENAME,
-        "cleanup.py": transport_module._CLEANUP,
+        "remove_stale.py": transport_module._REMOVE_STALE,
         "run_runtime.py": transport_module._RUN_RUNTIME,
         "resolve_workdir.py": ssh_module._RESOLVE_WORKDIR,
     }

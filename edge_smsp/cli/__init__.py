@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from collections.abc import Sequence
 
 from edge_smsp import __version__
 from edge_smsp.cli import adapt_commands, deploy_commands, model_commands, pool_commands
 from edge_smsp.cli.args import OneLineParser
+from edge_smsp.cli.common import Terminated, one_line, terminate_on_sigterm
 from edge_smsp.errors import EdgeSmspError
 
 COMMAND_MODULES = (model_commands, pool_commands, adapt_commands, deploy_commands)
@@ -32,16 +34,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # --help, --version, or a usage error already printed as one line
         return int(stop.code or 0)
-    try:
-        return int(args.handler(args) or 0)
-    except EdgeSmspError as error:
-        # One line whatever the library or a dependency (paramiko, onnx) put in the message.
-        message = " ".join(line.strip() for line in str(error).splitlines() if line.strip())
-        print(f"edge-smsp: error: {message}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print("edge-smsp: interrupted", file=sys.stderr)
-        return 130
+    # SIGTERM unwinds like Ctrl-C, so that every `finally` runs: device work is stopped, temporaries removed.
+    with terminate_on_sigterm():
+        try:
+            return int(args.handler(args) or 0)
+        except EdgeSmspError as error:
+            # One line whatever the library or a dependency (paramiko, onnx) put in the message.
+            print(f"edge-smsp: error: {one_line(str(error))}", file=sys.stderr)
+            return error.exit_code
+        except KeyboardInterrupt as stop:
+            terminated = isinstance(stop, Terminated)
+            print(f"edge-smsp: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+            return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
 
 
 def entry_point() -> None:

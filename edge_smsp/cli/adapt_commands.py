@@ -11,8 +11,10 @@ from edge_smsp.cli.args import (
     add_pool_argument,
     add_task_arguments,
     backbone_from_args,
+    check_task_args,
     config_from_args,
     open_pool_for,
+    out_dir_arg,
     task_from_args,
 )
 from edge_smsp.cli.common import print_json, show_progress
@@ -30,7 +32,9 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     add_task_arguments(parser, classes=True)
     add_adapt_arguments(parser)
     add_pool_argument(parser)
-    parser.add_argument("--out", required=True, metavar="DIR", help="where the adapted model is saved")
+    parser.add_argument(
+        "--out", required=True, type=out_dir_arg, metavar="DIR", help="where the adapted model is saved"
+    )
     parser.add_argument("--add-to-pool", action="store_true", help="store the adapted model in the pool too")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=run_adapt)
@@ -40,10 +44,11 @@ def run_adapt(args: argparse.Namespace) -> int:
     from edge_smsp import smsp
 
     config = config_from_args(args)
-    backbone = backbone_from_args(args)
-    task = task_from_args(args, backbone)
+    check_task_args(args)  # bad input fails here, before torch loads
     pool = open_pool_for(args, config.method)
     try:
+        backbone = backbone_from_args(args)
+        task = task_from_args(args, backbone)
         result = smsp.adapt(backbone, pool, task, config, progress=show_progress(args))
         smsp.save_adapted(result, args.out)
         report = result.to_dict()

@@ -7,12 +7,18 @@ values fail inside argparse: one line on stderr, exit code 2.
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
+from edge_smsp.cli.common import one_line
+from edge_smsp.datasets import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, check_task_request
+from edge_smsp.deploy.bench import MAX_BENCH_RUNS, MAX_BENCH_SECONDS
+from edge_smsp.device_stack import opset_problem
 from edge_smsp.errors import DataError, EdgeSmspError
-from edge_smsp.pool import Pool, default_pool_path
+from edge_smsp.fileio import checked_output_path
+from edge_smsp.pool import Pool, check_pool_file, default_pool_path
 from edge_smsp.ratio import checked_ratio
 from edge_smsp.score_sources import method_names, needs_pool
 from edge_smsp.score_sources.pool_masks import MASK_SOURCES, WEIGHTINGS
@@ -21,62 +27,152 @@ if TYPE_CHECKING:  # torch loads only when a command runs
     from torch import nn
 
     from edge_smsp.data import Task
-    from edge_smsp.deploy.session import BenchSettings
+    from edge_smsp.deploy.bench import BenchSettings
     from edge_smsp.smsp import AdaptConfig
+
+T = TypeVar("T")
 
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose usage errors are one line on stderr and exit 2, like every other error."""
 
     def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
 
 
-# --- value converters ---------------------------------------------------------------------------------------
+# --- value converters: every number is bounded, every path checked before anything slow runs ----------------
+
+MAX_ITERS = 1_000_000
+MAX_BATCH_SIZE = 4096
+MAX_PER_CLASS = 1_000_000
+MAX_TASKS = 100_000
+SEED_RANGE = (0, 2**32 - 1)  # what numpy's and torch's generators both take
 
 
 def ratio_arg(text: str) -> float:
     """A pruning ratio in [0, 1) (checked by its owner, edge_smsp.ratio)."""
-    try:
-        return checked_ratio(text)
-    except EdgeSmspError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
+    return _converted(checked_ratio, text)
 
 
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """A converter for integers >= minimum."""
+def int_in_range(minimum: int, maximum: int) -> Callable[[str], int]:
+    """A converter for integers in [minimum, maximum]."""
 
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+            value = None
+        if value is None or not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(
+                f"must be an integer from {minimum:,} to {maximum:,}, got {quoted(text)}"
+            )
+        return value
+
+    return parse
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """A converter for integers >= minimum (and below a bound no command gets near)."""
+    return int_in_range(minimum, 2**63 - 1)
+
+
+def number_in_range(minimum: float, maximum: float, *, above: bool = False) -> Callable[[str], float]:
+    """A converter for finite numbers in [minimum, maximum] (or (minimum, maximum] with above=True)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        low_ok = value > minimum if above else value >= minimum
+        if not (low_ok and value <= maximum):  # also refuses NaN
+            low = f"above {minimum:g}" if above else f"at least {minimum:g}"
+            raise argparse.ArgumentTypeError(
+                f"must be a number {low} and at most {maximum:g}, got {quoted(text)}"
+            )
         return value
 
     return parse
 
 
 def seconds_arg(text: str) -> float:
-    """A non-negative number of seconds."""
+    """A number of benchmark seconds, from 0 to MAX_BENCH_SECONDS."""
+    return number_in_range(0.0, MAX_BENCH_SECONDS)(text)
+
+
+def image_size_arg(text: str) -> int:
+    """An input resolution in pixels, in the range every part of edge-smsp accepts."""
+    return int_in_range(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)(text)
+
+
+def opset_arg(text: str) -> int:
+    """An ONNX opset edge-smsp can export (the exporter narrows it to what this host's packages write)."""
     try:
-        value = float(text)
+        value: object = int(text)
     except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
-    return value
+        value = text
+    problem = opset_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return int(text)
 
 
 def classes_arg(text: str) -> tuple[int, ...]:
-    """'0,3,5' -> (0, 3, 5)."""
+    """'0,3,5' -> (0, 3, 5); whether the dataset has them is checked with the dataset (check_task_args)."""
     try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
+        classes = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"must be comma-separated integers such as 0,3,5, got {text!r}"
+            f"must be comma-separated integers such as 0,3,5, got {quoted(text)}"
         ) from None
+    if not classes:
+        raise argparse.ArgumentTypeError("must name at least 2 class ids, such as 0,3,5")
+    return classes
+
+
+def out_dir_arg(text: str) -> Path:
+    """A directory a command will write: refused now if it cannot be, not after minutes of work."""
+    return _converted(lambda value: checked_output_path(value, directory=True), text)
+
+
+def out_file_arg(text: str) -> Path:
+    """A file a command will write (its folder is made if missing): refused now if it cannot be."""
+    return _converted(lambda value: checked_output_path(value, directory=False), text)
+
+
+def input_file_arg(text: str) -> str:
+    """An existing regular file to read (a FIFO or a device such as /dev/zero is refused: it never ends)."""
+    path = Path(text).expanduser()
+    if not path.is_file():
+        what = "a directory" if path.is_dir() else "not a regular file" if path.exists() else "no such file"
+        raise argparse.ArgumentTypeError(f"{quoted(text)}: {what}")
+    return text
+
+
+def onnx_file_arg(text: str) -> Path:
+    """An ONNX model file (checked by the device bench's owner of that check)."""
+    from edge_smsp.deploy.bench import check_onnx_file
+
+    return _converted(
+        lambda value: check_onnx_file(Path(value).expanduser()) or Path(value).expanduser(), text
+    )
+
+
+def pool_arg(text: str) -> Path:
+    """A pool file path: a directory, FIFO or device is refused now (reading one could block forever)."""
+    return _converted(lambda value: check_pool_file(Path(value).expanduser()) or Path(value), text)
+
+
+def quoted(text: str, limit: int = 60) -> str:
+    """repr() of a value for a message, cut short: an error never quotes a whole 100 KB argument."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"… ({len(text):,} characters)"
+
+
+def _converted(convert: Callable[[str], T], text: str) -> T:
+    try:
+        return convert(text)
+    except EdgeSmspError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 # --- the backbone -------------------------------------------------------------------------------------------
@@ -100,7 +196,11 @@ def add_backbone_arguments(
         ),
     )
     parser.add_argument(
-        "--checkpoint", default=None, metavar="PATH", help="local weights (timm or state dict)"
+        "--checkpoint",
+        type=input_file_arg,
+        default=None,
+        metavar="PATH",
+        help="local weights (timm or state dict)",
     )
     parser.add_argument(
         "--pretrained",
@@ -153,21 +253,40 @@ def add_task_arguments(
             help=f"comma-separated class ids of the new task, e.g. 0,3,5{default_note}",
         )
     add_image_size_argument(parser, default_image_size, image_size_help)
-    parser.add_argument("--batch-size", type=int, default=32, metavar="B")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int_in_range(1, MAX_BATCH_SIZE), default=32, metavar="B")
+    add_seed_argument(parser)
     parser.add_argument(
         "--train-per-class",
-        type=int,
+        type=int_in_range(1, MAX_PER_CLASS),
         default=None,
         metavar="N",
         help="training images per class (default: the dataset's split, capped)",
     )
-    parser.add_argument("--val-per-class", type=int, default=None, metavar="N")
+    parser.add_argument("--val-per-class", type=int_in_range(1, MAX_PER_CLASS), default=None, metavar="N")
 
 
 def add_image_size_argument(parser: argparse.ArgumentParser, default: int | None, help_text: str) -> None:
     """--image-size PX."""
-    parser.add_argument("--image-size", type=int_at_least(1), default=default, metavar="PX", help=help_text)
+    parser.add_argument("--image-size", type=image_size_arg, default=default, metavar="PX", help=help_text)
+
+
+def add_seed_argument(parser: argparse.ArgumentParser, help_text: str | None = None) -> None:
+    """--seed S."""
+    parser.add_argument("--seed", type=int_in_range(*SEED_RANGE), default=0, help=help_text)
+
+
+def check_task_args(args: argparse.Namespace, classes: tuple[int, ...] | None = None) -> tuple[int, ...]:
+    """The task's class ids, checked against --dataset and its files before anything is loaded."""
+    classes = classes if classes is not None else args.classes
+    if classes is None:
+        raise DataError("name the new task's classes with --classes, e.g. --classes 0,3,5")
+    return check_task_request(
+        args.dataset,
+        classes,
+        data_dir=args.data_dir,
+        train_per_class=args.train_per_class,
+        val_per_class=args.val_per_class,
+    )
 
 
 def task_from_args(
@@ -177,9 +296,7 @@ def task_from_args(
     from edge_smsp.data import load_task
     from edge_smsp.zoo import backbone_spec
 
-    classes = classes if classes is not None else args.classes
-    if classes is None:
-        raise DataError("name the new task's classes with --classes, e.g. --classes 0,3,5")
+    classes = check_task_args(args, classes)
     spec = backbone_spec(backbone)
     return load_task(
         args.dataset,
@@ -206,9 +323,16 @@ def add_adapt_arguments(parser: argparse.ArgumentParser, *, ratio_help: str | No
         default=None,
         help=ratio_help or "fraction of units removed per group",
     )
-    parser.add_argument("--iters", type=int, default=100, help="fine-tuning iterations (default 100)")
+    parser.add_argument(
+        "--iters", type=int_in_range(0, MAX_ITERS), default=100, help="fine-tuning iterations (default 100)"
+    )
     parser.add_argument("--method", choices=method_names(), default="smsp")
-    parser.add_argument("--top-k", type=int, default=5, help="pool tasks whose masks are summed (default 5)")
+    parser.add_argument(
+        "--top-k",
+        type=int_in_range(1, MAX_TASKS),
+        default=5,
+        help="pool tasks whose masks are summed (default 5)",
+    )
     parser.add_argument(
         "--weighting",
         choices=WEIGHTINGS,
@@ -222,7 +346,7 @@ def add_adapt_arguments(parser: argparse.ArgumentParser, *, ratio_help: str | No
         help="sum the entries' binary masks (the paper) or their real-valued unit scores",
     )
     add_round_to_argument(parser, help_text="kept channels rounded to a multiple (1: off)")
-    parser.add_argument("--lr", type=float, default=None)
+    parser.add_argument("--lr", type=number_in_range(0.0, 100.0, above=True), default=None)
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
 
 
@@ -257,7 +381,7 @@ def add_pool_argument(parser: argparse.ArgumentParser) -> None:
     """--pool PATH, shared by every command that reads or writes the pool."""
     parser.add_argument(
         "--pool",
-        type=Path,
+        type=pool_arg,
         default=None,
         metavar="PATH",
         help=f"pool database file (default: $EDGE_SMSP_POOL or {default_pool_path()})",
@@ -270,10 +394,11 @@ def pool_path(args: argparse.Namespace) -> Path:
 
 
 def open_pool_for(args: argparse.Namespace, method: str) -> Pool | None:
-    """The pool, opened when the method draws on it (it must exist then) or the result is stored in it."""
+    """The pool, opened when the method draws on it (it must exist then) or the result is stored in it (a new
+    pool file is made only when the result is stored)."""
     draws_on_pool = needs_pool(method)
     if draws_on_pool or getattr(args, "add_to_pool", False):
-        return Pool(pool_path(args), create=not draws_on_pool)
+        return Pool(pool_path(args), create=not draws_on_pool, lazy=True)
     return None
 
 
@@ -286,7 +411,11 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
         "--trust-new-host", action="store_true", help="accept an unknown SSH host key and record it"
     )
     parser.add_argument(
-        "--bench-runs", type=int_at_least(1), default=100, metavar="N", help="timed runs, at least"
+        "--bench-runs",
+        type=int_in_range(1, MAX_BENCH_RUNS),
+        default=100,
+        metavar="N",
+        help="timed runs, at least",
     )
     parser.add_argument(
         "--bench-seconds",
@@ -299,6 +428,6 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
 
 def bench_settings_from_args(args: argparse.Namespace) -> BenchSettings:
     """How long the device benchmark runs."""
-    from edge_smsp.deploy.session import BenchSettings
+    from edge_smsp.deploy.bench import BenchSettings
 
     return BenchSettings(runs=args.bench_runs, min_seconds=args.bench_seconds)

@@ -15,7 +15,12 @@ from edge_smsp.cli.args import (
     add_task_arguments,
     backbone_from_args,
     bench_settings_from_args,
+    check_task_args,
     config_from_args,
+    onnx_file_arg,
+    opset_arg,
+    out_dir_arg,
+    out_file_arg,
     pool_path,
     task_from_args,
 )
@@ -39,20 +44,21 @@ def register_export(subcommands: argparse._SubParsersAction) -> None:
         "card (.json) beside it.",
     )
     parser.add_argument("--model-dir", required=True, type=Path, help="directory written by prune/adapt")
-    parser.add_argument("--out", required=True, type=Path, help="ONNX file to write (e.g. model.onnx)")
+    parser.add_argument(
+        "--out", required=True, type=out_file_arg, help="ONNX file to write (e.g. model.onnx)"
+    )
     parser.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension (default: 1)")
-    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default: 18)")
+    parser.add_argument("--opset", type=opset_arg, default=None, help="ONNX opset (default: 18)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(handler=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
     """Handler of `edge-smsp export`."""
-    from edge_smsp.export import export_onnx, metadata_from_pruned
-
     model_dir: Path = args.model_dir
     if not model_dir.is_dir():
         raise ExportError(f"--model-dir {model_dir}: not a directory")
+    from edge_smsp.export import export_onnx, metadata_from_pruned
     from edge_smsp.prune import load_pruned
 
     model, meta = load_pruned(model_dir)
@@ -108,7 +114,11 @@ def register_deploy(subcommands: argparse._SubParsersAction) -> None:
     )
     add_device_arguments(parser)
     parser.add_argument(
-        "--out", type=Path, default=None, metavar="DIR", help="default: runs/deploy-<profile>-<timestamp>"
+        "--out",
+        type=out_dir_arg,
+        default=None,
+        metavar="DIR",
+        help="default: runs/deploy-<profile>-<timestamp>",
     )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(handler=run_deploy)
@@ -125,7 +135,7 @@ def register_bench(subcommands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--profile", required=True, metavar="P", help="profile YAML or bundled name (localhost)"
     )
-    parser.add_argument("--model", required=True, type=Path, help="ONNX file")
+    parser.add_argument("--model", required=True, type=onnx_file_arg, help="ONNX file")
     add_device_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print the runtime's JSON report")
     parser.set_defaults(handler=run_bench)
@@ -139,9 +149,11 @@ def run_deploy(args: argparse.Namespace) -> int:
     from edge_smsp.pool import Pool
     from edge_smsp.profiles import load_profile
 
-    profile = load_profile(args.profile)  # a bad profile fails before anything slow happens
+    profile = load_profile(args.profile)  # bad input fails before anything slow happens
     if args.image_size is None:
         args.image_size = profile.input_size
+    check_task_args(args)
+    bench = bench_settings_from_args(args)
     config = config_from_args(args)
     out = args.out or Path("runs") / f"deploy-{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     progress = show_progress(args)
@@ -150,7 +162,8 @@ def run_deploy(args: argparse.Namespace) -> int:
         if progress:
             print(f"edge-smsp deploy: {stage}...", file=sys.stderr, flush=True)
 
-    with Pool(pool_path(args)) as pool:
+    # Made on first use: a deploy that fails before it plans (an unreachable device) leaves no pool file.
+    with Pool(pool_path(args), lazy=True) as pool:
         backbone = backbone_from_args(args)
         request = DeployRequest(
             profile=profile,
@@ -161,7 +174,7 @@ def run_deploy(args: argparse.Namespace) -> int:
             out_dir=out,
             trust_new_host=args.trust_new_host,
             calibrate=args.calibrate,
-            bench=bench_settings_from_args(args),
+            bench=bench,
             progress=progress,
         )
         report = deploy(request, on_stage=announce)
@@ -174,7 +187,7 @@ def run_deploy(args: argparse.Namespace) -> int:
 
 def run_bench(args: argparse.Namespace) -> int:
     """Handler of `edge-smsp bench`."""
-    from edge_smsp.deploy.session import bench_model
+    from edge_smsp.deploy.bench import bench_model
     from edge_smsp.profiles import load_profile
 
     profile = load_profile(args.profile)

@@ -9,7 +9,9 @@ from edge_smsp.cli.args import (
     add_backbone_arguments,
     add_image_size_argument,
     add_round_to_argument,
+    add_seed_argument,
     backbone_from_args,
+    out_dir_arg,
     pretrained_from_args,
     ratio_arg,
 )
@@ -40,8 +42,10 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         help="where unit scores come from",
     )
     add_round_to_argument(prune, help_text="round kept channel counts to a multiple (1: off)")
-    prune.add_argument("--seed", type=int, default=0, help="seed of the random method")
-    prune.add_argument("--out", required=True, help="directory for model.safetensors and pruned.json")
+    add_seed_argument(prune, help_text="seed of the random method")
+    prune.add_argument(
+        "--out", required=True, type=out_dir_arg, help="directory for model.safetensors and pruned.json"
+    )
     prune.add_argument("--json", action="store_true", help="print one JSON object")
     prune.set_defaults(handler=prune_command)
 

@@ -6,17 +6,21 @@ import argparse
 from typing import Any
 
 from edge_smsp.cli.args import (
+    MAX_ITERS,
+    MAX_TASKS,
     add_backbone_arguments,
     add_pool_argument,
     add_round_to_argument,
     add_task_arguments,
     backbone_from_args,
+    check_task_args,
+    int_in_range,
     pool_path,
     ratio_arg,
     task_from_args,
 )
 from edge_smsp.cli.common import print_json, show_progress
-from edge_smsp.pool import Pool
+from edge_smsp.pool import Pool, check_pool_file
 from edge_smsp.score_sources import SCRATCH, criterion_names
 
 LOCAL_RAY = "local"  # --ray without an address: start a local Ray cluster for this build
@@ -45,11 +49,17 @@ def register_build(verbs: argparse._SubParsersAction) -> None:
     add_backbone_arguments(parser)
     add_task_arguments(parser, classes=False)
     add_pool_argument(parser)
-    parser.add_argument("--tasks", type=int, required=True, metavar="N", help="number of tasks")
-    parser.add_argument("--classes-per-task", type=int, default=3, metavar="K")
+    parser.add_argument(
+        "--tasks", type=int_in_range(1, MAX_TASKS), required=True, metavar="N", help="number of tasks"
+    )
+    parser.add_argument("--classes-per-task", type=int_in_range(2, MAX_TASKS), default=3, metavar="K")
     parser.add_argument("--ratio", type=ratio_arg, required=True)
-    parser.add_argument("--iters", type=int, default=1000, help="iterations per task over all rounds")
-    parser.add_argument("--rounds", type=int, default=4, help="pruning rounds (fine-tuning between them)")
+    parser.add_argument(
+        "--iters", type=int_in_range(0, MAX_ITERS), default=1000, help="iterations per task over all rounds"
+    )
+    parser.add_argument(
+        "--rounds", type=int_in_range(1, 1000), default=4, help="pruning rounds (fine-tuning between them)"
+    )
     parser.add_argument("--importance", choices=criterion_names(iterative=True), default="taylor")
     add_round_to_argument(parser)
     parser.add_argument(
@@ -68,15 +78,24 @@ def register_build(verbs: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     import sys
 
+    from edge_smsp.datasets import generate_tasks
+
+    # Bad input fails here, before torch loads and before the pool file is made.
+    class_sets = generate_tasks(
+        args.dataset, args.tasks, args.classes_per_task, args.seed, data_dir=args.data_dir
+    )
+    for classes in class_sets:
+        check_task_args(args, classes)
     if args.ray is not None:  # before anything is loaded or written: a missing Ray or cluster is one line
         from edge_smsp.smsp.ray_build import check_reachable, import_ray
 
         import_ray()
         if args.ray != LOCAL_RAY:
             check_reachable(args.ray)
+    path = pool_path(args)
+    check_pool_file(path, create=True)
 
     from edge_smsp import smsp
-    from edge_smsp.data import generate_tasks
 
     config = smsp.AdaptConfig(
         ratio=args.ratio,
@@ -87,9 +106,6 @@ def run_build(args: argparse.Namespace) -> int:
         round_to=args.round_to,
         batch_size=args.batch_size,
         seed=args.seed,
-    )
-    class_sets = generate_tasks(
-        args.dataset, args.tasks, args.classes_per_task, args.seed, data_dir=args.data_dir
     )
     backbone = backbone_from_args(args)
     tasks = [task_from_args(args, backbone, classes) for classes in class_sets]
@@ -119,7 +135,6 @@ def run_build(args: argparse.Namespace) -> int:
         "on_task": report,
         "on_wait": lambda task, holder: note(f"{task.task_id}: being built by {holder}; waiting for it"),
     }
-    path = pool_path(args)
     with Pool(path) as pool:
         if args.ray is None:
             added = smsp.build_pool(backbone, pool, tasks, config, progress=show_progress(args), **callbacks)

@@ -8,11 +8,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_smsp.deploy.transport import Transport, sha256_file
+from edge_smsp.device_runtime.model import read_opsets
 from edge_smsp.errors import TransportError
 from edge_smsp.profiles import DeviceProfile, load_profile
 
 if TYPE_CHECKING:
     from edge_smsp.export import ExportResult
+
+
+MAX_BENCH_RUNS = 100_000
+MAX_BENCH_SECONDS = 3600.0
+# The device's share of a bench before and around its timed runs: importing numpy and onnxruntime, creating
+# the session and the first inference (minutes on an emulated ARM board), plus the report's way back.
+BENCH_STARTUP_SECONDS = 300.0
+RUN_SECONDS_CEILING = 2.0  # one inference of any model a board of this project runs (emulated ARM: ~1.2 s)
 
 
 @dataclass(frozen=True)
@@ -22,7 +31,18 @@ class BenchSettings:
     runs: int = 100
     min_seconds: float = 2.0
     warmup: int = 10
-    timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.runs <= MAX_BENCH_RUNS:
+            raise TransportError(f"bench runs must be 1-{MAX_BENCH_RUNS:,}, got {self.runs}")
+        if not 0 <= self.min_seconds <= MAX_BENCH_SECONDS:  # also refuses NaN
+            raise TransportError(f"bench seconds must be 0-{MAX_BENCH_SECONDS:g}, got {self.min_seconds}")
+
+    @property
+    def timeout(self) -> float:
+        """The deadline of the bench command, derived from its work: start-up, the seconds asked for, and
+        every warm-up and timed run at the slowest a device runs one."""
+        return BENCH_STARTUP_SECONDS + self.min_seconds + (self.warmup + self.runs) * RUN_SECONDS_CEILING
 
     def runtime_args(self, model_path: str, profile: DeviceProfile) -> list[str]:
         """`python -m edge_smsp_runtime` arguments benchmarking model_path with the profile's session options."""
@@ -76,6 +96,24 @@ def run_bench(
     return DeviceRun(measured, latency, tuple(fallback_providers(measured)))
 
 
+def check_onnx_file(path: Path) -> None:
+    """A regular file that holds an ONNX model (its opset read the way the device runtime reads it), before
+    anything is uploaded."""
+    if not path.is_file():
+        what = (
+            "is a directory"
+            if path.is_dir()
+            else "is not a regular file"
+            if path.exists()
+            else "does not exist"
+        )
+        raise TransportError(f"{path}: no such ONNX file ({what})")
+    if read_opsets(str(path))["opset"] is None:
+        raise TransportError(
+            f"{path} is not an ONNX model (no ai.onnx opset in it); export one with edge-smsp export"
+        )
+
+
 def fallback_providers(measured: dict[str, Any]) -> list[str]:
     """Requested providers the device lacks: such a run must not calibrate the plan (it ran slower ones)."""
     return list(measured.get("providers_unavailable") or [])
@@ -94,8 +132,7 @@ def bench_model(
     profile = profile if isinstance(profile, DeviceProfile) else load_profile(profile)
     bench = bench or BenchSettings()
     path = Path(model_path)
-    if not path.is_file():
-        raise TransportError(f"--model {path}: no such ONNX file")
+    check_onnx_file(path)
     digest = sha256_file(path)
     with open_transport(profile.connection, trust_new_host=trust_new_host) as transport:
         remote = transport.upload(path, f"models/{digest[:16]}.onnx")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -57,9 +58,11 @@ class LocalTransport(Transport):
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.communicate()
+            stop_process_group(process)
             raise TransportError(f"command timed out after {timeout:g} s on the device: {argv[0]}") from None
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM): the device work must not outlive the command
+            stop_process_group(process)
+            raise
         return RemoteResult(
             rc=process.returncode,
             stdout=stdout.decode("utf-8", "replace"),
@@ -75,5 +78,26 @@ class LocalTransport(Transport):
                 f"cannot copy {local_path} to {remote_path}: {error.strerror or error}"
             ) from None
 
+    def _remove(self, remote_path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(remote_path)
+
+    def _list_names(self, remote_dir: str) -> list[str]:
+        try:
+            return os.listdir(remote_dir)
+        except OSError as error:
+            raise TransportError(f"cannot list {remote_dir}: {error.strerror or error}") from None
+
     def close(self) -> None:
         """Nothing to release."""
+
+
+def stop_process_group(process: subprocess.Popen[bytes], grace: float = 2.0) -> None:
+    """TERM the command's process group, KILL what is left of it after up to `grace` seconds, reap the command."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # members that ignored TERM, or a leader that did
+    process.communicate()  # reaps the command and closes its pipes

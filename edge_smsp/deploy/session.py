@@ -19,6 +19,7 @@ from edge_smsp.deploy.calibration import calibrate
 from edge_smsp.deploy.report import REPORT_NAME, DeployReport, write_json_atomically
 from edge_smsp.deploy.stages import CALIBRATION_RATIOS, DeployRequest
 from edge_smsp.errors import ExportError
+from edge_smsp.fileio import checked_output_path
 from edge_smsp.planner import predict_latency_ms, predict_memory_bytes
 from edge_smsp.profiles import MIB
 
@@ -39,12 +40,13 @@ def deploy(request: DeployRequest, *, on_stage: Callable[[str], None] | None = N
     started = time.perf_counter()
     timings: dict[str, float] = {}
     stage = _stage_timer(timings, on_stage)
-    _prepare_out_dir(request.out_dir)
+    checked_output_path(request.out_dir, directory=True)  # made once the device answered: no empty out dir
     with stage("connect"):
         transport = stages.connect(request.profile, request.trust_new_host)
     with transport:
         with stage("device_check"):
             device = stages.check(transport, request.profile, request.bench.timeout)
+        _prepare_out_dir(request.out_dir)
         calibration: list[dict[str, Any]] = []
         if request.calibrate:
             with stage("calibrate"):
@@ -147,8 +149,6 @@ def _stage_timer(timings: dict[str, float], on_stage: Callable[[str], None] | No
 
 
 def _prepare_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ExportError(f"--out {out}: exists and is not a directory")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import errno
 import fcntl
 import getpass
 import hashlib
+import json
 import logging
 import select
 import shlex
@@ -16,6 +18,7 @@ from typing import TypeVar
 
 import paramiko
 
+from edge_smsp.deploy.ssh_link import Liveness, connect_failure
 from edge_smsp.deploy.transport import RemoteResult, Transport, timed
 from edge_smsp.errors import TransportError
 from edge_smsp.fileio import write_atomically
@@ -26,18 +29,24 @@ T = TypeVar("T")
 # paramiko logs socket errors at ERROR; with no handler Python would print them beside our one-line error.
 logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
+# JSON, so that a work dir ending in whitespace or holding a newline comes back as it is.
 _RESOLVE_WORKDIR = (
-    "import os, sys; path = os.path.realpath(os.path.expanduser(sys.argv[1])); "
-    "os.makedirs(path, exist_ok=True); print(path)"
+    "import json, os, sys; path = os.path.realpath(os.path.expanduser(sys.argv[1])); "
+    "os.makedirs(path, exist_ok=True); print(json.dumps(path))"
 )
-# `sh` prints its pid, then becomes the command: the pid is what a timeout kills. `timeout(1)` is not assumed.
+# `sh` prints its pid, then becomes the command. sshd starts every session's command as a process group leader
+# (setsid), so that pid is also the group a timeout or an interruption stops. `timeout(1)` is not assumed.
 _WRAPPER = 'echo "$$"; exec "$@"'
 _WRAPPER_CWD = 'echo "$$"; cd "$1" || exit 126; shift; exec "$@"'
+# TERM the group (or the process, where it leads none), KILL what is left after 2 s; done when all are gone.
 _KILL = (
-    'kill -TERM "$1" 2>/dev/null || exit 0; for i in 1 2 3 4 5 6 7 8 9 10; do '
-    'kill -0 "$1" 2>/dev/null || exit 0; sleep 0.2; done; kill -KILL "$1" 2>/dev/null; exit 0'
+    'kill -s TERM -- "-$1" 2>/dev/null || kill -s TERM "$1" 2>/dev/null || exit 0; '
+    "for i in 1 2 3 4 5 6 7 8 9 10; do "
+    'kill -s 0 -- "-$1" 2>/dev/null || kill -s 0 "$1" 2>/dev/null || exit 0; sleep 0.2; done; '
+    'kill -s KILL -- "-$1" 2>/dev/null; kill -s KILL "$1" 2>/dev/null; exit 0'
 )
 _POLL_SECONDS = 0.05
+_PID_WAIT_SECONDS = 2.0  # after an interruption: how long to wait for a just-started command's pid
 
 
 class _ConnectionLost(Exception):
@@ -137,6 +146,8 @@ class SshTransport(Transport):
         self.user = connection.user or getpass.getuser()
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        self._liveness: Liveness | None = None
+        self._lost: str | None = None  # why the link was lost, once it was
         self._retry_depth = 0
         self._orphans: list[int] = []  # pids of commands whose connection dropped; killed after reconnecting
         self._connect(initial=True)
@@ -152,7 +163,7 @@ class SshTransport(Transport):
         if self.known_hosts.is_file():
             try:
                 client.get_host_keys().load(str(self.known_hosts))
-            except (OSError, paramiko.SSHException, ValueError) as error:
+            except (OSError, paramiko.SSHException, paramiko.hostkeys.InvalidHostKey, ValueError) as error:
                 raise TransportError(
                     f"cannot read known_hosts file {self.known_hosts}: {_one_line(error)}"
                 ) from None
@@ -191,20 +202,21 @@ class SshTransport(Transport):
             raise TransportError(
                 f"SSH key {key_file} is encrypted: load it into ssh-agent and leave key_file empty"
             ) from None
-        except paramiko.AuthenticationException as error:
-            client.close()
-            how = f"key {key_file}" if key_file else "ssh-agent or ~/.ssh keys"
-            raise TransportError(
-                f"SSH authentication failed for {self.address} with {how}: {error}"
-            ) from None
         except (OSError, EOFError, paramiko.SSHException) as error:
+            # The link failing (no answer, a drop during the key exchange or authentication) is not a refusal.
+            link_failure = connect_failure(error, client, self.address, self.connect_timeout)
             client.close()
+            if isinstance(error, paramiko.AuthenticationException) and link_failure is None:
+                how = f"key {key_file}" if key_file else "ssh-agent or ~/.ssh keys"
+                raise TransportError(
+                    f"SSH authentication failed for {self.address} with {how}: {error}"
+                ) from None
+            reason = link_failure or f"cannot connect to {self.address}: {_one_line(error)}"
             if not initial:
-                raise _ConnectionLost(_one_line(error)) from None
-            raise TransportError(f"cannot connect to {self.address}: {_one_line(error)}") from None
+                raise _ConnectionLost(reason) from None
+            raise TransportError(reason) from None
         transport = client.get_transport()
-        if transport is not None:
-            transport.set_keepalive(30)
+        self._liveness = Liveness(transport) if transport is not None else None
         self._client = client
         self._sftp = None
 
@@ -216,15 +228,24 @@ class SshTransport(Transport):
 
     def _drop(self) -> None:
         client, self._client, self._sftp = self._client, None, None
+        if self._liveness is not None:
+            self._liveness.stop()
+            self._liveness = None
         if client is not None:
             client.close()
+
+    def _lost_reason(self, default: str) -> str:
+        """Why the link is gone: the liveness check's finding when it closed the link, else `default`."""
+        if self._liveness is not None and self._liveness.dead:
+            return self._liveness.reason()
+        return default
 
     def _retrying(self, action: str, operation: Callable[[], T]) -> T:
         """Run operation(); on a dropped connection reconnect and try again, a bounded number of times."""
         if self._retry_depth:
             return operation()  # the outermost retry loop owns reconnection
         attempts = self.retries + 1
-        last_error: BaseException | None = None
+        causes: list[str] = []  # what went wrong at each attempt, the first (what happened) foremost
         self._retry_depth += 1
         try:
             for attempt in range(1, attempts + 1):
@@ -240,21 +261,22 @@ class SshTransport(Transport):
                     paramiko.SSHException,
                     ConnectionError,
                 ) as error:
-                    last_error = error
+                    causes.append(self._lost_reason(_one_line(error)))
                 except OSError as error:
                     if self._connected():  # the link is fine: the file operation itself failed
                         raise TransportError(
                             f"{action} failed on {self.address}: {_one_line(error)}"
                         ) from None
-                    last_error = error
+                    causes.append(self._lost_reason(_one_line(error)))
                 self._drop()
                 if attempt < attempts:
                     time.sleep(self.backoff * 2 ** (attempt - 1))
         finally:
             self._retry_depth -= 1
+        detail = causes[0] if len(set(causes)) == 1 else f"{causes[0]}; last attempt: {causes[-1]}"
         raise TransportError(
             f"lost the connection to {self.address} during {action}; gave up after {attempts} attempts "
-            f"({_one_line(last_error) if last_error else 'no detail'})"
+            f"({detail})"
         )
 
     # Primitives.
@@ -263,13 +285,19 @@ class SshTransport(Transport):
         result = self.run(
             [self.python, "-c", _RESOLVE_WORKDIR, self.connection.workdir], self.connect_timeout * 3
         )
-        if result.rc != 0 or not result.stdout.strip():
+        try:
+            path = json.loads(result.stdout) if result.rc == 0 else None
+        except ValueError:
+            path = None
+        if not isinstance(path, str):
             detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.rc}"
+            if result.rc == 127:
+                detail += f" (is {self.python!r} the device's python?)"
             raise TransportError(
                 f"cannot create work dir {self.connection.workdir!r} on {self.address} "
                 f"with python {self.python!r}: {detail}"
             )
-        return result.stdout.strip().splitlines()[-1]
+        return path
 
     def run(self, argv: list[str], timeout: float, cwd: str | None = None) -> RemoteResult:
         if not argv:
@@ -302,7 +330,7 @@ class SshTransport(Transport):
                 ):
                     break
                 if not transport.is_active():
-                    raise _ConnectionLost("connection dropped while the command ran")
+                    raise _ConnectionLost(self._lost_reason("connection dropped while the command ran"))
                 if time.monotonic() > deadline:
                     finished = True
                     self._kill(_pid_of(stdout), transport)
@@ -312,14 +340,20 @@ class SshTransport(Transport):
                 select.select([channel], [], [], _POLL_SECONDS)
             rc = channel.recv_exit_status()
             if rc == -1 and not transport.is_active():
-                raise _ConnectionLost("connection dropped before the command's exit status arrived")
+                raise _ConnectionLost(
+                    self._lost_reason("connection dropped before the command's exit status arrived")
+                )
             finished = True
         finally:
+            if not finished:
+                # Without a terminal sshd does not signal the command: stop it now (interrupted) or, when the
+                # link is gone, after reconnecting and before any retry runs it again.
+                pid = _pid_of(stdout) or self._await_pid(channel, stdout, transport)
+                if pid is not None and transport.is_active():
+                    self._kill(pid, transport)
+                elif pid is not None:
+                    self._orphans.append(pid)
             channel.close()
-            pid = _pid_of(stdout)
-            if not finished and pid is not None:
-                # Without a terminal sshd does not signal the command: stop it before any retry runs it again.
-                self._orphans.append(pid)
         output = bytes(stdout).partition(b"\n")[2] if _pid_of(stdout) is not None else bytes(stdout)
         return RemoteResult(
             rc=rc,
@@ -328,18 +362,39 @@ class SshTransport(Transport):
             seconds=timed(start),
         )
 
+    def _await_pid(
+        self, channel: paramiko.Channel, stdout: bytearray, transport: paramiko.Transport
+    ) -> int | None:
+        """The pid of a command interrupted before its wrapper's first line arrived (it may be starting)."""
+        deadline = time.monotonic() + _PID_WAIT_SECONDS
+        try:
+            while transport.is_active() and time.monotonic() < deadline and not channel.closed:
+                while channel.recv_ready():
+                    stdout += channel.recv(1 << 16)
+                if _pid_of(stdout) is not None or channel.exit_status_ready():
+                    break
+                select.select([channel], [], [], _POLL_SECONDS)
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+        return _pid_of(stdout)
+
     def _kill(self, pid: int | None, transport: paramiko.Transport) -> None:
-        """Stop a remote command (TERM, then KILL after 2 s); best effort."""
+        """Stop a remote command and its process group (TERM, then KILL after 2 s); best effort, bounded."""
         if pid is None:
             return
         try:
             channel = transport.open_session(timeout=self.connect_timeout)
-            channel.settimeout(self.connect_timeout)
-            channel.exec_command(f"exec sh -c {shlex.quote(_KILL)} edge-smsp {pid}")
-            channel.recv_exit_status()
-            channel.close()
+            try:
+                channel.exec_command(f"exec sh -c {shlex.quote(_KILL)} edge-smsp {pid}")
+                deadline = time.monotonic() + self.connect_timeout
+                while not channel.exit_status_ready() and time.monotonic() < deadline:
+                    if not transport.is_active():
+                        break
+                    time.sleep(_POLL_SECONDS)
+            finally:
+                channel.close()
         except (OSError, EOFError, paramiko.SSHException):
-            pass  # the caller's own error (timeout, lost connection) is what matters
+            pass  # the caller's own error (timeout, lost connection, interruption) is what matters
 
     def _kill_orphans(self) -> None:
         transport = self._client.get_transport() if self._client else None
@@ -366,6 +421,21 @@ class SshTransport(Transport):
 
     def _put(self, local_path: Path, remote_path: str) -> None:
         self._sftp_client().put(str(local_path), remote_path, confirm=True)
+
+    def _remove(self, remote_path: str) -> None:
+        def remove() -> None:
+            try:
+                self._sftp_client().remove(remote_path)
+            except FileNotFoundError:
+                pass
+            except OSError as error:
+                if error.errno != errno.ENOENT:
+                    raise
+
+        self._retrying("removing a temporary file", remove)
+
+    def _list_names(self, remote_dir: str) -> list[str]:
+        return self._retrying("listing the work dir", lambda: self._sftp_client().listdir(remote_dir))
 
     def close(self) -> None:
         """Close SFTP and the SSH connection."""

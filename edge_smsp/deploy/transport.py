@@ -8,19 +8,20 @@ import importlib.util
 import json
 import posixpath
 import time
-import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+from edge_smsp.deploy.temps import HOST_ID, STALE_TEMP_SECONDS, TEMP_PREFIX, abandoned_here, temp_name
 from edge_smsp.errors import TransportError
 from edge_smsp.profiles import ConnectionSpec
 
-TEMP_PREFIX = ".edge-smsp-tmp-"
+__all__ = ["STALE_TEMP_SECONDS", "TEMP_PREFIX", "RemoteResult", "Transport"]
+
 RUNTIME_PACKAGE = "edge_smsp_runtime"
 DEFAULT_TIMEOUT = 120.0
-STALE_TEMP_SECONDS = 3600
+VERIFY_BYTES_PER_SECOND = 20 * 1024**2  # hashing on a slow board's storage
 
 # Scripts run by the device's python. They travel base64-encoded inside `-c` so that no login shell (sh, bash,
 # csh) ever has to parse their quotes or newlines. They must run on Python 3.6, like the device runtime.
@@ -48,20 +49,22 @@ print(json.dumps({"mismatches": mismatches}))
 sys.exit(3 if mismatches else 0)
 """
 
-_CLEANUP = """
+# Temporaries of other hosts (or of older edge-smsp versions) are judged by their age in the device's own clock.
+_REMOVE_STALE = """
 import json, os, sys, time
-workdir, stale_seconds = sys.argv[1], float(sys.argv[2])
+workdir, stale_seconds, prefix, own_prefix = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
 removed = []
-for path in sys.argv[3:]:
-    if os.path.exists(path):
-        os.remove(path)
-        removed.append(path)
 now = time.time()
 for name in os.listdir(workdir):
     path = os.path.join(workdir, name)
-    if name.startswith(".edge-smsp-tmp-") and os.path.isfile(path) and now - os.path.getmtime(path) > stale_seconds:
-        os.remove(path)
-        removed.append(path)
+    if not name.startswith(prefix) or name.startswith(own_prefix):
+        continue
+    try:  # another session may remove it at the same time
+        if os.path.isfile(path) and now - os.path.getmtime(path) > stale_seconds:
+            os.remove(path)
+            removed.append(path)
+    except OSError:
+        pass
 print(json.dumps({"removed": removed}))
 """
 
@@ -138,6 +141,7 @@ class Transport(ABC):
     def __init__(self, connection: ConnectionSpec) -> None:
         self.connection = connection
         self._temp_paths: set[str] = set()
+        self._swept = False  # abandoned temporaries of this host removed (at the first upload)
         self._runtime_pushed = False
         self._workdir: str | None = None
 
@@ -150,6 +154,14 @@ class Transport(ABC):
     @abstractmethod
     def _put(self, local_path: Path, remote_path: str) -> None:
         """Copy a local file to an absolute path on the device."""
+
+    @abstractmethod
+    def _remove(self, remote_path: str) -> None:
+        """Remove a file on the device if it exists (no device python needed)."""
+
+    @abstractmethod
+    def _list_names(self, remote_dir: str) -> list[str]:
+        """The names in a device directory (no device python needed)."""
 
     @abstractmethod
     def _resolve_workdir(self) -> str:
@@ -193,19 +205,22 @@ class Transport(ABC):
             if not local_path.is_file():
                 raise TransportError(f"file to upload not found: {local_path}")
             plan.append((local_path, self.remote_path(remote_name), sha256_file(local_path)))
+        if not self._swept:
+            self._retrying("cleaning the work dir", self._remove_abandoned_here)
+            self._swept = True
         return self._retrying("upload", lambda: self._upload_once(plan))
 
     def _upload_once(self, plan: list[tuple[Path, str, str]]) -> list[str]:
         verify_args: list[str] = []
         for local_path, final_path, expected in plan:
-            temp_path = posixpath.join(
-                self.workdir, f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{posixpath.basename(final_path)}"
-            )
+            temp_path = posixpath.join(self.workdir, temp_name(posixpath.basename(final_path)))
             self._temp_paths.add(temp_path)
             self._put(local_path, temp_path)
             verify_args += [temp_path, final_path, expected]
+        total_bytes = sum(local_path.stat().st_size for local_path, _, _ in plan)
         result = self.run(
-            [self.python, "-c", python_snippet(_VERIFY_AND_RENAME), *verify_args], DEFAULT_TIMEOUT
+            [self.python, "-c", python_snippet(_VERIFY_AND_RENAME), *verify_args],
+            DEFAULT_TIMEOUT + total_bytes / VERIFY_BYTES_PER_SECOND,
         )
         self._temp_paths.difference_update(verify_args[0::3])
         report = self._json_or_none(result.stdout)
@@ -218,7 +233,7 @@ class Transport(ABC):
         if result.rc != 0 or report is None:
             raise TransportError(
                 f"verifying the upload on the device failed (exit {result.rc}): "
-                f"{last_line(result.stderr) or 'no output'}"
+                f"{self._failure_reason(result)}"
             )
         return [final_path for _, final_path, _ in plan]
 
@@ -235,27 +250,38 @@ class Transport(ABC):
         )
         result = self.run([self.python, "-c", _RUN_RUNTIME, runtime_dir, *args], timeout, cwd=self.workdir)
         if result.rc != 0:
-            reason = last_line(result.stderr) or last_line(result.stdout) or "no output"
-            if result.rc == 127:
-                reason = f"{reason} (is {self.python!r} the device's python?)"
-            raise TransportError(f"device runtime failed (exit {result.rc}): {reason}")
+            raise TransportError(f"device runtime failed (exit {result.rc}): {self._failure_reason(result)}")
         report = self._json_or_none(result.stdout)
         if not isinstance(report, dict):
             raise TransportError(f"device runtime printed no JSON report: {result.stdout.strip()[:120]!r}")
         return report
 
+    def _failure_reason(self, result: RemoteResult) -> str:
+        reason = last_line(result.stderr) or last_line(result.stdout) or "no output"
+        if result.rc == 127:
+            reason = f"{reason} (is {self.python!r} the device's python?)"
+        return reason
+
     def cleanup(self) -> None:
-        """Remove this session's temporary files and stale ones (older than an hour) from the work dir."""
+        """Remove this session's temporaries, those of this host's processes that are gone, and other hosts'
+        stale ones (an hour without a write) from the work dir. The first two need no python on the device."""
         if self._workdir is None:
             return
-        temps = sorted(self._temp_paths)
-        argv = [self.python, "-c", python_snippet(_CLEANUP), self._workdir, str(STALE_TEMP_SECONDS), *temps]
-        result = self.run(argv, DEFAULT_TIMEOUT)
+        for path in sorted(self._temp_paths):
+            self._remove(path)
+            self._temp_paths.discard(path)
+        if self._swept:  # listing needs SFTP: only where this session uploaded anything
+            self._remove_abandoned_here()
+        argv = [self.python, "-c", python_snippet(_REMOVE_STALE), self._workdir, str(STALE_TEMP_SECONDS)]
+        result = self.run([*argv, TEMP_PREFIX, f"{TEMP_PREFIX}{HOST_ID}."], DEFAULT_TIMEOUT)
         if result.rc != 0:
-            raise TransportError(
-                f"cleaning the device work dir failed: {last_line(result.stderr) or result.rc}"
-            )
-        self._temp_paths.clear()
+            raise TransportError(f"cleaning the device work dir failed: {self._failure_reason(result)}")
+
+    def _remove_abandoned_here(self) -> None:
+        """Remove the temporaries of this host's processes that are gone (killed or cut off mid-upload)."""
+        for name in self._list_names(self.workdir):
+            if abandoned_here(name):
+                self._remove(posixpath.join(self.workdir, name))
 
     @staticmethod
     def _json_or_none(text: str) -> Any:

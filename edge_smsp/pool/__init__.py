@@ -29,7 +29,7 @@ from edge_smsp.pool.measurements import (
 )
 from edge_smsp.pool.records import BackboneRecord, BuildKey, TaskRecord
 from edge_smsp.pool.schema import SCHEMA_VERSION
-from edge_smsp.pool.store import BUSY_TIMEOUT_MS, POOL_ENV_VAR, default_pool_path
+from edge_smsp.pool.store import BUSY_TIMEOUT_MS, POOL_ENV_VAR, check_pool_file, default_pool_path
 
 __all__ = [
     "BUSY_TIMEOUT_MS",
@@ -48,6 +48,7 @@ __all__ = [
     "PoolEntry",
     "TaskRecord",
     "Writer",
+    "check_pool_file",
     "claiming_writer",
     "default_pool_path",
     "new_entry",

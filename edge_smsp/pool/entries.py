@@ -247,10 +247,11 @@ class EntryStore(PoolStore):
         ).fetchone()
         if row is not None:
             # The key names the class set; a different sampling seed is the same task.
-            if (row[1], tuple(json.loads(row[2]))) != (task.dataset, tuple(task.classes)):
+            stored = self._loads(row[2], f"the classes of task {task.task_key}", list)
+            if (row[1], tuple(stored)) != (task.dataset, tuple(task.classes)):
                 raise PoolError(
                     f"pool {self.path} already stores task {task.task_key} as {row[1]} classes "
-                    f"{json.loads(row[2])}, not {task.dataset} classes {list(task.classes)}"
+                    f"{stored}, not {task.dataset} classes {list(task.classes)}"
                 )
             return int(row[0])
         cursor = self._db.execute(
@@ -290,12 +291,12 @@ class EntryStore(PoolStore):
                 iters=row[3],
                 val_accuracy=row[4],
                 created=row[5],
-                extra=json.loads(row[6]),
+                extra=self._loads(row[6], f"entry {row[0]}'s extra", dict),
                 task=TaskRecord(
                     task_key=row[7],
                     dataset=row[8],
-                    classes=tuple(json.loads(row[9])),
-                    class_names=tuple(json.loads(row[10])),
+                    classes=tuple(self._loads(row[9], f"the classes of task {row[7]}", list)),
+                    class_names=tuple(self._loads(row[10], f"the class names of task {row[7]}", list)),
                     seed=row[11],
                     n_train=row[12],
                     n_val=row[13],
@@ -303,7 +304,7 @@ class EntryStore(PoolStore):
                 backbone=BackboneRecord(
                     name=row[14], weights_hash=row[15], image_size=row[16], checkpoint=row[17]
                 ),
-                file_names=tuple(json.loads(row[18])),
+                file_names=tuple(self._loads(row[18], f"entry {row[0]}'s file names", list)),
             )
             for row in rows
         ]

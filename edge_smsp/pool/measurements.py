@@ -6,7 +6,6 @@ runtime and numeric precision, benchmarked with the same batch size and threads.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,7 +117,7 @@ class MeasurementStore(PoolStore):
             DeviceMeasurement(
                 id=row[0],
                 **dict(zip(_COLUMNS, row[1:-2], strict=True)),
-                report=json.loads(row[-2]),
+                report=self._loads(row[-2], f"measurement {row[0]}'s report", dict),
                 created=row[-1],
             )
             for row in rows

@@ -15,7 +15,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from edge_smsp.errors import PoolError
+from edge_smsp.errors import OutputPathError, PoolError
+from edge_smsp.fileio import checked_output_path
 from edge_smsp.pool.schema import BASE_SCHEMA, BASE_VERSION, MIGRATIONS, SCHEMA_VERSION, statements
 
 POOL_ENV_VAR = "EDGE_SMSP_POOL"
@@ -39,14 +40,23 @@ class PoolStore:
         path: str | Path | None = None,
         create: bool = True,
         check: Literal["quick", "full", "none"] = "quick",
+        *,
+        lazy: bool = False,
     ) -> None:
         """Open (or with create=True, create) the pool; check is "quick", "full" or "none" integrity checking.
-        A pool of an older schema version is migrated in place."""
+        A pool of an older schema version is migrated in place. With lazy=True a missing pool is created on
+        first use, so that a command failing before it needs the pool leaves no file behind."""
         if check not in ("quick", "full", "none"):
             raise ValueError(f"check must be 'quick', 'full' or 'none', got {check!r}")
         self.path = Path(path).expanduser() if path is not None else default_pool_path()
         self._connection: sqlite3.Connection | None = None
+        self._closed = False
+        self._check = check
         self._check_file(create)
+        if not (lazy and create and not self.path.exists()):
+            self._open(create)
+
+    def _open(self, create: bool) -> None:
         if create:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,7 +66,7 @@ class PoolStore:
                 ) from None
         self._connection = self._connect(create)
         try:
-            self._validate(check)
+            self._validate(self._check)
             self._ensure_schema(create)
             self._pragma("journal_mode=WAL")
         except BaseException:
@@ -73,6 +83,7 @@ class PoolStore:
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
+        self._closed = True
         if self._connection is not None:
             self._connection.close()
             self._connection = None
@@ -102,8 +113,25 @@ class PoolStore:
     @property
     def _db(self) -> sqlite3.Connection:
         if self._connection is None:
-            raise PoolError(f"pool {self.path} is closed")
+            if self._closed:
+                raise PoolError(f"pool {self.path} is closed")
+            self._open(create=True)  # a lazy pool's first use
+        assert self._connection is not None
         return self._connection
+
+    def _loads(self, text: str, what: str, kind: type[list] | type[dict]) -> Any:
+        """A JSON column's value (a list or a dict); PoolError when the stored text is not one (a damaged or
+        hand-edited file)."""
+        try:
+            value = json.loads(text)
+        except (TypeError, ValueError):
+            value = None
+        if not isinstance(value, kind):
+            raise PoolError(
+                f"pool {self.path}: {what} is not a JSON {kind.__name__}, the database is damaged; "
+                f"{self._fix_hint()}"
+            )
+        return value
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -136,27 +164,16 @@ class PoolStore:
             self._db.execute("COMMIT")
 
     def _fix_hint(self) -> str:
-        return f"move {self.path} aside and rebuild the pool, or pass --pool PATH to use another file"
+        return _fix_hint(self.path)
 
     # --- opening ---------------------------------------------------------------------------------------------
 
     def _check_file(self, create: bool) -> None:
-        if self.path.is_dir():
-            raise PoolError(f"pool path {self.path} is a directory; pass --pool PATH naming a file")
-        if not self.path.exists():
-            if not create:
-                raise PoolError(
-                    f"no pool at {self.path}; build one with `edge-smsp pool build` or pass --pool PATH"
-                )
-            return
-        try:
-            with self.path.open("rb") as handle:
-                header = handle.read(len(_SQLITE_HEADER))
-        except OSError as error:
-            raise PoolError(f"cannot read pool {self.path}: {error.strerror}") from None
-        # An empty file is an empty database to SQLite; anything else must carry the SQLite header.
-        if header and header != _SQLITE_HEADER:
-            raise PoolError(f"{self.path} is not an SQLite pool database; {self._fix_hint()}")
+        if not create and not self.path.exists() and not self.path.is_symlink():
+            raise PoolError(
+                f"no pool at {self.path}; build one with `edge-smsp pool build` or pass --pool PATH"
+            )
+        check_pool_file(self.path, create=create)
 
     def _connect(self, create: bool) -> sqlite3.Connection:
         mode = "rwc" if create else "rw"
@@ -244,6 +261,35 @@ class PoolStore:
                 f"{self.path} is an SQLite database but not an edge-smsp pool; pass --pool PATH to use another file"
             )
         return None
+
+
+def check_pool_file(path: Path, *, create: bool = False) -> None:
+    """Refuse what cannot be a pool file before anything opens it: a directory, a FIFO or device (reading one
+    blocks or never ends), a file without SQLite's header; with create, a missing file that cannot be made."""
+    if path.is_dir():
+        raise PoolError(f"pool path {path} is a directory; pass --pool PATH naming a file")
+    if path.exists():
+        if not path.is_file():
+            raise PoolError(
+                f"pool path {path} is not a regular file (a FIFO, device or socket); pass --pool PATH naming a file"
+            )
+        try:
+            with path.open("rb") as handle:
+                header = handle.read(len(_SQLITE_HEADER))
+        except OSError as error:
+            raise PoolError(f"cannot read pool {path}: {error.strerror}") from None
+        # An empty file is an empty database to SQLite; anything else must carry the SQLite header.
+        if header and header != _SQLITE_HEADER:
+            raise PoolError(f"{path} is not an SQLite pool database; {_fix_hint(path)}")
+    elif create:
+        try:
+            checked_output_path(path, directory=False)
+        except OutputPathError as error:
+            raise PoolError(f"cannot create the pool: {error}") from None
+
+
+def _fix_hint(path: Path) -> str:
+    return f"move {path} aside and rebuild the pool, or pass --pool PATH to use another file"
 
 
 def now() -> str:

@@ -18,7 +18,7 @@ class _OneLineParser(argparse.ArgumentParser):
     """argparse whose usage errors are one line on stderr and exit 2, like every other error here."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.stderr.write(f"{self.prog}: error: {one_line(message)}\n")
         sys.exit(2)
 
 
@@ -37,6 +37,22 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
 
 _nonnegative_int = _int_at_least(0)
 _positive_int = _int_at_least(1)
+
+
+def _number_in(low: float, high: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not low <= value <= high:  # also refuses NaN and infinity
+            raise argparse.ArgumentTypeError(f"expected a number from {low:g} to {high:g}, got {text!r}")
+        return value
+
+    return parse
+
+
+_seconds = _number_in(0.0, 86400.0)
 
 
 def _add_runtime_option(parser: argparse.ArgumentParser) -> None:
@@ -73,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", required=True, help="ONNX file")
     bench.add_argument("--warmup", type=_nonnegative_int, default=10, help="warm-up runs, at least 10")
     bench.add_argument("--runs", type=_nonnegative_int, default=100, help="timed runs, at least")
-    bench.add_argument("--min-seconds", type=float, default=1.0, help="timed seconds, at least")
+    bench.add_argument("--min-seconds", type=_seconds, default=1.0, help="timed seconds, at least")
     bench.add_argument("--seed", type=int, default=0, help="seed of the fixed random inputs")
     bench.add_argument(
         "--batch-size",
@@ -101,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--iters", type=_nonnegative_int, required=True)
     finetune.add_argument("--out", default=None, help="output directory (default MODEL_DIR/finetuned)")
     finetune.add_argument("--batch-size", type=_nonnegative_int, default=16)
-    finetune.add_argument("--lr", type=float, default=0.01)
-    finetune.add_argument("--val-fraction", type=float, default=0.2)
+    finetune.add_argument("--lr", type=_number_in(1e-12, 100.0), default=0.01)
+    finetune.add_argument("--val-fraction", type=_number_in(0.0, 0.99), default=0.2)
     finetune.add_argument("--max-per-class", type=_nonnegative_int, default=500)
     finetune.add_argument("--seed", type=int, default=0)
     finetune.add_argument("--bench-runs", type=_nonnegative_int, default=50)

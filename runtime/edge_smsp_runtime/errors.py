@@ -1,10 +1,16 @@
 """The one error type of the runtime: the command line prints its message on one line and exits 2."""
 
+from typing import Union
+
 
 class RuntimeToolError(Exception):
     """A problem the user can act on: missing file or dependency, unreadable model or image, bad option."""
 
 
-def one_line(error: BaseException) -> str:
-    """An exception's message squeezed onto one line (onnxruntime messages span several)."""
-    return " ".join(str(error).split()) or type(error).__name__
+MAX_MESSAGE = 1000  # characters: an error names what is wrong, it never quotes a whole input
+
+
+def one_line(error: "Union[BaseException, str]") -> str:
+    """An exception's (or any) message squeezed onto one line (onnxruntime's span several), cut short."""
+    line = " ".join(str(error).split()) or type(error).__name__
+    return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 3] + "..."

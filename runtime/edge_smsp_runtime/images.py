@@ -118,6 +118,8 @@ def load_image(path: str, use_pillow: bool = True) -> Any:
                 f"cannot read {path} without Pillow ({PILLOW_HINT}); "
                 "without it the runtime reads .npy and binary .pgm/.ppm images"
             )
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise RuntimeToolError(f"{path}: the image is empty ({image.shape[0]}x{image.shape[1]} pixels)")
     if image.shape[-1] == 4:
         image = image[:, :, :3]
     if image.shape[-1] not in (1, 3):

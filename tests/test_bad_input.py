@@ -1,0 +1,499 @@
+"""Hostile but fair input to every command and to the device runtime.
+
+Every case must exit 2 with exactly one line on stderr (naming what is wrong), nothing on stdout, no
+traceback, no hang, and no new or changed file anywhere: not in the case's HOME or working directory (the
+default pool and out dirs land there), nor among the shared inputs, nor in the device work dirs.
+Most cases fail in argument parsing or in torch-free checks before any model loads; that is also what keeps
+this table fast.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import traceback
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.sshd_fixture import SshdServer, free_port
+from tests.tiny_onnx import tiny_convnet
+
+ROOT = Path(__file__).resolve().parents[1]
+CASE_TIMEOUT = 120  # seconds: a case that takes longer hangs (a FIFO read, a device that never answers)
+MAX_LINE = 1000  # characters: an error quotes what it must, never a whole 20,000-id argument
+
+# Small enough that a check that is missing shows up as a quick success, not a long training run.
+FAST_TASK = ("--train-per-class", "8", "--val-per-class", "4", "--iters", "2")
+ADAPT = ("adapt", "--ratio", "0.5", "--method", "magnitude", "--out", "{s}/out", *FAST_TASK)
+PRUNE = ("prune", "--model", "resnet18", "--ratio", "0.5", "--method", "random", "--image-size", "32")
+BUILD = ("pool", "build", "--tasks", "2", "--ratio", "0.5", "--rounds", "1", "--pool", "{s}/pool.sqlite")
+BUILD_FAST = (*BUILD, *FAST_TASK, "--image-size", "32")
+DEPLOY = ("deploy", "--method", "magnitude", "--bench-runs", "3", "--bench-seconds", "0", *FAST_TASK)
+DEPLOY_LOCAL = (*DEPLOY, "--profile", "{w}/local.yaml", "--out", "{s}/out")
+BENCH_LOCAL = ("bench", "--profile", "{w}/local.yaml", "--bench-runs", "3", "--bench-seconds", "0")
+RT_BENCH = ("bench", "--model", "{w}/tiny.onnx", "--runs", "3", "--min-seconds", "0")
+MANY_CLASSES = ",".join(str(index) for index in range(20_000))
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input: the command line ({w}: shared inputs, {s}: the case's own sandbox) and what the
+    error line must mention."""
+
+    id: str
+    argv: tuple[str, ...]
+    expect: str
+    runtime: bool = False  # python -m edge_smsp_runtime on a device-like python without torch
+    env: dict[str, str] = field(default_factory=dict)
+
+
+CASES = [
+    # --- usage: argparse -----------------------------------------------------------------------------------
+    Case("usage-no-command", (), "required: COMMAND"),
+    Case("usage-unknown-command", ("frobnicate",), "invalid choice"),
+    Case("usage-models-unknown-flag", ("models", "--bogus"), "unrecognized arguments: --bogus"),
+    Case("usage-prune-missing-required", ("prune", "--model", "resnet18"), "required"),
+    Case("usage-pool-no-verb", ("pool",), "required: VERB"),
+    Case("usage-pool-list-flag-without-value", ("pool", "list", "--backbone"), "expected one argument"),
+    Case("usage-adapt-unknown-method", (*ADAPT, "--method", "bogus"), "--method"),
+    Case("usage-adapt-unknown-weighting", (*ADAPT, "--weighting", "bogus"), "--weighting"),
+    Case("usage-adapt-unknown-optimizer", (*ADAPT, "--optimizer", "bogus"), "--optimizer"),
+    Case("usage-prune-taylor-needs-batches", (*PRUNE[:-4], "--method", "taylor", "--out", "o"), "--method"),
+    Case("usage-build-unknown-importance", (*BUILD_FAST, "--importance", "bogus"), "--importance"),
+    Case("usage-bench-missing-model", ("bench", "--profile", "{w}/local.yaml"), "--model"),
+    # --- numbers out of range ------------------------------------------------------------------------------
+    Case("range-prune-ratio-text", (*PRUNE[:4], "abc", *PRUNE[5:], "--out", "{s}/o"), "--ratio"),
+    Case("range-prune-ratio-one", (*PRUNE[:4], "1", *PRUNE[5:], "--out", "{s}/o"), "--ratio"),
+    Case("range-prune-ratio-negative", (*PRUNE[:4], "-0.1", *PRUNE[5:], "--out", "{s}/o"), "--ratio"),
+    Case("range-prune-ratio-nan", (*PRUNE[:4], "nan", *PRUNE[5:], "--out", "{s}/o"), "--ratio"),
+    Case("range-prune-ratio-inf", (*PRUNE[:4], "inf", *PRUNE[5:], "--out", "{s}/o"), "--ratio"),
+    Case("range-prune-round-to-zero", (*PRUNE, "--round-to", "0", "--out", "{s}/o"), "--round-to"),
+    Case("range-prune-seed-text", (*PRUNE, "--seed", "abc", "--out", "{s}/o"), "--seed"),
+    Case("range-prune-seed-negative", (*PRUNE, "--seed", "-1", "--out", "{s}/o"), "--seed"),
+    Case("range-prune-seed-huge", (*PRUNE, "--seed", "9" * 30, "--out", "{s}/o"), "--seed"),
+    Case("range-prune-image-size-huge", (*PRUNE[:-1], "100000", "--out", "{s}/o"), "--image-size"),
+    Case("range-prune-image-size-zero", (*PRUNE[:-1], "0", "--out", "{s}/o"), "--image-size"),
+    Case("range-prune-image-size-tiny", (*PRUNE[:-1], "4", "--out", "{s}/o"), "--image-size"),
+    Case("range-adapt-image-size-huge", (*ADAPT, "--classes", "0,1", "--image-size", "100000"), "--image-size"),
+    Case("range-adapt-classes-negative", (*ADAPT, "--classes", "-1,2"), "--classes"),
+    Case("range-adapt-classes-repeat", (*ADAPT, "--classes", "0,0"), "repeat"),
+    Case("range-adapt-classes-one", (*ADAPT, "--classes", "3"), "at least 2"),
+    Case("range-adapt-classes-out-of-range", (*ADAPT, "--classes", "0,99"), "out of range"),
+    Case("range-adapt-classes-text", (*ADAPT, "--classes", "a,b"), "--classes"),
+    Case("range-adapt-classes-empty", (*ADAPT, "--classes", ""), "--classes"),
+    Case("range-adapt-classes-20000", (*ADAPT, "--classes", MANY_CLASSES), "out of range"),
+    Case("range-adapt-iters-negative", (*ADAPT, "--classes", "0,1", "--iters", "-5"), "--iters"),
+    Case("range-adapt-batch-size-zero", (*ADAPT, "--classes", "0,1", "--batch-size", "0"), "--batch-size"),
+    Case("range-adapt-batch-size-negative", (*ADAPT, "--classes", "0,1", "--batch-size", "-2"), "--batch-size"),
+    Case("range-adapt-top-k-zero", (*ADAPT, "--classes", "0,1", "--top-k", "0"), "--top-k"),
+    Case("range-adapt-lr-nan", (*ADAPT, "--classes", "0,1", "--lr", "nan"), "--lr"),
+    Case("range-adapt-lr-negative", (*ADAPT, "--classes", "0,1", "--lr", "-1"), "--lr"),
+    Case("range-adapt-lr-inf", (*ADAPT, "--classes", "0,1", "--lr", "inf"), "--lr"),
+    Case("range-adapt-train-per-class-zero", (*ADAPT, "--classes", "0,1", "--train-per-class", "0"), "per-class"),
+    Case("range-adapt-val-per-class-negative", (*ADAPT, "--classes", "0,1", "--val-per-class", "-3"), "per-class"),
+    Case("range-adapt-round-to-negative", (*ADAPT, "--classes", "0,1", "--round-to", "-1"), "--round-to"),
+    Case("range-adapt-ratio-above-one", (*ADAPT[:2], "1.5", *ADAPT[3:], "--classes", "0,1"), "--ratio"),
+    Case("range-build-tasks-zero", (*BUILD_FAST, "--tasks", "0"), "--tasks"),
+    Case("range-build-tasks-negative", (*BUILD_FAST, "--tasks", "-1"), "--tasks"),
+    Case("range-build-tasks-more-than-exist", (*BUILD_FAST, "--tasks", "1000000"), "tasks"),
+    Case("range-build-batch-size-zero", (*BUILD_FAST, "--batch-size", "0"), "--batch-size"),
+    Case("range-build-classes-per-task-one", (*BUILD_FAST, "--classes-per-task", "1"), "--classes-per-task"),
+    Case("range-build-classes-per-task-eleven", (*BUILD_FAST, "--classes-per-task", "11"), "classes"),
+    Case("range-build-iters-negative", (*BUILD_FAST, "--iters", "-1"), "--iters"),
+    Case("range-build-rounds-zero", (*BUILD_FAST, "--rounds", "0"), "--rounds"),
+    Case("range-build-ratio-one", (*BUILD_FAST, "--ratio", "1"), "--ratio"),
+    Case("range-build-image-size-tiny", (*BUILD_FAST, "--image-size", "4"), "--image-size"),
+    Case("range-deploy-bench-runs-zero", (*DEPLOY_LOCAL, "--bench-runs", "0"), "--bench-runs"),
+    Case("range-deploy-bench-runs-huge", (*DEPLOY_LOCAL, "--bench-runs", "1000000000000"), "--bench-runs"),
+    Case("range-deploy-bench-seconds-negative", (*DEPLOY_LOCAL, "--bench-seconds", "-1"), "--bench-seconds"),
+    Case("range-deploy-bench-seconds-nan", (*DEPLOY_LOCAL, "--bench-seconds", "nan"), "--bench-seconds"),
+    Case("range-deploy-bench-seconds-huge", (*DEPLOY_LOCAL, "--bench-seconds", "1e12"), "--bench-seconds"),
+    Case("range-deploy-image-size-huge", (*DEPLOY_LOCAL, "--image-size", "100000"), "--image-size"),
+    Case("range-deploy-classes-repeat", (*DEPLOY_LOCAL, "--classes", "0,0"), "repeat"),
+    Case("range-bench-runs-negative", (*BENCH_LOCAL, "--model", "{w}/tiny.onnx", "--bench-runs", "-1"), "--bench-runs"),
+    Case("range-bench-runs-huge", (*BENCH_LOCAL, "--model", "{w}/tiny.onnx", "--bench-runs", "1e9"), "--bench-runs"),
+    Case("range-export-opset-zero", ("export", "--model-dir", "{w}/model", "--out", "{s}/m.onnx", "--opset", "0"), "opset"),
+    Case("range-export-opset-999", ("export", "--model-dir", "{w}/model", "--out", "{s}/m.onnx", "--opset", "999"), "opset"),
+    Case("range-export-opset-text", ("export", "--model-dir", "{w}/model", "--out", "{s}/m.onnx", "--opset", "x"), "--opset"),
+    # --- paths: outputs that cannot be written, inputs that are not what they claim ---------------------------
+    Case("path-prune-out-under-proc", (*PRUNE, "--out", "/proc/edge-smsp-out"), "/proc/edge-smsp-out"),
+    Case("path-prune-out-under-a-file", (*PRUNE, "--out", "{w}/afile/sub"), "afile"),
+    Case("path-prune-out-is-a-file", (*PRUNE, "--out", "{w}/afile"), "afile"),
+    Case("path-prune-out-empty", (*PRUNE, "--out", ""), "--out"),
+    Case("path-prune-checkpoint-missing", (*PRUNE, "--checkpoint", "{w}/nothing.pth", "--out", "{s}/o"), "checkpoint"),
+    Case("path-prune-checkpoint-dev-zero", (*PRUNE, "--checkpoint", "/dev/zero", "--out", "{s}/o"), "checkpoint"),
+    Case("path-prune-checkpoint-garbage", (*PRUNE, "--checkpoint", "{w}/random.bin", "--out", "{s}/o"), "checkpoint"),
+    Case("path-prune-unknown-model", ("prune", "--model", "resnet_nope", *PRUNE[3:], "--out", "{s}/o"), "resnet_nope"),
+    Case("path-adapt-out-is-a-file", (*ADAPT[:-7], "{w}/afile", *FAST_TASK, "--classes", "0,1"), "afile"),
+    Case("path-adapt-out-under-a-file", (*ADAPT[:-7], "{w}/afile/x", *FAST_TASK, "--classes", "0,1"), "afile"),
+    Case("path-adapt-unknown-dataset", (*ADAPT, "--classes", "0,1", "--dataset", "nope"), "nope"),
+    Case("path-adapt-imagefolder-without-dir", (*ADAPT, "--classes", "0,1", "--dataset", "imagefolder"), "--data-dir"),
+    Case("path-adapt-imagefolder-missing-dir", (*ADAPT, "--classes", "0,1", "--dataset", "imagefolder", "--data-dir", "{w}/nothing"), "nothing"),
+    Case("path-adapt-fashion-missing-dir", (*ADAPT, "--classes", "0,1", "--data-dir", "{w}/nothing"), "nothing"),
+    Case("path-export-model-dir-missing", ("export", "--model-dir", "{w}/nothing", "--out", "{s}/m.onnx"), "nothing"),
+    Case("path-export-model-dir-is-a-file", ("export", "--model-dir", "{w}/afile", "--out", "{s}/m.onnx"), "afile"),
+    Case("path-export-model-dir-empty", ("export", "--model-dir", "{w}/adir", "--out", "{s}/m.onnx"), "adir"),
+    Case("path-export-model-dir-corrupt", ("export", "--model-dir", "{w}/corrupt-model", "--out", "{s}/m.onnx"), "corrupt"),
+    Case("path-export-out-under-proc", ("export", "--model-dir", "{w}/model", "--out", "/proc/m.onnx"), "/proc/m.onnx"),
+    Case("path-export-out-is-a-dir", ("export", "--model-dir", "{w}/model", "--out", "{w}/adir"), "adir"),
+    Case("path-export-out-under-a-file", ("export", "--model-dir", "{w}/model", "--out", "{w}/afile/m.onnx"), "afile"),
+    Case("path-deploy-out-is-a-file", (*DEPLOY_LOCAL[:-1], "{w}/afile"), "afile"),
+    Case("path-bench-model-missing", (*BENCH_LOCAL, "--model", "{w}/nothing.onnx"), "nothing.onnx"),
+    Case("path-bench-model-garbage", (*BENCH_LOCAL, "--model", "{w}/random.bin"), "random.bin"),
+    Case("path-bench-model-empty", (*BENCH_LOCAL, "--model", "{w}/empty.bin"), "empty.bin"),
+    Case("path-bench-model-is-a-dir", (*BENCH_LOCAL, "--model", "{w}/adir"), "adir"),
+    # --- the pool ------------------------------------------------------------------------------------------
+    Case("pool-list-missing", ("pool", "list", "--pool", "{s}/nothing.sqlite"), "no pool"),
+    Case("pool-list-dir", ("pool", "list", "--pool", "{w}/adir"), "directory"),
+    Case("pool-list-fifo", ("pool", "list", "--pool", "{w}/fifo"), "fifo"),
+    Case("pool-list-dev-zero", ("pool", "list", "--pool", "/dev/zero"), "/dev/zero"),
+    Case("pool-list-random-bytes", ("pool", "list", "--pool", "{w}/random.bin"), "not an SQLite"),
+    Case("pool-list-empty-file", ("pool", "list", "--pool", "{w}/empty.bin"), "empty"),
+    Case("pool-list-truncated", ("pool", "list", "--pool", "{w}/truncated.sqlite"), "corrupt|unreadable|malformed|damaged"),
+    Case("pool-list-malformed-extra", ("pool", "list", "--pool", "{w}/bad-extra.sqlite"), "damaged"),
+    Case("pool-list-malformed-classes", ("pool", "list", "--pool", "{w}/bad-classes.sqlite"), "damaged"),
+    Case("pool-list-malformed-extra-json", ("pool", "list", "--json", "--pool", "{w}/bad-extra.sqlite"), "damaged"),
+    Case("pool-list-foreign-database", ("pool", "list", "--pool", "{w}/foreign.sqlite"), "not an edge-smsp pool"),
+    Case("pool-list-newer-schema", ("pool", "list", "--pool", "{w}/newer.sqlite"), "newer"),
+    Case("pool-list-env-dev-zero", ("pool", "list"), "/dev/zero", env={"EDGE_SMSP_POOL": "/dev/zero"}),
+    Case("pool-adapt-smsp-missing-pool", (*ADAPT[:4], "smsp", *ADAPT[5:], "--classes", "0,1", "--pool", "{s}/p.sqlite"), "no pool"),
+    Case("pool-adapt-fifo", (*ADAPT[:4], "smsp", *ADAPT[5:], "--classes", "0,1", "--pool", "{w}/fifo"), "fifo"),
+    Case("pool-adapt-dev-zero", (*ADAPT[:4], "smsp", *ADAPT[5:], "--classes", "0,1", "--pool", "/dev/zero"), "/dev/zero"),
+    Case("pool-adapt-add-to-pool-unwritable", (*ADAPT, "--classes", "0,1", "--add-to-pool", "--pool", "/proc/p.sqlite"), "/proc"),
+    Case("pool-build-dir", (*BUILD_FAST, "--pool", "{w}/adir"), "directory"),
+    Case("pool-build-under-proc", (*BUILD_FAST, "--pool", "/proc/edge-smsp/pool.sqlite"), "/proc"),
+    Case("pool-build-under-a-file", (*BUILD_FAST, "--pool", "{w}/afile/pool.sqlite"), "afile"),
+    Case("pool-build-fifo", (*BUILD_FAST, "--pool", "{w}/fifo"), "fifo"),
+    Case("pool-deploy-fifo", (*DEPLOY_LOCAL, "--pool", "{w}/fifo"), "fifo"),
+    # --- device profiles -----------------------------------------------------------------------------------
+    Case("profile-missing-file", (*DEPLOY, "--profile", "{w}/nothing.yaml"), "nothing.yaml"),
+    Case("profile-unknown-bundled-name", (*DEPLOY, "--profile", "no_such_board"), "no_such_board"),
+    Case("profile-malformed-yaml", (*DEPLOY, "--profile", "{w}/malformed.yaml"), "malformed YAML"),
+    Case("profile-with-password", (*DEPLOY, "--profile", "{w}/password.yaml"), "password"),
+    Case("profile-bench-is-a-dir", ("bench", "--profile", "{w}/adir", "--model", "{w}/tiny.onnx"), "adir"),
+    # --- the device: unreachable, refused, misconfigured ------------------------------------------------------
+    Case("device-deploy-unreachable", (*DEPLOY, "--profile", "{w}/unreachable.yaml", "--out", "{s}/out"), "cannot connect"),
+    Case("device-bench-unreachable", ("bench", "--profile", "{w}/unreachable.yaml", "--model", "{w}/tiny.onnx"), "cannot connect"),
+    Case("device-bench-bad-known-hosts", ("bench", "--profile", "{w}/bad-known-hosts.yaml", "--model", "{w}/tiny.onnx"), "known_hosts"),
+    Case("device-bench-missing-key", ("bench", "--profile", "{w}/missing-key.yaml", "--model", "{w}/tiny.onnx"), "key file"),
+    Case("device-bench-local-wrong-python", ("bench", "--profile", "{w}/wrong-python.yaml", "--model", "{w}/tiny.onnx"), "python"),
+    Case("device-bench-ssh-wrong-python", ("bench", "--profile", "{w}/ssh-wrong-python.yaml", "--model", "{w}/tiny.onnx"), "python"),
+    Case("device-deploy-local-wrong-python", (*DEPLOY, "--profile", "{w}/wrong-python.yaml", "--out", "{s}/out"), "python"),
+    # --- the device runtime (python -m edge_smsp_runtime, no torch) -------------------------------------------
+    Case("runtime-no-command", (), "required", runtime=True),
+    Case("runtime-unknown-flag", (*RT_BENCH, "--bogus"), "--bogus", runtime=True),
+    Case("runtime-bench-model-missing", ("bench", "--model", "{w}/nothing.onnx"), "nothing.onnx", runtime=True),
+    Case("runtime-bench-model-garbage", ("bench", "--model", "{w}/random.bin"), "random.bin", runtime=True),
+    Case("runtime-bench-model-empty", ("bench", "--model", "{w}/empty.bin"), "empty.bin", runtime=True),
+    Case("runtime-bench-runs-negative", (*RT_BENCH, "--runs", "-1"), "--runs", runtime=True),
+    Case("runtime-bench-runs-text", (*RT_BENCH, "--runs", "many"), "--runs", runtime=True),
+    Case("runtime-bench-min-seconds-nan", (*RT_BENCH, "--min-seconds", "nan"), "--min-seconds", runtime=True),
+    Case("runtime-bench-min-seconds-negative", (*RT_BENCH, "--min-seconds", "-1"), "--min-seconds", runtime=True),
+    Case("runtime-bench-min-seconds-inf", (*RT_BENCH, "--min-seconds", "inf"), "--min-seconds", runtime=True),
+    Case("runtime-bench-warmup-too-few", (*RT_BENCH, "--warmup", "5"), "--warmup", runtime=True),
+    Case("runtime-bench-threads-negative", (*RT_BENCH, "--threads", "-1"), "--threads", runtime=True),
+    Case("runtime-bench-batch-size-zero", (*RT_BENCH, "--batch-size", "0"), "--batch-size", runtime=True),
+    Case("runtime-bench-unknown-runtime", (*RT_BENCH, "--runtime", "tensorrt-ish"), "--runtime", runtime=True),
+    Case("runtime-bench-unknown-precision", (*RT_BENCH, "--precision", "fp99"), "fp99", runtime=True),
+    Case("runtime-bench-no-provider", (*RT_BENCH, "--providers", "NoSuchExecutionProvider"), "provider", runtime=True),
+    Case("runtime-infer-empty-npy", ("infer", "--model", "{w}/tiny.onnx", "{w}/empty.npy"), "empty.npy", runtime=True),
+    Case("runtime-infer-image-missing", ("infer", "--model", "{w}/tiny.onnx", "{w}/nothing.png"), "nothing.png", runtime=True),
+    Case("runtime-infer-garbage-pgm", ("infer", "--model", "{w}/tiny.onnx", "{w}/garbage.pgm"), "garbage.pgm", runtime=True),
+    Case("runtime-infer-text-file", ("infer", "--model", "{w}/tiny.onnx", "{w}/text.txt"), "text.txt", runtime=True),
+    Case("runtime-infer-top-k-negative", ("infer", "--model", "{w}/tiny.onnx", "--top-k", "-1", "{w}/image.npy"), "--top-k", runtime=True),
+    Case("runtime-infer-top-k-zero", ("infer", "--model", "{w}/tiny.onnx", "--top-k", "0", "{w}/image.npy"), "--top-k", runtime=True),
+    Case("runtime-finetune-iters-negative", ("finetune", "--model-dir", "{w}/model", "--data", "{w}/adir", "--iters", "-1"), "--iters", runtime=True),
+    Case("runtime-finetune-without-torch", ("finetune", "--model-dir", "{w}/model", "--data", "{w}/adir", "--iters", "1"), "torch", runtime=True),
+]  # fmt: skip
+
+
+# --- the shared inputs -----------------------------------------------------------------------------------------
+
+
+def _profile(path: Path, name: str, connection: dict) -> Path:
+    """A valid device profile (a small board) with the given connection."""
+    document = {
+        "name": name,
+        "memory_budget": "512MiB",
+        "latency_target_ms": 100,
+        "latency_percentile": "p90",
+        "input_size": 32,
+        "threads": 1,
+        "providers": ["CPUExecutionProvider"],
+        "throughput_gmacs": 5,
+        "connection": connection,
+    }
+    path.write_text(json.dumps(document))  # JSON is YAML
+    return path
+
+
+def _pools(world: Path) -> None:
+    from edge_smsp.pool import BackboneRecord, Pool, TaskRecord
+
+    good = world / "good.sqlite"
+    with Pool(good) as pool:
+        pool.add_entry(
+            task=TaskRecord(
+                task_key="fashion-mnist:0,1,2",
+                dataset="fashion-mnist",
+                classes=(0, 1, 2),
+                class_names=("a", "b", "c"),
+                seed=0,
+                n_train=8,
+                n_val=4,
+            ),
+            backbone=BackboneRecord(name="resnet18", weights_hash="a" * 64, image_size=32),
+            ratio=0.5,
+            method="taylor",
+            iters=2,
+            val_accuracy=0.5,
+            masks={"layer1": np.array([1, 0, 1, 1], dtype=bool)},
+            extra={"note": "fine"},
+        )
+    for name, statement in (
+        ("bad-extra", "UPDATE entries SET extra = '{not json'"),
+        ("bad-classes", "UPDATE tasks SET classes = '[1,'"),
+        ("newer", "UPDATE schema_version SET version = 999"),
+    ):
+        shutil.copy(good, world / f"{name}.sqlite")
+        _sql(world / f"{name}.sqlite", statement)
+    data = good.read_bytes()
+    (world / "truncated.sqlite").write_bytes(data[: len(data) // 3])
+    _sql(world / "foreign.sqlite", "CREATE TABLE recipes (name TEXT)")
+
+
+def _sql(path: Path, statement: str) -> None:
+    connection = sqlite3.connect(path)
+    try:
+        connection.execute(statement)
+        connection.commit()
+    finally:
+        connection.close()
+
+
+def _models(world: Path) -> None:
+    from edge_smsp.prune import prune, save_pruned
+    from edge_smsp.zoo import load_backbone
+
+    backbone = load_backbone("resnet18", pretrained=False, image_size=32)
+    pruned, _ = prune(backbone, ratio=0.9, image_size=32)
+    save_pruned(pruned, world / "model", {"backbone": "resnet18", "ratio": 0.9})
+    corrupt = world / "corrupt-model"
+    corrupt.mkdir()
+    (corrupt / "pruned.json").write_text("{corrupt")
+    (corrupt / "model.safetensors").write_bytes(b"corrupt")
+    tiny_convnet(world / "tiny.onnx")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, sshd: SshdServer) -> Path:
+    """Inputs every case may name: valid and broken files, pools, models, profiles and device work dirs."""
+    world = tmp_path_factory.mktemp("bad-input-world")
+    (world / "afile").write_text("a regular file\n")
+    (world / "adir").mkdir()
+    os.mkfifo(world / "fifo")
+    (world / "random.bin").write_bytes(np.random.default_rng(0).bytes(4096))
+    (world / "empty.bin").write_bytes(b"")
+    (world / "text.txt").write_text("not an image\n")
+    (world / "garbage.pgm").write_bytes(b"P5\n12 x\n255\n\x00\x01")
+    np.save(world / "empty.npy", np.zeros((0,), dtype=np.float32))
+    np.save(world / "image.npy", np.zeros((8, 8, 3), dtype=np.uint8))
+    (world / "malformed.yaml").write_text("name: [unclosed\n")
+    (world / "password.yaml").write_text("name: x\nconnection: {transport: ssh, password: hunter2}\n")
+    _pools(world)
+    _models(world)
+    local = {"transport": "local", "python": sys.executable, "workdir": str(world / "device-local")}
+    _profile(world / "local.yaml", "bad-input-local", local)
+    wrong_python = {
+        **local,
+        "python": str(world / "nothing" / "python3"),
+        "workdir": str(world / "device-wrong"),
+    }
+    _profile(world / "wrong-python.yaml", "bad-input-wrong-python", wrong_python)
+    ssh = {
+        "transport": "ssh",
+        "host": "127.0.0.1",
+        "port": sshd.port,
+        "user": sshd.user,
+        "key_file": str(sshd.client_key),
+        "known_hosts": str(sshd.known_hosts),
+        "python": str(world / "nothing" / "python3"),
+        "workdir": str(world / "device-ssh"),
+    }
+    _profile(world / "ssh-wrong-python.yaml", "bad-input-ssh", ssh)
+    _profile(world / "unreachable.yaml", "bad-input-unreachable", {**ssh, "port": free_port()})
+    (world / "known_hosts_bad").write_text(f"[127.0.0.1]:{sshd.port} ssh-ed25519 AAAA!!!notbase64!!!\n")
+    bad_hosts = {**ssh, "known_hosts": str(world / "known_hosts_bad")}
+    _profile(world / "bad-known-hosts.yaml", "bad-input-known-hosts", bad_hosts)
+    _profile(world / "missing-key.yaml", "bad-input-key", {**ssh, "key_file": str(world / "nothing" / "key")})
+    for workdir in ("device-local", "device-wrong", "device-ssh"):
+        (world / workdir).mkdir()
+    # The device already has the runtime, as after any earlier deploy: a case must not add to it.
+    warm = subprocess.run(
+        [sys.executable, "-m", "edge_smsp", "bench", "--profile", str(world / "local.yaml")]
+        + ["--model", str(world / "tiny.onnx"), "--bench-runs", "1", "--bench-seconds", "0"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_environment(world / "warm-home"),
+    )
+    assert warm.returncode == 0, warm.stderr
+    shutil.rmtree(world / "warm-home")
+    return world
+
+
+def _environment(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    home.mkdir(parents=True, exist_ok=True)
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "LANG": "C.UTF-8",
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'runtime'}",  # this checkout, whatever is installed
+    }
+    return {**env, **(extra or {})}
+
+
+# onnxruntime makes an empty per-user folder for its device id in HOME when it loads: not edge-smsp's output.
+ONNXRUNTIME_HOME_DIR = Path(".cache", "Microsoft")
+
+
+def snapshot(*roots: Path) -> dict[str, str]:
+    """Every path under the roots, with its kind and (for small files) a content hash; FIFOs are never opened."""
+    seen = {}
+    for root in roots:
+        for directory, dirs, files in os.walk(root):
+            for name in dirs + files:
+                path = Path(directory) / name
+                if str(ONNXRUNTIME_HOME_DIR) in str(path):
+                    continue
+                info = path.lstat()
+                if stat.S_ISREG(info.st_mode):
+                    digest = hashlib.sha256(path.read_bytes()).hexdigest() if info.st_size < 1 << 20 else ""
+                    seen[str(path)] = f"file {info.st_size} {digest}"
+                else:
+                    seen[str(path)] = "dir" if stat.S_ISDIR(info.st_mode) else f"special {info.st_mode:o}"
+    return seen
+
+
+@dataclass
+class Ending:
+    """How a case ended: exit code and output (a traceback in `stderr` when the CLI let an exception out)."""
+
+    returncode: int | None  # None: still running after CASE_TIMEOUT
+    stdout: str
+    stderr: str
+
+
+class _Hang(Exception):
+    pass
+
+
+def _raise_hang(signum: int, frame: object) -> None:
+    raise _Hang
+
+
+def run_case(
+    case: Case, world: Path, sandbox: Path, device_python: str, capsys: pytest.CaptureFixture[str]
+) -> Ending:
+    """The host CLI runs in this process (main(argv), as the console script does, in the case's HOME and
+    working directory); the runtime runs as a process on a device-like python."""
+    values = {"w": str(world), "s": str(sandbox)}
+    argv = [part.format(**values) for part in case.argv]
+    if case.runtime:
+        try:
+            done = subprocess.run(
+                [device_python, "-m", "edge_smsp_runtime", *argv],
+                cwd=sandbox / "cwd",
+                env=_environment(sandbox / "home", case.env),
+                capture_output=True,
+                text=True,
+                timeout=CASE_TIMEOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            return Ending(None, "", "")
+        return Ending(done.returncode, done.stdout, done.stderr)
+    from edge_smsp.cli import main
+
+    previous = signal.signal(signal.SIGALRM, _raise_hang)
+    signal.alarm(CASE_TIMEOUT)
+    try:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.chdir(sandbox / "cwd")
+            patch.setenv("HOME", str(sandbox / "home"))
+            patch.delenv("EDGE_SMSP_POOL", raising=False)
+            for name, value in case.env.items():
+                patch.setenv(name, value)
+            try:
+                code: int | None = main(argv)
+            except _Hang:
+                code = None
+            except BaseException:  # what a console script would print as a traceback
+                sys.stderr.write(traceback.format_exc())
+                code = 1
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    captured = capsys.readouterr()
+    return Ending(code, captured.out, captured.err)
+
+
+def problems(case: Case, result: Ending, new_paths: list[str]) -> list[str]:
+    """What is wrong with how a case ended (an empty list: clean)."""
+    if result.returncode is None:
+        return [f"hang: still running after {CASE_TIMEOUT} s"]
+    found = []
+    lines = result.stderr.splitlines()
+    if result.returncode != 2:
+        found.append(f"exit code {result.returncode}, not 2")
+    if "Traceback" in result.stderr:
+        found.append("traceback")
+    if len(lines) != 1:
+        found.append(f"{len(lines)} stderr lines, not 1")
+    elif len(lines[0]) > MAX_LINE:
+        found.append(f"a {len(lines[0])}-character error line")
+    elif not re.search(case.expect, lines[0], re.IGNORECASE):
+        found.append(f"the error does not mention {case.expect!r}")
+    if result.stdout:
+        found.append("output on stdout")
+    if new_paths:
+        found.append(f"left {len(new_paths)} new or changed paths: {sorted(new_paths)[:3]}")
+    return found
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Iterator[Path]:
+    (tmp_path / "cwd").mkdir()
+    (tmp_path / "home" / ".cache").mkdir(parents=True)  # as in any home (onnxruntime adds to it)
+    yield tmp_path
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.id for case in CASES])
+def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
+    case: Case, world: Path, sandbox: Path, device_python: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = snapshot(world, sandbox)
+    result = run_case(case, world, sandbox, device_python, capsys)
+    after = snapshot(world, sandbox)
+    changed = [path for path in set(before) | set(after) if before.get(path) != after.get(path)]
+    found = problems(case, result, changed)
+    assert not found, f"{case.id}: {'; '.join(found)}\nstderr: {result.stderr[-1500:]}"
+
+
+def test_the_table_is_large_and_its_cases_distinct() -> None:
+    assert len(CASES) >= 60
+    assert len({case.id for case in CASES}) == len(CASES)
+    assert len({(case.runtime, case.argv, tuple(case.env.items())) for case in CASES}) == len(CASES)

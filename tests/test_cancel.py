@@ -1,0 +1,99 @@
+"""Ctrl-C or SIGTERM during `bench` stops the device's benchmark too (local and SSH transports)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.sshd_fixture import SshdServer
+from tests.tiny_onnx import tiny_convnet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+                state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+            except OSError:
+                continue
+            if text in cmdline and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.parametrize("transport", ["local", "ssh"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_interrupted_bench_leaves_no_runtime_process(
+    transport: str, signum: int, request: pytest.FixtureRequest, tmp_path: Path, device_python: str
+) -> None:
+    workdir = tmp_path / "device-work"
+    connection: dict = {"transport": "local", "python": device_python, "workdir": str(workdir)}
+    if transport == "ssh":
+        sshd: SshdServer = request.getfixturevalue("sshd")
+        connection = {
+            "transport": "ssh",
+            "host": "127.0.0.1",
+            "port": sshd.port,
+            "user": sshd.user,
+            "key_file": str(sshd.client_key),
+            "known_hosts": str(sshd.known_hosts),
+            "python": device_python,
+            "workdir": str(workdir),
+        }
+    profile = tmp_path / "board.yaml"
+    profile.write_text(
+        json.dumps(
+            {
+                "name": "cancel-board",
+                "memory_budget": "512MiB",
+                "latency_target_ms": 100,
+                "latency_percentile": "p90",
+                "input_size": 32,
+                "threads": 1,
+                "providers": ["CPUExecutionProvider"],
+                "throughput_gmacs": 5,
+                "connection": connection,
+            }
+        )
+    )
+    model = tiny_convnet(tmp_path / "tiny.onnx")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'runtime'}"}
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "edge_smsp", "bench", "--profile", str(profile), "--model", str(model)]
+        + ["--bench-runs", "100000", "--bench-seconds", "3600"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not _processes_mentioning(f"{workdir}/runtime") and time.monotonic() < deadline:
+            assert cli.poll() is None, cli.stderr.read() if cli.stderr else ""
+            time.sleep(0.1)
+        assert _processes_mentioning(f"{workdir}/runtime"), "the device benchmark never started"
+        interrupted = time.monotonic()
+        cli.send_signal(signum)
+        cli.wait(timeout=30)
+        stopped_in = time.monotonic() - interrupted
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert cli.returncode == 128 + signum
+    assert cli.stderr is not None and cli.stderr.read().strip().count("\n") == 0
+    deadline = time.monotonic() + 5
+    while _processes_mentioning(f"{workdir}/runtime") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _processes_mentioning(f"{workdir}/runtime"), f"runtime still running {stopped_in:.1f} s after"
+    print(f"{transport} {signal.Signals(signum).name}: CLI exited {stopped_in:.2f} s after the signal")

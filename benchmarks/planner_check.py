@@ -8,7 +8,7 @@ device runtime in rounds (the ratios interleaved, so that load from other proces
 per ratio is kept). Then, as `deploy` does:
 - latency from the profile's throughput hint alone;
 - latency from the line fitted to the measurements at deploy's calibration ratios, judged at the other ratios;
-- peak memory with the runtime overhead the device reports (`info`) and with the built-in default.
+- peak memory from the hint and from the memory model fitted to the calibration runs.
 Writes results/planner_check.<mode>.json.
 """
 
@@ -93,11 +93,11 @@ def check_model(name: str, size: int, settings: CheckSettings, out_dir: Path) ->
         Measurement,
         cost_at_ratio,
         fit_latency_model,
+        fit_memory_model,
+        hint_memory_model,
         predict_latency_ms,
         predict_memory_bytes,
         run_macs,
-        runtime_overhead,
-        with_runtime_overhead,
     )
     from edge_smsp.profiles import MIB, load_profile
     from edge_smsp.prune import replace_classifier
@@ -110,8 +110,7 @@ def check_model(name: str, size: int, settings: CheckSettings, out_dir: Path) ->
     shipped = replace_classifier(
         load_backbone(name, pretrained=default_pretrained(name), image_size=size), HEAD_CLASSES
     )
-    device_overhead = runtime_overhead(profile, info["imported_rss_mib"])
-    device_profile = with_runtime_overhead(profile, device_overhead)
+    hint_memory = hint_memory_model(profile, info["imported_rss_mib"])
 
     rows = []
     for row, runs in zip(exported, reports, strict=True):
@@ -127,13 +126,22 @@ def check_model(name: str, size: int, settings: CheckSettings, out_dir: Path) ->
                 "measured_ms": measured,
                 "measured_rounds_ms": [run["latency_ms"][percentile] for run in runs],
                 "peak_rss_mib": statistics.median(run["peak_rss_mib"] for run in runs),
-                "predicted_memory_device_mib": predict_memory_bytes(cost, device_profile) / MIB,
-                "predicted_memory_default_mib": predict_memory_bytes(cost, profile) / MIB,
+                "imported_rss_mib": statistics.median(run["imported_rss_mib"] for run in runs),
+                "weight_bytes": cost.weight_bytes,
+                "peak_activation_bytes": cost.peak_activation_bytes,
+                "cost": cost,
             }
         )
     for row in rows:
         row["in_calibration"] = row["ratio"] in CALIBRATION_RATIOS
     calibration = [row for row in rows if row["in_calibration"]]
+    # As deploy --calibrate fits it: to the calibration runs, on top of the runtime `info` reported.
+    fitted_memory = fit_memory_model(profile, calibration, info["imported_rss_mib"])
+    for row in rows:
+        cost = row.pop("cost")
+        for label, model in (("hint", hint_memory), ("fitted", fitted_memory)):
+            row[f"predicted_memory_{label}_mib"] = predict_memory_bytes(cost, profile, model) / MIB
+            row[f"memory_error_{label}_mib"] = row[f"predicted_memory_{label}_mib"] - row["peak_rss_mib"]
     hint = fit_latency_model(profile)
     fitted = fit_latency_model(
         profile,
@@ -148,8 +156,6 @@ def check_model(name: str, size: int, settings: CheckSettings, out_dir: Path) ->
             predicted = predict_latency_ms(model, row["macs"], profile)
             row[f"predicted_{label}_ms"] = predicted
             row[f"error_{label}"] = (predicted - measured) / measured
-        for label in ("device", "default"):
-            row[f"memory_error_{label}_mib"] = row[f"predicted_memory_{label}_mib"] - row["peak_rss_mib"]
     held_out = [row for row in rows if not row["in_calibration"]]
     return {
         "model": name,
@@ -159,8 +165,8 @@ def check_model(name: str, size: int, settings: CheckSettings, out_dir: Path) ->
         "latency_model_hint": dataclasses.asdict(hint),
         "latency_model_calibrated": dataclasses.asdict(fitted),
         "imported_rss_mib": info["imported_rss_mib"],
-        "runtime_overhead_device_mib": device_overhead.bytes / MIB,
-        "runtime_overhead_default_mib": runtime_overhead(profile).bytes / MIB,
+        "memory_model_hint": dataclasses.asdict(hint_memory),
+        "memory_model_fitted": dataclasses.asdict(fitted_memory),
         "rows": rows,
         "held_out_abs_error_calibrated": _abs_summary([row["error_calibrated"] for row in held_out]),
         "abs_error_hint": _abs_summary([row["error_hint"] for row in rows]),
@@ -211,9 +217,11 @@ def section(found: Mapping[str, dict[str, Any]], plots: Path) -> str | None:
         "percentile): the backbone with a 3-class head, pruned with L1-magnitude scores at each ratio, measured in "
         f"{check['settings']['rounds']} interleaved rounds (median kept). *Hint*: the profile's throughput hint "
         "alone, what the first deploy to a new device uses. *Calibrated*: the line fitted to the measurements at "
-        "`deploy --calibrate`'s ratios, judged at the other ratios. *Memory*: the runtime overhead the device "
-        "reports (`info`: numpy + onnxruntime imported) plus a session, 3.4x the weights and the activations, "
-        "against the bench process's peak RSS; the built-in default overhead is shown for comparison.",
+        "`deploy --calibrate`'s ratios, judged at the other ratios. *Memory* against the bench process's peak "
+        "RSS, on top of the imported runtime the device reports (`info`: numpy + onnxruntime): the *hint* (a "
+        "session, 3.4x the weights and the activations), and the model *fitted* to the calibration runs (a line "
+        "in the weights, slopes that over-predict outside them, a margin from the residuals: "
+        "`edge_smsp.memory_model`).",
     ]
     for key, group in check["groups"].items():
         percentile = group["percentile"]
@@ -225,18 +233,21 @@ def section(found: Mapping[str, dict[str, Any]], plots: Path) -> str | None:
                 f"{num(r['predicted_hint_ms'], 3)} ({100 * r['error_hint']:+.0f}%)",
                 f"{num(r['predicted_calibrated_ms'], 3)} ({100 * r['error_calibrated']:+.0f}%)",
                 num(r["peak_rss_mib"], 1),
-                f"{num(r['predicted_memory_device_mib'], 1)} ({r['memory_error_device_mib']:+.1f})",
-                f"{num(r['predicted_memory_default_mib'], 1)} ({r['memory_error_default_mib']:+.1f})",
+                f"{num(r['predicted_memory_hint_mib'], 1)} ({r['memory_error_hint_mib']:+.1f})",
+                f"{num(r['predicted_memory_fitted_mib'], 1)} ({r['memory_error_fitted_mib']:+.1f})",
             ]
             for r in group["rows"]
         ]
         held_out = group["held_out_abs_error_calibrated"]
         hint = group["abs_error_hint"]
-        memory_errors = [r["memory_error_device_mib"] for r in group["rows"]]
+        errors = {
+            label: [r[f"memory_error_{label}_mib"] for r in group["rows"]] for label in ("hint", "fitted")
+        }
+        fitted = group["memory_model_fitted"]
         parts += [
-            f"**{key}** ({percentile}; imported runtime on the device {group['imported_rss_mib']:.1f} MiB, so a "
-            f"runtime overhead of {group['runtime_overhead_device_mib']:.1f} MiB against the default "
-            f"{group['runtime_overhead_default_mib']:.1f} MiB):",
+            f"**{key}** ({percentile}; imported runtime on the device {group['imported_rss_mib']:.1f} MiB; fitted: "
+            f"{fitted['session_bytes'] / 2**20:.1f} MiB + {fitted['weight_copies']:.2f} x weights, margin "
+            f"{fitted['margin_bytes'] / 2**20:.1f} MiB):",
             table(
                 [
                     "ratio",
@@ -245,15 +256,16 @@ def section(found: Mapping[str, dict[str, Any]], plots: Path) -> str | None:
                     "hint ms (error)",
                     "calibrated ms (error)",
                     "peak RSS MiB",
-                    "predicted MiB, device overhead (error)",
-                    "predicted MiB, default overhead (error)",
+                    "hint MiB (error)",
+                    "fitted MiB (error)",
                 ],
                 rows,
             ),
             f"Calibrated latency at held-out ratios: median |error| {100 * held_out['median']:.0f}%, max "
             f"{100 * held_out['max']:.0f}%; the hint alone: median {100 * hint['median']:.0f}%, max "
-            f"{100 * hint['max']:.0f}%. Memory with the device's overhead is off by "
-            f"{min(memory_errors):+.1f} to {max(memory_errors):+.1f} MiB (positive = conservative)."
+            f"{100 * hint['max']:.0f}%. Memory is off by {min(errors['hint']):+.1f} to "
+            f"{max(errors['hint']):+.1f} MiB with the hint and {min(errors['fitted']):+.1f} to "
+            f"{max(errors['fitted']):+.1f} MiB fitted (positive = conservative)."
             if held_out["median"] is not None
             else "",
         ]
@@ -274,7 +286,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{key:<24} r={row['ratio']:<4g} measured {row['measured_ms'][group['percentile']]:7.3f} ms  "
                 f"hint {row['predicted_hint_ms']:7.3f}  calibrated {row['predicted_calibrated_ms']:7.3f}"
                 f"{' (calibration point)' if row['in_calibration'] else ''}  "
-                f"memory {row['peak_rss_mib']:.1f} MiB, predicted {row['predicted_memory_device_mib']:.1f}"
+                f"memory {row['peak_rss_mib']:.1f} MiB, predicted {row['predicted_memory_hint_mib']:.1f} (hint), "
+                f"{row['predicted_memory_fitted_mib']:.1f} (fitted)"
             )
     return 0
 

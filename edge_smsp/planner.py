@@ -1,25 +1,7 @@
 """Cost model of a pruned backbone on a device and the choice of the pruning ratio.
 
-Memory model (what a device's peak resident memory is compared against):
-
-    memory = runtime overhead + WEIGHT_COPIES * fp32 weight bytes + batch * peak activation bytes
-
-* runtime overhead: Python + numpy + onnxruntime once imported, plus the session's thread pool and arenas
-  (SESSION_OVERHEAD_BYTES). A profile's own `runtime_overhead` wins (GPU stacks: CUDA/TensorRT contexts);
-  else `deploy` uses the imported runtime's resident memory as the device's `info` reports it, because that
-  varies by 15+ MiB with the same binaries (how many of the libraries' file pages are mapped: 50.6 MiB in an
-  older virtual environment, 66.4 MiB in a freshly installed one, same wheels, same machine); else 72 MiB
-  (50 MiB imported + 22 MiB session), fitted on x86-64 with onnxruntime 1.32.
-* WEIGHT_COPIES: while ONNX Runtime creates a session it holds the file bytes, the parsed protobuf and its own
-  (optimised, pre-packed) initializers at once. Peak RSS (VmHWM) of a fresh process that loads and runs the
-  exported model was fitted over efficientnet_lite0 and resnet18 pruned at 0/0.3/0.6 and run at 64 and 224 px:
-  64 MiB + 3.4 x weights + activations over-predicted all twelve measurements of a bare session by 0.6-19 MiB,
-  but the device runtime's bench process (its own imports and report) measured up to 2.3 MiB above that, so the
-  overhead is 72 MiB.
-* peak activations: the largest sum of live tensors over one eager forward pass at batch 1 (every aten op's
-  outputs live from the op that makes them to their last use; parameters excluded, the input image included).
-  ONNX Runtime fuses conv+batch-norm(+activation), so this is slightly conservative for CNNs; it does count
-  residual branches, unlike a per-layer max of input+output bytes.
+Memory model: edge_smsp.memory_model (the device's imported runtime, plus a line in the weights fitted to the
+device's measurements, or the hint until it has any); `memory_model_for` fits it for one backbone here.
 
 Latency model per (device, backbone, input size): latency = a + b * MACs, fitted by least squares to the
 measured latencies of earlier device runs at the profile's percentile (two or more measurements at different
@@ -32,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -40,14 +22,54 @@ from torch import nn
 
 from edge_smsp.cost import ModelCost, measure_cost
 from edge_smsp.errors import PlanError, PruneError
-from edge_smsp.profiles import MIB, DeviceProfile, format_bytes
+from edge_smsp.memory_model import (
+    IMPORTED_RUNTIME_BYTES,
+    MEMORY_MARGIN_FLOOR_BYTES,
+    MIN_WEIGHT_COPIES,
+    RUNTIME_OVERHEAD_BYTES,
+    SESSION_OVERHEAD_BYTES,
+    WEIGHT_COPIES,
+    MemoryModel,
+    RuntimeOverhead,
+    fit_memory_model,
+    hint_memory_model,
+    predict_memory_bytes,
+    record_reader,
+    runtime_overhead,
+)
+from edge_smsp.profiles import DeviceProfile, format_bytes
 from edge_smsp.ratio import canonical_ratio
 
-RUNTIME_OVERHEAD_BYTES = 72 * MIB
-# What the device runtime's `info` reported (numpy + onnxruntime imported) when RUNTIME_OVERHEAD_BYTES was fitted.
-IMPORTED_RUNTIME_BYTES = 50 * MIB
-SESSION_OVERHEAD_BYTES = RUNTIME_OVERHEAD_BYTES - IMPORTED_RUNTIME_BYTES
-WEIGHT_COPIES = 3.4
+__all__ = [  # the memory model's names are the planner's too
+    "IMPORTED_RUNTIME_BYTES",
+    "MEMORY_MARGIN_FLOOR_BYTES",
+    "MIN_WEIGHT_COPIES",
+    "RUNTIME_OVERHEAD_BYTES",
+    "SESSION_OVERHEAD_BYTES",
+    "WEIGHT_COPIES",
+    "Candidate",
+    "LatencyModel",
+    "Measurement",
+    "MemoryModel",
+    "Plan",
+    "RuntimeOverhead",
+    "as_measurement",
+    "clear_cost_cache",
+    "cost_at_ratio",
+    "fit_latency_model",
+    "fit_memory_model",
+    "hint_memory_model",
+    "latency_model_for",
+    "measure_cost",
+    "memory_model_for",
+    "plan",
+    "predict_latency_ms",
+    "predict_memory_bytes",
+    "run_macs",
+    "runtime_overhead",
+    "structure_hash",
+]
+
 DEFAULT_RATIOS: tuple[float, ...] = tuple(round(0.05 * step, 2) for step in range(19))  # 0.0 .. 0.9
 SEARCHES = ("bisect", "grid")
 
@@ -74,14 +96,6 @@ class LatencyModel:
     def predict(self, macs: float) -> float:
         """Predicted latency in ms of one inference of `macs` multiply-accumulates."""
         return self.intercept_ms + self.ms_per_gmac * macs / 1e9
-
-
-@dataclass(frozen=True)
-class RuntimeOverhead:
-    """The memory model's runtime part and where it came from."""
-
-    bytes: int
-    source: str  # "profile" | "device" (its imported runtime + a session) | "default"
 
 
 @dataclass(frozen=True)
@@ -115,6 +129,7 @@ class Plan:
     chosen: Candidate
     candidates: tuple[Candidate, ...]
     latency_model: LatencyModel
+    memory_model: MemoryModel
     memory_budget_bytes: int
     latency_target_ms: float
     latency_percentile: str
@@ -180,39 +195,9 @@ def clear_cost_cache() -> None:
         _cost_cache.clear()
 
 
-def runtime_overhead(profile: DeviceProfile, imported_rss_mib: float | None = None) -> RuntimeOverhead:
-    """The profile's runtime overhead; else the device's imported runtime (as `info` reports it, MiB) plus a
-    session; else RUNTIME_OVERHEAD_BYTES."""
-    if profile.runtime_overhead_bytes is not None:
-        return RuntimeOverhead(profile.runtime_overhead_bytes, "profile")
-    imported = int(float(imported_rss_mib or 0) * MIB)
-    if imported:
-        return RuntimeOverhead(imported + SESSION_OVERHEAD_BYTES, "device")
-    return RuntimeOverhead(RUNTIME_OVERHEAD_BYTES, "default")
-
-
-def runtime_overhead_bytes(profile: DeviceProfile) -> int:
-    """The profile's runtime overhead, else RUNTIME_OVERHEAD_BYTES."""
-    return runtime_overhead(profile).bytes
-
-
-def with_runtime_overhead(profile: DeviceProfile, overhead: RuntimeOverhead) -> DeviceProfile:
-    """The profile whose memory model uses `overhead`."""
-    return replace(profile, runtime_overhead_bytes=overhead.bytes)
-
-
 def run_macs(macs: int, profile: DeviceProfile) -> int:
     """MACs of one timed run on the device: per image x the profile's batch size."""
     return int(macs) * profile.batch_size
-
-
-def predict_memory_bytes(cost: ModelCost, profile: DeviceProfile) -> int:
-    """Peak resident memory of the inference process on the device (see the module docstring)."""
-    return int(
-        runtime_overhead_bytes(profile)
-        + WEIGHT_COPIES * cost.weight_bytes
-        + profile.batch_size * cost.peak_activation_bytes
-    )
 
 
 def predict_latency_ms(latency_model: LatencyModel, macs: int, profile: DeviceProfile) -> float:
@@ -224,11 +209,7 @@ def as_measurement(record: Any) -> Measurement:
     """A Measurement from a Measurement, a mapping or an object with ratio, latency_ms and optional macs."""
     if isinstance(record, Measurement):
         return record
-    get = (
-        record.get
-        if isinstance(record, Mapping)
-        else lambda name, default=None: getattr(record, name, default)
-    )
+    get = record_reader(record)
     ratio, latency, macs = get("ratio"), get("latency_ms"), get("macs")
     if ratio is None or latency is None:
         raise PlanError(f"measurement {record!r}: needs ratio and latency_ms")
@@ -302,6 +283,24 @@ def latency_model_for(
     )
 
 
+def memory_model_for(
+    profile: DeviceProfile,
+    backbone_model: nn.Module,
+    input_size: int,
+    measurements: Iterable[Any] = (),
+    imported_rss_mib: float | None = None,
+    round_to: int = 8,
+) -> MemoryModel:
+    """The device's memory model for this backbone on top of the runtime `info` reports (imported_rss_mib):
+    measurements without weight and activation bytes are costed at their ratio."""
+    return fit_memory_model(
+        profile,
+        measurements,
+        imported_rss_mib,
+        cost_at=lambda ratio: cost_at_ratio(backbone_model, input_size, ratio, round_to),
+    )
+
+
 def plan(
     profile: DeviceProfile,
     backbone_model: nn.Module,
@@ -312,8 +311,10 @@ def plan(
     search: str = "bisect",
     backbone_name: str | None = None,
     round_to: int = 8,
+    memory_model: MemoryModel | None = None,
 ) -> Plan:
-    """Smallest pruning ratio whose predicted memory and latency fit the profile; PlanError if none does."""
+    """Smallest pruning ratio whose predicted memory and latency fit the profile; PlanError if none does.
+    memory_model None: fitted to the measurements (the runtime footprint from them), else the hint."""
     if search not in SEARCHES:
         raise PlanError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
     size = int(input_size or profile.input_size)
@@ -326,13 +327,16 @@ def plan(
     if not grid:
         raise PlanError("no candidate ratios given")
     name = backbone_name or _backbone_name(backbone_model)
+    measurements = list(measurements)
     latency_model = latency_model_for(profile, backbone_model, size, measurements, round_to)
+    if memory_model is None:
+        memory_model = memory_model_for(profile, backbone_model, size, measurements, None, round_to)
     tried: dict[float, Candidate] = {}
 
     def evaluate(ratio: float) -> Candidate:
         if ratio not in tried:
             tried[ratio] = _candidate(
-                cost_at_ratio(backbone_model, size, ratio, round_to), profile, latency_model
+                cost_at_ratio(backbone_model, size, ratio, round_to), profile, latency_model, memory_model
             )
         return tried[ratio]
 
@@ -369,17 +373,20 @@ def plan(
         chosen=chosen,
         candidates=candidates,
         latency_model=latency_model,
+        memory_model=memory_model,
         memory_budget_bytes=profile.memory_budget_bytes,
         latency_target_ms=profile.latency_target_ms,
         latency_percentile=profile.latency_percentile,
-        runtime_overhead_bytes=runtime_overhead_bytes(profile),
+        runtime_overhead_bytes=memory_model.fixed_bytes,
         search=search,
         full_model=tried.get(0.0),
     )
 
 
-def _candidate(cost: ModelCost, profile: DeviceProfile, latency_model: LatencyModel) -> Candidate:
-    memory = predict_memory_bytes(cost, profile)
+def _candidate(
+    cost: ModelCost, profile: DeviceProfile, latency_model: LatencyModel, memory_model: MemoryModel
+) -> Candidate:
+    memory = predict_memory_bytes(cost, profile, memory_model)
     latency = predict_latency_ms(latency_model, cost.macs, profile)
     return Candidate(
         ratio=cost.ratio,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +200,55 @@ def profile_from_dict(
         connection=_connection(document["connection"], base_dir),
         source=source,
     )
+
+
+def with_connection(
+    profile: DeviceProfile, overrides: dict[str, Any], base_dir: Path | None = None
+) -> DeviceProfile:
+    """The profile reached another way: `overrides` replace connection keys, validated like a profile's own
+    connection (relative key files resolve against base_dir). Host keys are verified as before."""
+    if not isinstance(overrides, dict):
+        raise ProfileError(
+            f"connection override: must be a mapping of connection keys, got {_kind(overrides)}"
+        )
+    current = {key: getattr(profile.connection, key) for key in CONNECTION_KEYS}
+    current.update({key: str(value) for key in ("key_file", "known_hosts") if (value := current[key])})
+    merged = {**current, **overrides}
+    try:
+        _reject_passwords(overrides, "connection.")
+        _reject_unknown(overrides, CONNECTION_KEYS, "connection.")
+        connection = _connection(merged, base_dir)
+    except ProfileError as error:
+        raise ProfileError(f"connection override: {error}") from None
+    return replace(profile, connection=connection)
+
+
+def load_connection_override(text: str) -> tuple[dict[str, Any], Path]:
+    """A connection override: a YAML file of connection keys, or such a mapping inline ('{port: 2222}'); with
+    the directory its relative paths resolve against (the file's, else the working directory)."""
+    path = Path(text).expanduser()
+    if path.is_file():
+        try:
+            document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as error:
+            raise ProfileError(f"connection override {path}: cannot read ({error})") from None
+        except yaml.YAMLError as error:
+            raise ProfileError(f"connection override {path}: {_yaml_error_line(error)}") from None
+        where, base_dir = str(path), path.parent
+    else:
+        try:
+            document = yaml.safe_load(text)
+        except yaml.YAMLError:
+            document = None
+        where, base_dir = repr(text), Path.cwd()
+        if not isinstance(document, dict):
+            raise ProfileError(
+                f"connection override {where}: no such file, and not an inline YAML mapping such as "
+                "'{host: 192.168.1.20, user: pi}'"
+            )
+    if not isinstance(document, dict):
+        raise ProfileError(f"connection override {where}: must be a mapping of connection keys")
+    return document, base_dir
 
 
 _REQUIRED_KEYS = (

@@ -4,8 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# The localhost profile runs the device runtime with `python3` from PATH: the venv's, which has onnxruntime.
-export PATH="$PWD/.venv/bin:$PATH"
 
 pool=runs/demo/pool.sqlite
 mkdir -p runs/demo

@@ -1,11 +1,12 @@
 """The device side on ARM64: the uploaded runtime over SSH on an emulated Raspberry Pi 5 (scripts/arm_device.sh:
 Debian bookworm arm64 under qemu-user, numpy and onnxruntime from PyPI's aarch64 wheels, OpenSSH on 127.0.0.1).
 
-Emulation is ~1000x slower than the real board: one info, one short bench and one image, never speed."""
+Emulation is ~1000x slower than the real board: a few short benches at 32 px and one image, never speed."""
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -15,7 +16,9 @@ import numpy as np
 import pytest
 
 from edge_smsp import zoo
+from edge_smsp.cli import main
 from edge_smsp.deploy import open_transport
+from edge_smsp.deploy.stages import CALIBRATION_RATIOS
 from edge_smsp.device_stack import check_device_stack, device_opset
 from edge_smsp.export import export_onnx
 from edge_smsp.profiles import DeviceProfile, load_profile
@@ -90,6 +93,47 @@ def test_uploaded_runtime_runs_on_the_emulated_arm64_device(
             ["infer", "--model", remote, device.upload(image, "image.npy")], timeout=600
         )
         assert {entry["label"] for entry in infer["results"][0]["top_k"]} == set(LABELS)
+
+
+def test_deploy_over_ssh_to_the_emulated_device_fits_its_measured_memory(
+    arm_device: DeviceProfile, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`edge-smsp deploy --calibrate` to the emulated Pi 5: three calibration runs fit its memory model, and the
+    model adapted at a ratio between them (held out) uses no more than that model predicts."""
+    out, ratio = tmp_path / "out", 0.5
+    argv = [
+        "deploy", "--profile", str(arm_device.source), "--calibrate", "--ratio", str(ratio), "--method",
+        "magnitude", "--image-size", str(SIZE), "--iters", "2", "--train-per-class", "16", "--val-per-class", "8",
+        "--bench-runs", "3", "--bench-seconds", "0", "--pool", str(tmp_path / "pool.sqlite"), "--out", str(out),
+        "--json",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+
+    assert report["device_stack"]["machine"] == report["measured"]["device"]["machine"] == "aarch64"
+    assert report["opset"] == arm_device.max_opset == report["measured"]["opset"]
+    with open_transport(arm_device.connection) as device:
+        landed = device.run(["sha256sum", report["remote_model_path"]], timeout=120).stdout.split()[0]
+    assert (
+        landed == report["onnx_sha256"] == hashlib.sha256(Path(report["onnx_path"]).read_bytes()).hexdigest()
+    )
+
+    memory = report["memory_model"]
+    assert memory["source"] == "fit" and memory["n_measurements"] == len(CALIBRATION_RATIOS)
+    assert report["ratio"] == ratio and ratio not in CALIBRATION_RATIOS
+    assert report["measured_peak_rss_bytes"] <= report["predicted_memory_bytes"]
+    for row in report["calibration"]:
+        assert row["measurement_id"] is not None and row["imported_rss_mib"] > 0
+    mib = 1024**2
+    before = [
+        f"r={row['ratio']:g}: hint {row['predicted_memory_hint_bytes'] / mib:.1f} vs {row['peak_rss_mib']:.1f}"
+        for row in report["calibration"]
+    ]
+    print(
+        f"\nemulated {arm_device.name}: hint before fitting ({'; '.join(before)} MiB); fitted at r={ratio:g}: "
+        f"predicted {report['predicted_memory_bytes'] / mib:.1f} MiB, measured "
+        f"{report['measured_peak_rss_bytes'] / mib:.1f} MiB; model {memory}; seconds {report['seconds']}"
+    )
 
 
 def test_without_root_the_script_refuses_in_one_line_that_the_fixture_recognises(tmp_path: Path) -> None:

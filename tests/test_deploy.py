@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import subprocess
 import venv
 from pathlib import Path
@@ -19,14 +18,18 @@ import yaml
 from edge_smsp import smsp, zoo
 from edge_smsp.cli import main
 from edge_smsp.data import load_task
+from edge_smsp.deploy import stages
+from edge_smsp.deploy.calibration import calibrate
 from edge_smsp.deploy.session import BenchSettings, DeployRequest, deploy
 from edge_smsp.deploy.ssh import SshTransport
 from edge_smsp.deploy.transport import TEMP_PREFIX
+from edge_smsp.device_stack import DEFAULT_OPSET
 from edge_smsp.planner import (
     RUNTIME_OVERHEAD_BYTES,
     SESSION_OVERHEAD_BYTES,
     cost_at_ratio,
     fit_latency_model,
+    memory_model_for,
     predict_memory_bytes,
 )
 from edge_smsp.pool import Pool
@@ -180,6 +183,17 @@ def test_deploy_over_ssh_to_a_device_without_torch(
     assert remote.is_file() and sha256(remote) == sha256(Path(report["onnx_path"])) == report["onnx_sha256"]
     assert measured["model_sha256"] == report["onnx_sha256"]
     assert json.loads(measured["metadata"]["labels"]) == report["class_names"]
+    # Checked before adapting: the device's stack, and the opset the model was then exported at.
+    stack = report["device_stack"]
+    assert (
+        stack["python_version"] == measured["python_version"]
+        and stack["machine"] == measured["device"]["machine"]
+    )
+    assert (
+        stack["engine_version"] == measured["onnxruntime_version"] and stack["max_opset"] >= report["opset"]
+    )
+    assert report["opset"] == measured["opset"] == DEFAULT_OPSET
+    assert report["memory_model"]["source"] == "hint"  # nothing measured on this device before
     assert not list(remote.parent.parent.glob(f"{TEMP_PREFIX}*"))
 
     with Pool(smsp_pool) as pool:
@@ -189,6 +203,8 @@ def test_deploy_over_ssh_to_a_device_without_torch(
     assert (
         stored[0].macs == report["macs_after"] and stored[0].report["model_sha256"] == report["onnx_sha256"]
     )
+    assert (stored[0].runtime, stored[0].precision) == (measured["runtime"], measured["precision"])
+    assert stored[0].report["imported_rss_mib"] == measured["imported_rss_mib"] > 0
 
 
 def test_wrong_client_key_and_wrong_host_key_are_refused(
@@ -307,10 +323,9 @@ def test_a_device_without_numpy_or_onnxruntime_fails_before_adapting(
 
 
 def test_localhost_profile_deploys_through_the_local_transport_by_default(
-    device_python: str, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # The bundled profile as is: `python3` on PATH (here the numpy+onnxruntime venv), work dir under ~.
-    monkeypatch.setenv("PATH", f"{Path(device_python).parent}{os.pathsep}{os.environ['PATH']}")
+    # The bundled profile as is, PATH untouched: the local transport runs this interpreter; work dir under ~.
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
     assert (
@@ -381,10 +396,11 @@ def test_bench_any_onnx_on_the_profile_device(
 
 
 @pytest.mark.slow
-def test_calibrated_plan_for_a_tight_budget_meets_target_and_fits_latency(
+def test_calibrated_plan_for_a_tight_budget_meets_target_and_fits_latency_and_memory(
     device_python: str, tmp_path: Path
 ) -> None:
-    """The memory budget rules out the unpruned model; two calibration runs fit the latency model."""
+    """Two calibration runs fit the latency and memory models; a budget between their predictions for the
+    unpruned and the half-pruned model makes the plan prune, and the device uses no more than predicted."""
     size = 64  # at 32 px the latencies are ~0.1 ms and the timer's noise dominates
     backbone = zoo.load_backbone(BACKBONE, pretrained=True, image_size=size)
     spec = zoo.backbone_spec(backbone)
@@ -403,51 +419,64 @@ def test_calibrated_plan_for_a_tight_budget_meets_target_and_fits_latency(
         input_size=size,
         latency_target_ms=50,
         latency_percentile="p50",
-        runtime_overhead="80MiB",  # fixed, so the budget below is exact (else the device's baseline is used)
     )
-    shipped = replace_classifier(zoo.load_backbone(BACKBONE, pretrained=True, image_size=size), 3)
     profile = load_profile(path)
-    full_memory = predict_memory_bytes(cost_at_ratio(shipped, size, 0.0), profile)
-    half_memory = predict_memory_bytes(cost_at_ratio(shipped, size, 0.5), profile)
-    profile = dataclasses.replace(profile, memory_budget_bytes=(full_memory + 2 * half_memory) // 3)
+    shipped = replace_classifier(zoo.load_backbone(BACKBONE, pretrained=True, image_size=size), 3)
     bench = BenchSettings(runs=200, min_seconds=1.0)
     with Pool(tmp_path / "pool.sqlite") as pool:
-        report = deploy(
-            DeployRequest(
-                profile,
-                backbone,
-                task,
-                pool,
-                smsp.AdaptConfig(iters=2),
-                tmp_path / "out",
-                calibrate=True,
-                calibration_ratios=(0.2, 0.6),
-                bench=bench,
-            )
+        request = DeployRequest(
+            profile,
+            backbone,
+            task,
+            pool,
+            smsp.AdaptConfig(iters=2),
+            tmp_path / "out",
+            calibration_ratios=(0.2, 0.6),
+            bench=bench,
         )
+        with stages.connect(profile) as transport:
+            device = stages.check(transport, profile, bench.timeout)
+            calibration = calibrate(request, device, transport)
+        comparable = pool.comparable_measurements(
+            device="test-device", backbone=BACKBONE, image_size=size, batch_size=1, threads=1
+        )
+        fitted = memory_model_for(profile, shipped, size, comparable, device.imported_rss_mib)
+        full_memory = predict_memory_bytes(cost_at_ratio(shipped, size, 0.0), profile, fitted)
+        half_memory = predict_memory_bytes(cost_at_ratio(shipped, size, 0.5), profile, fitted)
+        profile = dataclasses.replace(profile, memory_budget_bytes=(full_memory + 2 * half_memory) // 3)
+        report = deploy(dataclasses.replace(request, profile=profile))
         stored = pool.measurements(device="test-device")
         assert len(stored) == 3  # two calibration runs and the deploy
 
-    assert report.runtime_overhead_source == "profile" and report.runtime_overhead_bytes == 80 * MIB
+    # Calibration recorded what the memory model needs, and what the hint would have predicted.
+    assert [row["ratio"] for row in calibration] == [0.2, 0.6]
+    assert all(row["imported_rss_mib"] > 0 and row["weight_bytes"] > 0 for row in calibration)
+    assert report.memory_model["source"] == "fit" and report.memory_model["n_measurements"] == 2
+    assert report.runtime_overhead_source == "device"
     assert report.plan is not None and not report.plan["full_model"]["fits_memory"]
     assert 0.2 < report.ratio < 0.6 and report.predicted_memory_bytes <= profile.memory_budget_bytes
+    assert report.measured_peak_rss_bytes <= report.predicted_memory_bytes
     assert report.latency_model["source"] == "fit" and report.latency_model["n_measurements"] == 2
     assert report.measured_latency_ms <= profile.latency_target_ms
     # The prediction comes from a line fitted to the two calibration runs, evaluated at the shipped MACs.
     # How close it lands to the measurement is timing, so it is measured in benchmarks/latency_model.py.
-    calibration = [
-        {"ratio": row.ratio, "macs": row.macs, "latency_ms": {"p50": row.latency_p50_ms}}
-        for row in stored[:2]
-    ]
-    refit = fit_latency_model(profile, calibration)
+    refit = fit_latency_model(
+        profile,
+        [
+            {"ratio": row.ratio, "macs": row.macs, "latency_ms": {"p50": row.latency_p50_ms}}
+            for row in stored[:2]
+        ],
+    )
     assert dataclasses.asdict(refit) == pytest.approx(report.latency_model)
     assert report.predicted_latency_ms == pytest.approx(refit.predict(report.macs_after))
     assert [row.ratio for row in stored] == [0.2, 0.6, report.ratio]
+    assert {(row.runtime, row.precision) for row in stored} == {("onnxruntime", "fp32")}
     assert stored[2].latency_p50_ms == pytest.approx(report.measured_latency_ms)
     print(
         f"\nratio {report.ratio}: predicted {report.predicted_latency_ms:.3f} ms p50, "
         f"measured {report.measured_latency_ms:.3f} ms; memory predicted "
-        f"{report.predicted_memory_bytes / MIB:.1f} MiB, budget {profile.memory_budget_bytes / MIB:.1f} MiB"
+        f"{report.predicted_memory_bytes / MIB:.1f} MiB (fitted), measured "
+        f"{report.measured_peak_rss_bytes / MIB:.1f} MiB, budget {profile.memory_budget_bytes / MIB:.1f} MiB"
     )
 
 

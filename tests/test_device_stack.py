@@ -14,6 +14,7 @@ from typing import Any
 import onnxruntime
 import pytest
 
+from edge_smsp.cli import main
 from edge_smsp.device_stack import (
     DEFAULT_OPSET,
     OLDEST_EXPORT_OPSET,
@@ -139,3 +140,21 @@ def test_report_of_an_older_runtime_is_named(host_info: dict[str, Any]) -> None:
         DeviceStackError, match="info lacks engine_version, max_opset: an older edge-smsp runtime"
     ):
         check_device_stack(old, load_profile("localhost"), 18)
+
+
+@pytest.mark.parametrize(
+    ("opset", "message"),
+    [
+        ("16", "opset 16 is newer than jetson_nano runs (its profile's max_opset is 15): ask for opset 15"),
+        ("14", "opset: must be 15-"),
+    ],
+)
+def test_deploy_refuses_an_opset_the_profile_cannot_run_before_reaching_the_device(
+    opset: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out, pool = tmp_path / "out", tmp_path / "pool.sqlite"
+    argv = ["deploy", "--profile", "jetson_nano", "--opset", opset, "--pool", str(pool), "--out", str(out)]
+    assert main(argv) == 2  # jetson-nano.local is never contacted: the profile already says no
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err
+    assert not out.exists() and not pool.exists()

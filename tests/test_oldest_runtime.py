@@ -1,20 +1,25 @@
 """The device runtime on the oldest stacks it supports, each a bare venv built from wheels scripts/setup.sh fetched:
 Python 3.6 with onnxruntime 1.10 (the Jetson Nano's JetPack 4.6), and the oldest onnxruntime wheel for this
-Python. Both load an opset-15 export through the local transport, whose upload scripts run on that Python too."""
+Python. Both load an opset-15 export through the local transport, whose upload scripts run on that Python too; and
+`edge-smsp deploy` with the bundled Jetson Nano profile, its connection overridden to reach the 3.6 stack over SSH."""
 
 from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+import yaml
 
 from edge_smsp import zoo
+from edge_smsp.cli import main
 from edge_smsp.deploy import Transport, open_transport
 from edge_smsp.deploy.transport import sha256_file
 from edge_smsp.device_stack import check_device_stack, device_opset, onnxruntime_max_opset
@@ -22,8 +27,10 @@ from edge_smsp.errors import DeviceStackError, TransportError
 from edge_smsp.export import export_onnx
 from edge_smsp.profiles import ConnectionSpec, load_profile
 from tests.required import skip_or_fail
+from tests.sshd_fixture import SshdServer
 from tests.tiny_onnx import tiny_convnet
 
+PROFILES_DIR = Path(__file__).resolve().parents[1] / "device_profiles"
 WHEELS = Path(os.environ.get("EDGE_SMSP_WHEELS", Path.home() / ".cache" / "edge-smsp" / "wheels"))
 SIZE = 32
 LABELS = ["shirt", "shoe", "bag"]
@@ -67,9 +74,22 @@ class OldStack:
         assert result.returncode == 0, result.stderr
 
 
+@pytest.fixture(scope="module")
+def old_stacks(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], OldStack]:
+    """The venv of a wheel set, built once per module."""
+    built: dict[str, OldStack] = {}
+
+    def get(name: str) -> OldStack:
+        if name not in built:
+            built[name] = OldStack(name, tmp_path_factory.mktemp(name))
+        return built[name]
+
+    return get
+
+
 @pytest.fixture(scope="module", params=["jetpack-4.6", "oldest-onnxruntime"])
-def stack(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> OldStack:
-    return OldStack(request.param, tmp_path_factory.mktemp(request.param))
+def stack(request: pytest.FixtureRequest, old_stacks: Callable[[str], OldStack]) -> OldStack:
+    return old_stacks(request.param)
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +154,67 @@ def test_bundled_profile_of_the_stack_passes_the_device_check(device: Transport,
     assert check_device_stack(info, matching, opset).max_opset == opset == matching.max_opset
     with pytest.raises(DeviceStackError, match=f"^{promising_more.name} "):
         check_device_stack(info, promising_more, device_opset(None, promising_more))
+
+
+def test_jetson_nano_profile_deploys_an_opset_15_model_that_python_36_benches(
+    old_stacks: Callable[[str], OldStack],
+    sshd: SshdServer,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The headline: the bundled Jetson Nano profile, reached through a connection override (this machine's sshd,
+    the JetPack 4.6 stack's Python 3.6 and onnxruntime 1.10), adapts, exports and benches end to end."""
+    jetpack = old_stacks("jetpack-4.6")
+    connection = {
+        "host": sshd.host,
+        "port": sshd.port,
+        "user": sshd.user,
+        "key_file": str(sshd.client_key),
+        "known_hosts": str(sshd.known_hosts),
+        "python": jetpack.python,
+        "workdir": str(tmp_path / "jetson"),
+    }
+    fragment = tmp_path / "jetson-connection.yaml"
+    fragment.write_text(yaml.safe_dump(connection))
+    out = tmp_path / "out"
+    argv = [
+        "deploy", "--profile", str(PROFILES_DIR / "jetson_nano.yaml"), "--connection", str(fragment),
+        "--image-size", str(SIZE), "--iters", "2", "--train-per-class", "16", "--val-per-class", "8",
+        "--bench-runs", "5", "--bench-seconds", "0", "--pool", str(tmp_path / "pool.sqlite"), "--out", str(out),
+        "--json",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+
+    assert report["profile"] == "jetson_nano" and report["device_transport"] == "ssh"
+    assert report["opset"] == 15 == load_profile("jetson_nano").max_opset
+    model = onnx.load(report["onnx_path"])
+    assert {entry.domain: entry.version for entry in model.opset_import}[""] == 15 and model.ir_version <= 8
+    stack = report["device_stack"]
+    assert stack["python_version"].startswith("3.6.") and stack["engine_version"] == jetpack.onnxruntime
+    assert stack["max_opset"] == 15
+    measured = report["measured"]
+    assert measured["python_version"] == stack["python_version"] and measured["opset"] == 15
+    assert measured["model_sha256"] == report["onnx_sha256"] == sha256_file(Path(report["onnx_path"]))
+    assert measured["runs"] >= 5 and measured["providers"] == ["CPUExecutionProvider"]
+    assert Path(report["remote_model_path"]).is_relative_to(tmp_path / "jetson")
+    # No GPU here: the TensorRT and CUDA providers it asks for are missing, so the run calibrates nothing.
+    assert report["measurement_id"] is None and "TensorrtExecutionProvider" in report["measurement_note"]
+    print(f"\njetson_nano via Python {stack['python_version']}: seconds {report['seconds']}")
+
+
+def test_a_profile_promising_more_than_the_old_stack_fails_before_adapting(
+    old_stacks: Callable[[str], OldStack], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    jetpack = old_stacks("jetpack-4.6")
+    override = f"{{transport: local, python: {jetpack.python}, workdir: {tmp_path / 'device'}}}"
+    out = tmp_path / "out"
+    argv = ["deploy", "--profile", "raspberry_pi_5", "--connection", override, "--image-size", str(SIZE)]
+    assert main([*argv, "--pool", str(tmp_path / "pool.sqlite"), "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1
+    assert (
+        f"raspberry_pi_5 ({platform.machine()}) runs Python 3.6" in captured.err
+        and "python_version 3.11" in captured.err
+    )
+    assert not (out / "model").exists() and not (out / "model.onnx").exists()

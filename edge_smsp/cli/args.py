@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # torch loads only when a command runs
 
     from edge_smsp.data import Task
     from edge_smsp.deploy.bench import BenchSettings
+    from edge_smsp.profiles import DeviceProfile
     from edge_smsp.smsp import AdaptConfig
 
 T = TypeVar("T")
@@ -405,8 +406,27 @@ def open_pool_for(args: argparse.Namespace, method: str) -> Pool | None:
 # --- the device ---------------------------------------------------------------------------------------------
 
 
+def connection_arg(text: str) -> tuple[dict, Path]:
+    """A connection override (a YAML file or an inline mapping), checked by its owner, edge_smsp.profiles."""
+    from edge_smsp.profiles import load_connection_override
+
+    try:
+        return load_connection_override(text)
+    except EdgeSmspError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    """--trust-new-host and the benchmark's length, shared by deploy and bench."""
+    """--connection, --trust-new-host and the benchmark's length, shared by deploy and bench."""
+    parser.add_argument(
+        "--connection",
+        type=connection_arg,
+        default=None,
+        metavar="YAML",
+        help="reach the profile's device another way: a YAML file of connection keys (host, port, user, "
+        "key_file, known_hosts, python, workdir, transport) or an inline mapping such as "
+        "'{host: 192.168.1.20, port: 2222}'; host keys are still verified",
+    )
     parser.add_argument(
         "--trust-new-host", action="store_true", help="accept an unknown SSH host key and record it"
     )
@@ -424,6 +444,17 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="S",
         help="timed seconds, at least (default 2)",
     )
+
+
+def profile_from_args(args: argparse.Namespace) -> DeviceProfile:
+    """The --profile, reached through --connection when given."""
+    from edge_smsp.profiles import load_profile, with_connection
+
+    profile = load_profile(args.profile)
+    if args.connection is None:
+        return profile
+    overrides, base_dir = args.connection
+    return with_connection(profile, overrides, base_dir)
 
 
 def bench_settings_from_args(args: argparse.Namespace) -> BenchSettings:

@@ -22,6 +22,7 @@ from edge_smsp.cli.args import (
     out_dir_arg,
     out_file_arg,
     pool_path,
+    profile_from_args,
     task_from_args,
 )
 from edge_smsp.cli.common import print_json, show_progress
@@ -114,6 +115,12 @@ def register_deploy(subcommands: argparse._SubParsersAction) -> None:
     )
     add_device_arguments(parser)
     parser.add_argument(
+        "--opset",
+        type=opset_arg,
+        default=None,
+        help="ONNX opset of the shipped model (default: the export default, or the profile's max_opset if lower)",
+    )
+    parser.add_argument(
         "--out",
         type=out_dir_arg,
         default=None,
@@ -146,10 +153,11 @@ def run_deploy(args: argparse.Namespace) -> int:
     import sys
 
     from edge_smsp.deploy.session import DeployRequest, deploy
+    from edge_smsp.device_stack import device_opset
     from edge_smsp.pool import Pool
-    from edge_smsp.profiles import load_profile
 
-    profile = load_profile(args.profile)  # bad input fails before anything slow happens
+    profile = profile_from_args(args)  # a bad profile or opset fails before anything slow happens
+    device_opset(args.opset, profile)
     if args.image_size is None:
         args.image_size = profile.input_size
     check_task_args(args)
@@ -176,6 +184,7 @@ def run_deploy(args: argparse.Namespace) -> int:
             calibrate=args.calibrate,
             bench=bench,
             progress=progress,
+            opset=args.opset,
         )
         report = deploy(request, on_stage=announce)
     if args.json:
@@ -188,9 +197,8 @@ def run_deploy(args: argparse.Namespace) -> int:
 def run_bench(args: argparse.Namespace) -> int:
     """Handler of `edge-smsp bench`."""
     from edge_smsp.deploy.bench import bench_model
-    from edge_smsp.profiles import load_profile
 
-    profile = load_profile(args.profile)
+    profile = profile_from_args(args)
     report = bench_model(
         profile, args.model, trust_new_host=args.trust_new_host, bench=bench_settings_from_args(args)
     )
@@ -206,9 +214,15 @@ def describe_deploy(report: dict[str, Any]) -> str:
     measured = report["measured"]
     percentile = report["latency_percentile"]
     latency_verdict = "met" if report["meets_latency_target"] else "MISSED"
+    memory = report["memory_model"]
+    basis = (
+        "hint"
+        if memory["source"] == "hint"
+        else f"{memory['source']} to {memory['n_measurements']} measurements + margin {_mib(memory['margin_bytes'])}"
+    )
     memory_line = (
-        f"predicted {_mib(report['predicted_memory_bytes'])} "
-        f"(runtime {_mib(report['runtime_overhead_bytes'])} from {report['runtime_overhead_source']})"
+        f"predicted {_mib(report['predicted_memory_bytes'])} ({basis}; "
+        f"runtime {_mib(report['runtime_overhead_bytes'])} from {report['runtime_overhead_source']})"
     )
     if report["measured_peak_rss_bytes"] is not None:
         verdict = "met" if report["meets_memory_budget"] else "EXCEEDED"
@@ -244,6 +258,7 @@ def describe_deploy(report: dict[str, Any]) -> str:
             f"{measured.get('onnxruntime_version', '?')} {', '.join(measured.get('providers', []))}, "
             f"{measured.get('runs', '?')} runs",
         ),
+        ("stack", describe_stack(report["device_stack"], report["opset"])),
         ("seconds", ", ".join(f"{name} {value:.1f}" for name, value in seconds.items())),
         ("onnx", f"{report['onnx_path']} -> device {report['remote_model_path']}"),
         (
@@ -263,6 +278,15 @@ def describe_deploy(report: dict[str, Any]) -> str:
         f"{report['task_id']} [{', '.join(report['class_names'])}] at {report['image_size']} px"
     )
     return "\n".join([head] + [f"  {label:<12} {text}" for label, text in rows])
+
+
+def describe_stack(stack: dict[str, Any], opset: int) -> str:
+    """The device's software as its check found it, and the shipped model's opset."""
+    newest = "?" if stack["max_opset"] is None else stack["max_opset"]
+    return (
+        f"{stack['machine']}, Python {stack['python_version']}, {stack['runtime']} {stack['engine_version']} "
+        f"(opset <= {newest}); model opset {opset}"
+    )
 
 
 def describe_bench(report: dict[str, Any]) -> str:

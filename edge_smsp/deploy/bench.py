@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from edge_smsp.deploy.transport import Transport, sha256_file
 from edge_smsp.device_runtime.model import read_opsets
 from edge_smsp.errors import TransportError
+from edge_smsp.pool.measurements import DEFAULT_PRECISION, DEFAULT_RUNTIME
 from edge_smsp.profiles import DeviceProfile, load_profile
 
 if TYPE_CHECKING:
@@ -26,11 +27,14 @@ RUN_SECONDS_CEILING = 2.0  # one inference of any model a board of this project 
 
 @dataclass(frozen=True)
 class BenchSettings:
-    """How long the device benchmark runs (edge_smsp_runtime bench: warm-ups, then runs or seconds)."""
+    """How long the device benchmark runs (edge_smsp_runtime bench: warm-ups, then runs or seconds), and on
+    which runtime and precision: measurements of others never calibrate its plans."""
 
     runs: int = 100
     min_seconds: float = 2.0
     warmup: int = 10
+    runtime: str = DEFAULT_RUNTIME
+    precision: str = DEFAULT_PRECISION
 
     def __post_init__(self) -> None:
         if not 1 <= self.runs <= MAX_BENCH_RUNS:
@@ -60,6 +64,10 @@ class BenchSettings:
             str(profile.threads),
             "--providers",
             ",".join(profile.providers),
+            "--runtime",
+            self.runtime,
+            "--precision",
+            self.precision,
             # Only when batching: a runtime older than the flag still benches batch-1 models.
             *(["--batch-size", str(profile.batch_size)] if profile.batch_size > 1 else []),
         ]

@@ -40,6 +40,7 @@ def calibrate(request: DeployRequest, device: DeviceCheck, transport: Transport)
         "backbone": name,
         "task": f"{task.task_id} (calibration, untrained head)",
     }
+    hint = device.memory_hint()
     rows = []
     for ratio in sorted({canonical_ratio(value) for value in request.calibration_ratios}):
         pruned, _ = prune(with_head, scores, ratio, round_to=request.config.round_to, tie_break=scores)
@@ -50,6 +51,7 @@ def calibrate(request: DeployRequest, device: DeviceCheck, transport: Transport)
             metadata={**metadata, "ratio": ratio},
             dynamic_batch=profile.batch_size > 1,
             parity_inputs=parity_images(task),
+            opset=device.opset,
         )
         run = run_bench(transport, upload(transport, exported), exported, profile, request.bench)
         cost = measure_cost(pruned, size, ratio)
@@ -62,7 +64,12 @@ def calibrate(request: DeployRequest, device: DeviceCheck, transport: Transport)
                 "run_macs": run_macs(cost.macs, profile),
                 "latency_ms": run.measured["latency_ms"],
                 "peak_rss_mib": run.measured.get("peak_rss_mib"),
-                "predicted_memory_bytes": predict_memory_bytes(cost, profile),
+                # The memory model's inputs, for plans without a pool.
+                "imported_rss_mib": run.measured.get("imported_rss_mib"),
+                "weight_bytes": cost.weight_bytes,
+                "peak_activation_bytes": cost.peak_activation_bytes,
+                "batch_size": profile.batch_size,
+                "predicted_memory_hint_bytes": predict_memory_bytes(cost, profile, hint),
                 "onnx_path": str(exported.onnx_path),
                 "measurement_id": recorded.measurement_id,
             }

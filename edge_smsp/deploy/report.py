@@ -31,9 +31,12 @@ class DeployReport:
     latency_percentile: str
     latency_target_ms: float
     memory_budget_bytes: int
-    runtime_overhead_bytes: int  # the memory model's runtime part
-    runtime_overhead_source: str  # "profile" | "device" (its imported runtime + a session) | "default"
+    runtime_overhead_bytes: int  # the memory model's part that no model changes: runtime + session
+    runtime_overhead_source: (
+        str  # where its runtime came from: "device" | "measurements" | "profile" | "default"
+    )
     latency_model: dict[str, Any]
+    memory_model: dict[str, Any]  # edge_smsp.memory_model.MemoryModel
     predicted_latency_ms: float
     predicted_memory_bytes: int
     measured: dict[str, Any]
@@ -50,6 +53,8 @@ class DeployReport:
     onnx_size_bytes: int
     onnx_sha256: str
     max_abs_diff: float
+    opset: int  # the ONNX opset of the shipped model
+    device_stack: dict[str, Any]  # edge_smsp.device_stack.DeviceStack: Python, engine, its opset, machine
     remote_model_path: str
     measurement_id: int | None
     measurement_note: str | None

@@ -45,7 +45,7 @@ def deploy(request: DeployRequest, *, on_stage: Callable[[str], None] | None = N
         transport = stages.connect(request.profile, request.trust_new_host)
     with transport:
         with stage("device_check"):
-            device = stages.check(transport, request.profile, request.bench.timeout)
+            device = stages.check(transport, request.profile, request.bench.timeout, request.opset)
         _prepare_out_dir(request.out_dir)
         calibration: list[dict[str, Any]] = []
         if request.calibrate:
@@ -59,7 +59,7 @@ def deploy(request: DeployRequest, *, on_stage: Callable[[str], None] | None = N
             {part: adaptation.result.seconds[part] for part in ("similarity", "pruning", "finetuning")}
         )
         with stage("export"):
-            exported = stages.export(request, adaptation, device.profile)
+            exported = stages.export(request, adaptation, device)
         with stage("upload"):
             remote_model = stages.upload(transport, exported.onnx)
         with stage("bench"):
@@ -102,11 +102,12 @@ def _report(
         latency_percentile=profile.latency_percentile,
         latency_target_ms=profile.latency_target_ms,
         memory_budget_bytes=profile.memory_budget_bytes,
-        runtime_overhead_bytes=device.overhead.bytes,
-        runtime_overhead_source=device.overhead.source,
+        runtime_overhead_bytes=choice.memory_model.fixed_bytes,
+        runtime_overhead_source=choice.memory_model.runtime_source,
         latency_model=dataclasses.asdict(choice.latency_model),
+        memory_model=dataclasses.asdict(choice.memory_model),
         predicted_latency_ms=predict_latency_ms(choice.latency_model, exported.cost.macs, profile),
-        predicted_memory_bytes=predict_memory_bytes(exported.cost, profile),
+        predicted_memory_bytes=predict_memory_bytes(exported.cost, profile, choice.memory_model),
         measured=run.measured,
         measured_latency_ms=run.latency_ms,
         measured_peak_rss_bytes=None if peak_rss is None else int(float(peak_rss) * MIB),
@@ -121,6 +122,8 @@ def _report(
         onnx_size_bytes=onnx.size_bytes,
         onnx_sha256=onnx.sha256,
         max_abs_diff=onnx.max_abs_diff,
+        opset=onnx.opset,
+        device_stack=device.stack.to_dict(),
         remote_model_path=remote_model,
         measurement_id=recorded.measurement_id,
         measurement_note=recorded.note,

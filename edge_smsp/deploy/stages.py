@@ -22,21 +22,22 @@ from edge_smsp.cost import ModelCost, measure_cost
 from edge_smsp.data import Task
 from edge_smsp.deploy.bench import BenchSettings, DeviceRun
 from edge_smsp.deploy.transport import Transport
+from edge_smsp.device_stack import DeviceStack, check_device_stack, device_opset
 from edge_smsp.errors import NoPoolEntriesError
 from edge_smsp.export import ExportResult, export_onnx, metadata_from_pruned
 from edge_smsp.planner import (
     LatencyModel,
     Measurement,
+    MemoryModel,
     Plan,
-    RuntimeOverhead,
     cost_at_ratio,
+    hint_memory_model,
     latency_model_for,
+    memory_model_for,
     plan,
     run_macs,
-    runtime_overhead,
-    with_runtime_overhead,
 )
-from edge_smsp.pool import DeviceMeasurement, Pool
+from edge_smsp.pool import DEFAULT_PRECISION, DEFAULT_RUNTIME, DeviceMeasurement, Pool
 from edge_smsp.profiles import DeviceProfile
 from edge_smsp.prune import replace_classifier
 from edge_smsp.ratio import canonical_ratio
@@ -63,6 +64,7 @@ class DeployRequest:
     calibration_ratios: tuple[float, ...] = CALIBRATION_RATIOS
     bench: BenchSettings = BenchSettings()
     progress: bool = False
+    opset: int | None = None  # None: the newest the profile's max_opset allows (edge_smsp.device_stack)
 
     @property
     def backbone_name(self) -> str:
@@ -75,20 +77,31 @@ class DeployRequest:
 
 @dataclass(frozen=True)
 class DeviceCheck:
-    """What the device said it runs, and the profile with the runtime overhead the memory model uses."""
+    """What the device said it runs (checked against its profile and the opset the model will have)."""
 
     device_info: dict[str, Any]
     profile: DeviceProfile
-    overhead: RuntimeOverhead
+    stack: DeviceStack
+    opset: int  # the ONNX opset the model is exported at
+
+    @property
+    def imported_rss_mib(self) -> float | None:
+        """The device's imported runtime (numpy + the engine), MiB, as its `info` measured it."""
+        return self.device_info.get("imported_rss_mib")
+
+    def memory_hint(self) -> MemoryModel:
+        """The memory model before any measurement: the hint on top of this device's imported runtime."""
+        return hint_memory_model(self.profile, self.imported_rss_mib)
 
 
 @dataclass(frozen=True)
 class RatioChoice:
-    """The pruning ratio to ship, where it came from, and the latency model that predicts its speed."""
+    """The pruning ratio to ship, where it came from, and the models that predict its speed and memory."""
 
     ratio: float
     source: str  # "plan" | "given"
     latency_model: LatencyModel
+    memory_model: MemoryModel
     plan: Plan | None
 
 
@@ -125,11 +138,15 @@ def connect(profile: DeviceProfile, trust_new_host: bool = False) -> Transport:
     return open_transport(profile.connection, trust_new_host=trust_new_host)
 
 
-def check(transport: Transport, profile: DeviceProfile, timeout: float) -> DeviceCheck:
-    """Push the runtime and import numpy + onnxruntime there (a bare device fails now, not after export)."""
+def check(
+    transport: Transport, profile: DeviceProfile, timeout: float, opset: int | None = None
+) -> DeviceCheck:
+    """Push the runtime and run its `info` there: a bare device, or one whose Python or engine could not run
+    the model (exported at `opset`, else the profile's), fails now with one line, not after fine-tuning."""
+    export_opset = device_opset(opset, profile)
     device_info = transport.run_runtime(["info"], timeout=timeout)
-    overhead = runtime_overhead(profile, device_info.get("imported_rss_mib"))
-    return DeviceCheck(device_info, with_runtime_overhead(profile, overhead), overhead)
+    stack = check_device_stack(device_info, profile, export_opset)
+    return DeviceCheck(device_info, profile, stack, export_opset)
 
 
 def plan_ratio(
@@ -139,24 +156,32 @@ def plan_ratio(
     profile, size, config = device.profile, request.image_size, request.config
     shipped_shape = with_untrained_head(request.backbone, request.task)
     measurements: list[Any] = []
+    memory_records: list[Any] = []
     if request.pool is not None:
-        measurements = request.pool.comparable_measurements(
+        measurements = memory_records = request.pool.comparable_measurements(
             device=profile.name,
             backbone=request.backbone_name,
             image_size=size,
             batch_size=profile.batch_size,
             threads=profile.threads,
+            runtime=request.bench.runtime,
+            precision=request.bench.precision,
         )
     else:  # calibration results were not stored: use them directly
         measurements = [
             Measurement(ratio=row["ratio"], latency_ms=row["latency_ms"], macs=row["run_macs"])
             for row in calibration
         ]
+        memory_records = list(calibration)
+    memory_model = memory_model_for(
+        profile, shipped_shape, size, memory_records, device.imported_rss_mib, config.round_to
+    )
     if config.ratio is not None:
         return RatioChoice(
             ratio=canonical_ratio(config.ratio),
             source="given",
             latency_model=latency_model_for(profile, shipped_shape, size, measurements, config.round_to),
+            memory_model=memory_model,
             plan=None,
         )
     chosen = plan(
@@ -166,8 +191,15 @@ def plan_ratio(
         input_size=size,
         backbone_name=request.backbone_name,
         round_to=config.round_to,
+        memory_model=memory_model,
     )
-    return RatioChoice(ratio=chosen.ratio, source="plan", latency_model=chosen.latency_model, plan=chosen)
+    return RatioChoice(
+        ratio=chosen.ratio,
+        source="plan",
+        latency_model=chosen.latency_model,
+        memory_model=memory_model,
+        plan=chosen,
+    )
 
 
 def adapt(request: DeployRequest, choice: RatioChoice) -> Adaptation:
@@ -200,8 +232,9 @@ def choose_method(
     return dataclasses.replace(config, method=FALLBACK_METHOD), note
 
 
-def export(request: DeployRequest, adaptation: Adaptation, profile: DeviceProfile) -> ExportedModel:
-    """Save the adapted model and export it to a parity-checked ONNX file with its model card."""
+def export(request: DeployRequest, adaptation: Adaptation, device: DeviceCheck) -> ExportedModel:
+    """Save the adapted model and export it, at the opset the device check settled, to a parity-checked ONNX
+    file with its model card."""
     result, out_dir, size = adaptation.result, request.out_dir, request.image_size
     model_dir = smsp.save_adapted(result, out_dir / "model")
     meta = json.loads((model_dir / "pruned.json").read_text(encoding="utf-8"))
@@ -210,8 +243,9 @@ def export(request: DeployRequest, adaptation: Adaptation, profile: DeviceProfil
         out_dir / "model.onnx",
         image_size=size,
         metadata=metadata_from_pruned(result.model, meta),
-        dynamic_batch=profile.batch_size > 1,
+        dynamic_batch=device.profile.batch_size > 1,
         parity_inputs=parity_images(result.task),
+        opset=device.opset,
     )
     return ExportedModel(
         model_dir=model_dir,
@@ -264,6 +298,8 @@ def device_measurement(
     """A pool record of one device benchmark; `macs` is per timed run, so the batch is included."""
     latency = measured["latency_ms"]
     return DeviceMeasurement(
+        runtime=measured.get("runtime") or DEFAULT_RUNTIME,
+        precision=measured.get("precision") or DEFAULT_PRECISION,
         device=profile.name,
         backbone=backbone,
         image_size=int(task.image_size),
@@ -282,6 +318,9 @@ def device_measurement(
             "batch_size": profile.batch_size,
             "threads": profile.threads,
             "profile_providers": list(profile.providers),
+            # What the memory model is fitted against (with the bench's peak and imported runtime).
+            "weight_bytes": cost.weight_bytes,
+            "peak_activation_bytes": cost.peak_activation_bytes,
         },
     )
 

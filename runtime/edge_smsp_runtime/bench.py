@@ -6,6 +6,7 @@ import platform
 from typing import Any, Dict, List, Optional
 
 from . import __version__
+from .backends import get_backend
 from .device import current_rss_mib, device_facts, now_ns, peak_rss_mib
 from .errors import RuntimeToolError, one_line
 from .model import (
@@ -70,6 +71,10 @@ def run_bench(
     sha256 = file_sha256(model_path)
     opsets = read_opsets(model_path)
     baseline_rss = current_rss_mib()
+    # The engine imported, no session yet: the device's runtime footprint, as `info` reports it; the host's
+    # memory model is fitted to what a model adds on top of it.
+    get_backend(runtime)
+    imported_rss = current_rss_mib()
 
     started = now_ns()
     backend, session, skipped = open_model(model_path, runtime, requested, threads, precision)
@@ -141,6 +146,7 @@ def run_bench(
         # Images per second: each timed run classifies one batch.
         "throughput_ips": round(len(latencies) * run_batch / (measured_ns / 1e9), 3) if measured_ns else None,
         "baseline_rss_mib": baseline_rss,
+        "imported_rss_mib": imported_rss,
         "peak_rss_mib": peak_rss_mib(),
         "engine_version": backend.version(),
         "numpy_version": np.__version__,

@@ -4,12 +4,14 @@ schema.py        tables and migrations (a pool of an older version is migrated w
 store.py         the file: opening, schema, transactions, errors, integrity
 entry_data.py    an entry's masks, scores and model files, checked and encoded
 entries.py       pruned entries
+descriptors.py   task descriptors (class prototypes of the backbone) and their sketches
 measurements.py  device measurements, and which of them a latency model may be fitted to
 """
 
 from __future__ import annotations
 
-from edge_smsp.pool.entries import BackboneRecord, EntryStore, PoolEntry, TaskRecord
+from edge_smsp.pool.descriptors import DescriptorStore, SketchRows
+from edge_smsp.pool.entries import BackboneRecord, PoolEntry, TaskRecord
 from edge_smsp.pool.measurements import (
     DEFAULT_PRECISION,
     DEFAULT_RUNTIME,
@@ -29,13 +31,14 @@ __all__ = [
     "DeviceMeasurement",
     "Pool",
     "PoolEntry",
+    "SketchRows",
     "TaskRecord",
     "default_pool_path",
 ]
 
 
-class Pool(EntryStore, MeasurementStore):
-    """An open pool database (entries and device measurements); use as a context manager or call close()."""
+class Pool(DescriptorStore, MeasurementStore):
+    """An open pool database (entries, task descriptors and device measurements); use as a context manager or call close()."""
 
     def __enter__(self) -> Pool:
         return self

@@ -79,6 +79,8 @@ def test_the_stages_of_an_adaptation_in_order() -> None:
         "select",
         "scores",
         "prune",
+        "init",
+        "recipe",
         "finetune",
         "evaluate",
     ]

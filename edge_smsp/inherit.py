@@ -123,6 +123,41 @@ def inherit(
     return report
 
 
+def inherit_head(
+    target: nn.Module,
+    backbone: nn.Module,
+    source: nn.Module,
+    source_classes: Sequence[object],
+    target_classes: Sequence[object],
+) -> list[int]:
+    """Copy the source classifier's rows of the classes both tasks have (compared as given, e.g. (dataset,
+    class id)) into `target`'s classifier, feature by backbone feature (0 where the source lacks one); in
+    place. Returns the target rows set."""
+    target_head, source_head = _linear_head(target), _linear_head(source)
+    name = classifier_of(target)[0] + ".weight"  # type: ignore[index]
+    target_columns = coordinates(backbone, kept_indices(target)).get(name, (None, None))[1]
+    source_columns = coordinates(backbone, kept_indices(source)).get(name, (None, None))[1]
+    wanted = _backbone_indices(target_columns, target_head.in_features)
+    available = _backbone_indices(source_columns, source_head.in_features)
+    lookup = np.full(int(max(wanted.max(), available.max())) + 1, -1, dtype=np.int64)
+    lookup[available] = np.arange(len(available))
+    positions = torch.from_numpy(lookup[wanted])
+    held = positions >= 0
+    rows = []
+    with torch.no_grad():
+        for row, label in enumerate(target_classes):
+            if label not in source_classes:
+                continue
+            source_row = list(source_classes).index(label)
+            weights = source_head.weight[source_row].index_select(0, positions.clamp(min=0))
+            target_head.weight[row].copy_(torch.where(held, weights, torch.zeros_like(weights)))
+            if target_head.bias is not None:
+                bias = source_head.bias[source_row] if source_head.bias is not None else 0.0
+                target_head.bias[row] = bias
+            rows.append(row)
+    return rows
+
+
 def load_entry_models(pool: Pool, entry_ids: Sequence[int]) -> list[nn.Module]:
     """The pruned, fine-tuned models stored with these pool entries (checksums verified)."""
     models = []
@@ -167,6 +202,13 @@ def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
         for name, tensor in model.state_dict(keep_vars=True).items()
         if tensor.is_floating_point() and tensor.ndim > 0
     }
+
+
+def _linear_head(model: nn.Module) -> nn.Linear:
+    found = classifier_of(model)
+    if found is None or not isinstance(found[1], nn.Linear):
+        raise PruneError(f"model {type(model).__name__} has no Linear classifier")
+    return found[1]
 
 
 def _classifier_tensors(model: nn.Module) -> set[str]:

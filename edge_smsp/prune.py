@@ -18,9 +18,11 @@ import numpy as np
 import torch
 import torch_pruning as tp
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
 from torch import nn
 
+from edge_smsp import skeleton
 from edge_smsp.cost import measure_cost
 from edge_smsp.errors import PlanError, PruneError
 from edge_smsp.ratio import checked_ratio
@@ -279,40 +281,61 @@ def save_pruned(model: nn.Module, out_dir: str | os.PathLike[str], meta: Mapping
 
 
 def load_pruned(model_dir: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a saved pruned model: backbone architecture, re-applied pruning, saved weights. No pickle."""
-    from edge_smsp import zoo
-
+    """Rebuild a saved pruned model: the backbone's architecture at the saved shapes, the saved weights. No pickle."""
     directory = Path(model_dir)
     meta_path, weights_path = directory / META_FILE, directory / WEIGHTS_FILE
     if not meta_path.is_file() or not weights_path.is_file():
         raise PruneError(f"{directory} is not a saved pruned model (needs {META_FILE} and {WEIGHTS_FILE})")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise PruneError(f"corrupt {meta_path}: {error}") from error
+        files = {META_FILE: meta_path.read_bytes(), WEIGHTS_FILE: weights_path.read_bytes()}
+    except OSError as error:
+        raise PruneError(f"cannot read {directory}: {error}") from error
+    return pruned_from_files(files, str(directory))
+
+
+def pruned_from_files(files: Mapping[str, bytes], where: str) -> tuple[nn.Module, dict[str, Any]]:
+    """A saved pruned model from its files' contents (META_FILE, WEIGHTS_FILE), e.g. as a pool stores them;
+    `where` names them in errors."""
+    meta_name, weights_name = f"{where}/{META_FILE}", f"{where}/{WEIGHTS_FILE}"
+    if META_FILE not in files or WEIGHTS_FILE not in files:
+        raise PruneError(f"{where} is not a saved pruned model (needs {META_FILE} and {WEIGHTS_FILE})")
+    try:
+        meta = json.loads(files[META_FILE].decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PruneError(f"corrupt {meta_name}: {error}") from error
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
-        raise PruneError(f"{meta_path} is not an edge-smsp pruned-model description")
+        raise PruneError(f"{meta_name} is not an edge-smsp pruned-model description")
     missing = [key for key in ("backbone", "image_size", "num_classes", "kept_indices") if key not in meta]
     if missing:
-        raise PruneError(f"{meta_path} lacks {', '.join(missing)}")
+        raise PruneError(f"{meta_name} lacks {', '.join(missing)}")
     try:
-        state = load_file(str(weights_path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise PruneError(f"corrupt {weights_path}: {error}") from error
+        state = load_safetensors(bytes(files[WEIGHTS_FILE]))
+    except (SafetensorError, ValueError) as error:
+        raise PruneError(f"corrupt {weights_name}: {error}") from error
 
     # Architecture only: every weight comes from the file, so the original checkpoint need not still exist.
-    model = zoo.load_backbone(meta["backbone"], pretrained=False, image_size=meta["image_size"])
+    template = skeleton.template(meta["backbone"], meta["image_size"])
     kept = meta["kept_indices"]
-    by_key = {layout.key: layout for layout in group_layouts(model)}
+    by_key = {layout.key: layout for layout in group_layouts(template)}
     if not isinstance(kept, dict) or set(kept) != set(by_key):
-        raise PruneError(f"{meta_path}: kept_indices do not match the groups of backbone {meta['backbone']}")
-    apply_kept_indices(model, {key: _checked_indices(key, kept[key], by_key[key].size) for key in by_key})
-    replace_classifier(model, int(meta["num_classes"]))
+        raise PruneError(f"{meta_name}: kept_indices do not match the groups of backbone {meta['backbone']}")
+    checked = {key: _checked_indices(key, kept[key], by_key[key].size) for key in by_key}
+    model = skeleton.resized_copy(template, {name: tuple(tensor.shape) for name, tensor in state.items()})
+    if model is None:  # an architecture the skeleton cannot resize: prune a copy of the template again
+        model = copy_with_layouts(template)
+        apply_kept_indices(model, checked)
+        replace_classifier(model, int(meta["num_classes"]))
+    else:
+        setattr(model, KEPT_ATTRIBUTE, checked)
+        setattr(model, SIZES_ATTRIBUTE, {key: layout.size for key, layout in by_key.items()})
+        _sync_cached_dims(model)
+        if hasattr(model, "num_classes"):
+            model.num_classes = int(meta["num_classes"])
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise PruneError(
-            f"{weights_path} does not match the pruned architecture: {error}".splitlines()[0]
+            f"{weights_name} does not match the pruned architecture: {error}".splitlines()[0]
         ) from error
     spec_fields = meta.get("backbone_spec")
     spec = getattr(model, "backbone_spec", None)

@@ -48,6 +48,7 @@ def finetune(
     seed: int = 0,
     progress: bool = False,
     train_mode_bn: bool = True,
+    head_lr_scale: float = 1.0,
 ) -> TrainResult:
     """Fine-tune every parameter for exactly `iters` iterations (cosine schedule); leaves the model in eval mode."""
     optimizer = str(optimizer).lower()
@@ -80,8 +81,7 @@ def finetune(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # dropout / drop-path draws
         generator = torch.Generator().manual_seed(seed)
-        decay, no_decay = _parameter_groups(model)
-        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = _parameter_groups(model, weight_decay, lr, head_lr_scale)
         if optimizer == "sgd":
             opt = torch.optim.SGD(groups, lr=lr, momentum=SGD_MOMENTUM)
         else:
@@ -214,13 +214,27 @@ def _batches(dataset: Dataset, batch_size: int, count: int) -> Iterator[tuple[to
         yield _fetch(dataset, torch.arange(start, min(start + batch_size, count)))
 
 
-def _parameter_groups(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-    # Decaying BatchNorm/LayerNorm gains and biases only hurts; the usual split: matrices and kernels decay.
-    decay, no_decay = [], []
+def _parameter_groups(
+    model: nn.Module, weight_decay: float, lr: float, head_lr_scale: float
+) -> list[dict[str, object]]:
+    """Optimizer groups: decay for matrices and kernels only (decaying norm gains and biases only hurts), and
+    the classifier's learning rate times `head_lr_scale`."""
+    from edge_smsp.units import classifier_of
+
+    found = classifier_of(model) if head_lr_scale != 1.0 else None
+    head = {id(parameter) for parameter in found[1].parameters()} if found is not None else set()
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
     for parameter in model.parameters():
         if parameter.requires_grad:
-            (decay if parameter.ndim > 1 else no_decay).append(parameter)
-    return decay, no_decay
+            groups.setdefault((parameter.ndim > 1, id(parameter) in head), []).append(parameter)
+    return [
+        {
+            "params": parameters,
+            "weight_decay": weight_decay if decays else 0.0,
+            "lr": lr * (head_lr_scale if in_head else 1.0),
+        }
+        for (decays, in_head), parameters in groups.items()
+    ]
 
 
 def _set_train_mode(model: nn.Module, train_mode_bn: bool) -> None:

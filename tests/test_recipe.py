@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from edge_smsp import data, features, prune, recipe, zoo
+from edge_smsp import data, features, prune, recipe, recovery, zoo
 from edge_smsp.errors import EdgeSmspError
 from edge_smsp.importance import unit_l1_norms
 
@@ -18,6 +18,7 @@ pytestmark = pytest.mark.skipif(
     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
 )
 SIZE = 32
+BN_IMPRINT = recipe.Recipe("bn+imprint")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +62,7 @@ def test_adaptive_bn_replaces_statistics_and_moves_outputs_towards_train_mode(pr
     with torch.no_grad():
         train_mode = copy.deepcopy(model).train()(images)  # normalised by this batch's own statistics
         eval_before = model.eval()(images)
-    layers = recipe.adaptive_bn(model, images, batch_size=96)
+    layers = recovery.adaptive_bn(model, images, batch_size=96)
     after = _bn_stats(model)
     with torch.no_grad():
         eval_after = model(images)
@@ -82,7 +83,7 @@ def test_imprinted_head_classifies_the_prototypes_before_any_step(backbone, task
     model = prune.replace_classifier(copy.deepcopy(backbone), 3)
     images, labels = features.task_sample(task, 90, seed=0)
     feats = features.penultimate_features(model, images)
-    scale = recipe.imprint_head(model, feats, labels)
+    scale = recovery.imprint_head(model, feats, labels)
     means = torch.from_numpy(features.class_means(feats, labels, 3)).float()
     head = features.classifier(model)
     with torch.no_grad():
@@ -99,7 +100,7 @@ def test_linear_probe_lowers_the_head_loss_and_leaves_the_body_alone(pruned, tas
     images, labels = features.task_sample(task, 90, seed=1)
     feats = features.penultimate_features(model, images)
     body = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith("classifier")}
-    before, after = recipe.linear_probe(model, feats, labels, steps=30)
+    before, after = recovery.linear_probe(model, feats, labels, steps=30)
     assert after < 0.5 * before
     assert all(torch.equal(body[k], v) for k, v in model.state_dict().items() if k in body)
 
@@ -107,12 +108,12 @@ def test_linear_probe_lowers_the_head_loss_and_leaves_the_body_alone(pruned, tas
 def test_recover_runs_the_named_steps_and_plain_runs_none(pruned, task):
     model = copy.deepcopy(pruned)
     untouched = copy.deepcopy(pruned)
-    report = recipe.recover(untouched, task, recipe.RECIPES["plain"])
+    report = recovery.recover(untouched, task, recipe.NOTHING)
     assert report.steps == [] and all(
         torch.equal(a, b)
         for a, b in zip(untouched.state_dict().values(), pruned.state_dict().values(), strict=True)
     )
-    report = recipe.recover(model, task, recipe.RECIPES["recover"], seed=0)
+    report = recovery.recover(model, task, BN_IMPRINT, seed=0)
     assert report.steps == ["adaptive_bn", "imprint"]
     assert report.head_scale is not None and np.isfinite(report.head_scale)
     assert not torch.equal(features.classifier(model).weight, features.classifier(pruned).weight)
@@ -124,7 +125,7 @@ def test_invalid_recipe_and_identical_prototypes_are_refused(backbone):
     model = prune.replace_classifier(copy.deepcopy(backbone), 2)
     same = torch.ones(4, features.classifier(model).in_features)
     with pytest.raises(EdgeSmspError, match="identical prototypes"):
-        recipe.imprint_head(model, same, torch.tensor([0, 1, 0, 1]))
+        recovery.imprint_head(model, same, torch.tensor([0, 1, 0, 1]))
 
 
 def test_head_steps_are_skipped_when_stale_statistics_kill_the_features(pruned, task):
@@ -136,8 +137,8 @@ def test_head_steps_are_skipped_when_stale_statistics_kill_the_features(pruned, 
     images, _ = features.task_sample(task, 60, seed=0)
     assert features.penultimate_features(model, images).abs().max() == 0
     head_before = features.classifier(model).weight.clone()
-    report = recipe.recover(model, task, recipe.Recipe("imprint only", adaptive_bn=False), seed=0)
+    report = recovery.recover(model, task, recipe.Recipe("imprint only", adaptive_bn=False), seed=0)
     assert report.steps == ["head skipped: the features do not separate the classes"]
     assert torch.equal(features.classifier(model).weight, head_before)
-    report = recipe.recover(model, task, recipe.RECIPES["recover"], seed=0)
+    report = recovery.recover(model, task, BN_IMPRINT, seed=0)
     assert report.steps == ["adaptive_bn", "imprint"]

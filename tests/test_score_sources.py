@@ -45,7 +45,7 @@ def test_unknown_names_are_typed_errors_naming_the_choices() -> None:
         criterion("smsp")  # a pool source scores no model by itself
     with pytest.raises(PruneError, match="unknown similarity estimator 'cosine'"):
         similarity_estimator("cosine")
-    assert similarity_estimator("leep").name == "leep" and list(SIMILARITY_ESTIMATORS) == ["leep"]
+    assert similarity_estimator("leep").name == "leep" and set(SIMILARITY_ESTIMATORS) == {"prototype", "leep"}
 
 
 def test_config_and_adapt_check_their_inputs_against_the_registries() -> None:
@@ -79,6 +79,8 @@ def test_the_stages_of_an_adaptation_in_order() -> None:
         "select",
         "scores",
         "prune",
+        "init",
+        "recipe",
         "finetune",
         "evaluate",
     ]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge_smsp import data, similarity, zoo
+from edge_smsp import data, descriptors, similarity, zoo
 from edge_smsp.errors import DataError
 
 SIZE = 32
@@ -17,7 +17,7 @@ needs_data = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def descriptors() -> dict[tuple[int, ...], np.ndarray]:
+def prototypes() -> dict[tuple[int, ...], np.ndarray]:
     backbone = zoo.load_backbone("efficientnet_lite0", pretrained=True, image_size=SIZE)
     spec = zoo.backbone_spec(backbone)
     found = {}
@@ -36,18 +36,18 @@ def descriptors() -> dict[tuple[int, ...], np.ndarray]:
 
 
 @needs_data
-def test_descriptor_is_small_one_prototype_per_class(descriptors):
-    descriptor = descriptors[(0, 1, 3)]
+def test_descriptor_is_small_one_prototype_per_class(prototypes):
+    descriptor = prototypes[(0, 1, 3)]
     assert descriptor.shape == (3, 1280) and descriptor.dtype == np.float16
     assert descriptor.nbytes == 7680
 
 
 @needs_data
-def test_the_pool_task_sharing_classes_ranks_first_by_a_wide_margin(descriptors):
+def test_the_pool_task_sharing_classes_ranks_first_by_a_wide_margin(prototypes):
     pool = [(0, 1, 2), (5, 7, 8)]
-    centre = similarity.descriptor_centre([descriptors[c] for c in pool])
-    shares_two = similarity.prototype_similarity(descriptors[(0, 1, 3)], descriptors[(0, 1, 2)], centre)
-    shares_none = similarity.prototype_similarity(descriptors[(0, 1, 3)], descriptors[(5, 7, 8)], centre)
+    centre = descriptors.descriptor_centre([prototypes[c] for c in pool])
+    shares_two = descriptors.prototype_similarity(prototypes[(0, 1, 3)], prototypes[(0, 1, 2)], centre)
+    shares_none = descriptors.prototype_similarity(prototypes[(0, 1, 3)], prototypes[(5, 7, 8)], centre)
     # Measured 2.0001-2.0004 apart (3 sample seeds; identical to 4 decimals at 1 and 2 threads): two shared
     # classes count ~1 each, the unrelated task 0. LEEP on the pool's pruned models flipped this ranking
     # between machines (issue 8).
@@ -57,14 +57,14 @@ def test_the_pool_task_sharing_classes_ranks_first_by_a_wide_margin(descriptors)
 def test_prototype_similarity_counts_matching_classes():
     rng = np.random.default_rng(0)
     entry = rng.normal(size=(3, 16))
-    assert similarity.prototype_similarity(entry, entry) == pytest.approx(3.0)
+    assert descriptors.prototype_similarity(entry, entry) == pytest.approx(3.0)
     two_shared = np.vstack([entry[:2], -entry[2:]])
-    assert similarity.prototype_similarity(two_shared, entry) == pytest.approx(2.0, abs=0.05)
-    assert similarity.prototype_similarity(two_shared, entry, power=1.0) > 2.0
+    assert descriptors.prototype_similarity(two_shared, entry) == pytest.approx(2.0, abs=0.05)
+    assert descriptors.prototype_similarity(two_shared, entry, power=1.0) > 2.0
     with pytest.raises(DataError):
-        similarity.prototype_similarity(entry, rng.normal(size=(3, 8)))
+        descriptors.prototype_similarity(entry, rng.normal(size=(3, 8)))
     with pytest.raises(DataError):
-        similarity.prototype_similarity(np.full((2, 16), np.nan), entry)
+        descriptors.prototype_similarity(np.full((2, 16), np.nan), entry)
 
 
 def test_logme_prefers_features_that_carry_the_labels():

@@ -16,7 +16,7 @@ import torch
 from edge_smsp import smsp
 from edge_smsp.cli import main
 from edge_smsp.data import load_task
-from edge_smsp.errors import PoolError
+from edge_smsp.errors import PoolError, PruneError
 from edge_smsp.pool import Pool
 from edge_smsp.prune import load_pruned
 from edge_smsp.units import unit_groups
@@ -100,7 +100,10 @@ def test_smsp_ranks_the_task_sharing_classes_first_and_lands_in_the_pool(backbon
     ranked = [similar.task_id for similar in result.similar_tasks]
     assert ranked[0] == "fashion-mnist:0-1-2"
     assert [similar.selected for similar in result.similar_tasks] == [True, False]
-    assert result.similar_tasks[0].leep > result.similar_tasks[1].leep
+    # Prototype similarity counts shared classes: two for 0-1-2, none for 5-7-8. Measured 2.00 apart at 1 and 2
+    # threads (LEEP, the earlier estimator, flipped this pair between machines).
+    assert result.similar_tasks[0].similarity - result.similar_tasks[1].similarity > 1.5
+    assert result.init == "pool" and result.config.k == 1
     assert 0.0 <= result.val_accuracy <= 1.0
     assert result.summary.params_after < result.summary.params_before
     assert stored.task.task_key == "fashion-mnist:0-1-3" and stored.method == "smsp"
@@ -109,6 +112,39 @@ def test_smsp_ranks_the_task_sharing_classes_first_and_lands_in_the_pool(backbon
         selected_masks = pool.entry_masks(result.similar_tasks[0].entry_id)
     for key, mask in selected_masks.items():
         assert np.array_equal(mask, stored_masks[key]), key
+
+
+def test_a_k1_pool_initialisation_starts_from_the_entrys_weights_exactly(backbone, built_pool):
+    from edge_smsp.entry_models import entry_model
+
+    config = smsp.AdaptConfig(ratio=0.5, iters=0, method="smsp", recipe="plain", batch_size=16)
+    with Pool(built_pool, create=False) as pool:
+        result = smsp.adapt(backbone, pool, task_of(backbone, (0, 1, 3)), config)
+        chosen = next(similar for similar in result.similar_tasks if similar.selected)
+        source = entry_model(pool, pool.entry(chosen.entry_id))
+    assert result.init == "pool" and result.recovery == []
+    adapted, stored = result.model.state_dict(), source.state_dict()
+    assert adapted.keys() == stored.keys()
+    # Every weight and BN statistic of the body; BN's batch counters are not weights (inherit leaves them).
+    body = [
+        name for name in adapted if not name.startswith("classifier") and "num_batches_tracked" not in name
+    ]
+    assert len(body) > 100 and all(torch.equal(adapted[name], stored[name]) for name in body)
+    # The head is the new task's (three classes, not the entry's rows).
+    assert not torch.equal(adapted["classifier.weight"], stored["classifier.weight"])
+
+
+def test_init_and_recipe_are_reported_and_a_backbone_start_keeps_the_papers_k(backbone, built_pool):
+    task = task_of(backbone, (0, 1, 3), train_per_class=20, val_per_class=10)
+    with Pool(built_pool, create=False) as pool:
+        result = smsp.adapt(
+            backbone, pool, task, smsp.AdaptConfig(ratio=0.5, iters=1, init="backbone", batch_size=16)
+        )
+    report = result.to_dict()
+    assert (report["init"], report["recipe"]) == ("backbone", "recover")
+    assert sum(similar["selected"] for similar in report["similar_tasks"]) == 2  # K=5, two pool tasks
+    with pytest.raises(PruneError, match="init pool"):
+        smsp.AdaptConfig(ratio=0.5, method="magnitude", init="pool")
 
 
 def test_score_mask_sums_selected_masks(built_pool):
@@ -172,8 +208,9 @@ def test_adapt_cli_json_and_saved_model(built_pool, tmp_path):
         "seconds",
     ):
         assert key in report
-    assert set(report["seconds"]) >= {"similarity", "pruning", "finetuning"}
+    assert set(report["seconds"]) >= {"similarity", "pruning", "init", "finetuning"}
     assert report["similar_tasks"][0]["task_id"] == "fashion-mnist:0-1-2"
+    assert (report["init"], report["recipe"], report["similarity"]) == ("pool", "recover", "prototype")
     model, meta = load_pruned(out)
     assert meta["class_names"] == ["T-shirt/top", "Trouser", "Dress"]
     assert sum(p.numel() for p in model.parameters()) == report["params_after"]
@@ -197,6 +234,8 @@ def run_cli(argv, capsys=None):
         (["--classes", "0,1", "--method", "smsp", "--pool", "{empty}"], "build"),
         (["--classes", "0,1", "--method", "smsp", "--pool", "{corrupt}"], "pool"),
         (["--classes", "0,1", "--method", "smsp", "--pool", "{built}", "--backbone", "resnet18"], "resnet18"),
+        (["--classes", "0,1", "--method", "magnitude", "--init", "pool"], "init pool"),
+        (["--classes", "0,1", "--shortlist", "0"], "shortlist"),
     ],
 )
 def test_adapt_bad_input_one_line_exit_2(argv, message, tmp_path, built_pool, capsys):

@@ -44,6 +44,10 @@ class Variant:
     lr: float | None = None
     bn_train: bool = True
     mask_source: str = "masks"  # masks (binary, summed) | scores (the entries' unit ranks, summed; smsp only)
+    head: str = (
+        "fresh"  # fresh | entry (shared classes' rows from the top entry) | entries (greedy cover, top 3)
+    )
+    head_lr: float = 1.0  # the classifier's learning rate, times the body's
 
     @property
     def name(self) -> str:
@@ -58,6 +62,8 @@ class Variant:
     def _common(self) -> str:
         return (
             (f",lr{self.lr:g}" if self.lr is not None else "")
+            + ("" if self.head == "fresh" else f",head-{self.head}")
+            + ("" if self.head_lr == 1.0 else f",headlr{self.head_lr:g}")
             + ("" if self.bn_train else ",bnfrozen")
             + ("" if self.mask_source == "masks" else f",{self.mask_source}")
         )
@@ -68,7 +74,7 @@ def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, ite
     from edge_smsp.importance import score_units, unit_l1_norms
     from edge_smsp.inherit import inherit
     from edge_smsp.prune import prune
-    from edge_smsp.recipe import recover
+    from edge_smsp.recovery import recover
     from edge_smsp.train import evaluate, finetune
 
     seed = common.task_seed(classes)
@@ -91,6 +97,7 @@ def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, ite
             lr=variant.lr,
             seed=seed * 1000 + offset,
             train_mode_bn=variant.bn_train,
+            head_lr_scale=variant.head_lr,
         )
         seconds["finetune"] = seconds.get("finetune", 0.0) + time.perf_counter() - t
 
@@ -139,10 +146,19 @@ def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, ite
         report = inherit(model, backbone, sources)
         info["inherit_covered"] = round(report.covered_fraction, 4)
         seconds["inherit"] = time.perf_counter() - t
+    keep_rows: list[int] = []
+    if variant.head != "fresh":
+        t = time.perf_counter()
+        keep_rows = _inherit_head(
+            model, backbone, task, selected if variant.head == "entry" else ordered, entries
+        )
+        info["head_rows"] = len(keep_rows)
+        seconds["head"] = time.perf_counter() - t
     t = time.perf_counter()
-    recovery = recover(model, task, recipe, seed)
+    recovery = recover(model, task, recipe, seed, keep_rows=keep_rows)
     info["head_scale"] = recovery.head_scale
     seconds["recipe"] = time.perf_counter() - t
+    info["acc_before_finetune"] = round(evaluate(model, task.val), 4)
     train(iters - spent, 1 if spent else 0)
     t = time.perf_counter()
     accuracy = evaluate(model, task.val)
@@ -155,6 +171,22 @@ def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, ite
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         **info,
     }
+
+
+def _inherit_head(model, backbone, task, ranked: list[str], entries: dict) -> list[int]:
+    """Classifier rows of the new task's classes from the first of the (top 3) entries that has each class."""
+    from edge_smsp.inherit import inherit_head
+
+    rows: set[int] = set()
+    wanted = [(task.dataset, c) for c in task.classes]
+    for task_id in ranked[:3]:
+        entry, entry_model = entries[task_id]
+        have = [(entry.task.dataset, c) for c in entry.task.classes]
+        missing = [label if index not in rows else None for index, label in enumerate(wanted)]
+        rows.update(inherit_head(model, backbone, entry_model, have, missing))
+        if len(rows) == len(wanted):
+            break
+    return sorted(rows)
 
 
 def _sources(variant: Variant, selected: list[str], similarity: dict[str, float], entries: dict) -> list:
@@ -193,8 +225,35 @@ def _batches(task, seed: int, count: int):
 
 
 V = Variant
+TOP1 = {"estimator": "proto", "init": "top1", "top_k": 1, "pool_iters": 1000}
 RECIPE_NAMES = ("plain", "bn", "imprint", "bn+imprint", "bn+imprint+probe", "imprint+probe")
 EXPERIMENTS: dict[str, list[Variant]] = {
+    "gap2": [
+        V(**TOP1, recipe="imprint", head="entry", lr=0.005),
+        V(**TOP1, recipe="plain", lr=0.005),
+        V(method="magnitude", recipe="bn"),
+        V(method="random", recipe="bn"),
+        V(method="taylor", recipe="bn", taylor="warmup"),
+        V(estimator="proto", recipe="bn+imprint", pool_iters=1000),
+        V(estimator="proto", recipe="bn", pool_iters=1000),
+    ],
+    "gap07": [
+        V(**{**TOP1, "pool_ratio": 0.7}, recipe="imprint", head="entry"),
+        V(**{**TOP1, "pool_ratio": 0.7}, recipe="imprint"),
+        V(estimator="proto", recipe="bn+imprint", pool_iters=1000, pool_ratio=0.7),
+        V(estimator="proto", recipe="plain", pool_iters=1000, pool_ratio=0.7),
+    ],
+    "gap": [
+        V(**TOP1, recipe="imprint", head="entry"),
+        V(**TOP1, recipe="bn+imprint", head="entry"),
+        V(**TOP1, recipe="plain", bn_train=False),
+        V(**TOP1, recipe="imprint", head="entry", bn_train=False),
+        V(**TOP1, recipe="plain", head_lr=10.0),
+        V(**TOP1, recipe="imprint", head="entry", head_lr=3.0),
+        V(**TOP1, recipe="imprint+probe", head="entry"),
+        V(**TOP1, recipe="imprint"),
+        V(**TOP1, recipe="imprint", head="entries"),
+    ],
     "recipe": [V(estimator="proto", recipe=r) for r in RECIPE_NAMES],
     "init": [
         V(estimator="proto", init=i, recipe=r, top_k=k)

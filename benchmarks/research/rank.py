@@ -52,9 +52,10 @@ def scores(
     estimator: str, classes: Sequence[int], size: int, pool: tuple[float, int], seed: int = 0
 ) -> dict[str, float]:
     """Similarity of every other pool entry to the pool task `classes` (higher = more similar)."""
+    from edge_smsp.descriptors import DEFAULT_POWER, descriptor_centre, prototype_similarity
     from edge_smsp.features import penultimate_features, task_sample
     from edge_smsp.leep import leep
-    from edge_smsp.similarity import DEFAULT_POWER, descriptor_centre, logme, prototype_similarity
+    from edge_smsp.similarity import logme
     from edge_smsp.train import predict_proba
 
     task = common.task(classes, size)

@@ -25,8 +25,9 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     parser = subcommands.add_parser(
         "adapt",
         help="prune the backbone for a new task with SMSP (or a baseline) and fine-tune it",
-        description="One-shot pruning for a new task: pool similarity (LEEP) -> score mask -> physical pruning "
-        "-> a fresh head -> a few fine-tuning iterations -> val accuracy.",
+        description="One-shot pruning for a new task: pool similarity (class prototypes; a sketch search "
+        "shortlists large pools) -> score mask -> physical pruning -> weights (the top pool entry's, or the "
+        "backbone's) -> recovery recipe -> a few fine-tuning iterations -> val accuracy.",
     )
     add_backbone_arguments(parser)
     add_task_arguments(parser, classes=True)
@@ -77,17 +78,20 @@ def describe_adaptation(report: dict[str, Any]) -> str:
     selected = [similar for similar in report["similar_tasks"] if similar["selected"]]
     if selected:
         lines.append(
-            "similar pool tasks: "
+            f"similar pool tasks ({report['similarity']} of {report['candidates']} entries): "
             + ", ".join(
                 f"{similar['task_id']}"
-                + (f" (LEEP {similar['leep']:.3f})" if similar["leep"] is not None else "")
+                + (f" ({similar['similarity']:.3f})" if similar["similarity"] is not None else "")
                 for similar in selected
             )
         )
+    steps = ", ".join(report["recovery_steps"]) or "none"
+    lines.append(f"weights from the {report['init']}; recipe {report['recipe']} ({steps})")
+    lines += [f"note: {note}" for note in report["notes"]]
     seconds = report["seconds"]
     lines.append(
         f"seconds: similarity {seconds['similarity']:.1f}, pruning {seconds['pruning']:.1f}, "
-        f"fine-tuning {seconds['finetuning']:.1f}, total {seconds['total']:.1f}"
+        f"init {seconds['init']:.1f}, fine-tuning {seconds['finetuning']:.1f}, total {seconds['total']:.1f}"
     )
     if report.get("out"):
         lines.append(f"saved to {report['out']}")

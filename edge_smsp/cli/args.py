@@ -17,9 +17,11 @@ from edge_smsp.datasets import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, check_task_reques
 from edge_smsp.deploy.bench import MAX_BENCH_RUNS, MAX_BENCH_SECONDS
 from edge_smsp.device_stack import opset_problem
 from edge_smsp.errors import DataError, EdgeSmspError
+from edge_smsp.estimators import DEFAULT_ESTIMATOR, DEFAULT_SHORTLIST, SIMILARITY_ESTIMATORS
 from edge_smsp.fileio import checked_output_path
 from edge_smsp.pool import Pool, check_pool_file, default_pool_path
 from edge_smsp.ratio import checked_ratio
+from edge_smsp.recipe import INITS, RECIPES
 from edge_smsp.score_sources import method_names, needs_pool
 from edge_smsp.score_sources.pool_masks import MASK_SOURCES, WEIGHTINGS
 
@@ -331,8 +333,8 @@ def add_adapt_arguments(parser: argparse.ArgumentParser, *, ratio_help: str | No
     parser.add_argument(
         "--top-k",
         type=int_in_range(1, MAX_TASKS),
-        default=5,
-        help="pool tasks whose masks are summed (default 5)",
+        default=None,
+        help="pool tasks whose masks are summed (default 1 with --init pool, else 5)",
     )
     parser.add_argument(
         "--weighting",
@@ -349,6 +351,43 @@ def add_adapt_arguments(parser: argparse.ArgumentParser, *, ratio_help: str | No
     add_round_to_argument(parser, help_text="kept channels rounded to a multiple (1: off)")
     parser.add_argument("--lr", type=number_in_range(0.0, 100.0, above=True), default=None)
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
+    add_similarity_arguments(parser)
+    add_recovery_arguments(parser)
+
+
+def add_similarity_arguments(parser: argparse.ArgumentParser) -> None:
+    """--similarity, and the search stage's --shortlist M / --exhaustive."""
+    parser.add_argument(
+        "--similarity",
+        choices=tuple(SIMILARITY_ESTIMATORS),
+        default=DEFAULT_ESTIMATOR,
+        help=f"how pool entries are ranked (default {DEFAULT_ESTIMATOR}: class prototypes of the backbone)",
+    )
+    search = parser.add_mutually_exclusive_group()
+    search.add_argument(
+        "--shortlist",
+        type=int_at_least(1),
+        default=DEFAULT_SHORTLIST,
+        metavar="M",
+        help=f"rank only the M pool tasks a sketch search finds closest (default {DEFAULT_SHORTLIST})",
+    )
+    search.add_argument("--exhaustive", action="store_true", help="rank every pool entry (no search stage)")
+
+
+def add_recovery_arguments(parser: argparse.ArgumentParser) -> None:
+    """--init (where the sub-network's weights come from) and --recipe (the steps before fine-tuning)."""
+    parser.add_argument(
+        "--init",
+        choices=INITS,
+        default=None,
+        help="start from the backbone's weights or the top pool entry's (default: pool for pool methods)",
+    )
+    parser.add_argument(
+        "--recipe",
+        choices=tuple(RECIPES),
+        default="recover",
+        help="recovery steps after pruning (default recover; plain: none)",
+    )
 
 
 def add_round_to_argument(parser: argparse.ArgumentParser, help_text: str | None = None) -> None:
@@ -372,6 +411,10 @@ def config_from_args(args: argparse.Namespace) -> AdaptConfig:
         lr=args.lr,
         optimizer=args.optimizer,
         seed=args.seed,
+        similarity=args.similarity,
+        shortlist=None if args.exhaustive else args.shortlist,
+        init=args.init,
+        recipe=args.recipe,
     )
 
 

@@ -9,6 +9,7 @@ from edge_smsp.cli.args import (
     MAX_ITERS,
     MAX_TASKS,
     add_backbone_arguments,
+    add_image_size_argument,
     add_pool_argument,
     add_round_to_argument,
     add_task_arguments,
@@ -36,6 +37,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
     verbs = parser.add_subparsers(dest="pool_command", metavar="VERB", required=True)
     register_list(verbs)
     register_build(verbs)
+    register_index(verbs)
 
 
 def register_build(verbs: argparse._SubParsersAction) -> None:
@@ -171,6 +173,56 @@ def _outcome_text(outcome: Any) -> str:
     if outcome.status == "dropped":
         return f"{accuracy}, but another build committed this task first; kept theirs"
     return f"{accuracy} (entry {outcome.entry_id})"
+
+
+def register_index(verbs: argparse._SubParsersAction) -> None:
+    """`pool index`: store the task descriptors an existing pool lacks (resumable)."""
+    parser = verbs.add_parser(
+        "index",
+        help="compute the task descriptors similarity search needs, for a pool built without them",
+        description="Describe every pool task of this backbone that has no descriptor yet: the class prototypes "
+        "of the unpruned backbone on the task's images (reloaded from its dataset). Each is stored as it is "
+        "done, so an interrupted run resumes.",
+    )
+    add_backbone_arguments(parser)
+    add_pool_argument(parser)
+    parser.add_argument("--data-dir", default=None, metavar="DIR", help="where the tasks' dataset files are")
+    add_image_size_argument(parser, None, "only entries at this input size (default: every size in the pool)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(handler=run_index)
+
+
+def run_index(args: argparse.Namespace) -> int:
+    import sys
+
+    from edge_smsp import smsp
+
+    path = pool_path(args)
+    described: list[str] = []
+    already = 0
+    with Pool(path, create=False) as pool:
+        sizes = sorted({entry.backbone.image_size for entry in pool.entries(backbone_name=args.backbone)})
+        if args.image_size is not None:
+            sizes = [size for size in sizes if size == args.image_size]
+        for size in sizes:
+            args.image_size = size
+            backbone = backbone_from_args(args)
+
+            def report(task: Any, size: int = size) -> None:
+                described.append(task.task_key)
+                if not args.json and not show_progress(args):
+                    print(f"described {task.task_key} ({size} px)", file=sys.stderr, flush=True)
+
+            _, skipped = smsp.index_pool(
+                pool, backbone, size, data_dir=args.data_dir, progress=show_progress(args), on_task=report
+            )
+            already += skipped
+    summary = {"pool": str(path), "backbone": args.backbone, "described": described, "already": already}
+    if args.json:
+        print_json(summary)
+    else:
+        print(f"pool {path}: {len(described)} tasks described, {already} already were")
+    return 0
 
 
 def register_list(verbs: argparse._SubParsersAction) -> None:

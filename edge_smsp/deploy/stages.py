@@ -229,7 +229,7 @@ def choose_method(
         except NoPoolEntriesError as error:
             reason = str(error)
     note = f"baseline {FALLBACK_METHOD} instead of {config.method}: {reason}"
-    return dataclasses.replace(config, method=FALLBACK_METHOD), note
+    return dataclasses.replace(config, method=FALLBACK_METHOD, init=None), note
 
 
 def export(request: DeployRequest, adaptation: Adaptation, device: DeviceCheck) -> ExportedModel:

@@ -1,4 +1,5 @@
-"""Task-similarity estimators: how similar a pool entry's model is to a new task (SMSP ranks entries by it).
+"""Task-similarity estimators: how similar a pool entry is to a new task (SMSP ranks entries by it), and the
+search stage that shortlists entries for them in large pools.
 
 A new estimator is one file here (a `SimilarityEstimator` subclass) and one line in SIMILARITY_ESTIMATORS.
 """
@@ -9,14 +10,26 @@ from functools import cache
 from importlib import import_module
 
 from edge_smsp.errors import PruneError
-from edge_smsp.estimators.base import SimilarityEstimator
+from edge_smsp.estimators.base import SimilarityEstimator, TaskQuery
+from edge_smsp.estimators.shortlist import DEFAULT_SHORTLIST, shortlist
 
-__all__ = ["SIMILARITY_ESTIMATORS", "SimilarityEstimator", "similarity_estimator"]
+__all__ = [
+    "DEFAULT_ESTIMATOR",
+    "DEFAULT_SHORTLIST",
+    "SIMILARITY_ESTIMATORS",
+    "SimilarityEstimator",
+    "TaskQuery",
+    "shortlist",
+    "similarity_estimator",
+]
 
 # name -> "module:class"
 SIMILARITY_ESTIMATORS: dict[str, str] = {
+    "prototype": "edge_smsp.estimators.prototype:Prototype",
     "leep": "edge_smsp.estimators.leep:Leep",
 }
+# Ranking quality on the benchmark pool, leave-one-out: prototype 36/36, LEEP 9/12 (edge_smsp.estimators.prototype).
+DEFAULT_ESTIMATOR = "prototype"
 
 
 @cache

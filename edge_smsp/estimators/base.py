@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -15,34 +15,66 @@ if TYPE_CHECKING:
     from edge_smsp.data import Task
     from edge_smsp.pool import Pool, PoolEntry
 
+# Class-balanced training images behind a task descriptor, and their sampling seed, in the pool and for a new
+# task alike (one task has one descriptor, whatever the adaptation's seed).
+DESCRIPTOR_SAMPLES = 512
+DESCRIPTOR_SEED = 0
+
+
+@dataclass
+class TaskQuery:
+    """The new task as the estimators see it; its image sample and its descriptor are computed once, on use."""
+
+    task: Task
+    backbone: nn.Module  # the unpruned backbone (its descriptor is the backbone's class prototypes)
+    samples: int = 500
+    seed: int = 0
+    batch_size: int = 64
+    _cached: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def sample(self) -> tuple[torch.Tensor, np.ndarray]:
+        """A seeded sample of at most `samples` training images and their labels."""
+        if "sample" not in self._cached:
+            self._cached["sample"] = sample_task(self.task, self.samples, self.seed)
+        return self._cached["sample"]
+
+    @property
+    def descriptor(self) -> np.ndarray:
+        """The task's class prototypes under the backbone ([k, F]; one forward pass over a sample)."""
+        if "descriptor" not in self._cached:
+            from edge_smsp.similarity import task_descriptor
+
+            self._cached["descriptor"] = task_descriptor(
+                self.backbone, self.task, samples=DESCRIPTOR_SAMPLES, seed=DESCRIPTOR_SEED
+            )
+        return self._cached["descriptor"]
+
+    @property
+    def known_descriptor(self) -> np.ndarray | None:
+        """The descriptor if it was computed already (no forward pass), else None."""
+        return self._cached.get("descriptor")
+
 
 class SimilarityEstimator:
-    """Scores each entry's pruned model on a bounded, seeded sample of the task's training set.
+    """Scores each entry's pruned model on the task's sample (`similarity`).
 
-    Estimators that look at something other than each entry's model on the sample (a cheap shortlist first,
-    say) override `rank`; the others implement `similarity`."""
+    Estimators that look at something other than each entry's model (stored task descriptors, say) override
+    `rank` instead."""
 
     name: ClassVar[str]
 
     def rank(
-        self,
-        entries: Sequence[PoolEntry],
-        pool: Pool,
-        task: Task,
-        *,
-        samples: int = 500,
-        batch_size: int = 64,
-        seed: int = 0,
+        self, entries: Sequence[PoolEntry], pool: Pool, query: TaskQuery
     ) -> list[tuple[PoolEntry, float]]:
         """(entry, similarity) for every entry, most similar first."""
-        from edge_smsp.prune import load_pruned
+        from edge_smsp.entry_models import borrowed_entry_model
 
-        images, labels = sample_task(task, samples, seed)
-        ranked = []
-        with tempfile.TemporaryDirectory(prefix="edge-smsp-pool-") as scratch_dir:
-            for entry in entries:
-                model, _ = load_pruned(pool.materialise_model_dir(entry.id, f"{scratch_dir}/{entry.id}"))
-                ranked.append((entry, self.similarity(model, images, labels, batch_size)))
+        images, labels = query.sample
+        ranked = [
+            (entry, self.similarity(borrowed_entry_model(pool, entry), images, labels, query.batch_size))
+            for entry in entries
+        ]
         ranked.sort(key=lambda pair: pair[1], reverse=True)
         return ranked
 

@@ -6,6 +6,7 @@ records.py       what identifies an entry: backbone, task, build key
 entry_data.py    an entry's masks, scores and model files, checked and encoded (NewEntry)
 entries.py       pruned entries
 claims.py        build claims: concurrent builds do each task once
+descriptors.py   task descriptors (class prototypes of the backbone) and their sketches
 measurements.py  device measurements, and which of them a latency model may be fitted to
 """
 
@@ -19,6 +20,7 @@ from edge_smsp.pool.claims import (
     Writer,
     claiming_writer,
 )
+from edge_smsp.pool.descriptors import DescriptorStore, SketchRows
 from edge_smsp.pool.entries import PoolEntry
 from edge_smsp.pool.entry_data import NewEntry, new_entry
 from edge_smsp.pool.measurements import (
@@ -46,6 +48,7 @@ __all__ = [
     "NewEntry",
     "Pool",
     "PoolEntry",
+    "SketchRows",
     "TaskRecord",
     "Writer",
     "check_pool_file",
@@ -55,8 +58,9 @@ __all__ = [
 ]
 
 
-class Pool(ClaimStore, MeasurementStore):
-    """An open pool database (entries, build claims and device measurements); use as a context manager or call close()."""
+class Pool(ClaimStore, DescriptorStore, MeasurementStore):
+    """An open pool database (entries, build claims, task descriptors and device measurements); use as a context
+    manager or call close()."""
 
     def __enter__(self) -> Pool:
         return self

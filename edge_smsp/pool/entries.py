@@ -211,6 +211,15 @@ class EntryStore(PoolStore):
 
     def materialise_model_dir(self, entry_id: int, dest_dir: str | Path) -> Path:
         """Write an entry's stored model files into dest_dir (checksums verified); returns dest_dir."""
+        files = self.entry_files(entry_id)
+        dest = Path(dest_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        for name, data in files.items():
+            write_atomically(dest / name, data)
+        return dest
+
+    def entry_files(self, entry_id: int) -> dict[str, bytes]:
+        """An entry's stored model files, name -> contents (checksums verified)."""
         self.entry(entry_id)
         with self._errors():
             rows = self._db.execute(
@@ -218,16 +227,15 @@ class EntryStore(PoolStore):
             ).fetchall()
         if not rows:
             raise PoolError(f"pool entry {entry_id} has no stored model files")
-        dest = Path(dest_dir)
-        dest.mkdir(parents=True, exist_ok=True)
+        files = {}
         for name, sha256, data in rows:
             check_plain_name(name)
             if hashlib.sha256(data).hexdigest() != sha256:
                 raise PoolError(
                     f"pool {self.path}: file {name} of entry {entry_id} fails its checksum; the database is damaged"
                 )
-            write_atomically(dest / name, bytes(data))
-        return dest
+            files[name] = bytes(data)
+        return files
 
     def _backbone_id(self, backbone: BackboneRecord, created: str) -> int:
         self._db.execute(

@@ -85,9 +85,26 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX measurements_by_device ON device_measurements"
         " (device, backbone, image_size, runtime, precision)",
     ),
-    # Version 3 (task descriptors) comes from the similarity work on its own branch; at the merge its statements
-    # replace this empty placeholder, and the claims below stay version 4.
-    2: (),
+    # Task descriptors (edge_smsp.pool.descriptors): per task and backbone, the class prototypes of the unpruned
+    # backbone (float16 [rows, width]) and their sketch for the vector search, plus per backbone the running sum
+    # of every stored prototype row (their mean is the origin similarity is measured from).
+    2: (
+        "CREATE TABLE task_descriptors ("
+        " task_id INTEGER NOT NULL REFERENCES tasks (id),"
+        " backbone_id INTEGER NOT NULL REFERENCES backbones (id),"
+        " samples INTEGER NOT NULL CHECK (samples > 0),"
+        " seed INTEGER NOT NULL,"
+        " rows INTEGER NOT NULL CHECK (rows > 0),"
+        " width INTEGER NOT NULL CHECK (width > 0),"
+        " data BLOB NOT NULL,"
+        " sketch BLOB NOT NULL,"
+        " created TEXT NOT NULL,"
+        " PRIMARY KEY (task_id, backbone_id))",
+        "CREATE TABLE descriptor_sums ("
+        " backbone_id INTEGER PRIMARY KEY REFERENCES backbones (id),"
+        " rows INTEGER NOT NULL CHECK (rows >= 0),"
+        " total BLOB NOT NULL)",
+    ),
     # Build claims: a `pool build` claims a task before training it, so that concurrent builds do each task once
     # (edge_smsp.pool.claims). One row per claimed build key; finishing deletes it with the entry's commit.
     3: (

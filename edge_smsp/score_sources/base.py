@@ -34,22 +34,26 @@ class Needs:
 
 @dataclass(frozen=True)
 class SimilarTask:
-    """One pool entry's similarity to the new task."""
+    """One pool entry's similarity to the new task (by the run's estimator; None: not measured)."""
 
     entry_id: int
     task_id: str
     classes: tuple[int, ...]
-    leep: float | None
+    ratio: float
+    similarity: float | None
     selected: bool
 
 
 @dataclass(frozen=True)
 class Selection:
-    """Pool entries a source considered, best first, with their similarity to the task (NaN: not measured),
-    and the ones it chose."""
+    """Pool entries a source ranked, best first, with their similarity to the task (NaN: not measured), the
+    ones it chose, how many entries it drew from (the shortlist's pool) and what the report should say."""
 
     ranked: tuple[tuple[PoolEntry, float], ...]
     selected: tuple[tuple[PoolEntry, float], ...]
+    candidates: int = 0
+    notes: tuple[str, ...] = ()
+    query: Any = None  # the estimators' view of the task (edge_smsp.estimators.TaskQuery), when one was made
 
     def similar_tasks(self) -> list[SimilarTask]:
         """The report's view: every considered entry, its rounded similarity and whether it was chosen."""
@@ -59,7 +63,8 @@ class Selection:
                 entry_id=entry.id,
                 task_id=entry.task.task_key,
                 classes=tuple(entry.task.classes),
-                leep=None if math.isnan(value) else round(float(value), 6),
+                ratio=entry.ratio,
+                similarity=None if math.isnan(value) else round(float(value), 6),
                 selected=entry.id in chosen,
             )
             for entry, value in self.ranked

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from edge_smsp.errors import NoPoolEntriesError, PoolError
+from edge_smsp.ratio import canonical_ratio
 from edge_smsp.score_sources.base import Needs, ScoreInputs, ScoreSource, UnitScores, needed
 
 if TYPE_CHECKING:
@@ -45,10 +46,17 @@ class PoolMaskSource(ScoreSource):
             )
         return scores
 
-    def entries(self, inputs: ScoreInputs) -> list[PoolEntry]:
-        """This backbone's entries at the task's input size."""
+    def entries(self, inputs: ScoreInputs) -> tuple[list[PoolEntry], tuple[str, ...]]:
+        """This backbone's entries at the task's input size, those built at the requested ratio when there are
+        any (their masks and weights fit it best), and a note when there are none."""
         pool = needed(inputs.pool, self, "a pool (--pool) built for this backbone")
-        return pool_entries_for(pool, inputs.backbone, inputs.task.image_size)
+        entries = pool_entries_for(pool, inputs.backbone, inputs.task.image_size)
+        ratio = inputs.config.ratio
+        at_ratio = [entry for entry in entries if ratio is not None and entry.ratio == canonical_ratio(ratio)]
+        if at_ratio or ratio is None:
+            return at_ratio or entries, ()
+        built = ", ".join(f"{value:g}" for value in sorted({entry.ratio for entry in entries}))
+        return entries, (f"no pool entries built at ratio {ratio:g} (the pool has {built}): using them all",)
 
 
 def score_mask(

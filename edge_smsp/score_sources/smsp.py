@@ -16,17 +16,25 @@ class Smsp(PoolMaskSource):
     name = "smsp"
 
     def select(self, inputs: ScoreInputs) -> Selection:
-        from edge_smsp.estimators import similarity_estimator
+        from edge_smsp.estimators import TaskQuery, shortlist, similarity_estimator
 
         config = inputs.config
-        ranked = similarity_estimator(config.similarity).rank(
-            self.entries(inputs),
-            inputs.pool,
-            inputs.task,
-            samples=config.similarity_samples,
-            seed=config.seed,
+        entries, notes = self.entries(inputs)
+        query = TaskQuery(inputs.task, inputs.backbone, samples=config.similarity_samples, seed=config.seed)
+        candidates = entries
+        if (
+            config.shortlist is not None
+            and len({entry.task.task_key for entry in entries}) > config.shortlist
+        ):
+            candidates = shortlist(entries, inputs.pool, query, config.shortlist)
+        ranked = similarity_estimator(config.similarity).rank(candidates, inputs.pool, query)
+        return Selection(
+            ranked=tuple(ranked),
+            selected=tuple(best_per_task(ranked)[: config.k]),
+            candidates=len(entries),
+            notes=notes,
+            query=query,
         )
-        return Selection(ranked=tuple(ranked), selected=tuple(best_per_task(ranked)[: config.top_k]))
 
     def weighting(self, inputs: ScoreInputs) -> str:
         return inputs.config.weighting

@@ -14,8 +14,8 @@ class SmspRandom(PoolMaskSource):
     name = "smsp-random"
 
     def select(self, inputs: ScoreInputs) -> Selection:
-        entries = self.entries(inputs)
+        entries, notes = self.entries(inputs)
         generator = np.random.default_rng(inputs.config.seed)
-        picks = generator.choice(len(entries), size=min(inputs.config.top_k, len(entries)), replace=False)
+        picks = generator.choice(len(entries), size=min(inputs.config.k, len(entries)), replace=False)
         chosen = tuple((entries[int(index)], math.nan) for index in picks)
-        return Selection(ranked=chosen, selected=chosen)
+        return Selection(ranked=chosen, selected=chosen, candidates=len(entries), notes=notes)

@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from edge_smsp.errors import PruneError
-from edge_smsp.estimators import SIMILARITY_ESTIMATORS
+from edge_smsp.estimators import DEFAULT_ESTIMATOR, DEFAULT_SHORTLIST, SIMILARITY_ESTIMATORS
 from edge_smsp.ratio import checked_ratio
-from edge_smsp.score_sources import SCRATCH, SimilarTask, criterion_names, method_names
+from edge_smsp.recipe import INITS, RECIPES
+from edge_smsp.score_sources import SCRATCH, SimilarTask, criterion_names, method_names, needs_pool
 from edge_smsp.score_sources.pool_masks import MASK_SOURCES, WEIGHTINGS
 
 if TYPE_CHECKING:
@@ -28,12 +29,15 @@ class AdaptConfig:
     ratio: float | None = None  # None: not chosen yet (deploy plans it); adapt needs one
     iters: int = 100
     method: str = "smsp"  # a score source, or "scratch" (see edge_smsp.score_sources)
-    top_k: int = 5
+    top_k: int | None = None  # None: `k` (1 with a pool initialisation, else 5, the paper's)
     weighting: str = "uniform"  # "uniform" sums binary masks; "leep" weights them by normalised similarity
     mask_source: str = (
         "masks"  # "masks" (binary, as in the paper) or "scores" (the entries' real-valued ranks)
     )
-    similarity: str = "leep"  # how pool entries are ranked (edge_smsp.estimators)
+    similarity: str = DEFAULT_ESTIMATOR  # how pool entries are ranked (edge_smsp.estimators)
+    shortlist: int | None = DEFAULT_SHORTLIST  # tasks the search stage keeps for `similarity`; None: all
+    init: str | None = None  # "backbone" or "pool" (the top entry's weights); None: `init_mode`
+    recipe: str = "recover"  # recovery steps after pruning (edge_smsp.recipe)
     round_to: int = 8
     batch_size: int = 32
     lr: float | None = None
@@ -52,13 +56,31 @@ class AdaptConfig:
         _check_choice("weighting", self.weighting, WEIGHTINGS)
         _check_choice("mask_source", self.mask_source, MASK_SOURCES)
         _check_choice("similarity", self.similarity, tuple(SIMILARITY_ESTIMATORS))
+        _check_choice("recipe", self.recipe, tuple(RECIPES))
+        if self.init is not None:
+            _check_choice("init", self.init, INITS)
+            if self.init == "pool" and not needs_pool(self.method):
+                raise PruneError(f"--init pool needs a method that draws on the pool, not {self.method}")
+        if self.shortlist is not None and self.shortlist < 1:
+            raise PruneError(f"shortlist must be >= 1, got {self.shortlist}")
         _check_choice("scratch importance", self.scratch_importance, criterion_names(iterative=True))
         if self.iters < 0:
             raise PruneError(f"iterations must be >= 0, got {self.iters}")
-        if self.top_k < 1:
+        if self.top_k is not None and self.top_k < 1:
             raise PruneError(f"top-k must be >= 1, got {self.top_k}")
         if self.scratch_rounds < 1:
             raise PruneError(f"scratch rounds must be >= 1, got {self.scratch_rounds}")
+
+    @property
+    def init_mode(self) -> str:
+        """The weights a sub-network starts from: the top pool entry's for pool methods, unless told."""
+        return self.init or ("pool" if needs_pool(self.method) else "backbone")
+
+    @property
+    def k(self) -> int:
+        """Pool entries selected: top_k, else 1 with a pool initialisation (one entry's mask and weights fit
+        each other; averaging several was worse, RESULTS.md) and 5 from the backbone (the paper's)."""
+        return self.top_k or (1 if self.init_mode == "pool" else 5)
 
     @property
     def pool_method(self) -> str:
@@ -80,6 +102,13 @@ class AdaptResult:
     model: nn.Module = field(repr=False)
     unit_scores: dict[str, np.ndarray] = field(repr=False)
     task: Task = field(repr=False)
+    init: str = (
+        "backbone"  # what the sub-network started from ("pool" only when an entry's weights were used)
+    )
+    recovery: list[str] = field(default_factory=list)  # the recipe's steps that ran
+    candidates: int = 0  # pool entries the selection drew from (before any shortlist)
+    notes: list[str] = field(default_factory=list)  # fallbacks a reader should know about
+    descriptor: np.ndarray | None = field(default=None, repr=False)  # the task's, when similarity computed it
 
     @property
     def method(self) -> str:
@@ -108,7 +137,14 @@ class AdaptResult:
             "macs_before": self.summary.macs_before,
             "macs_after": self.summary.macs_after,
             "image_size": self.summary.image_size,
+            "init": self.init,
+            "recipe": self.config.recipe,
+            "recovery_steps": self.recovery,
+            "similarity": self.config.similarity if self.similar_tasks else None,
+            "shortlist": self.config.shortlist,
+            "candidates": self.candidates,
             "similar_tasks": [dataclasses.asdict(similar) for similar in self.similar_tasks],
+            "notes": self.notes,
             "seconds": self.seconds,
             "groups": self.summary.groups,
         }

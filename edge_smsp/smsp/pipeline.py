@@ -1,6 +1,6 @@
 """`adapt`: a sequence of named stages over one run. One-shot methods differ only in where scores come from.
 
-    head -> select (similar pool entries) -> scores -> prune -> finetune -> evaluate
+    head -> select (similar pool entries) -> scores -> prune -> init (weights) -> recipe -> finetune -> evaluate
 
 The head goes on first: the sizes before and after both count the model that is shipped, Taylor's warm-up
 trains through it, and the pruned head keeps its slice of the seeded initial weights.
@@ -27,7 +27,9 @@ from edge_smsp.smsp.stages import (
     attach_task_head,
     evaluate_on_val,
     finetune_rest,
+    initialise_weights,
     prune_to_ratio,
+    recover_after_pruning,
     score_with_source,
     select_pool_entries,
 )
@@ -48,8 +50,8 @@ ADAPT_STAGES: tuple[Stage, ...] = (
     Stage("select", select_pool_entries, "similarity"),
     Stage("scores", score_with_source, "pruning"),
     Stage("prune", prune_to_ratio, "pruning"),
-    # Weight initialisation goes here (run.selection: the chosen pool entries and their similarity), then a
-    # recovery recipe; fine-tuning inside a stage (run.train) counts against the budget `finetune` spends.
+    Stage("init", initialise_weights, "init"),
+    Stage("recipe", recover_after_pruning, "init"),
     Stage("finetune", finetune_rest),
     Stage("evaluate", evaluate_on_val),
 )

@@ -73,10 +73,11 @@ def save_adapted(result: AdaptResult, out_dir: str | os.PathLike[str]) -> Path:
 
 def finished_entry(backbone: nn.Module, result: AdaptResult) -> NewEntry:
     """An adapted model (mask, scores, weights) checked and encoded as a pool entry of `backbone`."""
+    record = backbone_record(backbone, result.summary.image_size)
     with tempfile.TemporaryDirectory(prefix="edge-smsp-entry-") as scratch_dir:
         return new_entry(
             task=task_record(result.task),
-            backbone=backbone_record(backbone, result.summary.image_size),
+            backbone=record,
             ratio=result.ratio,
             method=result.config.pool_method,
             iters=result.iters,
@@ -91,7 +92,11 @@ def finished_entry(backbone: nn.Module, result: AdaptResult) -> NewEntry:
 
 
 def add_to_pool(pool: Pool, backbone: nn.Module, result: AdaptResult) -> int:
-    """Store an adapted model as a pool entry (replacing one of the same key); returns the entry id."""
+    """Store an adapted model as a pool entry (replacing one of the same key), and its task's descriptor when the
+    pool has none yet; returns the entry id."""
+    record = backbone_record(backbone, result.summary.image_size)
+    if not pool.has_descriptor(result.task.task_id, record):
+        describe_task(pool, backbone, result.task, result.descriptor)
     return pool.commit_entry(finished_entry(backbone, result), replace=True)
 
 
@@ -123,6 +128,29 @@ def build_entry(backbone: nn.Module, task: Task, config: AdaptConfig, progress: 
     return BuiltTask(finished_entry(backbone, result), result.to_dict())
 
 
+def describe_task(
+    pool: Pool,
+    backbone: nn.Module,
+    task: Task,
+    descriptor: np.ndarray | None = None,
+    record: TaskRecord | None = None,
+) -> None:
+    """Store the task's descriptor for this backbone (computed here unless given: one forward pass), under
+    `record` (default: the task's own record)."""
+    from edge_smsp.estimators.base import DESCRIPTOR_SAMPLES, DESCRIPTOR_SEED
+    from edge_smsp.similarity import task_descriptor
+
+    if descriptor is None:
+        descriptor = task_descriptor(backbone, task, samples=DESCRIPTOR_SAMPLES, seed=DESCRIPTOR_SEED)
+    pool.put_descriptor(
+        record or task_record(task),
+        backbone_record(backbone, task.image_size),
+        descriptor,
+        samples=DESCRIPTOR_SAMPLES,
+        seed=DESCRIPTOR_SEED,
+    )
+
+
 def build_pool(
     backbone: nn.Module,
     pool: Pool,
@@ -138,6 +166,7 @@ def build_pool(
     """Prune every task from scratch and store it, in this process; returns the ids this build added.
     Tasks in the pool are skipped (resumable); tasks another build has claimed are left to it (see
     edge_smsp.smsp.build_loop), so concurrent builds on one pool do each task once."""
+    describe_missing(pool, backbone, tasks)
     runner = InProcessRunner(backbone, config, step, progress)
     return run_build(
         pool,
@@ -148,6 +177,14 @@ def build_pool(
         on_wait=on_wait,
         lease_seconds=lease_seconds,
     )
+
+
+def describe_missing(pool: Pool, backbone: nn.Module, tasks: Sequence[Task]) -> None:
+    """Store the descriptor of every task the pool has none for (the driver does it: one forward pass each)."""
+    record = backbone_record(backbone, task_image_size(tasks))
+    for task in tasks:
+        if not pool.has_descriptor(task.task_id, record):
+            describe_task(pool, backbone, task)
 
 
 def build_keys(backbone: nn.Module, tasks: Sequence[Task], config: AdaptConfig) -> list[BuildKey]:
@@ -166,6 +203,49 @@ def build_keys(backbone: nn.Module, tasks: Sequence[Task], config: AdaptConfig) 
         )
         for task in tasks
     ]
+
+
+def index_pool(
+    pool: Pool,
+    backbone: nn.Module,
+    image_size: int,
+    *,
+    data_dir: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+    on_task: Callable[[TaskRecord], None] | None = None,
+) -> tuple[list[TaskRecord], int]:
+    """Describe every task of this backbone's entries at `image_size` that has no descriptor yet, reloading
+    its images from its dataset; each is committed on its own, so an interrupted run resumes. Returns the tasks
+    described and how many already were."""
+    from tqdm import tqdm
+
+    from edge_smsp.data import load_task
+    from edge_smsp.zoo import backbone_spec
+
+    record = backbone_record(backbone, image_size)
+    tasks = {
+        entry.task.task_key: entry.task
+        for entry in pool.entries(backbone_hash=record.weights_hash, image_size=image_size)
+    }
+    missing = [task for key, task in tasks.items() if not pool.has_descriptor(key, record)]
+    spec = backbone_spec(backbone)
+    for task in tqdm(missing, desc=f"describe tasks ({image_size} px)", unit="task", disable=not progress):
+        count = len(task.classes)
+        images = load_task(
+            task.dataset,
+            task.classes,
+            data_dir=data_dir,
+            image_size=image_size,
+            mean=spec.mean,
+            std=spec.std,
+            seed=task.seed,
+            train_per_class=max(1, task.n_train // count),
+            val_per_class=max(1, task.n_val // count),
+        )
+        describe_task(pool, backbone, images, record=task)
+        if on_task is not None:
+            on_task(task)
+    return missing, len(tasks) - len(missing)
 
 
 def task_image_size(tasks: Sequence[Task]) -> int:

@@ -30,7 +30,7 @@ from edge_smsp.errors import ClusterError, EdgeSmspError, ModelError
 from edge_smsp.pool import DEFAULT_LEASE_SECONDS, Pool
 from edge_smsp.smsp.build_loop import TaskOutcome, run_build
 from edge_smsp.smsp.config import AdaptConfig
-from edge_smsp.smsp.pool_build import BuildStep, BuiltTask, build_entry, build_keys
+from edge_smsp.smsp.pool_build import BuildStep, BuiltTask, build_entry, build_keys, describe_missing
 from edge_smsp.zoo import BackboneSpec, backbone_spec, load_backbone, weights_hash
 
 if TYPE_CHECKING:
@@ -72,6 +72,7 @@ def ray_build_pool(
     cluster at `address` ("host:port" of `ray start --head`). Returns the ids of the entries added."""
     ray = import_ray()
     keys = build_keys(backbone, tasks, config)
+    describe_missing(pool, backbone, tasks)
     with ray_session(ray, address, num_cpus) as cluster:
         if on_cluster is not None:
             on_cluster(cluster)

@@ -8,9 +8,13 @@ import torch
 from torch import nn
 
 from edge_smsp.data import Task
+from edge_smsp.entry_models import borrowed_entry_model
 from edge_smsp.errors import PoolError
 from edge_smsp.importance import unit_l1_norms
+from edge_smsp.inherit import inherit, inherit_head
 from edge_smsp.prune import prune, replace_classifier
+from edge_smsp.recipe import recipe_for
+from edge_smsp.recovery import recover
 from edge_smsp.smsp.state import AdaptRun
 from edge_smsp.train import evaluate
 
@@ -44,6 +48,41 @@ def prune_to_ratio(run: AdaptRun) -> None:
         round_to=run.config.round_to,
         tie_break=unit_l1_norms(run.backbone),
     )
+
+
+def initialise_weights(run: AdaptRun) -> None:
+    """Pool initialisation: the sub-network's weights from the top selected entry's fine-tuned model (units it
+    lacks keep the backbone's); the classifier stays the new task's."""
+    assert run.model is not None
+    run.init = "backbone"
+    if run.config.init_mode != "pool":
+        return
+    if run.selection is None or not run.selection.selected:
+        raise PoolError(f"method {run.config.method} selected no pool entry to take weights from")
+    top = run.selection.selected[0][0]
+    if not top.file_names:
+        run.notes.append(f"pool entry {top.id} stores no model: weights from the backbone")
+        return
+    assert run.pool is not None
+    source = borrowed_entry_model(run.pool, top)
+    inherit(run.model, run.backbone, [(source, 1.0)])
+    run.init = "pool"
+    if recipe_for(run.config.recipe, run.init).entry_head:
+        run.inherited_rows = inherit_head(
+            run.model,
+            run.backbone,
+            source,
+            [(top.task.dataset, label) for label in top.task.classes],
+            [(run.task.dataset, label) for label in run.task.classes],
+        )
+
+
+def recover_after_pruning(run: AdaptRun) -> None:
+    """The recipe's recovery steps for the initialisation used (edge_smsp.recipe)."""
+    assert run.model is not None
+    steps = recipe_for(run.config.recipe, run.init)
+    report = recover(run.model, run.task, steps, run.config.seed, keep_rows=run.inherited_rows)
+    run.recovery = (["entry_head"] if run.inherited_rows else []) + report.steps
 
 
 def finetune_rest(run: AdaptRun) -> None:

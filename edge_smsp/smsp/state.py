@@ -29,7 +29,7 @@ class AdaptRun:
     progress: bool = False
     # Wall time per report bucket; fine-tuning counts itself wherever it happens (a warm-up, a recipe).
     seconds: dict[str, float] = field(
-        default_factory=lambda: {"similarity": 0.0, "pruning": 0.0, "finetuning": 0.0}
+        default_factory=lambda: {"similarity": 0.0, "pruning": 0.0, "init": 0.0, "finetuning": 0.0}
     )
     model: nn.Module | None = None  # the backbone with the task's head; after `prune`, the sub-network
     selection: Selection | None = None  # pool entries the source chose, with their similarity to the task
@@ -38,6 +38,10 @@ class AdaptRun:
     iters_done: int = 0  # fine-tuning iterations spent so far, of config.iters
     train_calls: int = 0  # fine-tuning runs so far: each draws its own batches
     val_accuracy: float | None = None
+    init: str = "backbone"  # what the sub-network's weights came from (set by the init stage)
+    inherited_rows: list[int] = field(default_factory=list)  # classifier rows taken from the pool entry
+    recovery: list[str] = field(default_factory=list)  # recovery steps that ran
+    notes: list[str] = field(default_factory=list)
 
     @property
     def source(self) -> ScoreSource:
@@ -94,13 +98,24 @@ class AdaptRun:
         assert self.model is not None and self.summary is not None and self.scores is not None
         assert self.val_accuracy is not None
         seconds = {**self.seconds, "total": total_seconds}
+        selection = self.selection
         return AdaptResult(
             config=self.config,
             val_accuracy=float(self.val_accuracy),
             summary=self.summary,
-            similar_tasks=[] if self.selection is None else self.selection.similar_tasks(),
+            similar_tasks=[] if selection is None else selection.similar_tasks(),
             seconds={name: round(value, 3) for name, value in seconds.items()},
             model=self.model,
             unit_scores={key: np.asarray(value, dtype=np.float64) for key, value in self.scores.items()},
             task=self.task,
+            init=self.init,
+            recovery=list(self.recovery),
+            candidates=0 if selection is None else selection.candidates,
+            notes=[*(() if selection is None else selection.notes), *self.notes],
+            descriptor=_computed_descriptor(selection),
         )
+
+
+def _computed_descriptor(selection: Selection | None) -> np.ndarray | None:
+    query = None if selection is None else selection.query
+    return None if query is None else query.known_descriptor

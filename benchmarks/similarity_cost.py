@@ -95,6 +95,7 @@ def time_step(
     """Seconds to list the pool's entries for this backbone, rank `count` of them by LEEP and sum the top-K masks."""
     from edge_smsp import smsp
     from edge_smsp.estimators import similarity_estimator
+    from edge_smsp.estimators.base import TaskQuery
     from edge_smsp.pool import Pool
 
     with Pool(pool_path, create=False) as pool:
@@ -103,7 +104,7 @@ def time_step(
         listed = time.perf_counter()
         ranked = (
             similarity_estimator("leep").rank(
-                entries[:count] if count else entries, pool, task, samples=samples
+                entries[:count] if count else entries, pool, TaskQuery(task, backbone, samples=samples)
             )
             if count != 0
             else []

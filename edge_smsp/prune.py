@@ -320,17 +320,11 @@ def pruned_from_files(files: Mapping[str, bytes], where: str) -> tuple[nn.Module
     if not isinstance(kept, dict) or set(kept) != set(by_key):
         raise PruneError(f"{meta_name}: kept_indices do not match the groups of backbone {meta['backbone']}")
     checked = {key: _checked_indices(key, kept[key], by_key[key].size) for key in by_key}
-    model = skeleton.resized_copy(template, {name: tuple(tensor.shape) for name, tensor in state.items()})
-    if model is None:  # an architecture the skeleton cannot resize: prune a copy of the template again
-        model = copy_with_layouts(template)
-        apply_kept_indices(model, checked)
-        replace_classifier(model, int(meta["num_classes"]))
-    else:
-        setattr(model, KEPT_ATTRIBUTE, checked)
-        setattr(model, SIZES_ATTRIBUTE, {key: layout.size for key, layout in by_key.items()})
-        _sync_cached_dims(model)
-        if hasattr(model, "num_classes"):
-            model.num_classes = int(meta["num_classes"])
+    # Pruning a copy of the cached template again is what validates every file shape (resizing the skeleton
+    # in place mis-shaped attention heads), so it is the one path.
+    model = copy_with_layouts(template)
+    apply_kept_indices(model, checked)
+    replace_classifier(model, int(meta["num_classes"]))
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:

@@ -157,11 +157,8 @@ def test_planner_check_compares_every_prediction_with_the_device(results_dir):
         assert row["predicted_calibrated_ms"] == pytest.approx(expected)
         measured = row["measured_ms"][group["percentile"]]
         assert row["error_calibrated"] == pytest.approx((expected - measured) / measured)
-        # Same model costs, different runtime overheads: the two memory predictions differ by exactly that.
-        difference = row["predicted_memory_device_mib"] - row["predicted_memory_default_mib"]
-        assert difference == pytest.approx(
-            group["runtime_overhead_device_mib"] - group["runtime_overhead_default_mib"]
-        )
+        if row["in_calibration"]:  # the fitted memory model's margin covers every point it was fitted to
+            assert row["predicted_memory_fitted_mib"] >= row["peak_rss_mib"]
     assert rows[0]["macs"] > rows[-1]["macs"]
     assert group["held_out_abs_error_calibrated"]["median"] is not None
 

@@ -103,7 +103,8 @@ def test_deploy_over_ssh_to_the_emulated_device_fits_its_measured_memory(
     out, ratio = tmp_path / "out", 0.5
     argv = [
         "deploy", "--profile", str(arm_device.source), "--calibrate", "--ratio", str(ratio), "--method",
-        "magnitude", "--image-size", str(SIZE), "--iters", "2", "--train-per-class", "16", "--val-per-class", "8",
+        "magnitude", "--recipe", "plain", "--image-size", str(SIZE), "--iters", "2", "--train-per-class", "16",
+        "--val-per-class", "8",
         "--bench-runs", "3", "--bench-seconds", "0", "--pool", str(tmp_path / "pool.sqlite"), "--out", str(out),
         "--json",
     ]  # fmt: skip

@@ -75,6 +75,39 @@ def tiny_build(backbone_size: int = SIZE):
     return backbone, tasks, config
 
 
+def stall_in_commit(pool, entry: int, depth: int, report: str) -> None:
+    """Freeze this process inside the `entry`-th entry commit of this run, `depth` SQLite progress callbacks after
+    the transaction first grew the WAL (the model blobs being written), and write "<wal growth> <wal size>" to
+    `report`: the test SIGKILLs the process there, with the commit half in the WAL."""
+    import sqlite3
+
+    connection: sqlite3.Connection = pool._db  # the pool's own connection: the build's real transactions
+    wal = f"{pool.path}-wal"
+    state = {"start": None, "commits": 0, "calls": 0}
+
+    def wal_size() -> int:
+        return os.path.getsize(wal) if os.path.exists(wal) else 0
+
+    def on_progress() -> int:
+        if not connection.in_transaction:
+            state["start"] = None
+            return 0
+        if state["start"] is None:
+            state["start"], state["calls"] = wal_size(), 0
+        growth = wal_size() - state["start"]
+        if growth < 64 * 1024:  # claims and renewals write a page or two; an entry writes megabytes
+            return 0
+        state["calls"] += 1
+        if state["calls"] == 1:
+            state["commits"] += 1
+        if state["commits"] == entry and state["calls"] == depth:
+            Path(report).write_text(f"{growth} {wal_size()}\n")
+            time.sleep(3600)
+        return 0
+
+    connection.set_progress_handler(on_progress, 1)
+
+
 def main() -> None:
     import torch
 
@@ -87,6 +120,7 @@ def main() -> None:
     parser.add_argument("--ray", default=None, help="address of the Ray cluster; in-process without")
     parser.add_argument("--stall-task", default=None)
     parser.add_argument("--lease", type=float, default=60.0)
+    parser.add_argument("--stall-commit", default=None, help="ENTRY:DEPTH:REPORT (see stall_in_commit)")
     parser.add_argument("--go", default=None, help="print 'ready' once loaded, then wait for this file")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -110,6 +144,9 @@ def main() -> None:
 
     options = dict(on_task=on_task, on_wait=on_wait, step=step, lease_seconds=args.lease)
     with Pool(args.pool) as pool:
+        if args.stall_commit is not None:
+            entry, depth, report = args.stall_commit.split(":", 2)
+            stall_in_commit(pool, int(entry), int(depth), report)
         if args.ray is None:
             added = smsp.build_pool(backbone, pool, tasks, config, **options)
         else:

@@ -212,3 +212,48 @@ def test_a_sigkilled_builds_claim_is_taken_over_by_a_rerun_at_once(tmp_path):
     assert_each_task_once(pool, markers)
     runs = training_runs(markers)
     assert len(runs[stalled]) == 2 and all(len(runs[task]) == 1 for task in ALL_TASKS - {stalled})
+
+
+def test_sigkills_while_an_entry_commit_is_in_the_wal_lose_and_duplicate_nothing(tmp_path):
+    """Five SIGKILLs, each with an entry's commit in flight (its model blobs already in the WAL), at several depths
+    of the transaction and after 0, 1 or 2 committed entries: the pool stays intact, keeps every committed
+    entry, and a rerun finishes each task exactly once."""
+    pool, markers = tmp_path / "pool.sqlite", tmp_path / "runs.txt"
+    wal = Path(f"{pool}-wal")
+    committed: list[str] = []
+    # (which commit of this run stalls, how deep into its transaction)
+    for kill, (entry, depth) in enumerate(((1, 1), (1, 12), (2, 5), (2, 30), (1, 20))):
+        report = tmp_path / f"stalled-{kill}.txt"
+        build = start_build(pool, markers, "--stall-commit", f"{entry}:{depth}:{report}")
+        try:
+            deadline = time.monotonic() + 300
+            while not report.exists() or not report.read_text().endswith("\n"):
+                assert build.poll() is None, f"kill {kill}: the build ended without stalling"
+                assert time.monotonic() < deadline, f"kill {kill}: no stall within 300 s"
+                time.sleep(0.05)
+            growth, wal_then = map(int, report.read_text().split())
+            os.kill(build.pid, signal.SIGKILL)
+            build.wait(timeout=30)
+        finally:
+            build.kill()
+            build.communicate()
+        assert growth >= 64 * 1024 and wal.stat().st_size >= wal_then  # the half-written commit is in the WAL
+        in_flight = training_runs(markers)
+        with Pool(pool, create=False, check="full") as opened:
+            assert opened.integrity_check() == []
+            entries = opened.entries()
+            keys = [entry.task.task_key for entry in entries]
+            assert len(keys) == len(set(keys))
+            for (
+                stored
+            ) in entries:  # every committed entry is whole: its files are there and match their hashes
+                assert opened.entry_files(stored.id)
+        assert keys[: len(committed)] == committed, f"kill {kill} lost a committed entry"
+        assert len(keys) == len(committed) + entry - 1, f"kill {kill}: the in-flight entry must not land"
+        committed = keys
+        assert set(in_flight) >= set(keys)
+
+    output = finish(start_build(pool, markers))
+    statuses = {line["task_id"]: line["status"] for line in output if "status" in line}
+    assert {task for task, status in statuses.items() if status == "in pool"} == set(committed)
+    assert_each_task_once(pool, markers)  # ids 1..4: no entry was ever replaced, none half-inserted

@@ -62,7 +62,7 @@ def leep_matrix(study: Study) -> tuple[np.ndarray, list[str]]:
     from edge_smsp.estimators.base import sample_task
     from edge_smsp.leep import leep
     from edge_smsp.pool import Pool
-    from edge_smsp.prune import load_pruned
+    from edge_smsp.pruned_model import load_pruned
     from edge_smsp.train import predict_proba
 
     s = study.settings

@@ -90,7 +90,8 @@ def weight_deltas(pool_path: Path, backbone: Any, work_dir: Path) -> dict[str, A
     import numpy as np
 
     from edge_smsp.pool import Pool
-    from edge_smsp.prune import load_pruned, prune
+    from edge_smsp.prune import prune
+    from edge_smsp.pruned_model import load_pruned
 
     plain = delta = unchanged = values = 0
     with Pool(pool_path, create=False) as pool:

@@ -16,6 +16,7 @@ from benchmarks import (
     mechanism,
     planner_check,
     similarity_cost,
+    similarity_scale,
     speed,
     tuning,
 )
@@ -29,6 +30,7 @@ BENCHMARKS: tuple[ModuleType, ...] = (
     adapt_time,
     similarity_cost,
     planner_check,
+    similarity_scale,
 )
 
 

@@ -127,7 +127,7 @@ def per_entry_breakdown(pool_path: Path, task: Any, samples: int, count: int = 3
     from edge_smsp.estimators.base import sample_task
     from edge_smsp.leep import leep
     from edge_smsp.pool import Pool
-    from edge_smsp.prune import load_pruned
+    from edge_smsp.pruned_model import load_pruned
     from edge_smsp.train import predict_proba
 
     images, labels = sample_task(task, samples, 0)

@@ -18,7 +18,8 @@ import torch
 from torch import nn
 
 from edge_smsp.pool import Pool, PoolEntry
-from edge_smsp.prune import KEPT_ATTRIBUTE, pruned_from_files
+from edge_smsp.prune import KEPT_ATTRIBUTE
+from edge_smsp.pruned_model import pruned_from_files
 
 _STATE_LIMIT = 32  # decoded entries kept (about 4 MB each for EfficientNet-Lite0 at r = 0.5)
 _SKELETON_LIMIT = 8

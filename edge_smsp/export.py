@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -29,14 +28,12 @@ import onnx
 import torch
 from torch import nn
 
-from edge_smsp import __version__
 from edge_smsp.datasets import image_size_problem
 from edge_smsp.device_stack import DEFAULT_OPSET, NEWEST_KNOWN_OPSET, onnxruntime_max_opset, opset_problem
 from edge_smsp.errors import ExportError, OutputPathError
 from edge_smsp.fileio import checked_output_path, write_atomically
-from edge_smsp.ratio import checked_ratio
+from edge_smsp.onnx_metadata import METADATA_KEYS, build_metadata, decode_metadata
 
-METADATA_KEYS = ("labels", "input_size", "mean", "std", "backbone", "ratio", "task", "edge_smsp_version")
 DYNAMO_OPSET = 18  # the opset the dynamo exporter builds graphs at
 PARITY_TOLERANCE = 1e-4
 PARITY_SAMPLES = 4
@@ -44,8 +41,6 @@ INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 EXPORTERS = ("dynamo", "torchscript")
 CARD_FORMAT = "edge-smsp-model-card"
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 @dataclass(frozen=True)
@@ -212,81 +207,6 @@ def checked_opset(opset: Any) -> int:
     return opset
 
 
-def build_metadata(
-    metadata: Mapping[str, Any], *, image_size: int, num_classes: int | None = None
-) -> dict[str, str]:
-    """The ONNX metadata_props (exactly METADATA_KEYS, string values) from user metadata."""
-    unknown = sorted(set(metadata) - set(METADATA_KEYS))
-    if unknown:
-        raise ExportError(
-            f"metadata: unknown key(s) {', '.join(unknown)} (allowed: {', '.join(METADATA_KEYS)})"
-        )
-    for key in ("labels", "mean", "std", "backbone"):
-        if metadata.get(key) is None:
-            raise ExportError(f"metadata.{key}: required")
-    labels = metadata["labels"]
-    if isinstance(labels, str) or not isinstance(labels, Sequence) or not labels:
-        raise ExportError("metadata.labels: must be a non-empty list of class names")
-    labels = [str(label) for label in labels]
-    if num_classes is not None and len(labels) != num_classes:
-        raise ExportError(f"metadata.labels: {len(labels)} names for a model with {num_classes} outputs")
-    given_size = metadata.get("input_size")
-    if given_size is not None and int(given_size) != image_size:
-        raise ExportError(f"metadata.input_size: {given_size} differs from image_size {image_size}")
-    ratio = metadata.get("ratio")
-    ratio = 0.0 if ratio is None else checked_ratio(ratio, error=ExportError, what="metadata.ratio:")
-    task = metadata.get("task")
-    task = "" if task is None else task if isinstance(task, str) else json.dumps(task, sort_keys=True)
-    return {
-        "labels": json.dumps(labels),
-        "input_size": str(image_size),
-        "mean": json.dumps(_three_numbers(metadata["mean"], "mean")),
-        "std": json.dumps(_three_numbers(metadata["std"], "std", positive=True)),
-        "backbone": str(metadata["backbone"]),
-        "ratio": repr(ratio),
-        "task": task,
-        "edge_smsp_version": __version__,
-    }
-
-
-def decode_metadata(metadata: Mapping[str, str]) -> dict[str, Any]:
-    """metadata_props strings back to values: labels/mean/std lists, input_size int, ratio float."""
-    decoded: dict[str, Any] = dict(metadata)
-    try:
-        for key in ("labels", "mean", "std"):
-            if key in decoded:
-                decoded[key] = json.loads(decoded[key])
-        if "input_size" in decoded:
-            decoded["input_size"] = int(decoded["input_size"])
-        if "ratio" in decoded:
-            decoded["ratio"] = float(decoded["ratio"])
-    except (ValueError, TypeError) as error:
-        raise ExportError(f"malformed edge-smsp metadata: {error}") from None
-    return decoded
-
-
-def metadata_from_pruned(model: nn.Module, meta: Mapping[str, Any]) -> dict[str, Any]:
-    """Export metadata from a saved pruned model's description (edge_smsp.prune.load_pruned)."""
-    spec = getattr(model, "backbone_spec", None)
-    spec_fields = meta.get("backbone_spec") if isinstance(meta.get("backbone_spec"), Mapping) else {}
-    config = getattr(model, "pretrained_cfg", None) or {}
-    num_classes = meta.get("num_classes")
-    labels = meta.get("class_names") or meta.get("labels")
-    if not labels and num_classes:
-        labels = [str(index) for index in range(int(num_classes))]
-    mean = meta.get("mean") or spec_fields.get("mean") or getattr(spec, "mean", None) or config.get("mean")
-    std = meta.get("std") or spec_fields.get("std") or getattr(spec, "std", None) or config.get("std")
-    task = meta.get("task") or meta.get("task_id") or ""
-    return {
-        "labels": labels,
-        "mean": mean or IMAGENET_MEAN,
-        "std": std or IMAGENET_STD,
-        "backbone": meta.get("backbone") or getattr(spec, "name", None) or type(model).__name__,
-        "ratio": meta.get("ratio") or 0.0,
-        "task": task,
-    }
-
-
 def load_onnx_checked(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """Load an ONNX file and run onnx.checker on it; any problem -> ExportError."""
     path = Path(path)
@@ -436,18 +356,6 @@ def _as_numpy(output: Any) -> np.ndarray:
     if not isinstance(output, torch.Tensor):
         raise ExportError(f"the model must return a tensor, got {type(output).__name__}")
     return output.detach().float().cpu().numpy()
-
-
-def _three_numbers(value: Any, key: str, *, positive: bool = False) -> list[float]:
-    try:
-        numbers = [float(number) for number in value]
-    except (TypeError, ValueError):
-        numbers = []
-    if len(numbers) != 3 or not all(math.isfinite(number) for number in numbers):
-        raise ExportError(f"metadata.{key}: must be 3 numbers (one per RGB channel), got {value!r}")
-    if positive and min(numbers) <= 0:
-        raise ExportError(f"metadata.{key}: must be positive, got {value!r}")
-    return numbers
 
 
 def _checked_image_size(image_size: Any) -> int:

@@ -24,7 +24,8 @@ from torch import nn
 
 from edge_smsp.errors import PoolError, PruneError
 from edge_smsp.pool import Pool
-from edge_smsp.prune import KEPT_ATTRIBUTE, apply_kept_indices, kept_indices, load_pruned
+from edge_smsp.prune import KEPT_ATTRIBUTE, apply_kept_indices, kept_indices
+from edge_smsp.pruned_model import load_pruned
 from edge_smsp.units import classifier_of, copy_with_layouts
 
 # (dim 0 index) * _STRIDE + (dim 1 index) is exact in float64 for any dimension below 2**26.

@@ -284,7 +284,8 @@ def _sql(path: Path, statement: str) -> None:
 
 
 def _models(world: Path) -> None:
-    from edge_smsp.prune import prune, save_pruned
+    from edge_smsp.prune import prune
+    from edge_smsp.pruned_model import save_pruned
     from edge_smsp.zoo import load_backbone
 
     backbone = load_backbone("resnet18", pretrained=False, image_size=32)

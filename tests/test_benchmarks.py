@@ -127,6 +127,30 @@ def test_similarity_cost_measures_small_pools_and_extrapolates_large_ones(result
     assert set(payload["per_entry_breakdown"]) == {"materialise", "load_pruned", "forward", "leep"}
 
 
+def test_similarity_scale_measures_recall_wall_time_and_the_shortlists_choice(results_dir):
+    from benchmarks import similarity_scale
+
+    settings = similarity_scale.SETTINGS["smoke"]
+    payload = run_cli(similarity_scale, results_dir)
+    assert payload["real_tasks"] == 45  # every 2-class Fashion-MNIST task
+    recall = {(row["width"], row["shortlist"]): row for row in payload["recall"]}
+    assert set(recall) == {(w, m) for w in settings.widths for m in settings.shortlists}
+    for width in settings.widths:  # a longer shortlist holds at least what a shorter one does
+        small, large = (recall[(width, m)] for m in sorted(settings.shortlists))
+        assert 0 <= small["recall_top5"] <= large["recall_top5"] <= 1
+        assert 0 <= small["recall_top1"] <= large["recall_top1"] <= 1
+    paths = {(row["entries"], row["path"]) for row in payload["sizes"]}
+    assert paths == {(n, p) for n in settings.pool_sizes for p in ("shortlist", "exhaustive")} | {
+        (4, "leep exhaustive")
+    }
+    assert all(row["cold_s"] > 0 and row["pool_bytes_per_entry"] > 100_000 for row in payload["sizes"])
+    # 12 tasks fit inside the default shortlist: both paths rank every entry, so they pick and train alike.
+    for row in payload["accuracy"]:
+        assert row["shortlist_top"] == row["exhaustive_top"] is not None
+        assert row["shortlist_accuracy"] == row["exhaustive_accuracy"]
+    assert [row["tasks"] for row in payload["search"]] == list(settings.search_sizes)
+
+
 def test_speed_measures_latency_directly_and_through_the_runtime(results_dir):
     payload = run_cli(speed, results_dir)
     rows = payload["groups"]["efficientnet_lite0@32"]["rows"]

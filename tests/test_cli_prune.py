@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from edge_smsp.cli import main
-from edge_smsp.prune import load_pruned
+from edge_smsp.pruned_model import load_pruned
 from tests.pruning_helpers import FIRST_CLASS, images, outputs  # noqa: F401 (fixture)
 
 

@@ -16,14 +16,8 @@ from edge_smsp import __version__, zoo
 from edge_smsp.cli import main
 from edge_smsp.device_stack import DEFAULT_OPSET, OLDEST_EXPORT_OPSET
 from edge_smsp.errors import ExportError
-from edge_smsp.export import (
-    METADATA_KEYS,
-    decode_metadata,
-    export_onnx,
-    load_onnx_checked,
-    newest_export_opset,
-    onnx_metadata,
-)
+from edge_smsp.export import export_onnx, load_onnx_checked, newest_export_opset, onnx_metadata
+from edge_smsp.onnx_metadata import METADATA_KEYS, decode_metadata
 
 SIZE = 32
 LABELS = ["tshirt", "trouser", "pullover", "dress", "coat"]
@@ -269,7 +263,8 @@ def test_cli_export_bad_dir_exits_2_with_one_line(tmp_path: Path, capsys: pytest
 def test_cli_export_pruned_dir(
     resnet18: nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from edge_smsp.prune import prune, save_pruned
+    from edge_smsp.prune import prune
+    from edge_smsp.pruned_model import save_pruned
 
     pruned, _ = prune(resnet18, ratio=0.25, image_size=SIZE)
     save_pruned(pruned, tmp_path / "pruned", {"backbone": "resnet18", "class_names": LABELS, "ratio": 0.25})

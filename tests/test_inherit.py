@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from edge_smsp import inherit, prune, zoo
+from edge_smsp import inherit, prune, pruned_model, zoo
 from edge_smsp.errors import PoolError, PruneError
 from edge_smsp.prune import backbone_group_sizes, kept_indices
 from tests.pruning_helpers import backbone as random_backbone
@@ -117,8 +117,8 @@ def test_inherited_model_stays_a_pruned_model_that_saves_and_reloads(backbone, t
     first, middle, target = three_way
     model = copy.deepcopy(target)
     inherit.inherit(model, backbone, [(first, 1.0), (middle, 1.0)])
-    saved = prune.save_pruned(model, tmp_path / "m", {"backbone": "efficientnet_lite0"})
-    loaded, _ = prune.load_pruned(saved)
+    saved = pruned_model.save_pruned(model, tmp_path / "m", {"backbone": "efficientnet_lite0"})
+    loaded, _ = pruned_model.load_pruned(saved)
     images = torch.randn(2, 3, SIZE, SIZE)
     with torch.no_grad():
         assert torch.allclose(model.eval()(images), loaded(images), atol=1e-5)

@@ -11,15 +11,8 @@ import torch
 
 from edge_smsp.errors import PruneError
 from edge_smsp.importance import score_units, unit_l1_norms
-from edge_smsp.prune import (
-    keep_count,
-    kept_indices,
-    kept_mask,
-    load_pruned,
-    prune,
-    replace_classifier,
-    save_pruned,
-)
+from edge_smsp.prune import keep_count, kept_indices, kept_mask, prune, replace_classifier
+from edge_smsp.pruned_model import load_pruned, save_pruned
 from edge_smsp.units import unit_groups
 from tests.pruning_helpers import (  # noqa: F401 (fixtures)
     FIRST_CLASS,

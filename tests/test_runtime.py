@@ -416,7 +416,8 @@ def test_finetune_adapts_a_pruned_model_then_exports_and_benchmarks(tmp_path: Pa
     pytest.importorskip("torch")
     PIL = pytest.importorskip("PIL.Image")
     from edge_smsp import zoo
-    from edge_smsp.prune import prune, save_pruned
+    from edge_smsp.prune import prune
+    from edge_smsp.pruned_model import save_pruned
 
     pruned, _ = prune(zoo.load_backbone("resnet18", num_classes=4, image_size=32), ratio=0.5)
     save_pruned(pruned, tmp_path / "pruned", {"backbone": "resnet18", "image_size": 32, "ratio": 0.5})

@@ -18,7 +18,7 @@ from edge_smsp.cli import main
 from edge_smsp.data import load_task
 from edge_smsp.errors import PoolError, PruneError
 from edge_smsp.pool import Pool
-from edge_smsp.prune import load_pruned
+from edge_smsp.pruned_model import load_pruned
 from edge_smsp.units import unit_groups
 from edge_smsp.zoo import backbone_spec, load_backbone
 

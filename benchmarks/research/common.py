@@ -37,6 +37,19 @@ def pool_tasks() -> list[tuple[int, ...]]:
     return [tuple(int(c) for c in classes) for classes in every[:POOL_TASKS]]
 
 
+def heldout_tasks() -> list[tuple[int, ...]]:
+    """The 8 held-out tasks of the phase-B study (benchmarks.research.heldout), never used to choose anything."""
+    from edge_smsp.data import generate_tasks
+
+    every = generate_tasks(DATASET, ALL_TASKS, CLASSES_PER_TASK, 0)
+    return [tuple(int(c) for c in classes) for classes in every[POOL_TASKS:]]
+
+
+def open_heldout() -> None:
+    """Let `task` load held-out tasks: only the phase-B driver calls this, after every choice was made."""
+    _STATE["heldout_open"] = True
+
+
 def task_seed(classes: Sequence[int]) -> int:
     """The study's per-task seed (index in the task list)."""
     return pool_tasks().index(tuple(classes))
@@ -58,7 +71,7 @@ def task(classes: Sequence[int], size: int):
     from edge_smsp.zoo import backbone_spec
 
     classes = tuple(classes)
-    if classes not in pool_tasks():
+    if classes not in pool_tasks() and not (_STATE.get("heldout_open") and classes in heldout_tasks()):
         raise SystemExit(f"{classes} is not a pool task: phase A never touches held-out tasks")
     key = ("task", classes, size)
     if key not in _STATE:

@@ -14,10 +14,10 @@ from edge_smsp.cli.args import (
     check_task_args,
     config_from_args,
     open_pool_for,
-    out_dir_arg,
     task_from_args,
 )
 from edge_smsp.cli.common import print_json, show_progress
+from edge_smsp.cli.converters import out_dir_arg
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:

@@ -7,20 +7,31 @@ values fail inside argparse: one line on stderr, exit code 2.
 from __future__ import annotations
 
 import argparse
-import math
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn
 
 from edge_smsp.cli.common import one_line
-from edge_smsp.datasets import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, check_task_request
-from edge_smsp.deploy.bench import MAX_BENCH_RUNS, MAX_BENCH_SECONDS
-from edge_smsp.device_stack import opset_problem
+from edge_smsp.cli.converters import (
+    MAX_BATCH_SIZE,
+    MAX_ITERS,
+    MAX_PER_CLASS,
+    MAX_TASKS,
+    SEED_RANGE,
+    classes_arg,
+    image_size_arg,
+    input_file_arg,
+    int_at_least,
+    int_in_range,
+    number_in_range,
+    pool_arg,
+    ratio_arg,
+    seconds_arg,
+)
+from edge_smsp.datasets import check_task_request
+from edge_smsp.deploy.bench import MAX_BENCH_RUNS
 from edge_smsp.errors import DataError, EdgeSmspError
 from edge_smsp.estimators import DEFAULT_ESTIMATOR, DEFAULT_SHORTLIST, SIMILARITY_ESTIMATORS
-from edge_smsp.fileio import checked_output_path
-from edge_smsp.pool import Pool, check_pool_file, default_pool_path
-from edge_smsp.ratio import checked_ratio
+from edge_smsp.pool import Pool, default_pool_path
 from edge_smsp.recipe import INITS, RECIPES
 from edge_smsp.score_sources import method_names, needs_pool
 from edge_smsp.score_sources.pool_masks import MASK_SOURCES, WEIGHTINGS
@@ -33,149 +44,12 @@ if TYPE_CHECKING:  # torch loads only when a command runs
     from edge_smsp.profiles import DeviceProfile
     from edge_smsp.smsp import AdaptConfig
 
-T = TypeVar("T")
-
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse whose usage errors are one line on stderr and exit 2, like every other error."""
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
-
-
-# --- value converters: every number is bounded, every path checked before anything slow runs ----------------
-
-MAX_ITERS = 1_000_000
-MAX_BATCH_SIZE = 4096
-MAX_PER_CLASS = 1_000_000
-MAX_TASKS = 100_000
-SEED_RANGE = (0, 2**32 - 1)  # what numpy's and torch's generators both take
-
-
-def ratio_arg(text: str) -> float:
-    """A pruning ratio in [0, 1) (checked by its owner, edge_smsp.ratio)."""
-    return _converted(checked_ratio, text)
-
-
-def int_in_range(minimum: int, maximum: int) -> Callable[[str], int]:
-    """A converter for integers in [minimum, maximum]."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = None
-        if value is None or not minimum <= value <= maximum:
-            raise argparse.ArgumentTypeError(
-                f"must be an integer from {minimum:,} to {maximum:,}, got {quoted(text)}"
-            )
-        return value
-
-    return parse
-
-
-def int_at_least(minimum: int) -> Callable[[str], int]:
-    """A converter for integers >= minimum (and below a bound no command gets near)."""
-    return int_in_range(minimum, 2**63 - 1)
-
-
-def number_in_range(minimum: float, maximum: float, *, above: bool = False) -> Callable[[str], float]:
-    """A converter for finite numbers in [minimum, maximum] (or (minimum, maximum] with above=True)."""
-
-    def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            value = math.nan
-        low_ok = value > minimum if above else value >= minimum
-        if not (low_ok and value <= maximum):  # also refuses NaN
-            low = f"above {minimum:g}" if above else f"at least {minimum:g}"
-            raise argparse.ArgumentTypeError(
-                f"must be a number {low} and at most {maximum:g}, got {quoted(text)}"
-            )
-        return value
-
-    return parse
-
-
-def seconds_arg(text: str) -> float:
-    """A number of benchmark seconds, from 0 to MAX_BENCH_SECONDS."""
-    return number_in_range(0.0, MAX_BENCH_SECONDS)(text)
-
-
-def image_size_arg(text: str) -> int:
-    """An input resolution in pixels, in the range every part of edge-smsp accepts."""
-    return int_in_range(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)(text)
-
-
-def opset_arg(text: str) -> int:
-    """An ONNX opset edge-smsp can export (the exporter narrows it to what this host's packages write)."""
-    try:
-        value: object = int(text)
-    except ValueError:
-        value = text
-    problem = opset_problem(value)
-    if problem:
-        raise argparse.ArgumentTypeError(problem)
-    return int(text)
-
-
-def classes_arg(text: str) -> tuple[int, ...]:
-    """'0,3,5' -> (0, 3, 5); whether the dataset has them is checked with the dataset (check_task_args)."""
-    try:
-        classes = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"must be comma-separated integers such as 0,3,5, got {quoted(text)}"
-        ) from None
-    if not classes:
-        raise argparse.ArgumentTypeError("must name at least 2 class ids, such as 0,3,5")
-    return classes
-
-
-def out_dir_arg(text: str) -> Path:
-    """A directory a command will write: refused now if it cannot be, not after minutes of work."""
-    return _converted(lambda value: checked_output_path(value, directory=True), text)
-
-
-def out_file_arg(text: str) -> Path:
-    """A file a command will write (its folder is made if missing): refused now if it cannot be."""
-    return _converted(lambda value: checked_output_path(value, directory=False), text)
-
-
-def input_file_arg(text: str) -> str:
-    """An existing regular file to read (a FIFO or a device such as /dev/zero is refused: it never ends)."""
-    path = Path(text).expanduser()
-    if not path.is_file():
-        what = "a directory" if path.is_dir() else "not a regular file" if path.exists() else "no such file"
-        raise argparse.ArgumentTypeError(f"{quoted(text)}: {what}")
-    return text
-
-
-def onnx_file_arg(text: str) -> Path:
-    """An ONNX model file (checked by the device bench's owner of that check)."""
-    from edge_smsp.deploy.bench import check_onnx_file
-
-    return _converted(
-        lambda value: check_onnx_file(Path(value).expanduser()) or Path(value).expanduser(), text
-    )
-
-
-def pool_arg(text: str) -> Path:
-    """A pool file path: a directory, FIFO or device is refused now (reading one could block forever)."""
-    return _converted(lambda value: check_pool_file(Path(value).expanduser()) or Path(value), text)
-
-
-def quoted(text: str, limit: int = 60) -> str:
-    """repr() of a value for a message, cut short: an error never quotes a whole 100 KB argument."""
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"… ({len(text):,} characters)"
-
-
-def _converted(convert: Callable[[str], T], text: str) -> T:
-    try:
-        return convert(text)
-    except EdgeSmspError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 # --- the backbone -------------------------------------------------------------------------------------------

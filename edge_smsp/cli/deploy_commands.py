@@ -17,15 +17,12 @@ from edge_smsp.cli.args import (
     bench_settings_from_args,
     check_task_args,
     config_from_args,
-    onnx_file_arg,
-    opset_arg,
-    out_dir_arg,
-    out_file_arg,
     pool_path,
     profile_from_args,
     task_from_args,
 )
 from edge_smsp.cli.common import print_json, show_progress
+from edge_smsp.cli.converters import onnx_file_arg, opset_arg, out_dir_arg, out_file_arg
 from edge_smsp.errors import ExportError
 
 
@@ -59,8 +56,9 @@ def run_export(args: argparse.Namespace) -> int:
     model_dir: Path = args.model_dir
     if not model_dir.is_dir():
         raise ExportError(f"--model-dir {model_dir}: not a directory")
-    from edge_smsp.export import export_onnx, metadata_from_pruned
-    from edge_smsp.prune import load_pruned
+    from edge_smsp.export import export_onnx
+    from edge_smsp.onnx_metadata import metadata_from_pruned
+    from edge_smsp.pruned_model import load_pruned
 
     model, meta = load_pruned(model_dir)
     image_size = int(meta["image_size"])

@@ -11,11 +11,10 @@ from edge_smsp.cli.args import (
     add_round_to_argument,
     add_seed_argument,
     backbone_from_args,
-    out_dir_arg,
     pretrained_from_args,
-    ratio_arg,
 )
 from edge_smsp.cli.common import print_json
+from edge_smsp.cli.converters import out_dir_arg, ratio_arg
 from edge_smsp.score_sources import criterion_names
 
 
@@ -69,7 +68,8 @@ def models_command(args: argparse.Namespace) -> int:
 def prune_command(args: argparse.Namespace) -> int:
     """Load the backbone, score its units, prune, save, print the summary."""
     from edge_smsp.importance import score_units
-    from edge_smsp.prune import prune, save_pruned
+    from edge_smsp.prune import prune
+    from edge_smsp.pruned_model import save_pruned
 
     model = backbone_from_args(args)
     scores = score_units(model, args.method, seed=args.seed)

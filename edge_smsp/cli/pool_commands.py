@@ -6,8 +6,6 @@ import argparse
 from typing import Any
 
 from edge_smsp.cli.args import (
-    MAX_ITERS,
-    MAX_TASKS,
     add_backbone_arguments,
     add_image_size_argument,
     add_pool_argument,
@@ -15,12 +13,11 @@ from edge_smsp.cli.args import (
     add_task_arguments,
     backbone_from_args,
     check_task_args,
-    int_in_range,
     pool_path,
-    ratio_arg,
     task_from_args,
 )
 from edge_smsp.cli.common import print_json, show_progress
+from edge_smsp.cli.converters import MAX_ITERS, MAX_TASKS, int_in_range, ratio_arg
 from edge_smsp.pool import Pool, check_pool_file
 from edge_smsp.score_sources import SCRATCH, criterion_names
 

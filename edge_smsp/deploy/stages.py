@@ -24,7 +24,8 @@ from edge_smsp.deploy.bench import BenchSettings, DeviceRun
 from edge_smsp.deploy.transport import Transport
 from edge_smsp.device_stack import DeviceStack, check_device_stack, device_opset
 from edge_smsp.errors import NoPoolEntriesError
-from edge_smsp.export import ExportResult, export_onnx, metadata_from_pruned
+from edge_smsp.export import ExportResult, export_onnx
+from edge_smsp.onnx_metadata import metadata_from_pruned
 from edge_smsp.planner import (
     LatencyModel,
     Measurement,

@@ -23,7 +23,8 @@ from edge_smsp.pool import (
     TaskRecord,
     new_entry,
 )
-from edge_smsp.prune import backbone_group_sizes, kept_mask, save_pruned
+from edge_smsp.prune import backbone_group_sizes, kept_mask
+from edge_smsp.pruned_model import save_pruned
 from edge_smsp.smsp.build_loop import InProcessRunner, TaskOutcome, run_build
 from edge_smsp.smsp.config import AdaptConfig, AdaptResult
 from edge_smsp.smsp.pipeline import adapt
@@ -52,7 +53,7 @@ def task_record(task: Task) -> TaskRecord:
 
 
 def save_adapted(result: AdaptResult, out_dir: str | os.PathLike[str]) -> Path:
-    """Save the adapted model (loadable with prune.load_pruned) with its task and method in the metadata."""
+    """Save the adapted model (loadable with pruned_model.load_pruned) with its task and method in the metadata."""
     return save_pruned(
         result.model,
         out_dir,

@@ -12,20 +12,20 @@ from .model import import_numpy
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".npy")
 
 
-def _import_training_stack() -> Tuple[Any, Any, Any]:
-    """torch, edge_smsp.prune and edge_smsp.export, or an error naming what to install."""
+def _import_training_stack() -> Tuple[Any, Any, Any, Any]:
+    """torch, edge_smsp.prune, edge_smsp.pruned_model and edge_smsp.export, or an error naming what to install."""
     try:
         import torch
     except ImportError:
         raise RuntimeToolError("finetune needs PyTorch on the device: pip install torch") from None
     try:
-        from edge_smsp import export, prune
+        from edge_smsp import export, prune, pruned_model
     except ImportError:
         raise RuntimeToolError(
             "finetune needs the edge-smsp package on the device: pip install edge-smsp "
             "(or the wheel built from the host's checkout)"
         ) from None
-    return torch, prune, export
+    return torch, prune, pruned_model, export
 
 
 def read_image_folder(root: str, max_per_class: int) -> Tuple[List[str], List[Tuple[str, int]]]:
@@ -74,15 +74,17 @@ def run_finetune(
         raise RuntimeToolError("--iters must be at least 1")
     if not 0.0 <= val_fraction < 1.0:
         raise RuntimeToolError("--val-fraction must be in [0, 1)")
-    torch, prune, export = _import_training_stack()
+    torch, prune, pruned_model, export = _import_training_stack()
+    from edge_smsp.onnx_metadata import metadata_from_pruned
+
     np = import_numpy()
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
-    model, meta = prune.load_pruned(model_dir)
+    model, meta = pruned_model.load_pruned(model_dir)
     # The same normalisation the export writes into the model's metadata, so infer preprocesses alike.
     size = int(meta["image_size"])
-    reference = export.metadata_from_pruned(model, meta)
+    reference = metadata_from_pruned(model, meta)
     mean, std = [float(v) for v in reference["mean"]], [float(v) for v in reference["std"]]
     classes, samples = read_image_folder(data_dir, max_per_class)
 
@@ -122,10 +124,10 @@ def run_finetune(
 
     out = out_dir or os.path.join(model_dir, "finetuned")
     updated = dict(meta, class_names=classes, num_classes=len(classes))
-    prune.save_pruned(model, out, updated)
+    pruned_model.save_pruned(model, out, updated)
     onnx_path = os.path.join(out, "model.onnx")
     metadata = dict(
-        export.metadata_from_pruned(model, updated),
+        metadata_from_pruned(model, updated),
         task=f"finetune on {os.path.basename(os.path.normpath(data_dir))}",
     )
     exported = export.export_onnx(model, onnx_path, image_size=size, metadata=metadata)

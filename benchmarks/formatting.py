@@ -83,3 +83,13 @@ def save_figure(figure: Any, out: Path) -> Path:
     figure.savefig(out, dpi=110)
     pyplot().close(figure)
     return out
+
+
+def log_log(axis: Any, xlabel: str, ylabel: str, legend_size: int = 8) -> None:
+    """Log-scaled axes, their labels, a small legend and a light grid."""
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.legend(fontsize=legend_size)
+    axis.grid(alpha=0.3, which="both")

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import accuracy, adapt_time, budgets, mechanism
+from benchmarks import accuracy, adapt_time, budgets, heldout, mechanism
 from benchmarks.common import BENCHMARKS_DIR, DEFAULT_RESULTS_DIR, read_json, result_path
 from benchmarks.formatting import table
 from benchmarks.registry import BENCHMARKS, run_order
@@ -23,7 +23,7 @@ from benchmarks.registry import BENCHMARKS, run_order
 def load_results(results_dir: Path, mode: str | None) -> dict[str, dict[str, Any]]:
     """name -> payload, preferring full over quick unless a mode is forced."""
     found = {}
-    for name in (module.NAME for module in BENCHMARKS):
+    for name in [module.NAME for module in BENCHMARKS] + [heldout.NAME]:
         for candidate in [mode] if mode else ["full", "quick"]:
             payload = read_json(result_path(results_dir, name, candidate))
             if payload:
@@ -69,6 +69,8 @@ def render(found: dict[str, dict[str, Any]], plots: Path) -> str:
     v2s, t2s, v2o, t2o = accuracy.claims(accuracy_payload)
     v3, t3 = budgets.claim(found.get(budgets.NAME))
     parts = ["# Benchmark results: do the SMSP paper's claims hold here?"]
+    if heldout_text := heldout.section(found.get(heldout.NAME), plots):
+        parts.append(heldout_text)
     if accuracy_payload:
         parts += ["## Headline", accuracy.headline(accuracy_payload)]
         summary = accuracy.bottom_line(accuracy_payload, mechanism_payload, found.get(adapt_time.NAME))

@@ -28,7 +28,7 @@ from benchmarks.common import (
     result_path,
     write_json,
 )
-from benchmarks.formatting import mode_note, num, pyplot, save_figure, table
+from benchmarks.formatting import log_log, mode_note, num, pyplot, save_figure, table
 from benchmarks.study import (
     Study,
 )
@@ -238,12 +238,7 @@ def plot(similarity: dict[str, Any], out: Path) -> Path:
             s=60,
             label="measured" if measured else "extrapolated (sampled)",
         )
-    axis.set_xscale("log")
-    axis.set_yscale("log")
-    axis.set_xlabel("pool entries")
-    axis.set_ylabel("similarity step (s)")
-    axis.legend(fontsize=8)
-    axis.grid(alpha=0.3, which="both")
+    log_log(axis, "pool entries", "similarity step (s)")
     return save_figure(figure, out)
 
 

@@ -40,7 +40,7 @@ from benchmarks.common import (
     tmp_dir,
     write_json,
 )
-from benchmarks.formatting import mode_note, num, pyplot, save_figure, table
+from benchmarks.formatting import log_log, mode_note, num, pyplot, save_figure, table
 
 NAME = "similarity_scale"
 
@@ -384,12 +384,7 @@ def plot(payload: Mapping[str, Any], out: Path) -> Path:
         linestyle="--",
         label="search stage alone (synthetic)",
     )
-    axis.set_xscale("log")
-    axis.set_yscale("log")
-    axis.set_xlabel("pool tasks")
-    axis.set_ylabel("seconds")
-    axis.legend(fontsize=7)
-    axis.grid(alpha=0.3, which="both")
+    log_log(axis, "pool tasks", "seconds", legend_size=7)
     return save_figure(figure, out)
 
 

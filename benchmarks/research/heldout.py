@@ -13,13 +13,14 @@ Results: results/heldout.jsonl, resumable. Usage:
 from __future__ import annotations
 
 import argparse
+import itertools
 import time
+from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from benchmarks.research import common, rank
+from benchmarks.research import common
 
 # name -> AdaptConfig fields (besides ratio, seed). "full" variants run at every ratio; the rest at 0.5 only.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -81,9 +82,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--ratio", type=float, action="append")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--iters", type=int, default=100)
+    parser.add_argument("--iters", type=int, action="append", help="fine-tuning iterations (default 100)")
     parser.add_argument("--only", action="append", help="variant names (default: all at 0.5, FULL otherwise)")
     parser.add_argument("--summary", action="store_true")
+    parser.add_argument("--reverse", action="store_true", help="walk the grid backwards (a second process)")
     args = parser.parse_args()
     if args.summary:
         summarise(common.Results("heldout").load())
@@ -95,88 +97,39 @@ def main() -> None:
     for ratio in args.ratio or [0.5]:
         ensure_descriptors(args.size, ratio)
         names = args.only or (list(VARIANTS) if ratio == 0.5 else list(FULL))
-        for seed in range(args.seeds):
-            for classes in common.heldout_tasks():
-                for name in names:
-                    iters = VARIANTS[name].get("iters", args.iters)
-                    key = f"px{args.size}|{name}|r{ratio:g}|it{iters}|{'-'.join(map(str, classes))}|s{seed}"
-                    if key in done:
-                        continue
-                    started = time.perf_counter()
-                    record = run(name, classes, args.size, ratio, iters, seed)
-                    record.update(
-                        {
-                            "key": key,
-                            "variant": name,
-                            "task": "-".join(map(str, classes)),
-                            "size": args.size,
-                            "ratio": ratio,
-                            "iters": iters,
-                            "seed": seed,
-                            "wall_s": round(time.perf_counter() - started, 1),
-                        }
-                    )
-                    results.put(record)
-                    common.log(f"{key}: {record['val_accuracy']:.4f} ({record['wall_s']:.0f} s)")
+        grid = list(itertools.product(range(args.seeds), common.heldout_tasks(), names, args.iters or [100]))
+        for seed, classes, name, budget in reversed(grid) if args.reverse else grid:
+            iters = VARIANTS[name].get("iters", budget)
+            key = f"px{args.size}|{name}|r{ratio:g}|it{iters}|{'-'.join(map(str, classes))}|s{seed}"
+            if key in done or key in results.load():  # another process (--reverse) may have run it
+                continue
+            started = time.perf_counter()
+            record = run(name, classes, args.size, ratio, iters, seed)
+            record.update(
+                {
+                    "key": key,
+                    "variant": name,
+                    "task": "-".join(map(str, classes)),
+                    "size": args.size,
+                    "ratio": ratio,
+                    "iters": iters,
+                    "seed": seed,
+                    "wall_s": round(time.perf_counter() - started, 1),
+                }
+            )
+            results.put(record)
+            done[key] = record
+            common.log(f"{key}: {record['val_accuracy']:.4f} ({record['wall_s']:.0f} s)")
 
 
 def summarise(runs: dict[str, dict[str, Any]]) -> None:
-    """Per ratio: mean accuracy per variant over (task, seed) pairs, paired against scratch@1000 and the best
-    Torch-Pruning criterion with the same recipe; and the ranking quality of the default similarity."""
-    by_ratio: dict[float, dict[str, dict[tuple[str, int], float]]] = {}
-    for record in runs.values():
-        cell = by_ratio.setdefault(record["ratio"], {}).setdefault(record["variant"], {})
-        cell[(record["task"], record["seed"])] = record["val_accuracy"]
-    for ratio, variants in sorted(by_ratio.items()):
-        reference = variants.get(REFERENCE, {})
-        print(f"\npx32 r={ratio:g}, held-out tasks; paired over (task, seed) with {REFERENCE}")
-        print("| variant | pairs | acc % | vs scratch@1000 (pt) | better/worse | sign-flip p |")
-        print("|---|---|---|---|---|---|")
-        for name, cell in sorted(variants.items(), key=lambda item: -np.mean(list(item[1].values()))):
-            pairs = sorted(set(cell) & set(reference))
-            values = np.array(list(cell.values())) * 100
-            if name == REFERENCE or not pairs:
-                print(f"| {name} | {len(cell)} | {values.mean():.2f} ± {values.std():.2f} | | | |")
-                continue
-            diffs = np.array([cell[p] - reference[p] for p in pairs]) * 100
-            print(
-                f"| {name} | {len(pairs)} | {values.mean():.2f} ± {values.std():.2f} | "
-                f"{diffs.mean():+.2f} ± {diffs.std():.2f} | {(diffs > 0).sum()}/{(diffs < 0).sum()} | "
-                f"{_p(diffs)} |"
-            )
-        default = variants.get("smsp (default)", {})
-        for tp in ("taylor + recipe", "magnitude + recipe", "random + recipe"):
-            pairs = sorted(set(default) & set(variants.get(tp, {})))
-            if pairs:
-                diffs = np.array([default[p] - variants[tp][p] for p in pairs]) * 100
-                print(
-                    f"smsp (default) − {tp}: {diffs.mean():+.2f} ± {diffs.std():.2f} pt over {len(pairs)} "
-                    f"pairs, p = {_p(diffs)}"
-                )
-    ranking(runs)
+    """Print the RESULTS.md section these runs give (benchmarks.heldout), plot in a temporary folder."""
+    import tempfile
 
+    from benchmarks import heldout
 
-def _p(diffs: np.ndarray) -> str:
-    from benchmarks.stats import sign_flip_p
-
-    p = sign_flip_p(list(diffs))
-    return "n/a" if p is None else f"{p:.4f}"
-
-
-def ranking(runs: dict[str, dict[str, Any]]) -> None:
-    """How often the default similarity's top entry shares the most classes with the held-out task."""
-    pool_ids = [f"{common.DATASET}:{'-'.join(map(str, c))}" for c in common.pool_tasks()]
-    seen: dict[tuple[str, int], str] = {}
-    for record in runs.values():
-        if record["variant"] == "smsp (default)" and record["similar_tasks"]:
-            seen[(record["task"], record["seed"])] = record["similar_tasks"][0]
-    hits = 0
-    for (task, _seed), top in seen.items():
-        classes = [int(c) for c in task.split("-")]
-        best = max(rank.shared(classes, t) for t in pool_ids)
-        hits += rank.shared(classes, top) == best
-    if seen:
-        print(f"\nranking (prototype, default): top-1 shares the most classes in {hits}/{len(seen)} runs")
+    with tempfile.TemporaryDirectory() as plots:
+        print(heldout.section(heldout.payload_from(list(runs.values())), Path(plots)))
 
 
 if __name__ == "__main__":

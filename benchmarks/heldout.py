@@ -1,0 +1,191 @@
+"""The held-out study of issue 8 as a RESULTS.md section: the product's default adaptation on held-out tasks
+against pruning from scratch and the Torch-Pruning criteria, over seeds, paired.
+
+The runs come from `benchmarks.research.heldout` (resumable, results/heldout.jsonl in the research folder);
+this module turns them into results/heldout.full.json and renders the section (`benchmarks.report` adds it).
+
+    python -m benchmarks.research.build_pools --size 32 --pool 0.5:1000 --pool 0.7:1000
+    python -m benchmarks.research.heldout --ratio 0.5 --ratio 0.7 --seeds 3
+    python -m benchmarks.research.heldout --seeds 1 --iters 25 --iters 50 --iters 200 --iters 400 \\
+        --only "smsp (default)" --only "random + recipe"
+    python -m benchmarks.heldout          # writes results/heldout.full.json
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import DEFAULT_RESULTS_DIR, log, machine_facts, result_path, write_json
+from benchmarks.formatting import pyplot, save_figure, table
+from benchmarks.stats import sign_flip_p
+
+NAME = "heldout"
+REFERENCE = "scratch@1000"
+DEFAULT = "smsp (default)"
+CRITERIA = ("taylor + recipe", "magnitude + recipe", "random + recipe")
+
+
+def cells(runs: Sequence[Mapping[str, Any]]) -> dict[tuple[float, str, int], dict[tuple[str, int], float]]:
+    """(ratio, variant, iterations) -> (task, seed) -> accuracy."""
+    found: dict[tuple[float, str, int], dict[tuple[str, int], float]] = {}
+    for run in runs:
+        iters = 1000 if run["variant"] == REFERENCE else run["iters"]
+        found.setdefault((run["ratio"], run["variant"], iters), {})[(run["task"], run["seed"])] = run[
+            "val_accuracy"
+        ]
+    return found
+
+
+def paired(first: Mapping[Any, float], second: Mapping[Any, float]) -> dict[str, Any] | None:
+    """Mean ± std of first − second (pt) over their common (task, seed) pairs, wins/losses and sign-flip p."""
+    pairs = sorted(set(first) & set(second))
+    if not pairs:
+        return None
+    diffs = np.array([first[p] - second[p] for p in pairs]) * 100
+    return {
+        "pairs": len(pairs),
+        "mean": float(diffs.mean()),
+        "std": float(diffs.std()),
+        "better": int((diffs > 0).sum()),
+        "worse": int((diffs < 0).sum()),
+        "p": sign_flip_p(list(diffs)),
+    }
+
+
+def ranking(runs: Sequence[Mapping[str, Any]], pool_tasks: Sequence[Sequence[int]]) -> dict[str, int]:
+    """How often the default similarity's top entry is a pool task sharing the most classes."""
+    hits, total = 0, 0
+    for run in runs:
+        if run["variant"] != DEFAULT or not run.get("similar_tasks"):
+            continue
+        classes = {int(c) for c in run["task"].split("-")}
+        best = max(len(classes & set(task)) for task in pool_tasks)
+        top = {int(c) for c in run["similar_tasks"][0].split(":")[1].split("-")}
+        hits += len(classes & top) == best
+        total += 1
+    return {"hits": hits, "runs": total}
+
+
+def section(payload: Mapping[str, Any] | None, plots: Path) -> str | None:
+    """Held-out study: tables per ratio, the paired tests, ranking quality, the accuracy-vs-iterations plot."""
+    if not payload:
+        return None
+    found = cells(payload["runs"])
+    parts = [
+        "## Held-out study: the default adaptation against long training (issue 8)",
+        f"{payload['tasks']} held-out Fashion-MNIST 3-class tasks (never used to choose anything), "
+        f"{payload['seeds']} training seeds each, 32 px, bundled EfficientNet-Lite0, one thread per run; pools of "
+        "the 12 pool tasks pruned from scratch @1000 at the same ratio. *smsp (default)* is `adapt`'s defaults: "
+        "prototype similarity, the top entry's mask and weights, recipe `recover` (adaptive BN + imprinted "
+        "head). *+ recipe* criteria get the same recipe. Paired over (task, seed); sign-flip test.",
+    ]
+    for ratio in sorted({key[0] for key in found}):
+        reference = found.get((ratio, REFERENCE, 1000), {})
+        default = found.get((ratio, DEFAULT, 100), {})
+        rows = []
+        variants = [key for key in found if key[0] == ratio and (key[2] == 100 or key[1] == REFERENCE)]
+        for key in sorted(variants, key=lambda k: -np.mean(list(found[k].values()))):
+            values = np.array(list(found[key].values())) * 100
+            against = paired(found[key], reference) if key[1] != REFERENCE else None
+            rows.append(
+                [
+                    key[1] if key[1] == REFERENCE else f"{key[1]} @{key[2]}",
+                    len(values),
+                    f"{values.mean():.2f} ± {values.std():.2f}",
+                    "" if against is None else f"{against['mean']:+.2f} ± {against['std']:.2f}",
+                    "" if against is None else f"{against['better']}/{against['worse']}",
+                    "" if against is None or against["p"] is None else f"{against['p']:.4f}",
+                ]
+            )
+        parts += [
+            f"**r = {ratio:g}**",
+            table(["variant", "runs", "val acc %", "vs scratch@1000 (pt)", "better/worse", "p"], rows),
+        ]
+        lines = []
+        for criterion in CRITERIA:
+            result = paired(default, found.get((ratio, criterion, 100), {}))
+            if result:
+                lines.append(
+                    f"smsp (default) − {criterion}: {result['mean']:+.2f} ± {result['std']:.2f} pt "
+                    f"({result['better']}/{result['worse']}, p = {result['p']:.4f})"
+                )
+        parts.append("; ".join(lines) + ".")
+    rank = payload["ranking"]
+    parts.append(
+        f"Ranking quality (default prototype similarity): the top entry shares the most classes with the held-out "
+        f"task in {rank['hits']}/{rank['runs']} runs."
+    )
+    image = plot(found, plots / "heldout_accuracy_vs_iterations.png")
+    if image is not None:
+        parts.append(f"![held-out accuracy vs iterations](plots/{image.name})")
+    return "\n\n".join(parts)
+
+
+def plot(found: Mapping[tuple[float, str, int], Mapping[Any, float]], out: Path) -> Path | None:
+    """Mean held-out accuracy against fine-tuning iterations, one line per variant with several points."""
+    curves: dict[tuple[float, str], list[tuple[int, float]]] = {}
+    for (ratio, variant, iters), values in found.items():
+        curves.setdefault((ratio, variant), []).append((iters, 100 * float(np.mean(list(values.values())))))
+    if not any(len(points) > 1 for points in curves.values()):
+        return None
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(6.2, 4.0))
+    for (ratio, variant), points in sorted(curves.items()):
+        points.sort()
+        if variant == REFERENCE:
+            axis.axhline(points[0][1], linestyle=":", color="grey", label=f"{REFERENCE} r={ratio:g}")
+        else:
+            marker = "o" if len(points) > 1 else "x"
+            axis.plot(*zip(*points, strict=True), marker=marker, label=f"{variant} r={ratio:g}")
+    axis.set_xscale("log")
+    axis.set_xlabel("fine-tuning iterations")
+    axis.set_ylabel("held-out val accuracy %")
+    axis.legend(fontsize=6)
+    axis.grid(alpha=0.3, which="both")
+    return save_figure(figure, out)
+
+
+def payload_from(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The JSON payload of a set of research runs (benchmarks.research.heldout records)."""
+    from benchmarks.research import common
+
+    runs = sorted(runs, key=lambda run: run["key"])
+    return {
+        "benchmark": NAME,
+        "mode": "full",
+        "command": ".venv/bin/python -m benchmarks.research.heldout --ratio 0.5 --ratio 0.7 --seeds 3",
+        "machine": machine_facts(),
+        "tasks": len({run["task"] for run in runs}),
+        "seeds": len({run["seed"] for run in runs}),
+        "ranking": ranking(runs, common.pool_tasks()),
+        "runs": [
+            {
+                key: run[key]
+                for key in ("variant", "task", "seed", "ratio", "iters", "val_accuracy", "similar_tasks")
+            }
+            for run in runs
+        ],
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Collect the research runs into results/heldout.full.json."""
+    from benchmarks.research import common
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.heldout", description=__doc__.splitlines()[0])
+    parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
+    args = parser.parse_args(argv)
+    runs = list(common.Results("heldout").load().values())
+    payload = payload_from(runs)
+    path = write_json(result_path(args.results_dir, NAME, "full"), payload)
+    log(f"heldout: {len(runs)} runs -> {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -157,6 +157,13 @@ def run_spec(mode: str, pool_path: str, spec_fields: dict[str, Any], tmp: str) -
         seed=spec.seed,
         similarity_samples=s.similarity_samples,
         scratch_rounds=s.scratch_rounds,
+        # This study checks the paper's claims with the paper's method (LEEP, summed masks, backbone weights,
+        # no recovery), as its cached runs were made; the product's defaults are the held-out study's
+        # (benchmarks.heldout).
+        similarity="leep",
+        shortlist=None,
+        init="backbone",
+        recipe="plain",
     )
     if needs_pool(spec.method):
         with Pool(pool_path, create=False) as pool:

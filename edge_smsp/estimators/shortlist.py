@@ -19,7 +19,8 @@ if TYPE_CHECKING:
     from edge_smsp.descriptors import SketchIndex
     from edge_smsp.pool import BackboneRecord, Pool, PoolEntry
 
-# Measured on real descriptors of every 2-4-class Fashion-MNIST task: recall of the exact top 5 (RESULTS.md).
+# Recall of the exact top 5 on real descriptors of 1,002 Fashion-MNIST tasks: 100 % at 32, 99.98 % at 16
+# (RESULTS.md "Similarity at scale"); a shortlist costs only the re-ranking of its descriptors, so keep margin.
 DEFAULT_SHORTLIST = 32
 _INDEXES: dict[tuple[str, str, int], tuple[tuple[int, int], SketchIndex]] = {}
 

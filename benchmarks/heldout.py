@@ -14,7 +14,7 @@ this module turns them into results/heldout.full.json and renders the section (`
 from __future__ import annotations
 
 import argparse
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,17 +58,29 @@ def paired(first: Mapping[Any, float], second: Mapping[Any, float]) -> dict[str,
 
 
 def ranking(runs: Sequence[Mapping[str, Any]], pool_tasks: Sequence[Sequence[int]]) -> dict[str, int]:
-    """How often the default similarity's top entry is a pool task sharing the most classes."""
-    hits, total = 0, 0
+    """Per held-out task, whether the default similarity's top entry is a pool task sharing the most classes (the
+    ranking does not depend on the training seed; a task whose runs disagree counts as a miss)."""
+    tops: dict[str, set[str]] = {}
     for run in runs:
-        if run["variant"] != DEFAULT or not run.get("similar_tasks"):
-            continue
-        classes = {int(c) for c in run["task"].split("-")}
-        best = max(len(classes & set(task)) for task in pool_tasks)
-        top = {int(c) for c in run["similar_tasks"][0].split(":")[1].split("-")}
-        hits += len(classes & top) == best
-        total += 1
-    return {"hits": hits, "runs": total}
+        if run["variant"] == DEFAULT and run.get("similar_tasks"):
+            tops.setdefault(run["task"], set()).add(run["similar_tasks"][0])
+    hits = 0
+    for task, chosen in tops.items():
+        classes = {int(c) for c in task.split("-")}
+        best = max(len(classes & set(pool_task)) for pool_task in pool_tasks)
+        shared = {len(classes & {int(c) for c in top.split(":")[1].split("-")}) for top in chosen}
+        hits += shared == {best}
+    return {"hits": hits, "tasks": len(tops)}
+
+
+def estimator_hits(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, int]]:
+    """estimator -> held-out tasks whose top-ranked pool task shares the most classes, out of those ranked."""
+    found: dict[str, dict[str, int]] = {}
+    for record in records:
+        cell = found.setdefault(record["estimator"], {"hits": 0, "tasks": 0})
+        cell["hits"] += bool(record["hit"])
+        cell["tasks"] += 1
+    return found
 
 
 def section(payload: Mapping[str, Any] | None, plots: Path) -> str | None:
@@ -118,8 +130,17 @@ def section(payload: Mapping[str, Any] | None, plots: Path) -> str | None:
     rank = payload["ranking"]
     parts.append(
         f"Ranking quality (default prototype similarity): the top entry shares the most classes with the held-out "
-        f"task in {rank['hits']}/{rank['runs']} runs."
+        f"task for {rank['hits']}/{rank['tasks']} tasks (target ≥ 90 %)."
     )
+    if payload.get("estimators"):
+        parts.append(
+            table(
+                ["similarity estimator", "held-out tasks whose top entry shares the most classes"],
+                [[name, f"{cell['hits']}/{cell['tasks']}"] for name, cell in payload["estimators"].items()],
+            )
+            + "\n\nLEEP and LogME score each entry's pruned model on a 500-image sample of the task (pool r=0.5 "
+            "@1000); the prototype estimator compares the backbone's class prototypes (no entry model)."
+        )
     image = plot(found, plots / "heldout_accuracy_vs_iterations.png")
     if image is not None:
         parts.append(f"![held-out accuracy vs iterations](plots/{image.name})")
@@ -163,6 +184,7 @@ def payload_from(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "tasks": len({run["task"] for run in runs}),
         "seeds": len({run["seed"] for run in runs}),
         "ranking": ranking(runs, common.pool_tasks()),
+        "estimators": estimator_hits(common.Results("heldout_rank").load().values()),
         "runs": [
             {
                 key: run[key]

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.research import common
+from benchmarks.research import common, rank
 
 # name -> AdaptConfig fields (besides ratio, seed). "full" variants run at every ratio; the rest at 0.5 only.
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -85,8 +85,16 @@ def main() -> None:
     parser.add_argument("--iters", type=int, action="append", help="fine-tuning iterations (default 100)")
     parser.add_argument("--only", action="append", help="variant names (default: all at 0.5, FULL otherwise)")
     parser.add_argument("--summary", action="store_true")
+    parser.add_argument(
+        "--rank", action="store_true", help="ranking quality of LEEP and LogME on held-out tasks"
+    )
     parser.add_argument("--reverse", action="store_true", help="walk the grid backwards (a second process)")
     args = parser.parse_args()
+    if args.rank:
+        common.single_thread()
+        common.open_heldout()
+        rank_estimators(args.size)
+        return
     if args.summary:
         summarise(common.Results("heldout").load())
         return
@@ -120,6 +128,23 @@ def main() -> None:
             results.put(record)
             done[key] = record
             common.log(f"{key}: {record['val_accuracy']:.4f} ({record['wall_s']:.0f} s)")
+
+
+def rank_estimators(size: int, pool: tuple[float, int] = (0.5, 1000)) -> None:
+    """Top-1 hit (a pool task sharing the most classes) of each estimator for every held-out task, stored in
+    results/heldout_rank.jsonl (LEEP and LogME score the entries' pruned models on a 500-image sample)."""
+    results = common.Results("heldout_rank")
+    for estimator in ("prototype", "leep", "logme"):
+        for classes in common.heldout_tasks():
+            key = f"px{size}|{estimator}|r{pool[0]:g}-it{pool[1]}|{'-'.join(map(str, classes))}"
+            if key in results.load():
+                continue
+            values = rank.scores("proto" if estimator == "prototype" else estimator, classes, size, pool)
+            top = max(values, key=values.get)
+            best = max(rank.shared(classes, task_id) for task_id in values)
+            record = {"key": key, "estimator": estimator, "task": "-".join(map(str, classes)), "top": top}
+            results.put({**record, "hit": rank.shared(classes, top) == best})
+            common.log(f"{key}: top {top}, hit {rank.shared(classes, top) == best}")
 
 
 def summarise(runs: dict[str, dict[str, Any]]) -> None:

@@ -12,7 +12,7 @@ import platform
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -226,3 +226,39 @@ def quiet_warnings() -> None:
     warnings.filterwarnings("ignore")
     for name in ("torch.onnx", "onnxscript", "torch._dynamo", "torch.export"):
         logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def source_entries(source_path: Path, scratch: Path, with_files: bool = True) -> list[tuple[Any, ...]]:
+    """Every entry of a pool with its masks, scores and (materialised under `scratch`) model directory."""
+    from edge_smsp.pool import Pool
+
+    with Pool(source_path, create=False) as source:
+        return [
+            (
+                entry,
+                source.entry_masks(entry.id),
+                source.entry_scores(entry.id),
+                source.materialise_model_dir(entry.id, scratch / f"entry-{entry.id}") if with_files else None,
+            )
+            for entry in source.entries()
+        ]
+
+
+def rebuilt_pool(path: Path, count: int, fill: Callable[[Any], None]) -> Path:
+    """`path` when it already holds `count` entries; else a new pool, filled by `fill(pool)` under a temporary
+    name and renamed into place (an interrupted build never looks finished)."""
+    from edge_smsp.pool import Pool
+
+    if path.exists():
+        with Pool(path, create=False) as existing:
+            if len(existing.entries()) == count:
+                return path
+        path.unlink()
+    partial = path.with_name(path.name + ".partial")
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{partial}{suffix}").unlink(missing_ok=True)
+    with Pool(partial) as pool:
+        fill(pool)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial.replace(path)
+    return path

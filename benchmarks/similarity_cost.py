@@ -25,7 +25,9 @@ from benchmarks.common import (
     command_line,
     log,
     machine_facts,
+    rebuilt_pool,
     result_path,
+    source_entries,
     write_json,
 )
 from benchmarks.formatting import log_log, mode_note, num, pyplot, save_figure, table
@@ -43,25 +45,10 @@ NAME = "similarity_cost"
 
 def synthetic_pool(path: Path, source_path: Path, count: int, with_files: bool, scratch: Path) -> Path:
     """A pool of `count` copies of the real entries (new task keys), with or without the model files."""
-    from edge_smsp.pool import Pool, TaskRecord
+    from edge_smsp.pool import TaskRecord
 
-    with Pool(source_path, create=False) as source:
-        entries = source.entries()
-        sources = []
-        for entry in entries:
-            model_dir = (
-                source.materialise_model_dir(entry.id, scratch / f"entry-{entry.id}") if with_files else None
-            )
-            sources.append((entry, source.entry_masks(entry.id), source.entry_scores(entry.id), model_dir))
-    if path.exists():
-        with Pool(path, create=False) as existing:
-            if len(existing.entries()) == count:
-                return path
-        path.unlink()
-    partial = path.with_name(path.name + ".partial")
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{partial}{suffix}").unlink(missing_ok=True)
-    with Pool(partial) as pool:
+    def fill(pool: Any) -> None:
+        sources = source_entries(source_path, scratch, with_files)
         for index in range(count):
             entry, masks, scores, model_dir = sources[index % len(sources)]
             task = entry.task
@@ -84,9 +71,8 @@ def synthetic_pool(path: Path, source_path: Path, count: int, with_files: bool, 
                 scores=scores,
                 model_dir=model_dir,
             )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Path(partial).replace(path)
-    return path
+
+    return rebuilt_pool(path, count, fill)
 
 
 def time_step(

@@ -36,7 +36,9 @@ from benchmarks.common import (
     command_line,
     log,
     machine_facts,
+    rebuilt_pool,
     result_path,
+    source_entries,
     tmp_dir,
     write_json,
 )
@@ -165,27 +167,10 @@ def copied_pool(
     """A pool of len(tasks) real entries: each task stored with its real descriptor and the source entry whose
     task shares the most classes with it (model files, masks, scores)."""
     from edge_smsp.estimators.base import DESCRIPTOR_SAMPLES, DESCRIPTOR_SEED
-    from edge_smsp.pool import Pool, TaskRecord
+    from edge_smsp.pool import TaskRecord
 
-    if path.exists():
-        with Pool(path, create=False) as existing:
-            if len(existing.entries()) == len(tasks):
-                return path
-        path.unlink()
-    with Pool(source_path, create=False) as source:
-        sources = [
-            (
-                entry,
-                source.entry_masks(entry.id),
-                source.entry_scores(entry.id),
-                source.materialise_model_dir(entry.id, scratch / f"entry-{entry.id}"),
-            )
-            for entry in source.entries()
-        ]
-    partial = path.with_name(path.name + ".partial")
-    for suffix in ("", "-wal", "-shm"):
-        Path(f"{partial}{suffix}").unlink(missing_ok=True)
-    with Pool(partial) as pool:
+    def fill(pool: Any) -> None:
+        sources = source_entries(source_path, scratch)
         for classes, descriptor in zip(tasks, descriptors, strict=True):
             entry, masks, scores, model_dir = max(
                 sources, key=lambda item: len(set(item[0].task.classes) & set(classes))
@@ -212,8 +197,8 @@ def copied_pool(
             pool.put_descriptor(
                 record, entry.backbone, descriptor, samples=DESCRIPTOR_SAMPLES, seed=DESCRIPTOR_SEED
             )
-    Path(partial).replace(path)
-    return path
+
+    return rebuilt_pool(path, len(tasks), fill)
 
 
 def timed_adapt(pool_path: Path, backbone: Any, task: Any, ratio: float, iters: int, **config: Any) -> dict:

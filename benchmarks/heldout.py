@@ -138,6 +138,28 @@ def section(payload: Mapping[str, Any] | None, plots: Path) -> str | None:
                     f"({result['better']}/{result['worse']}, p = {_p(result['p'])})"
                 )
         parts.append("; ".join(lines) + ".")
+    curves = sorted({(key[0], key[1]) for key in found if key[2] != 100 and key[1] != REFERENCE})
+    for ratio, variant in curves:
+        reference = found.get((ratio, REFERENCE, 1000), {})
+        budgets = sorted(key[2] for key in found if key[:2] == (ratio, variant))
+        rows = []
+        seeds = set.intersection(*({seed for _task, seed in found[(ratio, variant, n)]} for n in budgets))
+        for iters in budgets:
+            cell = {pair: acc for pair, acc in found[(ratio, variant, iters)].items() if pair[1] in seeds}
+            against = paired(cell, reference)
+            rows.append(
+                [
+                    iters,
+                    len(cell),
+                    f"{100 * np.mean(list(cell.values())):.2f}",
+                    "" if against is None else f"{against['mean']:+.2f} ± {against['std']:.2f}",
+                    "" if against is None else f"{against['better']}/{against['worse']}",
+                ]
+            )
+        parts += [
+            f"**{variant}, r = {ratio:g}, against fine-tuning iterations** (the seeds that ran every budget):",
+            table(["iterations", "runs", "val acc %", "vs scratch@1000 (pt)", "better/worse"], rows),
+        ]
     rank = payload["ranking"]
     parts.append(
         f"Ranking quality (default prototype similarity): the top entry shares the most classes with the held-out "
@@ -159,26 +181,33 @@ def section(payload: Mapping[str, Any] | None, plots: Path) -> str | None:
 
 
 def plot(found: Mapping[tuple[float, str, int], Mapping[Any, float]], out: Path) -> Path | None:
-    """Mean held-out accuracy against fine-tuning iterations, one line per variant with several points."""
-    curves: dict[tuple[float, str], list[tuple[int, float]]] = {}
-    for (ratio, variant, iters), values in found.items():
-        curves.setdefault((ratio, variant), []).append((iters, 100 * float(np.mean(list(values.values())))))
-    if not any(len(points) > 1 for points in curves.values()):
+    """Mean held-out accuracy against fine-tuning iterations: a line for a variant run at several budgets (on the
+    seeds common to all of them), a marker for one run at 100 only, a dotted line for scratch@1000."""
+    by_variant: dict[tuple[float, str], list[int]] = {}
+    for ratio, variant, iters in found:
+        by_variant.setdefault((ratio, variant), []).append(iters)
+    if not any(len(budgets) > 1 for budgets in by_variant.values()):
         return None
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.2, 4.0))
-    for (ratio, variant), points in sorted(curves.items()):
-        points.sort()
+    ticks: set[int] = set()
+    for (ratio, variant), budgets in sorted(by_variant.items()):
+        budgets.sort()
+        cells = [found[(ratio, variant, n)] for n in budgets]
+        seeds = set.intersection(*({seed for _task, seed in cell} for cell in cells))
+        means = [100 * float(np.mean([a for (_t, s), a in cell.items() if s in seeds])) for cell in cells]
         if variant == REFERENCE:
-            axis.axhline(points[0][1], linestyle=":", color="grey", label=f"{REFERENCE} r={ratio:g}")
-        else:
-            marker = "o" if len(points) > 1 else "x"
-            axis.plot(*zip(*points, strict=True), marker=marker, label=f"{variant} r={ratio:g}")
+            axis.axhline(means[0], linestyle=":", color="grey", label=f"{REFERENCE} r={ratio:g}")
+            continue
+        ticks.update(budgets)
+        axis.plot(budgets, means, marker="o" if len(budgets) > 1 else "x", label=f"{variant} r={ratio:g}")
     axis.set_xscale("log")
+    axis.set_xticks(sorted(ticks), [str(t) for t in sorted(ticks)])
+    axis.minorticks_off()
     axis.set_xlabel("fine-tuning iterations")
     axis.set_ylabel("held-out val accuracy %")
     axis.legend(fontsize=6)
-    axis.grid(alpha=0.3, which="both")
+    axis.grid(alpha=0.3)
     return save_figure(figure, out)
 
 

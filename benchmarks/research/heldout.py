@@ -30,10 +30,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "taylor + recipe": {"method": "taylor"},
     "magnitude + recipe": {"method": "magnitude"},
     "random + recipe": {"method": "random"},
-    "random, plain": {
-        "method": "random",
-        "recipe": "plain",
-    },  # the best criterion without the recipe (phase A)
+    # the best criterion without the recipe in phase A
+    "random, plain": {"method": "random", "recipe": "plain"},
     "scratch@1000": {"method": "scratch", "iters": 1000, "scratch_rounds": common.SCRATCH_ROUNDS},
 }
 FULL = ("smsp (default)", "taylor + recipe", "magnitude + recipe", "random + recipe", "scratch@1000")
@@ -86,7 +84,7 @@ def main() -> None:
     parser.add_argument("--only", action="append", help="variant names (default: all at 0.5, FULL otherwise)")
     parser.add_argument("--summary", action="store_true")
     parser.add_argument(
-        "--rank", action="store_true", help="ranking quality of LEEP and LogME on held-out tasks"
+        "--rank", action="store_true", help="ranking quality of each estimator on the held-out tasks"
     )
     parser.add_argument("--reverse", action="store_true", help="walk the grid backwards (a second process)")
     args = parser.parse_args()

@@ -10,7 +10,6 @@ this table fast.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.boards import small_board_profile
 from tests.sshd_fixture import SshdServer, free_port
 from tests.tiny_onnx import tiny_convnet
 
@@ -222,23 +222,6 @@ CASES = [
 # --- the shared inputs -----------------------------------------------------------------------------------------
 
 
-def _profile(path: Path, name: str, connection: dict) -> Path:
-    """A valid device profile (a small board) with the given connection."""
-    document = {
-        "name": name,
-        "memory_budget": "512MiB",
-        "latency_target_ms": 100,
-        "latency_percentile": "p90",
-        "input_size": 32,
-        "threads": 1,
-        "providers": ["CPUExecutionProvider"],
-        "throughput_gmacs": 5,
-        "connection": connection,
-    }
-    path.write_text(json.dumps(document))  # JSON is YAML
-    return path
-
-
 def _pools(world: Path) -> None:
     from edge_smsp.pool import BackboneRecord, Pool, TaskRecord
 
@@ -316,13 +299,13 @@ def world(tmp_path_factory: pytest.TempPathFactory, sshd: SshdServer) -> Path:
     _pools(world)
     _models(world)
     local = {"transport": "local", "python": sys.executable, "workdir": str(world / "device-local")}
-    _profile(world / "local.yaml", "bad-input-local", local)
+    small_board_profile(world / "local.yaml", "bad-input-local", local)
     wrong_python = {
         **local,
         "python": str(world / "nothing" / "python3"),
         "workdir": str(world / "device-wrong"),
     }
-    _profile(world / "wrong-python.yaml", "bad-input-wrong-python", wrong_python)
+    small_board_profile(world / "wrong-python.yaml", "bad-input-wrong-python", wrong_python)
     ssh = {
         "transport": "ssh",
         "host": "127.0.0.1",
@@ -333,12 +316,14 @@ def world(tmp_path_factory: pytest.TempPathFactory, sshd: SshdServer) -> Path:
         "python": str(world / "nothing" / "python3"),
         "workdir": str(world / "device-ssh"),
     }
-    _profile(world / "ssh-wrong-python.yaml", "bad-input-ssh", ssh)
-    _profile(world / "unreachable.yaml", "bad-input-unreachable", {**ssh, "port": free_port()})
+    small_board_profile(world / "ssh-wrong-python.yaml", "bad-input-ssh", ssh)
+    small_board_profile(world / "unreachable.yaml", "bad-input-unreachable", {**ssh, "port": free_port()})
     (world / "known_hosts_bad").write_text(f"[127.0.0.1]:{sshd.port} ssh-ed25519 AAAA!!!notbase64!!!\n")
     bad_hosts = {**ssh, "known_hosts": str(world / "known_hosts_bad")}
-    _profile(world / "bad-known-hosts.yaml", "bad-input-known-hosts", bad_hosts)
-    _profile(world / "missing-key.yaml", "bad-input-key", {**ssh, "key_file": str(world / "nothing" / "key")})
+    small_board_profile(world / "bad-known-hosts.yaml", "bad-input-known-hosts", bad_hosts)
+    small_board_profile(
+        world / "missing-key.yaml", "bad-input-key", {**ssh, "key_file": str(world / "nothing" / "key")}
+    )
     for workdir in ("device-local", "device-wrong", "device-ssh"):
         (world / workdir).mkdir()
     # The device already has the runtime, as after any earlier deploy: a case must not add to it.

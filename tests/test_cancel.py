@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.boards import small_board_profile
 from tests.sshd_fixture import SshdServer
 from tests.tiny_onnx import tiny_convnet
 
@@ -51,22 +51,7 @@ def test_interrupted_bench_leaves_no_runtime_process(
             "python": device_python,
             "workdir": str(workdir),
         }
-    profile = tmp_path / "board.yaml"
-    profile.write_text(
-        json.dumps(
-            {
-                "name": "cancel-board",
-                "memory_budget": "512MiB",
-                "latency_target_ms": 100,
-                "latency_percentile": "p90",
-                "input_size": 32,
-                "threads": 1,
-                "providers": ["CPUExecutionProvider"],
-                "throughput_gmacs": 5,
-                "connection": connection,
-            }
-        )
-    )
+    profile = small_board_profile(tmp_path / "board.yaml", "cancel-board", connection)
     model = tiny_convnet(tmp_path / "tiny.onnx")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{ROOT}{os.pathsep}{ROOT / 'runtime'}"}
     cli = subprocess.Popen(

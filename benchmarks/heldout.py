@@ -7,7 +7,7 @@ this module turns them into results/heldout.full.json and renders the section (`
     python -m benchmarks.research.build_pools --size 32 --pool 0.5:1000 --pool 0.7:1000
     python -m benchmarks.research.heldout --ratio 0.5 --ratio 0.7 --seeds 3
     python -m benchmarks.research.heldout --seeds 1 --iters 25 --iters 50 --iters 200 --iters 400 \\
-        --only "smsp (default)" --only "random + recipe"
+        --only "smsp (default)"
     python -m benchmarks.heldout          # writes results/heldout.full.json
 """
 
@@ -28,6 +28,8 @@ NAME = "heldout"
 REFERENCE = "scratch@1000"
 DEFAULT = "smsp (default)"
 CRITERIA = ("taylor + recipe", "magnitude + recipe", "random + recipe")
+# The default before the probe stage (the most similar entry's weights): what the probe is measured against.
+MOST_SIMILAR = "smsp, most similar entry (probe 1)"
 
 
 def cells(runs: Sequence[Mapping[str, Any]]) -> dict[tuple[float, str, int], dict[tuple[str, int], float]]:
@@ -102,11 +104,25 @@ def section(payload: Mapping[str, Any] | None, plots: Path) -> str | None:
         f"{payload['tasks']} held-out Fashion-MNIST 3-class tasks (never used to choose anything), "
         f"{payload['seeds']} training seeds each, 32 px, bundled EfficientNet-Lite0, one thread per run; pools of "
         "the 12 pool tasks pruned from scratch @1000 at the same ratio. *smsp (default)* is `adapt`'s defaults: "
-        "prototype similarity, the top entry's mask and weights, recipe `recover` (adaptive BN + imprinted "
-        "head). *+ recipe* criteria get the same recipe. Differences are paired over (task, seed), their mean ± std "
+        "prototype similarity, then of the 3 most similar entries the one whose own features separate the new "
+        "classes best (nearest class mean on training images: the probe), its mask and weights, recipe `recover` "
+        f"(adaptive BN + imprinted head); *{MOST_SIMILAR}* is the same without the probe (the default of the "
+        "study's first run). *+ recipe* criteria get the same recipe. Differences are paired over (task, seed), their mean ± std "
         "over those runs; better/worse counts runs; p is the exact two-sided sign-flip test on the per-task mean "
         "differences (seeds of one task are not independent; with 8 tasks the smallest possible p is 0.0078).",
     ]
+    if payload.get("probe_choice"):
+        parts.append(
+            "The probe was chosen on pool tasks before these runs (leave-one-out, 12 pool tasks, 1 seed, "
+            "`benchmarks.research.loo`): "
+            + "; ".join(
+                f"r = {row['ratio']:g}: {row['most_similar']:.2f} % with the most similar entry, "
+                f"{row['probe3']:.2f} % with the probe ({row['better']} tasks better, {row['worse']} worse, "
+                f"p = {_p(row['p'])})"
+                for row in payload["probe_choice"]
+            )
+            + "."
+        )
     for ratio in sorted({key[0] for key in found}):
         reference = found.get((ratio, REFERENCE, 1000), {})
         default = found.get((ratio, DEFAULT, 100), {})
@@ -130,7 +146,7 @@ def section(payload: Mapping[str, Any] | None, plots: Path) -> str | None:
             table(["variant", "runs", "val acc %", "vs scratch@1000 (pt)", "better/worse", "p"], rows),
         ]
         lines = []
-        for criterion in CRITERIA:
+        for criterion in (MOST_SIMILAR, *CRITERIA):
             result = paired(default, found.get((ratio, criterion, 100), {}))
             if result:
                 lines.append(
@@ -138,6 +154,12 @@ def section(payload: Mapping[str, Any] | None, plots: Path) -> str | None:
                     f"({result['better']}/{result['worse']}, p = {_p(result['p'])})"
                 )
         parts.append("; ".join(lines) + ".")
+        switched = [run for run in _default_runs(payload["runs"], ratio) if run.get("chosen")]
+        if switched:
+            other = sum(run["chosen"][0] != run["similar_tasks"][0] for run in switched)
+            parts.append(
+                f"The probe took another entry than the most similar one in {other} of {len(switched)} default runs."
+            )
     curves = sorted({(key[0], key[1]) for key in found if key[2] != 100 and key[1] != REFERENCE})
     for ratio, variant in curves:
         reference = found.get((ratio, REFERENCE, 1000), {})
@@ -211,6 +233,43 @@ def plot(found: Mapping[tuple[float, str, int], Mapping[Any, float]], out: Path)
     return save_figure(figure, out)
 
 
+def probe_choice(
+    loo_runs: Mapping[str, Mapping[str, Any]], pool_tasks: Sequence[Sequence[int]]
+) -> list[dict]:
+    """Phase A of the probe: per ratio, leave-one-out on the pool tasks (research results/loo.jsonl), the top
+    entry's weights with recipe `recover` (bn+imprint) without and with the probe of the 3 most similar."""
+    found = []
+    for ratio in ("0.5", "0.7"):
+        cells = {}
+        for suffix in ("", ",probe3"):
+            variant = f"smsp[proto,k1,top1,bn+imprint,pool{ratio}@1000{suffix}]"
+            cells[suffix] = {
+                task: loo_runs[key]["val_accuracy"]
+                for task in ("-".join(map(str, classes)) for classes in pool_tasks)
+                if (key := f"px32|{variant}|r{ratio}|it100|{task}") in loo_runs
+            }
+        if len(cells[""]) == len(cells[",probe3"]) == len(pool_tasks):
+            diffs = [100 * (cells[",probe3"][t] - cells[""][t]) for t in cells[""]]
+            found.append(
+                {
+                    "ratio": float(ratio),
+                    "tasks": len(diffs),
+                    "most_similar": 100 * float(np.mean(list(cells[""].values()))),
+                    "probe3": 100 * float(np.mean(list(cells[",probe3"].values()))),
+                    "better": sum(d > 0 for d in diffs),
+                    "worse": sum(d < 0 for d in diffs),
+                    "p": sign_flip_p(diffs),
+                }
+            )
+    return found
+
+
+def _default_runs(runs: Iterable[Mapping[str, Any]], ratio: float) -> list[Mapping[str, Any]]:
+    return [
+        run for run in runs if run["variant"] == DEFAULT and run["ratio"] == ratio and run["iters"] == 100
+    ]
+
+
 def payload_from(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """The JSON payload of a set of research runs (benchmarks.research.heldout records)."""
     from benchmarks.research import common
@@ -225,10 +284,21 @@ def payload_from(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "seeds": len({run["seed"] for run in runs}),
         "ranking": ranking(runs, common.pool_tasks()),
         "estimators": estimator_hits(common.Results("heldout_rank").load().values()),
+        "probe_choice": probe_choice(common.Results("loo").load(), common.pool_tasks()),
         "runs": [
             {
                 key: run[key]
-                for key in ("variant", "task", "seed", "ratio", "iters", "val_accuracy", "similar_tasks")
+                for key in (
+                    "variant",
+                    "task",
+                    "seed",
+                    "ratio",
+                    "iters",
+                    "val_accuracy",
+                    "similar_tasks",
+                    "chosen",
+                )
+                if key in run
             }
             for run in runs
         ],

@@ -77,6 +77,7 @@ def test_the_stages_of_an_adaptation_in_order() -> None:
     assert [stage.name for stage in smsp.ADAPT_STAGES] == [
         "head",
         "select",
+        "probe",
         "scores",
         "prune",
         "init",

@@ -1,5 +1,6 @@
 """SMSP end to end on real data: bundled EfficientNet-Lite0 ImageNet weights and Fashion-MNIST tasks at 32 px."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -91,7 +92,8 @@ def test_smsp_ranks_the_task_sharing_classes_first_and_lands_in_the_pool(backbon
     path = tmp_path / "pool.sqlite"
     path.write_bytes(built_pool.read_bytes())
     new_task = task_of(backbone, (0, 1, 3))
-    config = smsp.AdaptConfig(ratio=0.5, iters=10, method="smsp", top_k=1, batch_size=16)
+    # probe=1: the most similar entry is the one used (the probe's own test is below).
+    config = smsp.AdaptConfig(ratio=0.5, iters=10, method="smsp", top_k=1, probe=1, batch_size=16)
     with Pool(path) as pool:
         result = smsp.adapt(backbone, pool, new_task, config)
         entry_id = smsp.add_to_pool(pool, backbone, result)
@@ -132,6 +134,51 @@ def test_a_k1_pool_initialisation_starts_from_the_entrys_weights_exactly(backbon
     assert len(body) > 100 and all(torch.equal(adapted[name], stored[name]) for name in body)
     # The head is the new task's (three classes, not the entry's rows).
     assert not torch.equal(adapted["classifier.weight"], stored["classifier.weight"])
+
+
+def test_the_probe_takes_the_candidate_whose_features_fit_the_task_best(backbone, built_pool):
+    from edge_smsp.entry_models import entry_model
+    from edge_smsp.entry_probe import nearest_mean_accuracy
+    from edge_smsp.features import penultimate_features, task_sample
+    from edge_smsp.prune import kept_mask
+
+    task = task_of(backbone, (0, 1, 3))
+    config = smsp.AdaptConfig(ratio=0.5, iters=0, method="smsp", recipe="plain", seed=3, batch_size=16)
+    with Pool(built_pool, create=False) as pool:
+        result = smsp.adapt(backbone, pool, task, config)
+        images, labels = task_sample(task, 512, config.seed)
+        measured = {
+            entry.task.task_key: nearest_mean_accuracy(
+                penultimate_features(entry_model(pool, entry), images), labels, 3
+            )
+            for entry in pool.entries()
+        }
+        probed = result.to_dict()["probed"]
+        chosen = [candidate for candidate in probed if candidate["chosen"]]
+        # Both pool tasks were probed, each accuracy is the one its own model gives, the best one was taken.
+        assert sorted(candidate["task_id"] for candidate in probed) == sorted(measured)
+        for candidate in probed:
+            assert candidate["nearest_mean_accuracy"] == pytest.approx(
+                measured[candidate["task_id"]], abs=1e-6
+            )
+        assert len(chosen) == 1
+        assert chosen[0]["nearest_mean_accuracy"] == pytest.approx(max(measured.values()), abs=1e-6)
+        selected = [similar for similar in result.similar_tasks if similar.selected]
+        assert [similar.entry_id for similar in selected] == [chosen[0]["entry_id"]]
+        # The chosen entry's mask is the sub-network's; K=1 still.
+        entry_masks = pool.entry_masks(chosen[0]["entry_id"])
+    assert result.init == "pool" and result.config.k == 1
+    adapted_masks = kept_mask(result.model)
+    assert all(np.array_equal(adapted_masks[key], mask.astype(bool)) for key, mask in entry_masks.items())
+
+    with Pool(built_pool, create=False) as pool:
+        unprobed = smsp.adapt(backbone, pool, task, dataclasses.replace(config, probe=1))
+    assert unprobed.to_dict()["probed"] == []
+    assert next(similar for similar in unprobed.similar_tasks if similar.selected).task_id == (
+        unprobed.similar_tasks[0].task_id
+    )
+    with pytest.raises(PruneError, match="probe"):
+        smsp.AdaptConfig(ratio=0.5, probe=0)
 
 
 def test_init_and_recipe_are_reported_and_a_backbone_start_keeps_the_papers_k(backbone, built_pool):
@@ -236,6 +283,7 @@ def run_cli(argv, capsys=None):
         (["--classes", "0,1", "--method", "smsp", "--pool", "{built}", "--backbone", "resnet18"], "resnet18"),
         (["--classes", "0,1", "--method", "magnitude", "--init", "pool"], "init pool"),
         (["--classes", "0,1", "--shortlist", "0"], "shortlist"),
+        (["--classes", "0,1", "--probe", "0"], "--probe"),
     ],
 )
 def test_adapt_bad_input_one_line_exit_2(argv, message, tmp_path, built_pool, capsys):

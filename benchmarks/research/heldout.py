@@ -1,7 +1,8 @@
 """Phase B of issue 8: the held-out study, run once with everything chosen on pool tasks (phase A).
 
 The 8 held-out tasks (the last 8 of `generate_tasks("fashion-mnist", 20, 3, 0)`) are adapted with the
-product's own `smsp.adapt` and its defaults (prototype similarity, the top entry's weights, recipe `recover`)
+product's own `smsp.adapt` and its defaults (prototype similarity, the probed top-3 entries' best one's weights,
+recipe `recover`)
 from the research pools of the 12 pool tasks (pruned from scratch @1000 at the same ratio), against pruning
 from scratch @1000 and the Torch-Pruning criteria, with and without the recipe, over several training seeds.
 The pools are fixed (built once); a seed changes the head, the data order and the scores' batches.
@@ -25,7 +26,9 @@ from benchmarks.research import common, rank
 # name -> AdaptConfig fields (besides ratio, seed). "full" variants run at every ratio; the rest at 0.5 only.
 VARIANTS: dict[str, dict[str, Any]] = {
     "smsp (default)": {},
-    "smsp, plain recipe": {"recipe": "plain"},
+    # the default before the probe stage (the study's first run): the most similar entry's weights
+    "smsp, most similar entry (probe 1)": {"probe": 1},
+    "smsp, plain recipe, probe 1": {"recipe": "plain", "probe": 1},
     "smsp masks only, K5, plain (paper)": {"init": "backbone", "top_k": 5, "recipe": "plain"},
     "taylor + recipe": {"method": "taylor"},
     "magnitude + recipe": {"method": "magnitude"},
@@ -34,7 +37,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "random, plain": {"method": "random", "recipe": "plain"},
     "scratch@1000": {"method": "scratch", "iters": 1000, "scratch_rounds": common.SCRATCH_ROUNDS},
 }
-FULL = ("smsp (default)", "taylor + recipe", "magnitude + recipe", "random + recipe", "scratch@1000")
+FULL = (
+    "smsp (default)",
+    "smsp, most similar entry (probe 1)",
+    "taylor + recipe",
+    "magnitude + recipe",
+    "random + recipe",
+    "scratch@1000",
+)
 REFERENCE = "scratch@1000"
 
 
@@ -71,6 +81,8 @@ def run(
         "init": report["init"],
         "recipe": report["recipe"],
         "similar_tasks": [s["task_id"] for s in report["similar_tasks"]],
+        "chosen": [s["task_id"] for s in report["similar_tasks"] if s["selected"]],
+        "probed": report["probed"],
         "seconds": {k: round(v, 2) for k, v in report["seconds"].items()},
     }
 

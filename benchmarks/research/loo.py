@@ -48,6 +48,9 @@ class Variant:
         "fresh"  # fresh | entry (shared classes' rows from the top entry) | entries (greedy cover, top 3)
     )
     head_lr: float = 1.0  # the classifier's learning rate, times the body's
+    pick: int = 0  # start the selection at this rank of the similarity order (0: the top entry)
+    optimizer: str = "sgd"
+    probe: int = 1  # entries (most similar first) whose features are probed to choose the top one
 
     @property
     def name(self) -> str:
@@ -66,6 +69,9 @@ class Variant:
             + ("" if self.head_lr == 1.0 else f",headlr{self.head_lr:g}")
             + ("" if self.bn_train else ",bnfrozen")
             + ("" if self.mask_source == "masks" else f",{self.mask_source}")
+            + ("" if self.pick == 0 else f",pick{self.pick}")
+            + ("" if self.optimizer == "sgd" else f",{self.optimizer}")
+            + ("" if self.probe == 1 else f",probe{self.probe}")
         )
 
 
@@ -95,6 +101,7 @@ def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, ite
             steps,
             batch_size=common.BATCH_SIZE,
             lr=variant.lr,
+            optimizer=variant.optimizer,
             seed=seed * 1000 + offset,
             train_mode_bn=variant.bn_train,
             head_lr_scale=variant.head_lr,
@@ -112,7 +119,9 @@ def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, ite
             others = sorted(t for t in entries if t != task.task_id)
             picks = np.random.default_rng(seed).choice(len(others), size=len(others), replace=False)
             ordered, similarity = [others[int(i)] for i in picks], {}
-        selected = ordered[: variant.top_k]
+        if variant.probe > 1:
+            ordered = _probed_order(ordered, variant.probe, entries, task, size, pool, seed, info)
+        selected = ordered[variant.pick : variant.pick + variant.top_k]
         seconds["similarity"] = time.perf_counter() - t
         scores: dict[str, np.ndarray] = {}
         if variant.mask_source == "scores":
@@ -171,6 +180,18 @@ def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, ite
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         **info,
     }
+
+
+def _probed_order(ordered, count, entries, task, size, pool, seed, info) -> list[str]:
+    """`ordered` with the best-probed of its first `count` entries moved to the front (edge_smsp.entry_probe)."""
+    from edge_smsp.entry_probe import best_probed, probe_entries
+    from edge_smsp.pool import Pool
+
+    with Pool(common.pool_path(size, *pool), create=False) as opened:
+        probed = probe_entries(opened, [(entries[t][0], 0.0) for t in ordered[:count]], task, seed=seed)
+    best = best_probed(probed).entry.task.task_key
+    info["probe"] = [round(candidate.accuracy, 4) for candidate in probed]
+    return [best] + [t for t in ordered if t != best]
 
 
 def _inherit_head(model, backbone, task, ranked: list[str], entries: dict) -> list[int]:

@@ -85,6 +85,15 @@ def describe_adaptation(report: dict[str, Any]) -> str:
                 for similar in selected
             )
         )
+    if report.get("probed"):
+        lines.append(
+            "probed for the weights (nearest-mean accuracy of each entry's features): "
+            + ", ".join(
+                f"{probed['task_id']} {100 * probed['nearest_mean_accuracy']:.1f}%"
+                + (" (chosen)" if probed["chosen"] else "")
+                for probed in report["probed"]
+            )
+        )
     steps = ", ".join(report["recovery_steps"]) or "none"
     lines.append(f"weights from the {report['init']}; recipe {report['recipe']} ({steps})")
     lines += [f"note: {note}" for note in report["notes"]]

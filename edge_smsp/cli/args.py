@@ -257,6 +257,14 @@ def add_recovery_arguments(parser: argparse.ArgumentParser) -> None:
         help="start from the backbone's weights or the top pool entry's (default: pool for pool methods)",
     )
     parser.add_argument(
+        "--probe",
+        type=int_in_range(1, MAX_TASKS),
+        default=3,
+        metavar="N",
+        help="with --init pool: of the N most similar pool tasks, take the entry whose own features separate "
+        "the new classes best (default 3; 1: the most similar)",
+    )
+    parser.add_argument(
         "--recipe",
         choices=tuple(RECIPES),
         default="recover",
@@ -288,6 +296,7 @@ def config_from_args(args: argparse.Namespace) -> AdaptConfig:
         similarity=args.similarity,
         shortlist=None if args.exhaustive else args.shortlist,
         init=args.init,
+        probe=args.probe,
         recipe=args.recipe,
     )
 

@@ -37,6 +37,7 @@ class AdaptConfig:
     similarity: str = DEFAULT_ESTIMATOR  # how pool entries are ranked (edge_smsp.estimators)
     shortlist: int | None = DEFAULT_SHORTLIST  # tasks the search stage keeps for `similarity`; None: all
     init: str | None = None  # "backbone" or "pool" (the top entry's weights); None: `init_mode`
+    probe: int = 3  # pool init: of this many most similar entries, the one whose features fit the task best
     recipe: str = "recover"  # recovery steps after pruning (edge_smsp.recipe)
     round_to: int = 8
     batch_size: int = 32
@@ -66,6 +67,8 @@ class AdaptConfig:
         _check_choice("scratch importance", self.scratch_importance, criterion_names(iterative=True))
         if self.iters < 0:
             raise PruneError(f"iterations must be >= 0, got {self.iters}")
+        if self.probe < 1:
+            raise PruneError(f"probe must be >= 1, got {self.probe}")
         if self.top_k is not None and self.top_k < 1:
             raise PruneError(f"top-k must be >= 1, got {self.top_k}")
         if self.scratch_rounds < 1:
@@ -107,6 +110,7 @@ class AdaptResult:
     )
     recovery: list[str] = field(default_factory=list)  # the recipe's steps that ran
     candidates: int = 0  # pool entries the selection drew from (before any shortlist)
+    probed: list[dict[str, Any]] = field(default_factory=list)  # entries probed for the weights, and how
     notes: list[str] = field(default_factory=list)  # fallbacks a reader should know about
     descriptor: np.ndarray | None = field(default=None, repr=False)  # the task's, when similarity computed it
 
@@ -144,6 +148,7 @@ class AdaptResult:
             "shortlist": self.config.shortlist,
             "candidates": self.candidates,
             "similar_tasks": [dataclasses.asdict(similar) for similar in self.similar_tasks],
+            "probed": self.probed,
             "notes": self.notes,
             "seconds": self.seconds,
             "groups": self.summary.groups,

@@ -1,6 +1,6 @@
 """`adapt`: a sequence of named stages over one run. One-shot methods differ only in where scores come from.
 
-    head -> select (similar pool entries) -> scores -> prune -> init (weights) -> recipe -> finetune -> evaluate
+    head -> select (similar pool entries) -> probe (which one's weights) -> scores -> prune -> init (weights) -> recipe -> finetune -> evaluate
 
 The head goes on first: the sizes before and after both count the model that is shipped, Taylor's warm-up
 trains through it, and the pruned head keeps its slice of the seeded initial weights.
@@ -28,6 +28,7 @@ from edge_smsp.smsp.stages import (
     evaluate_on_val,
     finetune_rest,
     initialise_weights,
+    probe_pool_entries,
     prune_to_ratio,
     recover_after_pruning,
     score_with_source,
@@ -48,6 +49,7 @@ class Stage:
 ADAPT_STAGES: tuple[Stage, ...] = (
     Stage("head", attach_task_head),
     Stage("select", select_pool_entries, "similarity"),
+    Stage("probe", probe_pool_entries, "similarity"),
     Stage("scores", score_with_source, "pruning"),
     Stage("prune", prune_to_ratio, "pruning"),
     Stage("init", initialise_weights, "init"),

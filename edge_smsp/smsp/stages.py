@@ -3,18 +3,21 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import torch
 from torch import nn
 
 from edge_smsp.data import Task
 from edge_smsp.entry_models import borrowed_entry_model
+from edge_smsp.entry_probe import best_probed, probe_entries
 from edge_smsp.errors import PoolError
 from edge_smsp.importance import unit_l1_norms
 from edge_smsp.inherit import inherit, inherit_head
 from edge_smsp.prune import prune, replace_classifier
 from edge_smsp.recipe import recipe_for
 from edge_smsp.recovery import recover
+from edge_smsp.score_sources.smsp import best_per_task
 from edge_smsp.smsp.state import AdaptRun
 from edge_smsp.train import evaluate
 
@@ -31,6 +34,33 @@ def select_pool_entries(run: AdaptRun) -> None:
     if run.pool is None:
         raise PoolError(f"method {run.config.method} needs a pool (--pool) built for this backbone")
     run.selection = run.source.select(run.score_inputs())
+
+
+def probe_pool_entries(run: AdaptRun) -> None:
+    """Pool initialisation: of the `probe` most similar pool tasks, the entry whose own features separate the
+    task's classes best is put first, so its mask and weights are the ones used (edge_smsp.entry_probe)."""
+    selection, config = run.selection, run.config
+    if selection is None or config.init_mode != "pool" or config.probe < 2:
+        return
+    assert run.pool is not None
+    per_task = best_per_task(selection.ranked)
+    with_models = [(entry, value) for entry, value in per_task if entry.file_names]
+    if len(with_models) < 2:
+        return
+    probed = probe_entries(run.pool, with_models[: config.probe], run.task, seed=config.seed)
+    best = best_probed(probed).entry
+    ordered = [pair for pair in per_task if pair[0].id == best.id]
+    ordered += [pair for pair in per_task if pair[0].id != best.id]
+    run.selection = dataclasses.replace(selection, selected=tuple(ordered[: config.k]))
+    run.probed = [
+        {
+            "entry_id": candidate.entry.id,
+            "task_id": candidate.entry.task.task_key,
+            "nearest_mean_accuracy": round(candidate.accuracy, 6),
+            "chosen": candidate.entry.id == best.id,
+        }
+        for candidate in probed
+    ]
 
 
 def score_with_source(run: AdaptRun) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +41,9 @@ class AdaptRun:
     val_accuracy: float | None = None
     init: str = "backbone"  # what the sub-network's weights came from (set by the init stage)
     inherited_rows: list[int] = field(default_factory=list)  # classifier rows taken from the pool entry
+    probed: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # candidates of the probe stage, for the report
     recovery: list[str] = field(default_factory=list)  # recovery steps that ran
     notes: list[str] = field(default_factory=list)
 
@@ -111,6 +115,7 @@ class AdaptRun:
             init=self.init,
             recovery=list(self.recovery),
             candidates=0 if selection is None else selection.candidates,
+            probed=list(self.probed),
             notes=[*(() if selection is None else selection.notes), *self.notes],
             descriptor=_computed_descriptor(selection),
         )

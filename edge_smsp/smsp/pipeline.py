@@ -1,6 +1,7 @@
 """`adapt`: a sequence of named stages over one run. One-shot methods differ only in where scores come from.
 
-    head -> select (similar pool entries) -> probe (which one's weights) -> scores -> prune -> init (weights) -> recipe -> finetune -> evaluate
+    head -> select (similar pool entries) -> probe (whose weights) -> scores -> prune -> init (weights)
+         -> recipe -> finetune -> evaluate
 
 The head goes on first: the sizes before and after both count the model that is shipped, Taylor's warm-up
 trains through it, and the pruned head keeps its slice of the seeded initial weights.

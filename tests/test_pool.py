@@ -304,6 +304,44 @@ def test_second_connection_sees_committed_entries(tmp_path: Path) -> None:
         assert [e.id for e in reader.entries()] == [entry_id]
 
 
+def _shared_lock_held_elsewhere(path: Path) -> bool:
+    """Whether some process holds SQLite's SHARED lock on the pool file, asked from a fresh process (F_GETLK
+    reports only other processes' locks)."""
+    code = textwrap.dedent(
+        f"""
+        import fcntl, os, struct
+        fd = os.open({str(path)!r}, os.O_RDONLY)
+        shared_first = 0x40000000 + 2  # SQLite's PENDING_BYTE + 2: its SHARED lock range, 510 bytes
+        query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, shared_first, 510, 0)
+        print(struct.unpack("hhqqi", fcntl.fcntl(fd, fcntl.F_GETLK, query))[0] != fcntl.F_UNLCK)
+        """
+    )
+    answer = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return answer.stdout.strip() == "True"
+
+
+def test_a_second_store_in_the_same_process_keeps_the_first_ones_locks(tmp_path: Path) -> None:
+    """A build's heartbeat opens its own store every few seconds beside the build's. Reading the file's header
+    from Python dropped the build's SQLite locks; another process closing the pool then deleted the WAL under
+    the build, and the build's next commit found the database 'malformed' (seen with two real `pool build`s)."""
+    from edge_smsp.pool.claims import ClaimStore
+
+    path = tmp_path / "pool.sqlite"
+    Pool(path).close()
+    with Pool(path, create=False) as build:
+        add_example_entry(build, 1)
+        assert _shared_lock_held_elsewhere(path)
+        with ClaimStore(path, create=False, check="none"):  # what the heartbeat does
+            pass
+        assert _shared_lock_held_elsewhere(path)
+        other_build = f"from edge_smsp.pool import Pool; p = Pool({str(path)!r}); p.entries(); p.close()"
+        subprocess.run([sys.executable, "-c", other_build], check=True, cwd=Path(__file__).parent.parent)
+        assert Path(f"{path}-wal").exists() and Path(f"{path}-shm").exists()
+        second = add_example_entry(build, 2)
+        assert [entry.id for entry in build.entries()][-1] == second
+        assert build.integrity_check() == []
+
+
 _KILLED_WRITER = textwrap.dedent(
     """
     import sys, time

@@ -10,6 +10,8 @@ import contextlib
 import json
 import os
 import sqlite3
+import threading
+from collections import Counter
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +24,13 @@ from edge_smsp.pool.schema import BASE_SCHEMA, BASE_VERSION, MIGRATIONS, SCHEMA_
 POOL_ENV_VAR = "EDGE_SMSP_POOL"
 BUSY_TIMEOUT_MS = 30_000
 _SQLITE_HEADER = b"SQLite format 3\x00"
+
+# Pool files this process holds open through SQLite, by (device, inode). Closing *any* descriptor of a file drops
+# every POSIX lock the process holds on it, SQLite's included (sqlite.org/howtocorrupt.html, 2.2): a header read
+# from Python while a connection is open lets another process take the file as unused and delete the WAL under
+# that connection. So the header is read only before the process's first connection to the file.
+_open_files: Counter[tuple[int, int]] = Counter()
+_open_files_lock = threading.Lock()
 
 
 def default_pool_path() -> Path:
@@ -50,6 +59,7 @@ class PoolStore:
             raise ValueError(f"check must be 'quick', 'full' or 'none', got {check!r}")
         self.path = Path(path).expanduser() if path is not None else default_pool_path()
         self._connection: sqlite3.Connection | None = None
+        self._file_id = (0, 0)
         self._closed = False
         self._check = check
         self._check_file(create)
@@ -65,6 +75,9 @@ class PoolStore:
                     f"cannot create the pool's folder {self.path.parent}: {error.strerror}"
                 ) from None
         self._connection = self._connect(create)
+        self._file_id = _file_id(self.path)
+        with _open_files_lock:
+            _open_files[self._file_id] += 1
         try:
             self._validate(self._check)
             self._ensure_schema(create)
@@ -87,6 +100,10 @@ class PoolStore:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
+            with _open_files_lock:
+                _open_files[self._file_id] -= 1
+                if _open_files[self._file_id] <= 0:
+                    del _open_files[self._file_id]
 
     def journal_mode(self) -> str:
         """The SQLite journal mode in use ("wal" once opened)."""
@@ -273,6 +290,11 @@ def check_pool_file(path: Path, *, create: bool = False) -> None:
             raise PoolError(
                 f"pool path {path} is not a regular file (a FIFO, device or socket); pass --pool PATH naming a file"
             )
+        with _open_files_lock:
+            if (
+                _file_id(path) in _open_files
+            ):  # checked when first opened; reading it now would drop the locks
+                return
         try:
             with path.open("rb") as handle:
                 header = handle.read(len(_SQLITE_HEADER))
@@ -286,6 +308,12 @@ def check_pool_file(path: Path, *, create: bool = False) -> None:
             checked_output_path(path, directory=False)
         except OutputPathError as error:
             raise PoolError(f"cannot create the pool: {error}") from None
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    """(device, inode) of the file at `path`, the identity POSIX locks are held on."""
+    status = path.stat()
+    return status.st_dev, status.st_ino
 
 
 def _fix_hint(path: Path) -> str:

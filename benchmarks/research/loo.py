@@ -330,6 +330,16 @@ EXPERIMENTS: dict[str, list[Variant]] = {
         V(method="taylor", recipe="plain", taylor="warmup"),
         V(method="random", recipe="plain"),
     ],
+    # which entry's weights: each of the top 5 in turn, the probe (edge_smsp.entry_probe), AdamW; run with
+    # --ratio 0.5 (probe05) and --ratio 0.7 (probe07); pool05_2000: entries trained @2000 instead of @1000
+    "probe05": [V(**TOP1, recipe="bn+imprint", pick=p) for p in range(1, 5)]
+    + [V(**TOP1, recipe=r, probe=3, optimizer=o) for r in ("bn+imprint", "plain") for o in ("sgd", "adamw")]
+    + [V(**TOP1, recipe="bn+imprint", optimizer="adamw", lr=lr) for lr in (None, 3e-4)]
+    + [V(**TOP1, recipe="plain", optimizer="adamw")],
+    "probe07": [
+        V(**{**TOP1, "pool_ratio": 0.7}, recipe="bn+imprint", probe=3, optimizer=o) for o in ("sgd", "adamw")
+    ],
+    "pool05_2000": [V(**{**TOP1, "pool_iters": 2000}, recipe="bn+imprint", probe=p) for p in (1, 3)],
     "tp": [
         V(method=m, recipe=r, taylor=t)
         for r in ("plain", "bn+imprint")

@@ -14,14 +14,16 @@ import torch
 from benchmarks.research import common
 
 
-def build(size: int, ratio: float, iters: int, tasks: int = common.POOL_TASKS) -> None:
+def build(size: int, ratio: float, iters: int, tasks: int = common.POOL_TASKS, reverse: bool = False) -> None:
     from edge_smsp import smsp
     from edge_smsp.pool import Pool
 
     path = common.pool_path(size, ratio, iters)
     path.parent.mkdir(parents=True, exist_ok=True)
     results = common.Results("pool_builds")
-    for classes in common.pool_tasks()[:tasks]:
+    chosen = common.pool_tasks()[:tasks]
+    # A second process walks the tasks backwards: going the same way it would only wait on the first one's claims.
+    for classes in reversed(chosen) if reverse else chosen:
         seed = common.task_seed(classes)
         config = smsp.AdaptConfig(
             ratio=ratio,
@@ -60,11 +62,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--pool", action="append", required=True, help="RATIO:ITERS")
     parser.add_argument("--tasks", type=int, default=common.POOL_TASKS, help="only the first N pool tasks")
+    parser.add_argument("--reverse", action="store_true", help="last task first (a second process)")
     args = parser.parse_args()
     common.single_thread()
     for spec in args.pool:
         ratio, iters = spec.split(":")
-        build(args.size, float(ratio), int(iters), args.tasks)
+        build(args.size, float(ratio), int(iters), args.tasks, args.reverse)
 
 
 if __name__ == "__main__":

@@ -153,6 +153,14 @@ def test_deploy_over_ssh_to_a_device_without_torch(
         "fashion-mnist:1-3-5",
         "fashion-mnist:6-7-8",
     ]
+    # deploy adapts with adapt's defaults: the probe chose which entry's weights, and that one was selected
+    probed = report["extra"]["probed"]
+    assert sorted(candidate["task_id"] for candidate in probed) == [
+        "fashion-mnist:1-3-5",
+        "fashion-mnist:6-7-8",
+    ]
+    (chosen,) = [candidate["entry_id"] for candidate in probed if candidate["chosen"]]
+    assert [similar["entry_id"] for similar in report["similar_tasks"] if similar["selected"]] == [chosen]
     for stage in (
         "connect",
         "device_check",

@@ -134,7 +134,12 @@ def _report(
         seconds={},
         out_dir=str(request.out_dir),
         report_path=str(request.out_dir / REPORT_NAME),
-        extra={"init": result.init, "recipe": result.config.recipe, "notes": result.notes},
+        extra={
+            "init": result.init,
+            "recipe": result.config.recipe,
+            "probed": result.probed,
+            "notes": result.notes,
+        },
     )
 
 

@@ -27,7 +27,8 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         help="prune the backbone for a new task with SMSP (or a baseline) and fine-tune it",
         description="One-shot pruning for a new task: pool similarity (class prototypes; a sketch search "
         "shortlists large pools) -> probe (of the most similar entries, the one whose features fit the task) "
-        "-> score mask -> physical pruning -> weights (that pool entry's, or the backbone's) -> recovery recipe -> a few fine-tuning iterations -> val accuracy.",
+        "-> score mask -> physical pruning -> weights (that pool entry's, or the backbone's) -> recovery "
+        "recipe -> a few fine-tuning iterations -> val accuracy.",
     )
     add_backbone_arguments(parser)
     add_task_arguments(parser, classes=True)

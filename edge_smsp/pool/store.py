@@ -290,10 +290,9 @@ def check_pool_file(path: Path, *, create: bool = False) -> None:
             raise PoolError(
                 f"pool path {path} is not a regular file (a FIFO, device or socket); pass --pool PATH naming a file"
             )
+        # Already open here: its header was checked then, and reading it now would drop SQLite's locks.
         with _open_files_lock:
-            if (
-                _file_id(path) in _open_files
-            ):  # checked when first opened; reading it now would drop the locks
+            if _file_id(path) in _open_files:
                 return
         try:
             with path.open("rb") as handle:

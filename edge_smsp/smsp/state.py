@@ -41,9 +41,8 @@ class AdaptRun:
     val_accuracy: float | None = None
     init: str = "backbone"  # what the sub-network's weights came from (set by the init stage)
     inherited_rows: list[int] = field(default_factory=list)  # classifier rows taken from the pool entry
-    probed: list[dict[str, Any]] = field(
-        default_factory=list
-    )  # candidates of the probe stage, for the report
+    # the probe stage's candidates and which one it chose, for the report
+    probed: list[dict[str, Any]] = field(default_factory=list)
     recovery: list[str] = field(default_factory=list)  # recovery steps that ran
     notes: list[str] = field(default_factory=list)
 

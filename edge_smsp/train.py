@@ -49,8 +49,14 @@ def finetune(
     progress: bool = False,
     train_mode_bn: bool = True,
     head_lr_scale: float = 1.0,
+    label_smoothing: float = 0.0,
+    teacher: nn.Module | None = None,
+    distill_weight: float = 0.5,
 ) -> TrainResult:
-    """Fine-tune every parameter for exactly `iters` iterations (cosine schedule); leaves the model in eval mode."""
+    """Fine-tune every parameter for exactly `iters` iterations (cosine schedule); leaves the model in eval mode.
+
+    With a `teacher` (a model with the task's outputs, kept in eval mode), the loss is (1 - distill_weight) times
+    the cross-entropy plus distill_weight times the soft-target loss against the teacher's outputs."""
     optimizer = str(optimizer).lower()
     if optimizer not in OPTIMIZERS:
         raise EdgeSmspError(f"unknown optimizer '{optimizer}'; choose one of {', '.join(OPTIMIZERS)}")
@@ -64,6 +70,10 @@ def finetune(
         raise EdgeSmspError(f"learning rate must be positive, got {lr}")
     if weight_decay < 0:
         raise EdgeSmspError(f"weight decay must be >= 0, got {weight_decay}")
+    if not 0.0 <= label_smoothing < 1.0:
+        raise EdgeSmspError(f"label smoothing must be in [0, 1), got {label_smoothing}")
+    if not 0.0 <= distill_weight <= 1.0:
+        raise EdgeSmspError(f"distillation weight must be in [0, 1], got {distill_weight}")
     dataset = task.train
     if len(dataset) < 2:
         raise DataError(
@@ -100,7 +110,11 @@ def finetune(
                     logits = model(images.to(device, memory_format=memory_format))
                     if step == 0:
                         _check_outputs(logits, task)
-                    loss = F.cross_entropy(logits, labels.to(device))
+                    loss = F.cross_entropy(logits, labels.to(device), label_smoothing=label_smoothing)
+                    if teacher is not None:
+                        loss = (1 - distill_weight) * loss + distill_weight * _distillation_loss(
+                            logits, teacher, images.to(device)
+                        )
                     if not torch.isfinite(loss):
                         raise EdgeSmspError(
                             f"fine-tuning diverged at iteration {step + 1} (loss {loss.item()}); lower the learning rate"
@@ -251,6 +265,26 @@ def _check_outputs(logits: torch.Tensor, task: Task) -> None:
             f"the model has {logits.shape[-1]} outputs but task {task.task_id} has {len(task.classes)} classes; "
             "give it a new classifier first (load_backbone(num_classes=k) or prune.replace_classifier)"
         )
+
+
+@torch.no_grad()
+def _teacher_logits(teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    with eval_mode(teacher):
+        return teacher(images)
+
+
+def _distillation_loss(logits: torch.Tensor, teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Hinton et al.'s soft-target loss at temperature 2 (times T^2, so its gradient scale matches the CE's)."""
+    temperature = 2.0
+    teacher_logits = _teacher_logits(teacher, images)
+    if teacher_logits.shape != logits.shape:
+        raise ModelError(
+            f"the teacher has {teacher_logits.shape[-1]} outputs but the model {logits.shape[-1]}: give the "
+            "teacher the task's classifier first"
+        )
+    targets = torch.softmax(teacher_logits / temperature, dim=1)
+    log_probs = torch.log_softmax(logits / temperature, dim=1)
+    return -(targets * log_probs).sum(dim=1).mean() * temperature**2
 
 
 def _device_of(model: nn.Module) -> torch.device:

@@ -36,6 +36,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the best criterion without the recipe in phase A
     "random, plain": {"method": "random", "recipe": "plain"},
     "scratch@1000": {"method": "scratch", "iters": 1000, "scratch_rounds": common.SCRATCH_ROUNDS},
+    # pruning from scratch with the budget of the other variants (--iters): the accuracy-vs-iterations curves
+    "scratch": {"method": "scratch", "scratch_rounds": common.SCRATCH_ROUNDS},
 }
 FULL = (
     "smsp (default)",

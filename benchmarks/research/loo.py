@@ -51,6 +51,13 @@ class Variant:
     pick: int = 0  # start the selection at this rank of the similarity order (0: the top entry)
     optimizer: str = "sgd"
     probe: int = 1  # entries (most similar first) whose features are probed to choose the top one
+    smoothing: float = 0.0  # label smoothing of the fine-tuning loss
+    samples: int = 512  # the recipe's class-balanced training images (BN statistics, prototypes)
+    freeze: float = 0.0  # this fraction of the backbone's blocks (from the input) is not trained
+    distill: float = 0.0  # weight of the distillation loss (0: none)
+    # The teacher: backbone (unpruned) | entries (the 3 probed entries' models, logits averaged); each gets
+    # adaptive BN, an imprinted head and a linear probe on 1500 training images.
+    teacher: str = "backbone"
 
     @property
     def name(self) -> str:
@@ -72,6 +79,11 @@ class Variant:
             + ("" if self.pick == 0 else f",pick{self.pick}")
             + ("" if self.optimizer == "sgd" else f",{self.optimizer}")
             + ("" if self.probe == 1 else f",probe{self.probe}")
+            + ("" if self.smoothing == 0.0 else f",ls{self.smoothing:g}")
+            + ("" if self.samples == 512 else f",samples{self.samples}")
+            + ("" if self.freeze == 0.0 else f",freeze{self.freeze:g}")
+            + ("" if self.distill == 0.0 else f",kd{self.distill:g}")
+            + ("" if self.teacher == "backbone" else f",teacher-{self.teacher}")
         )
 
 
@@ -86,11 +98,11 @@ def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, ite
     seed = common.task_seed(classes)
     backbone = common.backbone(size)
     task = common.task(classes, size)
-    recipe = RECIPES[variant.recipe]
+    recipe = dataclasses.replace(RECIPES[variant.recipe], samples=variant.samples)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
     model = smsp.with_task_head(backbone, task, seed)
-    spent, selected = 0, []
+    spent, selected, teacher = 0, [], None
     info: dict[str, Any] = {}
 
     def train(steps: int, offset: int) -> None:
@@ -105,6 +117,9 @@ def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, ite
             seed=seed * 1000 + offset,
             train_mode_bn=variant.bn_train,
             head_lr_scale=variant.head_lr,
+            label_smoothing=variant.smoothing,
+            teacher=teacher,
+            distill_weight=variant.distill,
         )
         seconds["finetune"] = seconds.get("finetune", 0.0) + time.perf_counter() - t
 
@@ -168,6 +183,13 @@ def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, ite
     info["head_scale"] = recovery.head_scale
     seconds["recipe"] = time.perf_counter() - t
     info["acc_before_finetune"] = round(evaluate(model, task.val), 4)
+    if variant.freeze:
+        _freeze_leading_blocks(model, variant.freeze)
+    if variant.distill:
+        t = time.perf_counter()
+        teacher = _teacher(variant, backbone, task, seed, size, ordered if variant.init != "backbone" else [])
+        info["teacher_accuracy"] = round(evaluate(teacher, task.val), 4)
+        seconds["teacher"] = time.perf_counter() - t
     train(iters - spent, 1 if spent else 0)
     t = time.perf_counter()
     accuracy = evaluate(model, task.val)
@@ -180,6 +202,47 @@ def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, ite
         "seconds": {k: round(v, 2) for k, v in seconds.items()},
         **info,
     }
+
+
+class _Ensemble(torch.nn.Module):
+    def __init__(self, members: list[torch.nn.Module]) -> None:
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(images) for member in self.members]).mean(dim=0)
+
+
+def _teacher(variant: Variant, backbone, task, seed: int, size: int, ordered: list[str]) -> torch.nn.Module:
+    """The distillation teacher: a model (or an ensemble) with a head fitted to the task, no training step."""
+    from edge_smsp import smsp
+    from edge_smsp.entry_models import entry_model
+    from edge_smsp.pool import Pool
+    from edge_smsp.prune import replace_classifier
+    from edge_smsp.recovery import recover
+
+    fitted = Recipe("teacher", probe_steps=50, samples=1500)
+    if variant.teacher == "backbone":
+        members = [smsp.with_task_head(backbone, task, seed)]
+    else:
+        entries = rank.entry_models(size, variant.pool_ratio, variant.pool_iters)
+        with Pool(common.pool_path(size, variant.pool_ratio, variant.pool_iters), create=False) as opened:
+            members = [
+                replace_classifier(entry_model(opened, entries[task_id][0]), len(task.classes))
+                for task_id in ordered[:3]
+            ]
+    for member in members:
+        recover(member, task, fitted, seed)
+    return members[0] if len(members) == 1 else _Ensemble(members).eval()
+
+
+def _freeze_leading_blocks(model, fraction: float) -> None:
+    """No gradient for the stem and the first `fraction` of the blocks (timm EfficientNet layout)."""
+    blocks = [block for stage in model.blocks for block in stage]
+    frozen = [model.conv_stem, model.bn1] + blocks[: round(fraction * len(blocks))]
+    for module in frozen:
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
 
 
 def _probed_order(ordered, count, entries, task, size, pool, seed, info) -> list[str]:
@@ -340,6 +403,24 @@ EXPERIMENTS: dict[str, list[Variant]] = {
         V(**{**TOP1, "pool_ratio": 0.7}, recipe="bn+imprint", probe=3, optimizer=o) for o in ("sgd", "adamw")
     ],
     "pool05_2000": [V(**{**TOP1, "pool_iters": 2000}, recipe="bn+imprint", probe=p) for p in (1, 3)],
+    # around the probed default: learning rate, label smoothing, more recipe images, frozen early blocks,
+    # distillation (unpruned backbone / the probed entries as teacher), LP-FT
+    "default05": [
+        V(**TOP1, recipe="bn+imprint", probe=3, **change)
+        for change in (
+            {"lr": 0.005},
+            {"lr": 0.02},
+            {"smoothing": 0.1},
+            {"samples": 2048},
+            {"freeze": 0.25},
+            {"freeze": 0.5},
+            {"distill": 0.2},
+            {"distill": 0.5},
+            {"distill": 0.5, "teacher": "entries"},
+            {"distill": 0.8, "teacher": "entries"},
+        )
+    ]
+    + [V(**TOP1, recipe="bn+imprint+probe", probe=3, samples=n) for n in (512, 1500)],
     "tp": [
         V(method=m, recipe=r, taylor=t)
         for r in ("plain", "bn+imprint")

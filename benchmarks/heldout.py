@@ -94,6 +94,36 @@ def estimator_hits(records: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, 
     return found
 
 
+def claims(payload: Mapping[str, Any] | None) -> list[list[str]]:
+    """Verdict rows (claim, verdict, numbers) for the product's default @100 on the held-out tasks: against
+    scratch@1000, and against each Torch-Pruning criterion with the same recipe."""
+    if not payload:
+        return []
+    found = cells(payload["runs"])
+    ratios = sorted({key[0] for key in found})
+    rows = []
+    for claim, others in (
+        ("2a. the same for the product's defaults (held-out study)", (REFERENCE,)),
+        ("2b. the same for the product's defaults (held-out study, criteria + the same recipe)", CRITERIA),
+    ):
+        parts, signs = [], []
+        for ratio in ratios:
+            default = found.get((ratio, DEFAULT, 100), {})
+            for other in others:
+                result = paired(default, found.get((ratio, other, 1000 if other == REFERENCE else 100), {}))
+                if result is None:
+                    continue
+                signs.append(result["mean"] >= 0)
+                parts.append(
+                    f"r={ratio:g} vs {other}: {result['mean']:+.2f} pt (better in {result['better']}/"
+                    f"{result['pairs']} runs, p = {_p(result['p'])})"
+                )
+        if parts:
+            verdict = "holds" if all(signs) else "does not hold here" if not any(signs) else "mixed"
+            rows.append([claim, verdict, "; ".join(parts)])
+    return rows
+
+
 def section(payload: Mapping[str, Any] | None, plots: Path) -> str | None:
     """Held-out study: tables per ratio, the paired tests, ranking quality, the accuracy-vs-iterations plot."""
     if not payload:
@@ -123,6 +153,38 @@ def section(payload: Mapping[str, Any] | None, plots: Path) -> str | None:
             )
             + "."
         )
+    if tried := payload.get("tried_after_probe"):
+        best = max(tried, key=lambda row: row["difference"])
+        rows = [
+            [
+                row["change"],
+                f"{row['accuracy']:.2f}",
+                f"{row['difference']:+.2f}",
+                f"{row['better']}/{row['worse']}",
+                _p(row["p"]),
+                f"{row['seconds']:.0f}",
+            ]
+            for row in tried
+        ]
+        parts += [
+            "Tried on the pool tasks around the default after the probe (leave-one-out, 12 pool tasks, r = 0.5, "
+            f"@100, 1 seed; the default there: {best['accuracy'] - best['difference']:.2f} %; "
+            "`benchmarks.research.loo --exp default05`, `--exp probe05`, `--exp pool05_2000`). The largest gain: "
+            f"{best['change']}, {best['difference']:+.2f} pt (p = {_p(best['p'])}); none was adopted. s / run: one "
+            f"adaptation's wall time (the default: {tried[0]['default_seconds']:.0f} s; the machine's load varied "
+            "between these runs; distillation adds the teacher's fit and its forward pass at every step).",
+            table(
+                [
+                    "change to the default",
+                    "val acc %",
+                    "vs the default (pt)",
+                    "tasks better/worse",
+                    "p",
+                    "s / run",
+                ],
+                rows,
+            ),
+        ]
     for ratio in sorted({key[0] for key in found}):
         reference = found.get((ratio, REFERENCE, 1000), {})
         default = found.get((ratio, DEFAULT, 100), {})
@@ -160,28 +222,7 @@ def section(payload: Mapping[str, Any] | None, plots: Path) -> str | None:
             parts.append(
                 f"The probe took another entry than the most similar one in {other} of {len(switched)} default runs."
             )
-    curves = sorted({(key[0], key[1]) for key in found if key[2] != 100 and key[1] != REFERENCE})
-    for ratio, variant in curves:
-        reference = found.get((ratio, REFERENCE, 1000), {})
-        budgets = sorted(key[2] for key in found if key[:2] == (ratio, variant))
-        rows = []
-        seeds = set.intersection(*({seed for _task, seed in found[(ratio, variant, n)]} for n in budgets))
-        for iters in budgets:
-            cell = {pair: acc for pair, acc in found[(ratio, variant, iters)].items() if pair[1] in seeds}
-            against = paired(cell, reference)
-            rows.append(
-                [
-                    iters,
-                    len(cell),
-                    f"{100 * np.mean(list(cell.values())):.2f}",
-                    "" if against is None else f"{against['mean']:+.2f} ± {against['std']:.2f}",
-                    "" if against is None else f"{against['better']}/{against['worse']}",
-                ]
-            )
-        parts += [
-            f"**{variant}, r = {ratio:g}, against fine-tuning iterations** (the seeds that ran every budget):",
-            table(["iterations", "runs", "val acc %", "vs scratch@1000 (pt)", "better/worse"], rows),
-        ]
+    parts += iteration_tables(found)
     rank = payload["ranking"]
     parts.append(
         f"Ranking quality (default prototype similarity): the top entry shares the most classes with the held-out "
@@ -202,32 +243,96 @@ def section(payload: Mapping[str, Any] | None, plots: Path) -> str | None:
     return "\n\n".join(parts)
 
 
-def plot(found: Mapping[tuple[float, str, int], Mapping[Any, float]], out: Path) -> Path | None:
-    """Mean held-out accuracy against fine-tuning iterations: a line for a variant run at several budgets (on the
-    seeds common to all of them), a marker for one run at 100 only, a dotted line for scratch@1000."""
-    by_variant: dict[tuple[float, str], list[int]] = {}
+def _curves(
+    found: Mapping[tuple[float, str, int], Mapping[Any, float]],
+) -> dict[tuple[float, str], list[int]]:
+    """(ratio, variant) -> its budgets, for the variants run at more than one budget (scratch@1000 aside)."""
+    budgets: dict[tuple[float, str], list[int]] = {}
     for ratio, variant, iters in found:
-        by_variant.setdefault((ratio, variant), []).append(iters)
-    if not any(len(budgets) > 1 for budgets in by_variant.values()):
+        if variant != REFERENCE:
+            budgets.setdefault((ratio, variant), []).append(iters)
+    return {key: sorted(values) for key, values in sorted(budgets.items()) if len(values) > 1}
+
+
+def _seed_mean(cell: Mapping[tuple[str, int], float], seed: int) -> float | None:
+    values = [accuracy for (_task, run_seed), accuracy in cell.items() if run_seed == seed]
+    return 100 * float(np.mean(values)) if values else None
+
+
+def iteration_tables(found: Mapping[tuple[float, str, int], Mapping[Any, float]]) -> list[str]:
+    """Accuracy against iterations: every curve on seed 0 (the seed every variant ran) side by side, then each
+    curve with every seed it ran at each budget, paired against scratch@1000."""
+    curves = _curves(found)
+    parts = []
+    for ratio in sorted({ratio for ratio, _variant in curves}):
+        variants = [variant for curve_ratio, variant in curves if curve_ratio == ratio]
+        budgets = sorted({n for (r, v), values in curves.items() if r == ratio for n in values})
+        reference = _seed_mean(found.get((ratio, REFERENCE, 1000), {}), 0)
+        rows = []
+        for iters in budgets:
+            row = [iters]
+            for variant in variants:
+                mean = _seed_mean(found.get((ratio, variant, iters), {}), 0)
+                row.append(
+                    ""
+                    if mean is None
+                    else f"{mean:.2f}" + ("" if reference is None else f" ({mean - reference:+.2f})")
+                )
+            rows.append(row)
+        parts += [
+            f"**Accuracy against fine-tuning iterations, r = {ratio:g}, seed 0** (mean over the 8 held-out tasks; "
+            f"in brackets: against scratch@1000 on the same seed"
+            + ("" if reference is None else f", {reference:.2f} %")
+            + "; *scratch* prunes from scratch with the row's iterations):",
+            table(["iterations", *variants], rows),
+        ]
+    for (ratio, variant), budgets in curves.items():
+        reference = found.get((ratio, REFERENCE, 1000), {})
+        rows = []
+        for iters in budgets:
+            cell = found[(ratio, variant, iters)]
+            against = paired(cell, reference)
+            rows.append(
+                [
+                    iters,
+                    len(cell),
+                    f"{100 * np.mean(list(cell.values())):.2f}",
+                    "" if against is None else f"{against['mean']:+.2f} ± {against['std']:.2f}",
+                    "" if against is None else f"{against['better']}/{against['worse']}",
+                    "" if against is None else _p(against["p"]),
+                ]
+            )
+        if any(len({seed for _task, seed in found[(ratio, variant, n)]}) > 1 for n in budgets if n != 100):
+            parts += [
+                f"**{variant}, r = {ratio:g}, against fine-tuning iterations, every seed run at each budget:**",
+                table(["iterations", "runs", "val acc %", "vs scratch@1000 (pt)", "better/worse", "p"], rows),
+            ]
+    return parts
+
+
+def plot(found: Mapping[tuple[float, str, int], Mapping[Any, float]], out: Path) -> Path | None:
+    """Mean held-out accuracy (seed 0) against fine-tuning iterations: a line per variant run at several budgets,
+    a dotted line for scratch@1000."""
+    curves = _curves(found)
+    if not curves:
         return None
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.2, 4.0))
     ticks: set[int] = set()
-    for (ratio, variant), budgets in sorted(by_variant.items()):
-        budgets.sort()
-        cells = [found[(ratio, variant, n)] for n in budgets]
-        seeds = set.intersection(*({seed for _task, seed in cell} for cell in cells))
-        means = [100 * float(np.mean([a for (_t, s), a in cell.items() if s in seeds])) for cell in cells]
-        if variant == REFERENCE:
-            axis.axhline(means[0], linestyle=":", color="grey", label=f"{REFERENCE} r={ratio:g}")
-            continue
-        ticks.update(budgets)
-        axis.plot(budgets, means, marker="o" if len(budgets) > 1 else "x", label=f"{variant} r={ratio:g}")
+    for ratio in sorted({ratio for ratio, _variant in curves}):
+        reference = _seed_mean(found.get((ratio, REFERENCE, 1000), {}), 0)
+        if reference is not None:
+            axis.axhline(reference, linestyle=":", color="grey", label=f"{REFERENCE} r={ratio:g}")
+    for (ratio, variant), budgets in curves.items():
+        points = [(n, _seed_mean(found[(ratio, variant, n)], 0)) for n in budgets]
+        points = [(n, mean) for n, mean in points if mean is not None]
+        ticks.update(n for n, _mean in points)
+        axis.plot(*zip(*points, strict=True), marker="o", label=f"{variant} r={ratio:g}")
     axis.set_xscale("log")
     axis.set_xticks(sorted(ticks), [str(t) for t in sorted(ticks)])
     axis.minorticks_off()
     axis.set_xlabel("fine-tuning iterations")
-    axis.set_ylabel("held-out val accuracy %")
+    axis.set_ylabel("held-out val accuracy % (seed 0)")
     axis.legend(fontsize=6)
     axis.grid(alpha=0.3)
     return save_figure(figure, out)
@@ -264,6 +369,70 @@ def probe_choice(
     return found
 
 
+# Tried on the pool tasks around the probed default, r = 0.5 (benchmarks.research.loo --exp default05 and
+# pool05_2000): label -> the loo variant's name.
+_DEFAULT_LOO = "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,probe3]"
+TRIED_AFTER_PROBE = {
+    "SGD learning rate 0.005 (default 0.01)": "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,lr0.005,probe3]",
+    "SGD learning rate 0.02": "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,lr0.02,probe3]",
+    "AdamW (lr 1e-3, wd 0.01)": "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,adamw,probe3]",
+    "label smoothing 0.1": "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,probe3,ls0.1]",
+    "2048 recipe images (default 512)": "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,probe3,samples2048]",
+    "first 25 % of the blocks frozen": "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,probe3,freeze0.25]",
+    "first 50 % of the blocks frozen": "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,probe3,freeze0.5]",
+    "distillation 0.2 from the unpruned backbone": "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,probe3,kd0.2]",
+    "distillation 0.5 from the unpruned backbone": "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,probe3,kd0.5]",
+    "distillation 0.5 from the 3 probed entries": (
+        "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,probe3,kd0.5,teacher-entries]"
+    ),
+    "distillation 0.8 from the 3 probed entries": (
+        "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,probe3,kd0.8,teacher-entries]"
+    ),
+    "LP-FT (linear probe before fine-tuning)": "smsp[proto,k1,top1,bn+imprint+probe,pool0.5@1000,probe3]",
+    "plain recipe (no adaptive BN, no imprint)": "smsp[proto,k1,top1,plain,pool0.5@1000,probe3]",
+    "pool entries trained @2000": "smsp[proto,k1,top1,bn+imprint,pool0.5@2000,probe3]",
+}
+
+
+def tried_after_probe(
+    loo_runs: Mapping[str, Mapping[str, Any]], pool_tasks: Sequence[Sequence[int]]
+) -> list[dict]:
+    """Each of TRIED_AFTER_PROBE against the default on the pool tasks (leave-one-out, r = 0.5, @100)."""
+
+    def runs(variant: str) -> dict[str, Mapping[str, Any]]:
+        return {
+            task: loo_runs[key]
+            for task in ("-".join(map(str, classes)) for classes in pool_tasks)
+            if (key := f"px32|{variant}|r0.5|it100|{task}") in loo_runs
+        }
+
+    def accuracies(variant: str) -> dict[str, float]:
+        return {task: run["val_accuracy"] for task, run in runs(variant).items()}
+
+    reference = accuracies(_DEFAULT_LOO)
+    found = []
+    for label, variant in TRIED_AFTER_PROBE.items():
+        cell = accuracies(variant)
+        if len(cell) != len(pool_tasks) or len(reference) != len(pool_tasks):
+            continue
+        diffs = [100 * (cell[task] - reference[task]) for task in reference]
+        found.append(
+            {
+                "change": label,
+                "accuracy": 100 * float(np.mean(list(cell.values()))),
+                "difference": float(np.mean(diffs)),
+                "better": sum(d > 0 for d in diffs),
+                "worse": sum(d < 0 for d in diffs),
+                "p": sign_flip_p(diffs),
+                "seconds": float(np.mean([run["seconds"]["total"] for run in runs(variant).values()])),
+                "default_seconds": float(
+                    np.mean([run["seconds"]["total"] for run in runs(_DEFAULT_LOO).values()])
+                ),
+            }
+        )
+    return found
+
+
 def _default_runs(runs: Iterable[Mapping[str, Any]], ratio: float) -> list[Mapping[str, Any]]:
     return [
         run for run in runs if run["variant"] == DEFAULT and run["ratio"] == ratio and run["iters"] == 100
@@ -285,6 +454,7 @@ def payload_from(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "ranking": ranking(runs, common.pool_tasks()),
         "estimators": estimator_hits(common.Results("heldout_rank").load().values()),
         "probe_choice": probe_choice(common.Results("loo").load(), common.pool_tasks()),
+        "tried_after_probe": tried_after_probe(common.Results("loo").load(), common.pool_tasks()),
         "runs": [
             {
                 key: run[key]

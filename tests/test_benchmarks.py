@@ -8,6 +8,7 @@ from benchmarks import (
     accuracy,
     adapt_time,
     budgets,
+    heldout,
     mechanism,
     planner_check,
     report,
@@ -215,3 +216,51 @@ def test_mask_packing_and_spearman():
     assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
     assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
     assert spearman([1, 1, 1], [1, 2, 3]) is None
+
+
+def test_heldout_claims_pair_runs_by_task_and_seed():
+    def run(variant, task, seed, value, iters=100):
+        return {
+            "variant": variant,
+            "task": task,
+            "seed": seed,
+            "ratio": 0.5,
+            "iters": iters,
+            "val_accuracy": value,
+        }
+
+    tasks = [f"{index}-{index + 1}-{index + 2}" for index in range(4)]
+    runs = []
+    for position, task in enumerate(tasks):
+        for seed in (0, 1):
+            scratch = 0.90 + 0.01 * position
+            runs.append(run(heldout.REFERENCE, task, seed, scratch, iters=1000))
+            # Below scratch by 1 pt on every run; above every criterion by 5 pt.
+            runs.append(run(heldout.DEFAULT, task, seed, scratch - 0.01))
+            for criterion in heldout.CRITERIA:
+                runs.append(run(criterion, task, seed, scratch - 0.06))
+    against_scratch, against_criteria = heldout.claims({"runs": runs})
+    assert against_scratch[1] == "does not hold here"
+    assert "r=0.5 vs scratch@1000: -1.00 pt (better in 0/8 runs, p = 0.1250)" in against_scratch[2]
+    assert against_criteria[1] == "holds"
+    assert against_criteria[2].count("+5.00 pt (better in 8/8 runs, p = 0.1250)") == len(heldout.CRITERIA)
+    assert heldout.claims(None) == []
+
+
+def test_tried_after_probe_compares_each_change_with_the_default_task_by_task():
+    pool_tasks = [(0, 1, 2), (3, 4, 5), (6, 7, 8)]
+    label, variant = next(iter(heldout.TRIED_AFTER_PROBE.items()))
+    loo_runs = {}
+    for position, classes in enumerate(pool_tasks):
+        task = "-".join(map(str, classes))
+        for name, value in ((heldout._DEFAULT_LOO, 0.90), (variant, 0.90 + 0.01 * (position - 1))):
+            loo_runs[f"px32|{name}|r0.5|it100|{task}"] = {
+                "val_accuracy": value,
+                "seconds": {"total": 10.0},
+            }
+    (row,) = heldout.tried_after_probe(loo_runs, pool_tasks)
+    assert row["change"] == label
+    assert row["difference"] == pytest.approx(0.0) and (row["better"], row["worse"]) == (1, 1)
+    assert row["accuracy"] == pytest.approx(90.0) and row["p"] == pytest.approx(1.0)
+    del loo_runs[f"px32|{variant}|r0.5|it100|0-1-2"]  # a change not run on every pool task is left out
+    assert heldout.tried_after_probe(loo_runs, pool_tasks) == []

@@ -260,13 +260,13 @@ def _seed_mean(cell: Mapping[tuple[str, int], float], seed: int) -> float | None
 
 
 def iteration_tables(found: Mapping[tuple[float, str, int], Mapping[Any, float]]) -> list[str]:
-    """Accuracy against iterations: every curve on seed 0 (the seed every variant ran) side by side, then each
-    curve with every seed it ran at each budget, paired against scratch@1000."""
+    """Accuracy against iterations: every curve on seed 0 (the seed every variant ran) side by side; then each
+    curve run with several seeds beyond @100, every seed at each budget, paired against scratch@1000."""
     curves = _curves(found)
     parts = []
     for ratio in sorted({ratio for ratio, _variant in curves}):
         variants = [variant for curve_ratio, variant in curves if curve_ratio == ratio]
-        budgets = sorted({n for (r, v), values in curves.items() if r == ratio for n in values})
+        budgets = sorted({n for (r, _variant), values in curves.items() if r == ratio for n in values})
         reference = _seed_mean(found.get((ratio, REFERENCE, 1000), {}), 0)
         rows = []
         for iters in budgets:
@@ -371,7 +371,7 @@ def probe_choice(
 
 # Tried on the pool tasks around the probed default, r = 0.5 (benchmarks.research.loo --exp default05 and
 # pool05_2000): label -> the loo variant's name.
-_DEFAULT_LOO = "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,probe3]"
+DEFAULT_LOO = "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,probe3]"
 TRIED_AFTER_PROBE = {
     "SGD learning rate 0.005 (default 0.01)": "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,lr0.005,probe3]",
     "SGD learning rate 0.02": "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,lr0.02,probe3]",
@@ -409,7 +409,7 @@ def tried_after_probe(
     def accuracies(variant: str) -> dict[str, float]:
         return {task: run["val_accuracy"] for task, run in runs(variant).items()}
 
-    reference = accuracies(_DEFAULT_LOO)
+    reference = accuracies(DEFAULT_LOO)
     found = []
     for label, variant in TRIED_AFTER_PROBE.items():
         cell = accuracies(variant)
@@ -426,7 +426,7 @@ def tried_after_probe(
                 "p": sign_flip_p(diffs),
                 "seconds": float(np.mean([run["seconds"]["total"] for run in runs(variant).values()])),
                 "default_seconds": float(
-                    np.mean([run["seconds"]["total"] for run in runs(_DEFAULT_LOO).values()])
+                    np.mean([run["seconds"]["total"] for run in runs(DEFAULT_LOO).values()])
                 ),
             }
         )

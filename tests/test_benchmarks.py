@@ -253,7 +253,7 @@ def test_tried_after_probe_compares_each_change_with_the_default_task_by_task():
     loo_runs = {}
     for position, classes in enumerate(pool_tasks):
         task = "-".join(map(str, classes))
-        for name, value in ((heldout._DEFAULT_LOO, 0.90), (variant, 0.90 + 0.01 * (position - 1))):
+        for name, value in ((heldout.DEFAULT_LOO, 0.90), (variant, 0.90 + 0.01 * (position - 1))):
             loo_runs[f"px32|{name}|r0.5|it100|{task}"] = {
                 "val_accuracy": value,
                 "seconds": {"total": 10.0},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -32,12 +33,28 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
+def _kill_all(pids: list[int]) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _as_from_a_terminal() -> None:
+    """SIGINT and SIGTERM at their defaults, as for a command typed in a terminal: a runner started in the
+    background of a non-interactive shell (`cmd &`) ignores SIGINT, its children inherit that, and Python then
+    leaves Ctrl-C ignored too."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("transport", ["local", "ssh"])
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_interrupted_bench_leaves_no_runtime_process(
     transport: str, signum: int, request: pytest.FixtureRequest, tmp_path: Path, device_python: str
 ) -> None:
     workdir = tmp_path / "device-work"
+    # If the test fails, a benchmark left running would hold a core for an hour and slow the rest of the suite.
+    request.addfinalizer(lambda: _kill_all(_processes_mentioning(f"{workdir}/runtime")))
     connection: dict = {"transport": "local", "python": device_python, "workdir": str(workdir)}
     if transport == "ssh":
         sshd: SshdServer = request.getfixturevalue("sshd")
@@ -60,6 +77,7 @@ def test_interrupted_bench_leaves_no_runtime_process(
         env=env,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_as_from_a_terminal,
     )
     try:
         deadline = time.monotonic() + 120

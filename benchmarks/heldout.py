@@ -319,10 +319,11 @@ def plot(found: Mapping[tuple[float, str, int], Mapping[Any, float]], out: Path)
     plt = pyplot()
     figure, axis = plt.subplots(figsize=(6.2, 4.0))
     ticks: set[int] = set()
-    for ratio in sorted({ratio for ratio, _variant in curves}):
+    for index, ratio in enumerate(sorted({ratio for ratio, _variant in curves})):
         reference = _seed_mean(found.get((ratio, REFERENCE, 1000), {}), 0)
         if reference is not None:
-            axis.axhline(reference, linestyle=":", color="grey", label=f"{REFERENCE} r={ratio:g}")
+            style = (":", "--", "-.")[index % 3]
+            axis.axhline(reference, linestyle=style, color="grey", label=f"{REFERENCE} r={ratio:g}")
     for (ratio, variant), budgets in curves.items():
         points = [(n, _seed_mean(found[(ratio, variant, n)], 0)) for n in budgets]
         points = [(n, mean) for n, mean in points if mean is not None]

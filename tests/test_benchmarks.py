@@ -9,6 +9,7 @@ from benchmarks import (
     adapt_time,
     budgets,
     heldout,
+    heldout_choices,
     mechanism,
     planner_check,
     report,
@@ -249,18 +250,18 @@ def test_heldout_claims_pair_runs_by_task_and_seed():
 
 def test_tried_after_probe_compares_each_change_with_the_default_task_by_task():
     pool_tasks = [(0, 1, 2), (3, 4, 5), (6, 7, 8)]
-    label, variant = next(iter(heldout.TRIED_AFTER_PROBE.items()))
+    label, variant = next(iter(heldout_choices.TRIED_AFTER_PROBE.items()))
     loo_runs = {}
     for position, classes in enumerate(pool_tasks):
         task = "-".join(map(str, classes))
-        for name, value in ((heldout.DEFAULT_LOO, 0.90), (variant, 0.90 + 0.01 * (position - 1))):
+        for name, value in ((heldout_choices.DEFAULT_LOO, 0.90), (variant, 0.90 + 0.01 * (position - 1))):
             loo_runs[f"px32|{name}|r0.5|it100|{task}"] = {
                 "val_accuracy": value,
                 "seconds": {"total": 10.0},
             }
-    (row,) = heldout.tried_after_probe(loo_runs, pool_tasks)
+    (row,) = heldout_choices.tried_after_probe(loo_runs, pool_tasks)
     assert row["change"] == label
     assert row["difference"] == pytest.approx(0.0) and (row["better"], row["worse"]) == (1, 1)
     assert row["accuracy"] == pytest.approx(90.0) and row["p"] == pytest.approx(1.0)
     del loo_runs[f"px32|{variant}|r0.5|it100|0-1-2"]  # a change not run on every pool task is left out
-    assert heldout.tried_after_probe(loo_runs, pool_tasks) == []
+    assert heldout_choices.tried_after_probe(loo_runs, pool_tasks) == []

@@ -43,10 +43,19 @@ def probe_choice(
     return found
 
 
-# Tried on the pool tasks around the probed default, r = 0.5 (benchmarks.research.loo --exp default05 and
-# pool05_2000): label -> the loo variant's name.
+# Tried on the pool tasks around the probed default at batch 32, r = 0.5 (benchmarks.research.loo --exp
+# default05, pool05_2000 and batch05): label -> the loo variant's name. ADOPTED is the one the product took.
 DEFAULT_LOO = "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,probe3]"
+ADOPTED = "batch 128 (4x), learning rate 0.04 (scaled; adopted)"
 TRIED_AFTER_PROBE = {
+    "batch 64 (2x the images per iteration), learning rate 0.01": (
+        "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,probe3,batch64]"
+    ),
+    "batch 64, learning rate 0.02 (scaled with the batch)": (
+        "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,lr0.02,probe3,batch64]"
+    ),
+    "batch 128 (4x), learning rate 0.02": "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,lr0.02,probe3,batch128]",
+    ADOPTED: "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,lr0.04,probe3,batch128]",
     "SGD learning rate 0.005 (default 0.01)": "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,lr0.005,probe3]",
     "SGD learning rate 0.02": "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,lr0.02,probe3]",
     "AdamW (lr 1e-3, wd 0.01)": "smsp[proto,k1,top1,bn+imprint,pool0.5@1000,adamw,probe3]",

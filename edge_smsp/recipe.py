@@ -13,6 +13,11 @@ from dataclasses import dataclass
 
 from edge_smsp.errors import EdgeSmspError
 
+# The fine-tuning batch of an adaptation (adapt, deploy). 100 iterations at batch 128, with SGD's learning rate
+# scaled to 0.04 (edge_smsp.train.default_lr), beat batch 32 by +0.90 pt on the held-out study's pool tasks in
+# 2.5x the wall time at 32 px (benchmarks/RESULTS.md). `edge-smsp pool build` keeps batch 32.
+ADAPT_BATCH_SIZE = 128
+
 
 @dataclass(frozen=True)
 class Recipe:

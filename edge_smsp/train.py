@@ -22,18 +22,28 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 # Fashion-MNIST tasks with the bundled EfficientNet-Lite0 (32 and 64 px, batch 32): SGD 0.01 was best or tied
 # (0.003 and 0.03 within noise, 0.1 collapsed to 35%); AdamW 1e-3 and 3e-3 tied, 3e-4 was worse.
 DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3}
+# Above batch 32, SGD's default grows linearly with the batch (Goyal et al.): on the held-out study's pool
+# tasks, 100 iterations at batch 64 gained +0.58 pt with 0.02 and +0.12 with 0.01; at batch 128, +0.90 with
+# 0.04 and +0.17 with 0.02 (benchmarks/RESULTS.md). Smaller batches keep 0.01 (what they were measured with);
+# AdamW's is not scaled.
+LR_REFERENCE_BATCH = 32
+# A training step's activations grow with images x pixels: EfficientNet-Lite0 took 844 MiB for 128 images at
+# 64 px and 75 MiB per image at 224 px (one forward + backward, one thread). An adaptation cuts its batch into
+# chunks of this many pixels, but never below 32 images (what every batch held before batch 128): 32 at 224 px.
+MICRO_BATCH_PIXELS = 128 * 64 * 64
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-5, "adamw": 0.01}
 SGD_MOMENTUM = 0.9
 
 
 @dataclass
 class TrainResult:
-    """What a fine-tuning run did: iterations, the loss of the last one, every loss, wall time."""
+    """What a fine-tuning run did: iterations, the loss of the last one, every loss, wall time, learning rate."""
 
     iters: int
     final_loss: float
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
+    lr: float | None = None
 
 
 def finetune(
@@ -52,9 +62,13 @@ def finetune(
     label_smoothing: float = 0.0,
     teacher: nn.Module | None = None,
     distill_weight: float = 0.5,
+    micro_batch: int | None = None,
 ) -> TrainResult:
     """Fine-tune every parameter for exactly `iters` iterations (cosine schedule); leaves the model in eval mode.
 
+    `lr=None` takes `default_lr(optimizer, batch)`. With `micro_batch`, each batch goes through the model in
+    chunks of that many images whose gradients add up to the batch's: the same update in less memory, except
+    that BatchNorm normalises each chunk on its own statistics.
     With a `teacher` (a model with the task's outputs, kept in eval mode), the loss is (1 - distill_weight) times
     the cross-entropy plus distill_weight times the soft-target loss against the teacher's outputs."""
     optimizer = str(optimizer).lower()
@@ -64,9 +78,12 @@ def finetune(
         raise EdgeSmspError(f"iterations must be a non-negative integer, got {iters}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise EdgeSmspError(f"batch size must be a positive integer, got {batch_size}")
-    lr = DEFAULT_LR[optimizer] if lr is None else float(lr)
+    if micro_batch is not None and (
+        isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1
+    ):
+        raise EdgeSmspError(f"micro-batch must be a positive integer, got {micro_batch}")
     weight_decay = DEFAULT_WEIGHT_DECAY[optimizer] if weight_decay is None else float(weight_decay)
-    if not lr > 0 or not math.isfinite(lr):
+    if lr is not None and (not float(lr) > 0 or not math.isfinite(float(lr))):
         raise EdgeSmspError(f"learning rate must be positive, got {lr}")
     if weight_decay < 0:
         raise EdgeSmspError(f"weight decay must be >= 0, got {weight_decay}")
@@ -81,9 +98,12 @@ def finetune(
         )
     # Train-mode BatchNorm cannot normalise a batch of one.
     batch_size = min(batch_size, len(dataset))
+    lr = default_lr(optimizer, batch_size) if lr is None else float(lr)
+    # Equal chunks of at least 2 images (train-mode BatchNorm again), as close to `micro_batch` as that allows.
+    chunks = 1 if micro_batch is None else max(1, min(math.ceil(batch_size / micro_batch), batch_size // 2))
     if iters == 0:
         model.eval()
-        return TrainResult(iters=0, final_loss=float("nan"), losses=[], seconds=0.0)
+        return TrainResult(iters=0, final_loss=float("nan"), losses=[], seconds=0.0, lr=lr)
 
     started = time.perf_counter()
     losses: list[float] = []
@@ -107,23 +127,31 @@ def finetune(
                     if step >= iters:
                         break
                     images, labels = _fetch(dataset, indices)
-                    logits = model(images.to(device, memory_format=memory_format))
-                    if step == 0:
-                        _check_outputs(logits, task)
-                    loss = F.cross_entropy(logits, labels.to(device), label_smoothing=label_smoothing)
-                    if teacher is not None:
-                        loss = (1 - distill_weight) * loss + distill_weight * _distillation_loss(
-                            logits, teacher, images.to(device)
-                        )
-                    if not torch.isfinite(loss):
-                        raise EdgeSmspError(
-                            f"fine-tuning diverged at iteration {step + 1} (loss {loss.item()}); lower the learning rate"
-                        )
                     opt.zero_grad(set_to_none=True)
-                    loss.backward()
+                    loss_sum = 0.0
+                    parts = zip(images.tensor_split(chunks), labels.tensor_split(chunks), strict=True)
+                    for part_images, part_labels in parts:
+                        part_images = part_images.to(device, memory_format=memory_format)
+                        logits = model(part_images)
+                        if step == 0:
+                            _check_outputs(logits, task)
+                        loss = F.cross_entropy(
+                            logits, part_labels.to(device), label_smoothing=label_smoothing
+                        )
+                        if teacher is not None:
+                            loss = (1 - distill_weight) * loss + distill_weight * _distillation_loss(
+                                logits, teacher, part_images
+                            )
+                        if not torch.isfinite(loss):
+                            raise EdgeSmspError(
+                                f"fine-tuning diverged at iteration {step + 1} (loss {loss.item()}); lower the learning rate"
+                            )
+                        # each chunk's mean loss, weighted by its share of the batch: the batch's mean gradient
+                        (loss * (len(part_labels) / len(labels))).backward()
+                        loss_sum += float(loss.detach()) * len(part_labels)
                     opt.step()
                     schedule.step()
-                    losses.append(float(loss.detach()))
+                    losses.append(loss_sum / len(labels))
                     bar.update(1)
                     bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
         finally:
@@ -131,8 +159,26 @@ def finetune(
             model.eval()
     final_loss = losses[-1] if losses else float("nan")
     return TrainResult(
-        iters=len(losses), final_loss=final_loss, losses=losses, seconds=time.perf_counter() - started
+        iters=len(losses),
+        final_loss=final_loss,
+        losses=losses,
+        seconds=time.perf_counter() - started,
+        lr=lr,
     )
+
+
+def auto_micro_batch(batch_size: int, image_size: int) -> int | None:
+    """The chunk size that keeps a step's images under MICRO_BATCH_PIXELS (at least LR_REFERENCE_BATCH images);
+    None when the whole batch fits."""
+    fits = max(LR_REFERENCE_BATCH, MICRO_BATCH_PIXELS // (image_size * image_size))
+    return None if batch_size <= fits else fits
+
+
+def default_lr(optimizer: str, batch_size: int) -> float:
+    """The learning rate `finetune` uses when none is given: SGD's scaled linearly with batches above 32."""
+    if optimizer == "sgd":
+        return DEFAULT_LR["sgd"] * max(1.0, batch_size / LR_REFERENCE_BATCH)
+    return DEFAULT_LR[optimizer]
 
 
 @torch.no_grad()

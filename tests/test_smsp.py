@@ -219,6 +219,40 @@ def test_baselines_share_the_same_path_and_size(backbone, built_pool, method):
     assert result.model(torch.zeros(2, 3, SIZE, SIZE)).shape == (2, 3)
 
 
+def test_an_adaptation_reports_its_batch_and_chunks_large_images(backbone):
+    config = smsp.AdaptConfig(ratio=0.5, iters=1, method="magnitude")
+    assert config.batch_size == 128
+    small = smsp.adapt(backbone, None, task_of(backbone, (2, 4, 6)), config)
+    # 120 training images: the batch is the whole set and SGD's rate follows it (0.01 per 32 images)
+    assert small.to_dict()["training"] == {
+        "batch_size": 120,
+        "micro_batch": None,
+        "lr": pytest.approx(0.0375),
+        "optimizer": "sgd",
+    }
+    spec = backbone_spec(backbone)
+    large = load_task(
+        "fashion-mnist",
+        (2, 4, 6),
+        image_size=128,
+        mean=spec.mean,
+        std=spec.std,
+        train_per_class=12,
+        val_per_class=4,
+    )
+    # at 128 px a step holds at most 32 images; the update still averages all 36
+    assert smsp.adapt(backbone, None, large, config).training["micro_batch"] == 32
+    chosen = dataclasses.replace(config, micro_batch=9)
+    assert smsp.adapt(backbone, None, large, chosen).training == {
+        "batch_size": 36,
+        "micro_batch": 9,
+        "lr": pytest.approx(0.01125),
+        "optimizer": "sgd",
+    }
+    with pytest.raises(PruneError, match="micro-batch must be >= 1"):
+        smsp.AdaptConfig(ratio=0.5, micro_batch=0)
+
+
 def test_adapt_cli_json_and_saved_model(built_pool, tmp_path):
     pool = tmp_path / "pool.sqlite"
     pool.write_bytes(built_pool.read_bytes())
@@ -258,6 +292,8 @@ def test_adapt_cli_json_and_saved_model(built_pool, tmp_path):
     assert set(report["seconds"]) >= {"similarity", "pruning", "init", "finetuning"}
     assert report["similar_tasks"][0]["task_id"] == "fashion-mnist:0-1-2"
     assert (report["init"], report["recipe"], report["similarity"]) == ("pool", "recover", "prototype")
+    # --batch-size 16 (SMALL_TASK): SGD's default rate is batch 32's, not scaled down
+    assert report["training"] == {"batch_size": 16, "micro_batch": None, "lr": 0.01, "optimizer": "sgd"}
     model, meta = load_pruned(out)
     assert meta["class_names"] == ["T-shirt/top", "Trouser", "Dress"]
     assert sum(p.numel() for p in model.parameters()) == report["params_after"]

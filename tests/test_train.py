@@ -123,6 +123,39 @@ def test_bad_training_input(task):
     assert train.finetune(_lite0(3), task, 0).iters == 0
 
 
+def test_sgd_learning_rate_scales_with_the_batch_that_trains(task):
+    assert train.finetune(_lite0(3), task, 1, batch_size=64).lr == pytest.approx(0.02)
+    assert train.finetune(_lite0(3), task, 1, batch_size=16).lr == 0.01  # not below batch 32's
+    # the task has 120 training images: a batch of 128 trains on 120 and its rate follows
+    assert train.finetune(_lite0(3), task, 0, batch_size=128).lr == pytest.approx(0.0375)
+    assert train.finetune(_lite0(3), task, 1, batch_size=64, lr=0.003).lr == 0.003
+    assert train.finetune(_lite0(3), task, 1, batch_size=64, optimizer="adamw").lr == 1e-3
+
+
+def test_micro_batches_give_the_full_batch_update(task):
+    """With BatchNorm on its running statistics (the one part that sees a chunk, not the batch), a step made of
+    3 accumulated chunks equals the step on the whole batch."""
+    start = _lite0(3)
+    whole, chunked = copy.deepcopy(start), copy.deepcopy(start)
+    whole_result = train.finetune(whole, task, 1, batch_size=24, seed=5, train_mode_bn=False)
+    chunked_result = train.finetune(
+        chunked, task, 1, batch_size=24, seed=5, train_mode_bn=False, micro_batch=8
+    )
+    assert chunked_result.losses[0] == pytest.approx(whole_result.losses[0], rel=1e-5)
+    whole_step = torch.cat([(whole.state_dict()[k] - v).flatten() for k, v in start.state_dict().items()])
+    chunked_step = torch.cat([(chunked.state_dict()[k] - v).flatten() for k, v in start.state_dict().items()])
+    assert whole_step.norm() > 0
+    assert (chunked_step - whole_step).norm() < 1e-3 * whole_step.norm()
+
+
+def test_micro_batches_train_with_batchnorm_in_train_mode(task):
+    # a chunk of one image cannot be normalised: 5 images in chunks of "1" become 2 chunks (3 + 2)
+    result = train.finetune(_lite0(3), task, 3, batch_size=5, micro_batch=1)
+    assert result.iters == 3 and all(np.isfinite(result.losses))
+    with pytest.raises(EdgeSmspError, match="micro-batch must be a positive integer"):
+        train.finetune(_lite0(3), task, 1, micro_batch=0)
+
+
 def test_a_student_distilled_alone_follows_its_teacher_not_the_labels(task):
     teacher = _lite0(3)
     train.finetune(teacher, task, 30, batch_size=16, seed=0)

@@ -2,13 +2,13 @@
 
 The 8 held-out tasks (the last 8 of `generate_tasks("fashion-mnist", 20, 3, 0)`) are adapted with the
 product's own `smsp.adapt` and its defaults (prototype similarity, the probed top-3 entries' best one's weights,
-recipe `recover`)
-from the research pools of the 12 pool tasks (pruned from scratch @1000 at the same ratio), against pruning
+recipe `recover`, 100 iterations at batch 128) from the research pools of the 12 pool tasks (pruned from scratch @1000 at the same ratio), against pruning
 from scratch @1000 and the Torch-Pruning criteria, with and without the recipe, over several training seeds.
 The pools are fixed (built once); a seed changes the head, the data order and the scores' batches.
 Results: results/heldout.jsonl, resumable. Usage:
   .venv/bin/python -m benchmarks.research.heldout --ratio 0.5 --seeds 3
   .venv/bin/python -m benchmarks.research.heldout --summary
+  .venv/bin/python -m benchmarks.research.heldout --rename   # once, after the batch-128 runs (RENAMED)
 """
 
 from __future__ import annotations
@@ -22,31 +22,54 @@ from typing import Any
 import torch
 
 from benchmarks.research import common, rank
+from edge_smsp.recipe import ADAPT_BATCH_SIZE
 
 # name -> AdaptConfig fields (besides ratio, seed). "full" variants run at every ratio; the rest at 0.5 only.
+# Every run trains at batch 32 (SGD 0.01) unless its fields say otherwise; the product's default takes batch 128
+# (SGD 0.04: chosen on the pool tasks, benchmarks.research.loo --exp batch05), and so do the criteria compared
+# with it. Variants named ", batch 32" are the earlier default and the criteria as they ran before.
 VARIANTS: dict[str, dict[str, Any]] = {
-    "smsp (default)": {},
+    "smsp (default)": {"batch_size": ADAPT_BATCH_SIZE},
+    "smsp, batch 32": {},
     # the default before the probe stage (the study's first run): the most similar entry's weights
-    "smsp, most similar entry (probe 1)": {"probe": 1},
-    "smsp, plain recipe, probe 1": {"recipe": "plain", "probe": 1},
-    "smsp masks only, K5, plain (paper)": {"init": "backbone", "top_k": 5, "recipe": "plain"},
-    "taylor + recipe": {"method": "taylor"},
-    "magnitude + recipe": {"method": "magnitude"},
-    "random + recipe": {"method": "random"},
+    "smsp, most similar entry (probe 1), batch 32": {"probe": 1},
+    "smsp, plain recipe, probe 1, batch 32": {"recipe": "plain", "probe": 1},
+    "smsp masks only, K5, plain (paper), batch 32": {"init": "backbone", "top_k": 5, "recipe": "plain"},
+    "taylor + recipe": {"method": "taylor", "batch_size": ADAPT_BATCH_SIZE},
+    "magnitude + recipe": {"method": "magnitude", "batch_size": ADAPT_BATCH_SIZE},
+    "random + recipe": {"method": "random", "batch_size": ADAPT_BATCH_SIZE},
+    "taylor + recipe, batch 32": {"method": "taylor"},
+    "magnitude + recipe, batch 32": {"method": "magnitude"},
+    "random + recipe, batch 32": {"method": "random"},
     # the best criterion without the recipe in phase A
-    "random, plain": {"method": "random", "recipe": "plain"},
+    "random, plain, batch 32": {"method": "random", "recipe": "plain"},
     "scratch@1000": {"method": "scratch", "iters": 1000, "scratch_rounds": common.SCRATCH_ROUNDS},
     # pruning from scratch with the budget of the other variants (--iters): the accuracy-vs-iterations curves
     "scratch": {"method": "scratch", "scratch_rounds": common.SCRATCH_ROUNDS},
 }
 FULL = (
     "smsp (default)",
-    "smsp, most similar entry (probe 1)",
+    "smsp, batch 32",
+    "smsp, most similar entry (probe 1), batch 32",
     "taylor + recipe",
     "magnitude + recipe",
     "random + recipe",
+    "taylor + recipe, batch 32",
+    "magnitude + recipe, batch 32",
+    "random + recipe, batch 32",
     "scratch@1000",
 )
+# Stored runs named before batch 128 was adopted -> their names now (`--rename` migrates results/heldout.jsonl).
+RENAMED = {
+    "smsp (default)": "smsp, batch 32",
+    "smsp (default), batch 128": "smsp (default)",
+    "smsp, most similar entry (probe 1)": "smsp, most similar entry (probe 1), batch 32",
+    "smsp, plain recipe, probe 1": "smsp, plain recipe, probe 1, batch 32",
+    "smsp masks only, K5, plain (paper)": "smsp masks only, K5, plain (paper), batch 32",
+    "random, plain": "random, plain, batch 32",
+    **{f"{c} + recipe": f"{c} + recipe, batch 32" for c in ("taylor", "magnitude", "random")},
+    **{f"{c} + recipe, batch 128": f"{c} + recipe" for c in ("taylor", "magnitude", "random")},
+}
 REFERENCE = "scratch@1000"
 
 
@@ -98,6 +121,9 @@ def main() -> None:
     parser.add_argument("--only", action="append", help="variant names (default: all at 0.5, FULL otherwise)")
     parser.add_argument("--summary", action="store_true")
     parser.add_argument(
+        "--rename", action="store_true", help="migrate stored runs to today's names (RENAMED)"
+    )
+    parser.add_argument(
         "--rank", action="store_true", help="ranking quality of each estimator on the held-out tasks"
     )
     parser.add_argument("--reverse", action="store_true", help="walk the grid backwards (a second process)")
@@ -106,6 +132,9 @@ def main() -> None:
         common.single_thread()
         common.open_heldout()
         rank_estimators(args.size)
+        return
+    if args.rename:
+        rename_stored_runs(common.Results("heldout"))
         return
     if args.summary:
         summarise(common.Results("heldout").load())
@@ -157,6 +186,32 @@ def rank_estimators(size: int, pool: tuple[float, int] = (0.5, 1000)) -> None:
             record = {"key": key, "estimator": estimator, "task": "-".join(map(str, classes)), "top": top}
             results.put({**record, "hit": rank.shared(classes, top) == best})
             common.log(f"{key}: top {top}, hit {rank.shared(classes, top) == best}")
+
+
+def rename_stored_runs(results: common.Results) -> None:
+    """Rewrite the stored runs under RENAMED's names (once: it refuses a file with no old-only name left); the
+    old file is kept beside it as heldout.before-rename.jsonl."""
+    import json
+    import os
+
+    records = list(results.load().values())
+    if not any(record["variant"] == "smsp (default), batch 128" for record in records):
+        raise SystemExit("no run has a pre-batch-128 name: already migrated")
+    lines = []
+    for record in records:
+        old = record["variant"]
+        new = RENAMED.get(old, old)
+        lines.append(
+            json.dumps({**record, "variant": new, "key": record["key"].replace(f"|{old}|", f"|{new}|")})
+        )
+    backup = results.path.with_name("heldout.before-rename.jsonl")
+    backup.write_bytes(results.path.read_bytes())
+    temporary = results.path.with_suffix(".tmp")
+    temporary.write_text("\n".join(lines) + "\n")
+    os.replace(temporary, results.path)
+    common.log(
+        f"renamed {sum(RENAMED.get(r['variant']) is not None for r in records)} of {len(records)} runs"
+    )
 
 
 def summarise(runs: dict[str, dict[str, Any]]) -> None:

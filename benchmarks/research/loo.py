@@ -58,6 +58,7 @@ class Variant:
     # The teacher: backbone (unpruned) | entries (the 3 probed entries' models, logits averaged); each gets
     # adaptive BN, an imprinted head and a linear probe on 1500 training images.
     teacher: str = "backbone"
+    batch: int = common.BATCH_SIZE  # fine-tuning batch size (the iteration count stays the row's)
 
     @property
     def name(self) -> str:
@@ -84,6 +85,7 @@ class Variant:
             + ("" if self.freeze == 0.0 else f",freeze{self.freeze:g}")
             + ("" if self.distill == 0.0 else f",kd{self.distill:g}")
             + ("" if self.teacher == "backbone" else f",teacher-{self.teacher}")
+            + ("" if self.batch == common.BATCH_SIZE else f",batch{self.batch}")
         )
 
 
@@ -111,7 +113,7 @@ def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, ite
             model,
             task,
             steps,
-            batch_size=common.BATCH_SIZE,
+            batch_size=variant.batch,
             lr=variant.lr,
             optimizer=variant.optimizer,
             seed=seed * 1000 + offset,

@@ -118,6 +118,11 @@ EXPERIMENTS: dict[str, list[Variant]] = {
         )
     ]
     + [V(**TOP1, recipe="bn+imprint+probe", probe=3, samples=n) for n in (512, 1500)],
+    # the same 100 iterations with more images per step (2x and 4x the compute of batch 32)
+    "batch05": [
+        V(**TOP1, recipe="bn+imprint", probe=3, batch=b, lr=lr)
+        for b, lr in ((64, None), (64, 0.02), (128, 0.02), (128, 0.04))
+    ],
     "tp": [
         V(method=m, recipe=r, taylor=t)
         for r in ("plain", "bn+imprint")

@@ -18,6 +18,7 @@ from edge_smsp.cli.args import (
 )
 from edge_smsp.cli.common import print_json, show_progress
 from edge_smsp.cli.converters import out_dir_arg
+from edge_smsp.recipe import ADAPT_BATCH_SIZE
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -31,7 +32,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         "recipe -> a few fine-tuning iterations -> val accuracy.",
     )
     add_backbone_arguments(parser)
-    add_task_arguments(parser, classes=True)
+    add_task_arguments(parser, classes=True, default_batch_size=ADAPT_BATCH_SIZE)
     add_adapt_arguments(parser)
     add_pool_argument(parser)
     parser.add_argument(

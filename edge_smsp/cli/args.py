@@ -116,6 +116,7 @@ def add_task_arguments(
     default_classes: str | None = None,
     default_image_size: int | None = 64,
     image_size_help: str = "input resolution (default 64)",
+    default_batch_size: int = 32,
 ) -> None:
     """Dataset, image size, batch size, seed and data dir, shared by pool build, adapt and deploy."""
     parser.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | imagefolder | cifar100")
@@ -130,7 +131,14 @@ def add_task_arguments(
             help=f"comma-separated class ids of the new task, e.g. 0,3,5{default_note}",
         )
     add_image_size_argument(parser, default_image_size, image_size_help)
-    parser.add_argument("--batch-size", type=int_in_range(1, MAX_BATCH_SIZE), default=32, metavar="B")
+    parser.add_argument(
+        "--batch-size",
+        type=int_in_range(1, MAX_BATCH_SIZE),
+        default=default_batch_size,
+        metavar="B",
+        help=f"training images per iteration (default {default_batch_size}; above 32, SGD's default learning "
+        "rate scales with it)",
+    )
     add_seed_argument(parser)
     parser.add_argument(
         "--train-per-class",
@@ -223,7 +231,21 @@ def add_adapt_arguments(parser: argparse.ArgumentParser, *, ratio_help: str | No
         help="sum the entries' binary masks (the paper) or their real-valued unit scores",
     )
     add_round_to_argument(parser, help_text="kept channels rounded to a multiple (1: off)")
-    parser.add_argument("--lr", type=number_in_range(0.0, 100.0, above=True), default=None)
+    parser.add_argument(
+        "--micro-batch",
+        type=int_in_range(1, MAX_BATCH_SIZE),
+        default=None,
+        metavar="M",
+        help="fine-tune each batch in chunks of M images, gradients accumulated: the same update in less "
+        "memory (default: the whole batch up to 128 images of 64 px, chunks of as many pixels but at least 32 "
+        "images above: 32 at 224 px, where EfficientNet-Lite0 needs ~75 MiB per training image)",
+    )
+    parser.add_argument(
+        "--lr",
+        type=number_in_range(0.0, 100.0, above=True),
+        default=None,
+        help="learning rate (default: SGD 0.01, times batch/32 above batch 32; AdamW 1e-3)",
+    )
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
     add_similarity_arguments(parser)
     add_recovery_arguments(parser)
@@ -290,6 +312,7 @@ def config_from_args(args: argparse.Namespace) -> AdaptConfig:
         mask_source=args.mask_source,
         round_to=args.round_to,
         batch_size=args.batch_size,
+        micro_batch=args.micro_batch,
         lr=args.lr,
         optimizer=args.optimizer,
         seed=args.seed,

@@ -24,6 +24,7 @@ from edge_smsp.cli.args import (
 from edge_smsp.cli.common import print_json, show_progress
 from edge_smsp.cli.converters import onnx_file_arg, opset_arg, out_dir_arg, out_file_arg
 from edge_smsp.errors import ExportError
+from edge_smsp.recipe import ADAPT_BATCH_SIZE
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -103,6 +104,7 @@ def register_deploy(subcommands: argparse._SubParsersAction) -> None:
         default_classes=DEFAULT_CLASSES,
         default_image_size=None,
         image_size_help="input resolution (default: the profile's input_size)",
+        default_batch_size=ADAPT_BATCH_SIZE,
     )
     add_adapt_arguments(parser, ratio_help="adapt at this ratio and skip planning (default: plan it)")
     add_pool_argument(parser)

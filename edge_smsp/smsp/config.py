@@ -11,7 +11,7 @@ import numpy as np
 from edge_smsp.errors import PruneError
 from edge_smsp.estimators import DEFAULT_ESTIMATOR, DEFAULT_SHORTLIST, SIMILARITY_ESTIMATORS
 from edge_smsp.ratio import checked_ratio
-from edge_smsp.recipe import INITS, RECIPES
+from edge_smsp.recipe import ADAPT_BATCH_SIZE, INITS, RECIPES
 from edge_smsp.score_sources import SCRATCH, SimilarTask, criterion_names, method_names, needs_pool
 from edge_smsp.score_sources.pool_masks import MASK_SOURCES, WEIGHTINGS
 
@@ -40,8 +40,10 @@ class AdaptConfig:
     probe: int = 3  # pool init: of this many most similar entries, the one whose features fit the task best
     recipe: str = "recover"  # recovery steps after pruning (edge_smsp.recipe)
     round_to: int = 8
-    batch_size: int = 32
-    lr: float | None = None
+    batch_size: int = ADAPT_BATCH_SIZE
+    # fine-tune each batch in chunks of this many images (less memory); None: edge_smsp.train.auto_micro_batch
+    micro_batch: int | None = None
+    lr: float | None = None  # None: edge_smsp.train.default_lr(optimizer, batch_size)
     optimizer: str = "sgd"
     seed: int = 0
     similarity_samples: int = 500
@@ -71,6 +73,10 @@ class AdaptConfig:
             raise PruneError(f"probe must be >= 1, got {self.probe}")
         if self.top_k is not None and self.top_k < 1:
             raise PruneError(f"top-k must be >= 1, got {self.top_k}")
+        if self.batch_size < 1:
+            raise PruneError(f"batch size must be >= 1, got {self.batch_size}")
+        if self.micro_batch is not None and self.micro_batch < 1:
+            raise PruneError(f"micro-batch must be >= 1, got {self.micro_batch}")
         if self.scratch_rounds < 1:
             raise PruneError(f"scratch rounds must be >= 1, got {self.scratch_rounds}")
 
@@ -113,6 +119,8 @@ class AdaptResult:
     probed: list[dict[str, Any]] = field(default_factory=list)  # entries probed for the weights, and how
     notes: list[str] = field(default_factory=list)  # fallbacks a reader should know about
     descriptor: np.ndarray | None = field(default=None, repr=False)  # the task's, when similarity computed it
+    # how the fine-tuning ran: batch, micro-batch, learning rate, optimizer
+    training: dict[str, Any] = field(default_factory=dict)
 
     @property
     def method(self) -> str:
@@ -150,6 +158,7 @@ class AdaptResult:
             "similar_tasks": [dataclasses.asdict(similar) for similar in self.similar_tasks],
             "probed": self.probed,
             "notes": self.notes,
+            "training": self.training,
             "seconds": self.seconds,
             "groups": self.summary.groups,
         }

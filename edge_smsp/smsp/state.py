@@ -16,7 +16,7 @@ from edge_smsp.pool import Pool
 from edge_smsp.prune import PruneSummary
 from edge_smsp.score_sources import ScoreInputs, ScoreSource, Selection, score_source
 from edge_smsp.smsp.config import AdaptConfig, AdaptResult
-from edge_smsp.train import finetune
+from edge_smsp.train import auto_micro_batch, finetune
 
 
 @dataclass
@@ -45,10 +45,19 @@ class AdaptRun:
     probed: list[dict[str, Any]] = field(default_factory=list)
     recovery: list[str] = field(default_factory=list)  # recovery steps that ran
     notes: list[str] = field(default_factory=list)
+    # how the last fine-tuning ran: batch, micro-batch, learning rate, optimizer
+    training: dict[str, Any] = field(default_factory=dict)
 
     @property
     def source(self) -> ScoreSource:
         return score_source(self.config.method)
+
+    @property
+    def micro_batch(self) -> int | None:
+        """The config's micro-batch, else chunks that bound a step's memory at the task's image size."""
+        if self.config.micro_batch is not None:
+            return self.config.micro_batch
+        return auto_micro_batch(self.config.batch_size, self.task.image_size)
 
     def train(self, model: nn.Module, iters: int, seed_offset: int | None = None) -> None:
         """Fine-tune `model` for `iters` iterations of the budget, with its own seed (the call's index)."""
@@ -56,17 +65,24 @@ class AdaptRun:
             return
         offset = self.train_calls if seed_offset is None else seed_offset
         started = time.perf_counter()
-        finetune(
+        done = finetune(
             model,
             self.task,
             iters,
             batch_size=self.config.batch_size,
+            micro_batch=self.micro_batch,
             lr=self.config.lr,
             optimizer=self.config.optimizer,
             seed=self.config.seed * 1000 + offset,
             progress=self.progress,
         )
         self.seconds["finetuning"] += time.perf_counter() - started
+        self.training = {
+            "batch_size": min(self.config.batch_size, len(self.task.train)),
+            "micro_batch": self.micro_batch,
+            "lr": done.lr,
+            "optimizer": self.config.optimizer,
+        }
         self.train_calls += 1
         self.iters_done += iters
 
@@ -117,6 +133,7 @@ class AdaptRun:
             probed=list(self.probed),
             notes=[*(() if selection is None else selection.notes), *self.notes],
             descriptor=_computed_descriptor(selection),
+            training=dict(self.training),
         )
 
 

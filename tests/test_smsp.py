@@ -41,12 +41,12 @@ def backbone():
     return load_backbone("efficientnet_lite0", pretrained=True, image_size=SIZE)
 
 
-def task_of(backbone, classes, train_per_class=40, val_per_class=20):
+def task_of(backbone, classes, train_per_class=40, val_per_class=20, image_size=SIZE):
     spec = backbone_spec(backbone)
     return load_task(
         "fashion-mnist",
         classes,
-        image_size=SIZE,
+        image_size=image_size,
         mean=spec.mean,
         std=spec.std,
         train_per_class=train_per_class,
@@ -230,16 +230,7 @@ def test_an_adaptation_reports_its_batch_and_chunks_large_images(backbone):
         "lr": pytest.approx(0.0375),
         "optimizer": "sgd",
     }
-    spec = backbone_spec(backbone)
-    large = load_task(
-        "fashion-mnist",
-        (2, 4, 6),
-        image_size=128,
-        mean=spec.mean,
-        std=spec.std,
-        train_per_class=12,
-        val_per_class=4,
-    )
+    large = task_of(backbone, (2, 4, 6), train_per_class=12, val_per_class=4, image_size=128)
     # at 128 px a step holds at most 32 images; the update still averages all 36
     assert smsp.adapt(backbone, None, large, config).training["micro_batch"] == 32
     chosen = dataclasses.replace(config, micro_batch=9)

@@ -2,8 +2,9 @@
 
 The 8 held-out tasks (the last 8 of `generate_tasks("fashion-mnist", 20, 3, 0)`) are adapted with the
 product's own `smsp.adapt` and its defaults (prototype similarity, the probed top-3 entries' best one's weights,
-recipe `recover`, 100 iterations at batch 128) from the research pools of the 12 pool tasks (pruned from scratch @1000 at the same ratio), against pruning
-from scratch @1000 and the Torch-Pruning criteria, with and without the recipe, over several training seeds.
+recipe `recover`, 100 iterations at batch 128) from the research pools of the 12 pool tasks (pruned from
+scratch @1000 at the same ratio), against pruning from scratch @1000 and the Torch-Pruning criteria, with and
+without the recipe, over several training seeds.
 The pools are fixed (built once); a seed changes the head, the data order and the scores' batches.
 Results: results/heldout.jsonl, resumable. Usage:
   .venv/bin/python -m benchmarks.research.heldout --ratio 0.5 --seeds 3

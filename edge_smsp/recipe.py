@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from edge_smsp.errors import EdgeSmspError
 
 # The fine-tuning batch of an adaptation (adapt, deploy). 100 iterations at batch 128, with SGD's learning rate
-# scaled to 0.04 (edge_smsp.train.default_lr), beat batch 32 by +0.90 pt on the held-out study's pool tasks in
-# 2.5x the wall time at 32 px (benchmarks/RESULTS.md). `edge-smsp pool build` keeps batch 32.
+# scaled to 0.04 (edge_smsp.train.default_lr), beat batch 32 by +0.90 pt on the held-out study's pool tasks
+# (2.5x the wall time there) and by +0.99 / +1.84 pt at r = 0.5 / 0.7 on its held-out tasks (3-3.4x the wall
+# time), at 32 px (benchmarks/RESULTS.md). `edge-smsp pool build` keeps batch 32.
 ADAPT_BATCH_SIZE = 128
 
 

@@ -22,11 +22,12 @@ OPTIMIZERS: tuple[str, ...] = ("sgd", "adamw")
 # Fashion-MNIST tasks with the bundled EfficientNet-Lite0 (32 and 64 px, batch 32): SGD 0.01 was best or tied
 # (0.003 and 0.03 within noise, 0.1 collapsed to 35%); AdamW 1e-3 and 3e-3 tied, 3e-4 was worse.
 DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3}
-# Above batch 32, SGD's default grows linearly with the batch (Goyal et al.): on the held-out study's pool
-# tasks, 100 iterations at batch 64 gained +0.58 pt with 0.02 and +0.12 with 0.01; at batch 128, +0.90 with
-# 0.04 and +0.17 with 0.02 (benchmarks/RESULTS.md). Smaller batches keep 0.01 (what they were measured with);
-# AdamW's is not scaled.
+# Between batch 32 and 128, SGD's default grows linearly with the batch (Goyal et al.): on the held-out study's
+# pool tasks, 100 iterations at batch 64 gained +0.58 pt with 0.02 and +0.12 with 0.01; at batch 128, +0.90 with
+# 0.04 and +0.17 with 0.02 (benchmarks/RESULTS.md). Smaller batches keep 0.01 (what they were measured with),
+# larger ones 0.04 (nothing above 128 was measured; 0.1 collapsed at batch 32); AdamW's is not scaled.
 LR_REFERENCE_BATCH = 32
+LR_SCALED_UP_TO_BATCH = 128
 # A training step's activations grow with images x pixels: EfficientNet-Lite0 took 844 MiB for 128 images at
 # 64 px and 75 MiB per image at 224 px (one forward + backward, one thread). An adaptation cuts its batch into
 # chunks of this many pixels, but never below 32 images (what every batch held before batch 128): 32 at 224 px.
@@ -37,13 +38,16 @@ SGD_MOMENTUM = 0.9
 
 @dataclass
 class TrainResult:
-    """What a fine-tuning run did: iterations, the loss of the last one, every loss, wall time, learning rate."""
+    """What a fine-tuning run did: iterations, the loss of the last one, every loss, wall time, learning rate,
+    the batch it trained on and the largest chunk a step went through (None: the whole batch at once)."""
 
     iters: int
     final_loss: float
     losses: list[float] = field(default_factory=list)
     seconds: float = 0.0
     lr: float | None = None
+    batch_size: int | None = None
+    micro_batch: int | None = None
 
 
 def finetune(
@@ -67,8 +71,8 @@ def finetune(
     """Fine-tune every parameter for exactly `iters` iterations (cosine schedule); leaves the model in eval mode.
 
     `lr=None` takes `default_lr(optimizer, batch)`. With `micro_batch`, each batch goes through the model in
-    chunks of that many images whose gradients add up to the batch's: the same update in less memory, except
-    that BatchNorm normalises each chunk on its own statistics.
+    equal chunks of at most that many images (and at least 2) whose gradients add up to the batch's: the same
+    update in less memory, except that BatchNorm normalises each chunk on its own statistics.
     With a `teacher` (a model with the task's outputs, kept in eval mode), the loss is (1 - distill_weight) times
     the cross-entropy plus distill_weight times the soft-target loss against the teacher's outputs."""
     optimizer = str(optimizer).lower()
@@ -101,9 +105,14 @@ def finetune(
     lr = default_lr(optimizer, batch_size) if lr is None else float(lr)
     # Equal chunks of at least 2 images (train-mode BatchNorm again), as close to `micro_batch` as that allows.
     chunks = 1 if micro_batch is None else max(1, min(math.ceil(batch_size / micro_batch), batch_size // 2))
+    used = {
+        "lr": lr,
+        "batch_size": batch_size,
+        "micro_batch": math.ceil(batch_size / chunks) if chunks > 1 else None,
+    }
     if iters == 0:
         model.eval()
-        return TrainResult(iters=0, final_loss=float("nan"), losses=[], seconds=0.0, lr=lr)
+        return TrainResult(iters=0, final_loss=float("nan"), losses=[], seconds=0.0, **used)
 
     started = time.perf_counter()
     losses: list[float] = []
@@ -163,21 +172,25 @@ def finetune(
         final_loss=final_loss,
         losses=losses,
         seconds=time.perf_counter() - started,
-        lr=lr,
+        **used,
     )
 
 
 def auto_micro_batch(batch_size: int, image_size: int) -> int | None:
-    """The chunk size that keeps a step's images under MICRO_BATCH_PIXELS (at least LR_REFERENCE_BATCH images);
-    None when the whole batch fits."""
+    """The chunk size that keeps a step's images under MICRO_BATCH_PIXELS, but never below LR_REFERENCE_BATCH
+    images (so above ~90 px a chunk may exceed it: 32 images of 224 px are 3x); None when the whole batch fits."""
     fits = max(LR_REFERENCE_BATCH, MICRO_BATCH_PIXELS // (image_size * image_size))
     return None if batch_size <= fits else fits
 
 
 def default_lr(optimizer: str, batch_size: int) -> float:
-    """The learning rate `finetune` uses when none is given: SGD's scaled linearly with batches above 32."""
+    """The learning rate `finetune` uses when none is given: SGD's scaled linearly with batches from 32 to 128."""
+    optimizer = str(optimizer).lower()
+    if optimizer not in DEFAULT_LR:
+        raise EdgeSmspError(f"unknown optimizer '{optimizer}'; choose one of {', '.join(OPTIMIZERS)}")
     if optimizer == "sgd":
-        return DEFAULT_LR["sgd"] * max(1.0, batch_size / LR_REFERENCE_BATCH)
+        scaled = min(max(batch_size, LR_REFERENCE_BATCH), LR_SCALED_UP_TO_BATCH)
+        return DEFAULT_LR["sgd"] * scaled / LR_REFERENCE_BATCH
     return DEFAULT_LR[optimizer]
 
 

@@ -293,3 +293,4 @@ def test_stored_heldout_runs_take_todays_names_once(tmp_path):
         driver.rename_stored_runs(results)
     assert set(results.load()) == set(renamed)
     assert set(driver.RENAMED.values()) <= set(driver.VARIANTS)
+    assert "smsp (default), batch 128" in driver.OLD_ONLY and "smsp (default)" not in driver.OLD_ONLY

@@ -161,6 +161,13 @@ def test_deploy_over_ssh_to_a_device_without_torch(
     ]
     (chosen,) = [candidate["entry_id"] for candidate in probed if candidate["chosen"]]
     assert [similar["entry_id"] for similar in report["similar_tasks"] if similar["selected"]] == [chosen]
+    # and adapt's batch: 128, capped at the 48 training images, SGD's rate scaled to it
+    assert report["extra"]["training"] == {
+        "batch_size": 48,
+        "micro_batch": None,
+        "lr": pytest.approx(0.015),
+        "optimizer": "sgd",
+    }
     for stage in (
         "connect",
         "device_check",

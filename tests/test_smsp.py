@@ -231,8 +231,8 @@ def test_an_adaptation_reports_its_batch_and_chunks_large_images(backbone):
         "optimizer": "sgd",
     }
     large = task_of(backbone, (2, 4, 6), train_per_class=12, val_per_class=4, image_size=128)
-    # at 128 px a step holds at most 32 images; the update still averages all 36
-    assert smsp.adapt(backbone, None, large, config).training["micro_batch"] == 32
+    # at 128 px a step holds at most 32 images: the 36 go through in two chunks of 18, one update
+    assert smsp.adapt(backbone, None, large, config).training["micro_batch"] == 18
     chosen = dataclasses.replace(config, micro_batch=9)
     assert smsp.adapt(backbone, None, large, chosen).training == {
         "batch_size": 36,
@@ -240,6 +240,14 @@ def test_an_adaptation_reports_its_batch_and_chunks_large_images(backbone):
         "lr": pytest.approx(0.01125),
         "optimizer": "sgd",
     }
+    # Taylor's scoring batches are cut the same way: 128 images (of 36) in chunks, none above 32
+    from edge_smsp.smsp.state import AdaptRun
+
+    scoring = AdaptRun(backbone=backbone, pool=None, task=large, config=config)
+    assert [len(labels) for _images, labels in scoring.batches(1)] == [18, 18]
+    assert [len(labels) for _images, labels in AdaptRun(backbone, None, small.task, config).batches(1)] == [
+        120
+    ]
     with pytest.raises(PruneError, match="micro-batch must be >= 1"):
         smsp.AdaptConfig(ratio=0.5, micro_batch=0)
 

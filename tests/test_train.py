@@ -130,6 +130,10 @@ def test_sgd_learning_rate_scales_with_the_batch_that_trains(task):
     assert train.finetune(_lite0(3), task, 0, batch_size=128).lr == pytest.approx(0.0375)
     assert train.finetune(_lite0(3), task, 1, batch_size=64, lr=0.003).lr == 0.003
     assert train.finetune(_lite0(3), task, 1, batch_size=64, optimizer="adamw").lr == 1e-3
+    # measured up to batch 128 only: larger batches keep its rate
+    assert train.default_lr("SGD", 512) == pytest.approx(0.04)
+    with pytest.raises(EdgeSmspError, match="unknown optimizer 'adam'"):
+        train.default_lr("adam", 32)
 
 
 def test_micro_batches_give_the_full_batch_update(task):
@@ -142,6 +146,7 @@ def test_micro_batches_give_the_full_batch_update(task):
         chunked, task, 1, batch_size=24, seed=5, train_mode_bn=False, micro_batch=8
     )
     assert chunked_result.losses[0] == pytest.approx(whole_result.losses[0], rel=1e-5)
+    assert (whole_result.micro_batch, chunked_result.micro_batch, chunked_result.batch_size) == (None, 8, 24)
     whole_step = torch.cat([(whole.state_dict()[k] - v).flatten() for k, v in start.state_dict().items()])
     chunked_step = torch.cat([(chunked.state_dict()[k] - v).flatten() for k, v in start.state_dict().items()])
     assert whole_step.norm() > 0
@@ -151,7 +156,7 @@ def test_micro_batches_give_the_full_batch_update(task):
 def test_micro_batches_train_with_batchnorm_in_train_mode(task):
     # a chunk of one image cannot be normalised: 5 images in chunks of "1" become 2 chunks (3 + 2)
     result = train.finetune(_lite0(3), task, 3, batch_size=5, micro_batch=1)
-    assert result.iters == 3 and all(np.isfinite(result.losses))
+    assert result.iters == 3 and all(np.isfinite(result.losses)) and result.micro_batch == 3
     with pytest.raises(EdgeSmspError, match="micro-batch must be a positive integer"):
         train.finetune(_lite0(3), task, 1, micro_batch=0)
 

@@ -71,6 +71,8 @@ RENAMED = {
     **{f"{c} + recipe": f"{c} + recipe, batch 32" for c in ("taylor", "magnitude", "random")},
     **{f"{c} + recipe, batch 128": f"{c} + recipe" for c in ("taylor", "magnitude", "random")},
 }
+# Names only the stored runs of before the rename carry: while any is left, new runs would mix generations.
+OLD_ONLY = frozenset(RENAMED) - frozenset(VARIANTS)
 REFERENCE = "scratch@1000"
 
 
@@ -109,6 +111,7 @@ def run(
         "similar_tasks": [s["task_id"] for s in report["similar_tasks"]],
         "chosen": [s["task_id"] for s in report["similar_tasks"] if s["selected"]],
         "probed": report["probed"],
+        "training": report["training"],
         "seconds": {k: round(v, 2) for k, v in report["seconds"].items()},
     }
 
@@ -144,6 +147,8 @@ def main() -> None:
     common.open_heldout()
     results = common.Results("heldout")
     done = results.load()
+    if any(run["variant"] in OLD_ONLY for run in done.values()):
+        raise SystemExit("stored runs still carry the names of before batch 128: run --rename first")
     for ratio in args.ratio or [0.5]:
         ensure_descriptors(args.size, ratio)
         names = args.only or (list(VARIANTS) if ratio == 0.5 else list(FULL))
@@ -196,7 +201,7 @@ def rename_stored_runs(results: common.Results) -> None:
     import os
 
     records = list(results.load().values())
-    if not any(record["variant"] == "smsp (default), batch 128" for record in records):
+    if not any(record["variant"] in OLD_ONLY for record in records):
         raise SystemExit("no run has a pre-batch-128 name: already migrated")
     lines = []
     for record in records:

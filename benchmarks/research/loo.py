@@ -95,7 +95,7 @@ def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, ite
     from edge_smsp.inherit import inherit
     from edge_smsp.prune import prune
     from edge_smsp.recovery import recover
-    from edge_smsp.train import evaluate, finetune
+    from edge_smsp.train import DEFAULT_LR, evaluate, finetune
 
     seed = common.task_seed(classes)
     backbone = common.backbone(size)
@@ -114,7 +114,8 @@ def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, ite
             task,
             steps,
             batch_size=variant.batch,
-            lr=variant.lr,
+            # without a rate of its own a variant trains at the optimizer's unscaled default, as every run did
+            lr=variant.lr if variant.lr is not None else DEFAULT_LR[variant.optimizer],
             optimizer=variant.optimizer,
             seed=seed * 1000 + offset,
             train_mode_bn=variant.bn_train,

@@ -136,8 +136,8 @@ def add_task_arguments(
         type=int_in_range(1, MAX_BATCH_SIZE),
         default=default_batch_size,
         metavar="B",
-        help=f"training images per iteration (default {default_batch_size}; above 32, SGD's default learning "
-        "rate scales with it)",
+        help=f"training images per iteration (default {default_batch_size}; from 32 to 128, SGD's default "
+        "learning rate scales with it)",
     )
     add_seed_argument(parser)
     parser.add_argument(
@@ -236,15 +236,16 @@ def add_adapt_arguments(parser: argparse.ArgumentParser, *, ratio_help: str | No
         type=int_in_range(1, MAX_BATCH_SIZE),
         default=None,
         metavar="M",
-        help="fine-tune each batch in chunks of M images, gradients accumulated: the same update in less "
-        "memory (default: the whole batch up to 128 images of 64 px, chunks of as many pixels but at least 32 "
-        "images above: 32 at 224 px, where EfficientNet-Lite0 needs ~75 MiB per training image)",
+        help="fine-tune each batch in equal chunks of at most M images, gradients accumulated: the same update "
+        "in less memory. Default: no chunks while a batch holds at most 128 x 64 x 64 pixels (128 images of "
+        "64 px); above that, chunks of that many pixels, but never fewer than 32 images (32 at 224 px, where "
+        "EfficientNet-Lite0 needs ~75 MiB per training image)",
     )
     parser.add_argument(
         "--lr",
         type=number_in_range(0.0, 100.0, above=True),
         default=None,
-        help="learning rate (default: SGD 0.01, times batch/32 above batch 32; AdamW 1e-3)",
+        help="learning rate (default: SGD 0.01 up to batch 32, 0.01 x batch/32 up to 128, then 0.04; AdamW 1e-3)",
     )
     parser.add_argument("--optimizer", choices=("sgd", "adamw"), default="sgd")
     add_similarity_arguments(parser)

@@ -139,6 +139,7 @@ def _report(
             "recipe": result.config.recipe,
             "probed": result.probed,
             "notes": result.notes,
+            "training": result.training,
         },
     )
 

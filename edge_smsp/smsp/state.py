@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -78,8 +79,8 @@ class AdaptRun:
         )
         self.seconds["finetuning"] += time.perf_counter() - started
         self.training = {
-            "batch_size": min(self.config.batch_size, len(self.task.train)),
-            "micro_batch": self.micro_batch,
+            "batch_size": done.batch_size,
+            "micro_batch": done.micro_batch,
             "lr": done.lr,
             "optimizer": self.config.optimizer,
         }
@@ -87,7 +88,9 @@ class AdaptRun:
         self.iters_done += iters
 
     def batches(self, count: int, offset: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """`count` training batches in a seeded order (offset: another order, e.g. per pruning round)."""
+        """`count` training batches in a seeded order (offset: another order, e.g. per pruning round), each in
+        equal chunks when the micro-batch asks for it (Taylor scores in eval mode: the chunks' summed gradients
+        are the batch's, times the chunk count, the same for every unit)."""
         generator = torch.Generator().manual_seed(self.config.seed * 1000 + offset)
         order = torch.randperm(len(self.task.train), generator=generator)
         size = self.config.batch_size
@@ -95,7 +98,9 @@ class AdaptRun:
             indices = order[batch_index * size : (batch_index + 1) * size]
             if len(indices) == 0:
                 return
-            yield self.task.train.batch(indices)
+            chunks = 1 if self.micro_batch is None else max(1, math.ceil(len(indices) / self.micro_batch))
+            for part in indices.tensor_split(chunks):
+                yield self.task.train.batch(part)
 
     def score_inputs(self) -> ScoreInputs:
         """What the score source may use, as its needs declare."""

@@ -103,8 +103,7 @@ def finetune(
     # Train-mode BatchNorm cannot normalise a batch of one.
     batch_size = min(batch_size, len(dataset))
     lr = default_lr(optimizer, batch_size) if lr is None else float(lr)
-    # Equal chunks of at least 2 images (train-mode BatchNorm again), as close to `micro_batch` as that allows.
-    chunks = 1 if micro_batch is None else max(1, min(math.ceil(batch_size / micro_batch), batch_size // 2))
+    chunks = chunk_count(batch_size, micro_batch)
     used = {
         "lr": lr,
         "batch_size": batch_size,
@@ -174,6 +173,14 @@ def finetune(
         seconds=time.perf_counter() - started,
         **used,
     )
+
+
+def chunk_count(batch_size: int, micro_batch: int | None) -> int:
+    """How many equal chunks a batch goes through the model in: as close to `micro_batch` images each as
+    chunks of at least 2 allow (train-mode BatchNorm cannot normalise one image)."""
+    if micro_batch is None:
+        return 1
+    return max(1, min(math.ceil(batch_size / micro_batch), batch_size // 2))
 
 
 def auto_micro_batch(batch_size: int, image_size: int) -> int | None:

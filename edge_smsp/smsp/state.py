@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from edge_smsp.pool import Pool
 from edge_smsp.prune import PruneSummary
 from edge_smsp.score_sources import ScoreInputs, ScoreSource, Selection, score_source
 from edge_smsp.smsp.config import AdaptConfig, AdaptResult
-from edge_smsp.train import auto_micro_batch, finetune
+from edge_smsp.train import auto_micro_batch, chunk_count, finetune
 
 
 @dataclass
@@ -98,8 +97,7 @@ class AdaptRun:
             indices = order[batch_index * size : (batch_index + 1) * size]
             if len(indices) == 0:
                 return
-            chunks = 1 if self.micro_batch is None else max(1, math.ceil(len(indices) / self.micro_batch))
-            for part in indices.tensor_split(chunks):
+            for part in indices.tensor_split(chunk_count(len(indices), self.micro_batch)):
                 yield self.task.train.batch(part)
 
     def score_inputs(self) -> ScoreInputs:

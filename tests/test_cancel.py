@@ -19,18 +19,26 @@ from tests.tiny_onnx import tiny_convnet
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _processes_mentioning(text: str) -> list[int]:
+def _processes_mentioning(text: str, *, whole_argument: bool = False) -> list[int]:
+    """Live processes whose command line contains `text` (with whole_argument, as one of its arguments)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode("utf-8", "replace")
+                argv = (entry / "cmdline").read_bytes().decode("utf-8", "replace").split("\0")
                 state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
             except OSError:
                 continue
-            if text in cmdline and state != "Z":
+            mentioned = text in argv if whole_argument else text in " ".join(argv)
+            if mentioned and state != "Z":
                 found.append(int(entry.name))
     return found
+
+
+def _benchmarks_running(workdir: Path) -> list[int]:
+    """The device runtime's processes: they take the pushed runtime dir as an argument. The upload check that
+    runs just before names files under that dir, so a substring match would catch it and race with its exit."""
+    return _processes_mentioning(f"{workdir}/runtime", whole_argument=True)
 
 
 def _kill_all(pids: list[int]) -> None:
@@ -81,10 +89,10 @@ def test_interrupted_bench_leaves_no_runtime_process(
     )
     try:
         deadline = time.monotonic() + 120
-        while not _processes_mentioning(f"{workdir}/runtime") and time.monotonic() < deadline:
+        while not _benchmarks_running(workdir) and time.monotonic() < deadline:
             assert cli.poll() is None, cli.stderr.read() if cli.stderr else ""
             time.sleep(0.1)
-        assert _processes_mentioning(f"{workdir}/runtime"), "the device benchmark never started"
+        assert _benchmarks_running(workdir), "the device benchmark never started"
         interrupted = time.monotonic()
         cli.send_signal(signum)
         cli.wait(timeout=30)

@@ -45,6 +45,13 @@ VARIANTS: dict[str, dict[str, Any]] = {
     # the best criterion without the recipe in phase A
     "random, plain, batch 32": {"method": "random", "recipe": "plain"},
     "scratch@1000": {"method": "scratch", "iters": 1000, "scratch_rounds": common.SCRATCH_ROUNDS},
+    # long training at the default's batch and rate: whether the reference rises with the batch too
+    "scratch@1000, batch 128": {
+        "method": "scratch",
+        "iters": 1000,
+        "scratch_rounds": common.SCRATCH_ROUNDS,
+        "batch_size": ADAPT_BATCH_SIZE,
+    },
     # pruning from scratch with the budget of the other variants (--iters): the accuracy-vs-iterations curves
     "scratch": {"method": "scratch", "scratch_rounds": common.SCRATCH_ROUNDS},
 }

@@ -114,26 +114,33 @@ def claims(payload: Mapping[str, Any] | None) -> list[list[str]]:
         ("2a. the same for the product's defaults (held-out study)", (REFERENCE, REFERENCE_AT_BATCH_128)),
         ("2b. the same for the product's defaults (held-out study, criteria + the same recipe)", CRITERIA),
     ):
-        parts, signs, unsure = [], [], []
+        parts, above, below = [], [], []
         for ratio in ratios:
             default = found.get((ratio, DEFAULT, 100), {})
             for other in others:
                 result = paired(default, found.get((ratio, other, FIXED_BUDGET.get(other, 100)), {}))
                 if result is None:
                     continue
-                signs.append(result["mean"] >= 0)
-                if result["p"] >= 0.05:
-                    unsure.append(f"r={ratio:g} vs {other}")
+                (above if result["mean"] >= 0 else below).append((f"r={ratio:g} vs {other}", result["p"]))
                 parts.append(
                     f"r={ratio:g} vs {other}: {result['mean']:+.2f} pt (better in {result['better']}/"
                     f"{result['pairs']} runs, p = {_p(result['p'])})"
                 )
         if parts:
-            verdict = "holds" if all(signs) else "does not hold here" if not any(signs) else "mixed"
-            if all(signs) and unsure:
-                verdict = f"holds on the mean; within noise (p ≥ 0.05) for {', '.join(unsure)}"
-            rows.append([claim, verdict, "; ".join(parts)])
+            rows.append([claim, _verdict(above, below), "; ".join(parts)])
     return rows
+
+
+def _verdict(above: Sequence[tuple[str, float]], below: Sequence[tuple[str, float]]) -> str:
+    """A claim's verdict from its comparisons (label, p), split by the sign of the default's mean difference."""
+    noisy = [label for label, p in (*above, *below) if p >= 0.05]
+    if not below:
+        return f"holds on the mean; within noise (p ≥ 0.05) for {', '.join(noisy)}" if noisy else "holds"
+    if not above:
+        return "does not hold here"
+    if all(p >= 0.05 for _label, p in below):
+        return f"level: below on the mean only within noise (p ≥ 0.05), for {', '.join(label for label, _p in below)}"
+    return "mixed"
 
 
 def section(payload: Mapping[str, Any] | None, plots: Path) -> str | None:

@@ -247,6 +247,15 @@ def test_heldout_claims_pair_runs_by_task_and_seed():
     assert against_criteria[1].startswith("holds on the mean; within noise (p ≥ 0.05) for r=0.5 vs taylor")
     assert against_criteria[2].count("+5.00 pt (better in 8/8 runs, p = 0.1250)") == len(heldout.CRITERIA)
     assert heldout.claims(None) == []
+    # Long training at batch 128, on seed 0 only, 2 pt below the default: above one reference, below the other.
+    for position, task in enumerate(tasks):
+        runs.append(run(heldout.REFERENCE_AT_BATCH_128, task, 0, 0.87 + 0.01 * position, iters=1000))
+    against_scratch = heldout.claims({"runs": runs})[0]
+    assert (
+        against_scratch[1]
+        == "level: below on the mean only within noise (p ≥ 0.05), for r=0.5 vs scratch@1000"
+    )
+    assert "r=0.5 vs scratch@1000, batch 128: +2.00 pt (better in 4/4 runs, p = 0.1250)" in against_scratch[2]
 
 
 def test_tried_after_probe_compares_each_change_with_the_default_task_by_task():

@@ -75,9 +75,7 @@ def finetune(
     update in less memory, except that BatchNorm normalises each chunk on its own statistics.
     With a `teacher` (a model with the task's outputs, kept in eval mode), the loss is (1 - distill_weight) times
     the cross-entropy plus distill_weight times the soft-target loss against the teacher's outputs."""
-    optimizer = str(optimizer).lower()
-    if optimizer not in OPTIMIZERS:
-        raise EdgeSmspError(f"unknown optimizer '{optimizer}'; choose one of {', '.join(OPTIMIZERS)}")
+    optimizer = checked_optimizer(optimizer)
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
         raise EdgeSmspError(f"iterations must be a non-negative integer, got {iters}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -190,11 +188,17 @@ def auto_micro_batch(batch_size: int, image_size: int) -> int | None:
     return None if batch_size <= fits else fits
 
 
+def checked_optimizer(optimizer: str) -> str:
+    """The optimizer's name in lower case; an unknown one is refused."""
+    name = str(optimizer).lower()
+    if name not in OPTIMIZERS:
+        raise EdgeSmspError(f"unknown optimizer '{name}'; choose one of {', '.join(OPTIMIZERS)}")
+    return name
+
+
 def default_lr(optimizer: str, batch_size: int) -> float:
     """The learning rate `finetune` uses when none is given: SGD's scaled linearly with batches from 32 to 128."""
-    optimizer = str(optimizer).lower()
-    if optimizer not in DEFAULT_LR:
-        raise EdgeSmspError(f"unknown optimizer '{optimizer}'; choose one of {', '.join(OPTIMIZERS)}")
+    optimizer = checked_optimizer(optimizer)
     if optimizer == "sgd":
         scaled = min(max(batch_size, LR_REFERENCE_BATCH), LR_SCALED_UP_TO_BATCH)
         return DEFAULT_LR["sgd"] * scaled / LR_REFERENCE_BATCH

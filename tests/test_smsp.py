@@ -20,6 +20,7 @@ from edge_smsp.data import load_task
 from edge_smsp.errors import PoolError, PruneError
 from edge_smsp.pool import Pool
 from edge_smsp.pruned_model import load_pruned
+from edge_smsp.smsp.state import AdaptRun
 from edge_smsp.units import unit_groups
 from edge_smsp.zoo import backbone_spec, load_backbone
 
@@ -240,11 +241,8 @@ def test_an_adaptation_reports_its_batch_and_chunks_large_images(backbone):
         "lr": pytest.approx(0.01125),
         "optimizer": "sgd",
     }
-    # Taylor's scoring batches are cut the same way: 128 images (of 36) in chunks, none above 32
-    from edge_smsp.smsp.state import AdaptRun
-
-    scoring = AdaptRun(backbone=backbone, pool=None, task=large, config=config)
-    assert [len(labels) for _images, labels in scoring.batches(1)] == [18, 18]
+    # Taylor's scoring batches are cut the same way: the batch (all 36 images) in chunks of at most 32
+    assert [len(labels) for _images, labels in AdaptRun(backbone, None, large, config).batches(1)] == [18, 18]
     assert [len(labels) for _images, labels in AdaptRun(backbone, None, small.task, config).batches(1)] == [
         120
     ]

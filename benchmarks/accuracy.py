@@ -36,7 +36,7 @@ from benchmarks.stats import mean_std, paired, sign_flip_p, summarise
 from benchmarks.study import (
     Study,
 )
-from edge_smsp.score_sources import SCRATCH
+from edge_smsp.criteria import SCRATCH
 
 NAME = "accuracy"
 AFTER = (tuning.NAME,)  # the variant chosen on pool tasks runs next to the paper's default

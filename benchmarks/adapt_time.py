@@ -3,7 +3,7 @@
     python -m benchmarks.adapt_time --quick|--full
 
 Reads (or runs) the held-out runs of the shared study at the export ratio: both methods are timed end to end
-in the same kind of single-thread worker and exported with edge_smsp.export.export_onnx. Writes
+in the same kind of single-thread worker and exported with edge_smsp.export.onnx_export.export_onnx. Writes
 results/adapt_time.<mode>.json.
 """
 
@@ -29,7 +29,7 @@ from benchmarks.stats import (
 from benchmarks.study import (
     Study,
 )
-from edge_smsp.score_sources import SCRATCH
+from edge_smsp.criteria import SCRATCH
 
 PARTS = ("similarity", "pruning", "finetuning", "export")
 

@@ -38,7 +38,7 @@ from benchmarks.study import (
 from benchmarks.workers import (
     group_sizes,
 )
-from edge_smsp.score_sources import SCRATCH
+from edge_smsp.criteria import SCRATCH
 
 NAME = "budgets"
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_smsp.fileio import write_atomically
+from edge_smsp.core.fileio import write_atomically
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCHMARKS_DIR.parent

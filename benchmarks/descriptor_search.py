@@ -25,8 +25,8 @@ def task_key(classes: Sequence[int]) -> str:
 
 
 def load(classes: Sequence[int], backbone: Any, size: int, train_per_class: int, val_per_class: int = 1):
-    from edge_smsp.data import load_task
-    from edge_smsp.zoo import backbone_spec
+    from edge_smsp.data.tasks import load_task
+    from edge_smsp.models.zoo import backbone_spec
 
     spec = backbone_spec(backbone)
     return load_task(
@@ -45,8 +45,8 @@ def real_descriptors(
     tasks: Sequence[tuple[int, ...]], backbone: Any, size: int, cache: Path
 ) -> list[np.ndarray]:
     """The [k, F] descriptor of each task, computed as `pool build` does; cached in `cache`."""
-    from edge_smsp.estimators.base import DESCRIPTOR_SAMPLES, DESCRIPTOR_SEED
-    from edge_smsp.similarity import task_descriptor
+    from edge_smsp.transfer.estimators.base import DESCRIPTOR_SAMPLES, DESCRIPTOR_SEED
+    from edge_smsp.transfer.task_descriptor import task_descriptor
 
     found = dict(np.load(cache, allow_pickle=False)) if cache.exists() else {}
     for index, classes in enumerate(tasks):
@@ -64,7 +64,13 @@ def real_descriptors(
 
 def recall(descriptors: Sequence[np.ndarray], widths: Sequence[int], shortlists: Sequence[int]) -> list[dict]:
     """Each task against all others: share of the exhaustive top-5 (and top-1) inside the sketch top-M."""
-    from edge_smsp.descriptors import DEFAULT_POWER, SketchIndex, descriptor_centre, project, unit_rows
+    from edge_smsp.data.descriptors import (
+        DEFAULT_POWER,
+        SketchIndex,
+        descriptor_centre,
+        project,
+        unit_rows,
+    )
 
     counts = [len(d) for d in descriptors]
     starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
@@ -109,7 +115,7 @@ def recall(descriptors: Sequence[np.ndarray], widths: Sequence[int], shortlists:
 
 def search_only(sizes: Sequence[int], width: int, repeats: int = 20) -> list[dict]:
     """Index build and search over `size` tasks of synthetic random sketches (2-8 rows each)."""
-    from edge_smsp.descriptors import SketchIndex
+    from edge_smsp.data.descriptors import SketchIndex
 
     generator = np.random.default_rng(0)
     rows = []

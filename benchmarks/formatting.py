@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from edge_smsp.score_sources import SCORE_SOURCES, method_names, needs_pool
+from edge_smsp.criteria import SCORE_SOURCES, method_names, needs_pool
 
 # The one-shot baselines: the score sources that need no pool.
 BASELINES = tuple(name for name in SCORE_SOURCES if not needs_pool(name))

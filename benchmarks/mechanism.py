@@ -50,7 +50,7 @@ from benchmarks.workers import (
     study_backbone,
     study_task,
 )
-from edge_smsp.score_sources import SCRATCH
+from edge_smsp.criteria import SCRATCH
 
 PERMUTATIONS = 5000
 
@@ -59,11 +59,11 @@ NAME = "mechanism"
 
 def leep_matrix(study: Study) -> tuple[np.ndarray, list[str]]:
     """L[i, j]: LEEP of pool entry i's pruned model on pool task j's training sample."""
-    from edge_smsp.estimators.base import sample_task
-    from edge_smsp.leep import leep
+    from edge_smsp.models.pruned_model import load_pruned
     from edge_smsp.pool import Pool
-    from edge_smsp.pruned_model import load_pruned
-    from edge_smsp.train import predict_proba
+    from edge_smsp.training.finetune import predict_proba
+    from edge_smsp.transfer.estimators.base import sample_task
+    from edge_smsp.transfer.leep_score import leep
 
     s = study.settings
     samples = [
@@ -126,8 +126,8 @@ def heldout_overlap(study: Study, sizes: dict[str, int]) -> list[dict[str, Any]]
 
 def run(mode: str, results_dir: Path, workers: int | None = None) -> dict[str, Any]:
     """Compute the LEEP matrix and mask overlaps of the pool, write mechanism.<mode>.json."""
-    from edge_smsp.importance import unit_l1_norms
-    from edge_smsp.prune import keep_count
+    from edge_smsp.models.prune import keep_count
+    from edge_smsp.models.unit_scores import unit_l1_norms
 
     study = Study(mode, results_dir, workers)
     pool_records = study.ensure_pool()
@@ -209,7 +209,7 @@ def run(mode: str, results_dir: Path, workers: int | None = None) -> dict[str, A
 
 
 def _kinds(model: Any) -> dict[str, str]:
-    from edge_smsp.units import unit_groups
+    from edge_smsp.models.units import unit_groups
 
     return {group.key: group.kind for group in unit_groups(model)}
 

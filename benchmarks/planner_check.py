@@ -64,9 +64,9 @@ SETTINGS = {
 
 def measure(paths: Sequence[Path], settings: CheckSettings, workdir: Path) -> tuple[list[list[dict]], dict]:
     """Per model, the runtime's bench report of every round; and the device's `info`."""
-    from edge_smsp.deploy import open_transport
     from edge_smsp.deploy.session import BenchSettings
-    from edge_smsp.profiles import load_profile
+    from edge_smsp.devices.profiles import load_profile
+    from edge_smsp.transport import open_transport
 
     profile = load_profile("localhost")
     # This interpreter (it has onnxruntime) and a work dir inside the results' tmp folder, not ~/.cache.
@@ -88,8 +88,8 @@ def measure(paths: Sequence[Path], settings: CheckSettings, workdir: Path) -> tu
 
 def check_model(name: str, size: int, settings: CheckSettings, out_dir: Path) -> dict[str, Any]:
     """Measure one backbone over the ratio grid and compare with every prediction the planner makes."""
-    from edge_smsp.deploy.stages import CALIBRATION_RATIOS
-    from edge_smsp.planner import (
+    from edge_smsp.deploy.steps import CALIBRATION_RATIOS
+    from edge_smsp.devices.planner import (
         Measurement,
         cost_at_ratio,
         fit_latency_model,
@@ -99,9 +99,9 @@ def check_model(name: str, size: int, settings: CheckSettings, out_dir: Path) ->
         predict_memory_bytes,
         run_macs,
     )
-    from edge_smsp.profiles import MIB, load_profile
-    from edge_smsp.prune import replace_classifier
-    from edge_smsp.zoo import default_pretrained, load_backbone
+    from edge_smsp.devices.profiles import MIB, load_profile
+    from edge_smsp.models.prune import replace_classifier
+    from edge_smsp.models.zoo import default_pretrained, load_backbone
 
     profile = load_profile("localhost")
     percentile = profile.latency_percentile
@@ -221,7 +221,7 @@ def section(found: Mapping[str, dict[str, Any]], plots: Path) -> str | None:
         "RSS, on top of the imported runtime the device reports (`info`: numpy + onnxruntime): the *hint* (a "
         "session, 3.4x the weights and the activations), and the model *fitted* to the calibration runs (a line "
         "in the weights, slopes that over-predict outside them, a margin from the residuals: "
-        "`edge_smsp.memory_model`).",
+        "`edge_smsp.devices.memory_model`).",
     ]
     for key, group in check["groups"].items():
         percentile = group["percentile"]

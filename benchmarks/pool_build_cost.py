@@ -27,9 +27,9 @@ SIZE = 32
 
 def tiny_tasks(count: int, iters: int = 2):
     """The backbone, `count` 2-class tasks and the build config."""
-    from edge_smsp import smsp
-    from edge_smsp.data import load_task
-    from edge_smsp.zoo import backbone_spec, load_backbone
+    from edge_smsp import adaptation
+    from edge_smsp.data.tasks import load_task
+    from edge_smsp.models.zoo import backbone_spec, load_backbone
 
     backbone = load_backbone("efficientnet_lite0", pretrained=True, image_size=SIZE)
     spec = backbone_spec(backbone)
@@ -38,7 +38,7 @@ def tiny_tasks(count: int, iters: int = 2):
         load_task("fashion-mnist", pair, image_size=SIZE, mean=spec.mean, std=spec.std, train_per_class=24)
         for pair in pairs
     ]
-    config = smsp.AdaptConfig(ratio=0.5, iters=iters, method="scratch", scratch_rounds=1, batch_size=16)
+    config = adaptation.AdaptConfig(ratio=0.5, iters=iters, method="scratch", scratch_rounds=1, batch_size=16)
     return backbone, tasks, config
 
 
@@ -89,9 +89,9 @@ def weight_deltas(pool_path: Path, backbone: Any, work_dir: Path) -> dict[str, A
     mask, before fine-tuning): bytes with zlib, against the weights themselves with zlib; float32, lossless."""
     import numpy as np
 
+    from edge_smsp.models.prune import prune
+    from edge_smsp.models.pruned_model import load_pruned
     from edge_smsp.pool import Pool
-    from edge_smsp.prune import prune
-    from edge_smsp.pruned_model import load_pruned
 
     plain = delta = unchanged = values = 0
     with Pool(pool_path, create=False) as pool:
@@ -117,8 +117,8 @@ def weight_deltas(pool_path: Path, backbone: Any, work_dir: Path) -> dict[str, A
 
 
 def run(tasks: int, out_dir: Path, iters: int = 2) -> dict[str, Any]:
-    from edge_smsp import smsp
-    from edge_smsp.smsp.ray_build import ray_build_pool
+    from edge_smsp.pool import build as pool_build
+    from edge_smsp.pool.build.ray_build import ray_build_pool
 
     quiet_warnings()
     backbone, task_list, config = tiny_tasks(tasks, iters)
@@ -127,7 +127,7 @@ def run(tasks: int, out_dir: Path, iters: int = 2) -> dict[str, Any]:
         old.unlink()
     log(f"{NAME}: {tasks} tasks in process")
     here = timed_build(
-        lambda pool, on_task, _: smsp.build_pool(backbone, pool, task_list, config, on_task=on_task),
+        lambda pool, on_task, _: pool_build.build_pool(backbone, pool, task_list, config, on_task=on_task),
         out_dir / "in_process.sqlite",
     )
     log(f"{NAME}: {tasks} tasks on a new local Ray cluster (1 CPU)")

@@ -100,7 +100,7 @@ def render(found: dict[str, dict[str, Any]], plots: Path) -> str:
         ),
         "The one-shot baselines are what a user of Torch-Pruning would pick: `magnitude` and `taylor` scores come "
         "from `torch_pruning.importance.GroupMagnitudeImportance(p=1)` and `GroupTaylorImportance` over each "
-        "coupled channel group (see `edge_smsp/importance.py`; Taylor on 4 batches of the new task), then the same "
+        "coupled channel group (see `edge_smsp/models/unit_scores.py`; Taylor on 4 batches of the new task), then the same "
         "physical pruning and the same fine-tuning as SMSP. `scratch` is the pool-building method (iterative Taylor "
         "pruning with fine-tuning between rounds) run on the new task with 10x the iterations; `smsp-random` sums "
         "the masks of K random pool tasks instead of the K most similar.",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from edge_smsp.score_sources import SCORE_SOURCES
+from edge_smsp.criteria import SCORE_SOURCES
 
 BACKBONE = "efficientnet_lite0"
 DATASET = "fashion-mnist"

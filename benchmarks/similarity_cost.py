@@ -79,14 +79,14 @@ def time_step(
     pool_path: Path, backbone: Any, task: Any, count: int | None, samples: int, top_k: int = 5
 ) -> dict[str, float]:
     """Seconds to list the pool's entries for this backbone, rank `count` of them by LEEP and sum the top-K masks."""
-    from edge_smsp import smsp
-    from edge_smsp.estimators import similarity_estimator
-    from edge_smsp.estimators.base import TaskQuery
+    from edge_smsp import adaptation
     from edge_smsp.pool import Pool
+    from edge_smsp.transfer.estimators import similarity_estimator
+    from edge_smsp.transfer.estimators.base import TaskQuery
 
     with Pool(pool_path, create=False) as pool:
         started = time.perf_counter()
-        entries = smsp.pool_entries_for(pool, backbone, task.image_size)
+        entries = adaptation.pool_entries_for(pool, backbone, task.image_size)
         listed = time.perf_counter()
         ranked = (
             similarity_estimator("leep").rank(
@@ -97,7 +97,7 @@ def time_step(
         )
         ranked_at = time.perf_counter()
         if ranked:
-            smsp.score_mask(pool, ranked[:top_k])
+            adaptation.score_mask(pool, ranked[:top_k])
         done = time.perf_counter()
     return {
         "entries_listed": len(entries),
@@ -110,11 +110,11 @@ def time_step(
 
 def per_entry_breakdown(pool_path: Path, task: Any, samples: int, count: int = 3) -> dict[str, float]:
     """Median seconds per entry of each part of ranking: read files, load the pruned model, forward, LEEP."""
-    from edge_smsp.estimators.base import sample_task
-    from edge_smsp.leep import leep
+    from edge_smsp.models.pruned_model import load_pruned
     from edge_smsp.pool import Pool
-    from edge_smsp.pruned_model import load_pruned
-    from edge_smsp.train import predict_proba
+    from edge_smsp.training.finetune import predict_proba
+    from edge_smsp.transfer.estimators.base import sample_task
+    from edge_smsp.transfer.leep_score import leep
 
     images, labels = sample_task(task, samples, 0)
     parts: dict[str, list[float]] = {"materialise": [], "load_pruned": [], "forward": [], "leep": []}

@@ -77,8 +77,8 @@ def copied_pool(
 ) -> Path:
     """A pool of len(tasks) real entries: each task stored with its real descriptor and the source entry whose
     task shares the most classes with it (model files, masks, scores)."""
-    from edge_smsp.estimators.base import DESCRIPTOR_SAMPLES, DESCRIPTOR_SEED
     from edge_smsp.pool import TaskRecord
+    from edge_smsp.transfer.estimators.base import DESCRIPTOR_SAMPLES, DESCRIPTOR_SEED
 
     def fill(pool: Any) -> None:
         sources = source_entries(source_path, scratch)
@@ -113,8 +113,8 @@ def copied_pool(
 
 
 def timed_adapt(pool_path: Path, backbone: Any, task: Any, ratio: float, iters: int, **config: Any) -> dict:
+    from edge_smsp.adaptation import AdaptConfig, adapt
     from edge_smsp.pool import Pool
-    from edge_smsp.smsp import AdaptConfig, adapt
 
     started = time.perf_counter()
     with Pool(pool_path, create=False) as pool:
@@ -133,9 +133,9 @@ def run(
 ) -> dict[str, Any]:
     from benchmarks.study import Study
     from benchmarks.workers import single_thread, study_backbone
-    from edge_smsp.descriptors import SKETCH_WIDTH
-    from edge_smsp.estimators import DEFAULT_SHORTLIST
+    from edge_smsp.data.descriptors import SKETCH_WIDTH
     from edge_smsp.pool import Pool
+    from edge_smsp.transfer.estimators import DEFAULT_SHORTLIST
 
     s = SETTINGS[mode]
     study = Study(mode, results_dir, workers)

@@ -9,7 +9,7 @@ from typing import Any
 from benchmarks.settings import (
     PAPER_VARIANT,
 )
-from edge_smsp.score_sources import needs_pool
+from edge_smsp.criteria import needs_pool
 
 ALL_ENTRIES = 999  # top_k meaning "every pool entry"
 

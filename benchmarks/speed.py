@@ -4,7 +4,7 @@
 
 For resnet18, deit_small_patch16_224 and efficientnet_lite0 at 224 px and at the study's size, each pruned at
 every ratio (magnitude scores: latency depends on how many units are kept, not which), exported with
-edge_smsp.export.export_onnx (3-class head, batch 1). Latency is measured directly with onnxruntime in this
+edge_smsp.export.onnx_export.export_onnx (3-class head, batch 1). Latency is measured directly with onnxruntime in this
 process, the ratios interleaved round by round so that load from other processes hits them alike; then once
 through the device runtime on the `localhost` profile (local transport) to check the runtime's numbers.
 Writes results/speed.<mode>.json (resumable per model and size).
@@ -44,10 +44,10 @@ NAME = "speed"
 
 def export_pruned(name: str, size: int, ratios: Sequence[float], out_dir: Path) -> list[dict[str, Any]]:
     """ONNX files of `name` at `size` px pruned at each ratio, with params and MACs (reused when present)."""
-    from edge_smsp.export import export_onnx
-    from edge_smsp.importance import unit_l1_norms
-    from edge_smsp.prune import prune, replace_classifier
-    from edge_smsp.zoo import backbone_spec, default_pretrained, load_backbone
+    from edge_smsp.export.onnx_export import export_onnx
+    from edge_smsp.models.prune import prune, replace_classifier
+    from edge_smsp.models.unit_scores import unit_l1_norms
+    from edge_smsp.models.zoo import backbone_spec, default_pretrained, load_backbone
 
     pretrained = default_pretrained(name)
     backbone = replace_classifier(load_backbone(name, pretrained=pretrained, image_size=size), HEAD_CLASSES)
@@ -119,8 +119,8 @@ def direct_latency(
 
 def runtime_latency(paths: Sequence[Path], threads: int, runs: int, workdir: Path) -> list[dict[str, Any]]:
     """The same models through the device runtime on the localhost profile (local transport)."""
-    from edge_smsp.deploy import open_transport
-    from edge_smsp.profiles import load_profile
+    from edge_smsp.devices.profiles import load_profile
+    from edge_smsp.transport import open_transport
 
     profile = load_profile("localhost")
     # This interpreter (it has onnxruntime) and a work dir inside the results' tmp folder, not ~/.cache.
@@ -289,7 +289,7 @@ def section(found: Mapping[str, dict[str, Any]], plots: Path) -> str | None:
         mode_note(speed),
         f"ONNX Runtime {speed['machine']['versions']['onnxruntime']} CPUExecutionProvider, batch 1, "
         f"{speed['threads']} intra-op thread(s), 3-class head; models pruned with L1-magnitude scores at each ratio "
-        "(latency depends on how many units are kept, not which) and exported with `edge_smsp.export.export_onnx`. "
+        "(latency depends on how many units are kept, not which) and exported with `edge_smsp.export.onnx_export.export_onnx`. "
         "resnet18 and deit_small use random weights (no network here), efficientnet_lite0 the bundled ImageNet "
         "weights. Ratios are measured interleaved, round by round, so that load from other processes hits them alike.",
         table(

@@ -35,7 +35,7 @@ from benchmarks.settings import (
 )
 from benchmarks.specs import RunSpec, variant_spec
 from benchmarks.workers import build_pool_entry, run_spec, single_thread, worker_init
-from edge_smsp.score_sources import SCRATCH
+from edge_smsp.criteria import SCRATCH
 
 
 class Study:
@@ -51,7 +51,7 @@ class Study:
         self.cache = RunCache(
             result_path(self.results_dir, "study", mode), meta={"settings": self.settings.to_dict()}
         )
-        from edge_smsp.data import generate_tasks
+        from edge_smsp.data.tasks import generate_tasks
 
         settings = self.settings
         every = generate_tasks(

@@ -21,7 +21,7 @@ from benchmarks.settings import (
 )
 from benchmarks.specs import RunSpec
 from benchmarks.stats import pack_mask
-from edge_smsp.score_sources import SCRATCH, needs_pool
+from edge_smsp.criteria import SCRATCH, needs_pool
 
 _STATE: dict[str, Any] = {}
 
@@ -51,7 +51,7 @@ class single_thread:
 
 def study_backbone(mode: str):
     """The study's backbone (bundled ImageNet EfficientNet-Lite0 at the study's image size), loaded once."""
-    from edge_smsp.zoo import load_backbone
+    from edge_smsp.models.zoo import load_backbone
 
     key = ("backbone", mode)
     if key not in _STATE:
@@ -61,8 +61,8 @@ def study_backbone(mode: str):
 
 def study_task(mode: str, classes: Sequence[int]):
     """A study task (same images for every method and run), loaded once per process."""
-    from edge_smsp.data import load_task
-    from edge_smsp.zoo import backbone_spec
+    from edge_smsp.data.tasks import load_task
+    from edge_smsp.models.zoo import backbone_spec
 
     key = ("task", mode, tuple(classes))
     if key not in _STATE:
@@ -83,7 +83,7 @@ def study_task(mode: str, classes: Sequence[int]):
 
 def group_sizes(mode: str) -> dict[str, int]:
     """Unit group sizes of the study backbone, in the order masks are packed."""
-    from edge_smsp.prune import backbone_group_sizes
+    from edge_smsp.models.prune import backbone_group_sizes
 
     return backbone_group_sizes(study_backbone(mode))
 
@@ -91,14 +91,15 @@ def group_sizes(mode: str) -> dict[str, int]:
 def build_pool_entry(mode: str, pool_path: str, classes: tuple[int, ...], seed: int) -> dict[str, Any]:
     import torch
 
-    from edge_smsp import smsp
+    from edge_smsp import adaptation
     from edge_smsp.pool import Pool
+    from edge_smsp.pool import build as pool_build
 
     s = SETTINGS[mode]
     torch.manual_seed(seed)  # the new head's initial weights come from the global RNG
     backbone = study_backbone(mode)
     task = study_task(mode, classes)
-    config = smsp.AdaptConfig(
+    config = adaptation.AdaptConfig(
         ratio=s.pool_ratio,
         iters=s.pool_iters,
         method=SCRATCH,
@@ -108,7 +109,7 @@ def build_pool_entry(mode: str, pool_path: str, classes: tuple[int, ...], seed: 
     )
     reports: list[dict[str, Any]] = []
     with Pool(pool_path) as pool:
-        smsp.build_pool(
+        pool_build.build_pool(
             backbone, pool, [task], config, on_task=lambda outcome: reports.append(outcome.report or {})
         )
         entry = next(e for e in pool.entries() if e.task.task_key == task.task_id and e.ratio == s.pool_ratio)
@@ -136,7 +137,7 @@ def build_pool_entry(mode: str, pool_path: str, classes: tuple[int, ...], seed: 
 def run_spec(mode: str, pool_path: str, spec_fields: dict[str, Any], tmp: str) -> dict[str, Any]:
     import torch
 
-    from edge_smsp import smsp
+    from edge_smsp import adaptation
     from edge_smsp.pool import Pool
 
     spec = RunSpec(**{**spec_fields, "classes": tuple(spec_fields["classes"])})
@@ -146,7 +147,7 @@ def run_spec(mode: str, pool_path: str, spec_fields: dict[str, Any], tmp: str) -
     torch.manual_seed(spec.seed)
     backbone = study_backbone(mode)
     task = study_task(mode, spec.classes)
-    config = smsp.AdaptConfig(
+    config = adaptation.AdaptConfig(
         ratio=spec.ratio,
         iters=spec.iters,
         method=spec.method,
@@ -167,9 +168,9 @@ def run_spec(mode: str, pool_path: str, spec_fields: dict[str, Any], tmp: str) -
     )
     if needs_pool(spec.method):
         with Pool(pool_path, create=False) as pool:
-            result = smsp.adapt(backbone, pool, task, config)
+            result = adaptation.adapt(backbone, pool, task, config)
     else:
-        result = smsp.adapt(backbone, None, task, config)
+        result = adaptation.adapt(backbone, None, task, config)
     digest = hashlib.sha256()
     for key in sorted(result.unit_scores):
         digest.update(key.encode())
@@ -200,8 +201,8 @@ def run_spec(mode: str, pool_path: str, spec_fields: dict[str, Any], tmp: str) -
 
 
 def _export(result: Any, out_dir: Path, key: str) -> dict[str, Any]:
-    from edge_smsp.export import export_onnx
-    from edge_smsp.zoo import backbone_spec
+    from edge_smsp.export.onnx_export import export_onnx
+    from edge_smsp.models.zoo import backbone_spec
 
     out_dir.mkdir(parents=True, exist_ok=True)
     name = hashlib.sha256(key.encode()).hexdigest()[:12]

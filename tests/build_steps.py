@@ -25,7 +25,7 @@ class TracedStep:
     stall_seconds: float = 120.0
 
     def __call__(self, backbone, task, config, progress=False):
-        from edge_smsp.smsp import build_entry
+        from edge_smsp.adaptation import build_entry
 
         first = task.task_id not in {line.split()[0] for line in read_lines(self.markers)}
         with open(self.markers, "a") as stream:  # O_APPEND: lines of concurrent processes do not mix
@@ -53,9 +53,9 @@ def training_runs(markers: str | Path) -> dict[str, list[int]]:
 
 def tiny_build(backbone_size: int = SIZE):
     """The backbone, tasks and config of the tests' builds: 2-class tasks at 32 px, 2 iterations."""
-    from edge_smsp import smsp
-    from edge_smsp.data import load_task
-    from edge_smsp.zoo import backbone_spec, load_backbone
+    from edge_smsp import adaptation
+    from edge_smsp.data.tasks import load_task
+    from edge_smsp.models.zoo import backbone_spec, load_backbone
 
     backbone = load_backbone("efficientnet_lite0", pretrained=True, image_size=backbone_size)
     spec = backbone_spec(backbone)
@@ -71,7 +71,7 @@ def tiny_build(backbone_size: int = SIZE):
         )
         for classes in TASK_CLASSES
     ]
-    config = smsp.AdaptConfig(ratio=0.5, iters=2, method="scratch", scratch_rounds=1, batch_size=16)
+    config = adaptation.AdaptConfig(ratio=0.5, iters=2, method="scratch", scratch_rounds=1, batch_size=16)
     return backbone, tasks, config
 
 
@@ -111,8 +111,8 @@ def stall_in_commit(pool, entry: int, depth: int, report: str) -> None:
 def main() -> None:
     import torch
 
-    from edge_smsp import smsp
     from edge_smsp.pool import Pool
+    from edge_smsp.pool import build as pool_build
 
     parser = argparse.ArgumentParser()
     parser.add_argument("pool")
@@ -148,9 +148,9 @@ def main() -> None:
             entry, depth, report = args.stall_commit.split(":", 2)
             stall_in_commit(pool, int(entry), int(depth), report)
         if args.ray is None:
-            added = smsp.build_pool(backbone, pool, tasks, config, **options)
+            added = pool_build.build_pool(backbone, pool, tasks, config, **options)
         else:
-            from edge_smsp.smsp.ray_build import ray_build_pool
+            from edge_smsp.pool.build.ray_build import ray_build_pool
 
             added = ray_build_pool(backbone, pool, tasks, config, address=args.ray, **options)
     print(json.dumps({"added": added}), file=out, flush=True)

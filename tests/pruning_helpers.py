@@ -8,8 +8,8 @@ import functools
 import torch
 from torch import nn
 
-from edge_smsp import zoo
-from edge_smsp.units import UnitGroup, dependency_graph, full_channel_group, group_layouts
+from edge_smsp.models import zoo
+from edge_smsp.models.units import UnitGroup, dependency_graph, full_channel_group, group_layouts
 
 FIRST_CLASS = ("resnet18", "resnet50", "deit_small_patch16_224", "efficientnet_lite0")
 IMAGE_SIZE = 32

@@ -15,13 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge_smsp import zoo
 from edge_smsp.cli import main
-from edge_smsp.deploy import open_transport
-from edge_smsp.deploy.stages import CALIBRATION_RATIOS
-from edge_smsp.device_stack import check_device_stack, device_opset
-from edge_smsp.export import export_onnx
-from edge_smsp.profiles import DeviceProfile, load_profile
+from edge_smsp.deploy.steps import CALIBRATION_RATIOS
+from edge_smsp.devices.profiles import DeviceProfile, load_profile
+from edge_smsp.devices.stack import check_device_stack, device_opset
+from edge_smsp.export.onnx_export import export_onnx
+from edge_smsp.models import zoo
+from edge_smsp.transport import open_transport
 from tests.required import skip_or_fail
 
 pytestmark = pytest.mark.arm  # everything here is about the emulated device

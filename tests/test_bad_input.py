@@ -10,8 +10,12 @@ this table fast.
 from __future__ import annotations
 
 import hashlib
+import io
+import json
 import os
 import re
+import resource
+import select
 import shutil
 import signal
 import sqlite3
@@ -20,17 +24,23 @@ import subprocess
 import sys
 import traceback
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.bad_input_case import Case
+from tests.bad_input_hostile import HOSTILE_CASES, hostile_inputs
 from tests.boards import small_board_profile
 from tests.sshd_fixture import SshdServer, free_port
 from tests.tiny_onnx import tiny_convnet
 
 ROOT = Path(__file__).resolve().parents[1]
+# Every case runs under an address-space limit: a blow-up from a tiny input (an alias bomb, a 1e12-element
+# header) fails the case instead of taking the machine down. The runtime's process gets 2 GiB; the host CLI
+# runs in a fork of this process, which has torch mapped already, so it gets 2 GiB above what is mapped.
+MEMORY_LIMIT = 2 << 30
 CASE_TIMEOUT = 120  # seconds: a case that takes longer hangs (a FIFO read, a device that never answers)
 MAX_LINE = 1000  # characters: an error quotes what it must, never a whole 20,000-id argument
 
@@ -45,18 +55,6 @@ DEPLOY_LOCAL = (*DEPLOY, "--profile", "{w}/local.yaml", "--out", "{s}/out")
 BENCH_LOCAL = ("bench", "--profile", "{w}/local.yaml", "--bench-runs", "3", "--bench-seconds", "0")
 RT_BENCH = ("bench", "--model", "{w}/tiny.onnx", "--runs", "3", "--min-seconds", "0")
 MANY_CLASSES = ",".join(str(index) for index in range(20_000))
-
-
-@dataclass(frozen=True)
-class Case:
-    """One bad input: the command line ({w}: shared inputs, {s}: the case's own sandbox) and what the
-    error line must mention."""
-
-    id: str
-    argv: tuple[str, ...]
-    expect: str
-    runtime: bool = False  # python -m edge_smsp_runtime on a device-like python without torch
-    env: dict[str, str] = field(default_factory=dict)
 
 
 CASES = [
@@ -217,6 +215,7 @@ CASES = [
     Case("runtime-finetune-iters-negative", ("finetune", "--model-dir", "{w}/model", "--data", "{w}/adir", "--iters", "-1"), "--iters", runtime=True),
     Case("runtime-finetune-without-torch", ("finetune", "--model-dir", "{w}/model", "--data", "{w}/adir", "--iters", "1"), "torch", runtime=True),
 ]  # fmt: skip
+CASES += HOSTILE_CASES  # issue 25's hostile sweep, by cause (tests/bad_input_hostile.py)
 
 
 # --- the shared inputs -----------------------------------------------------------------------------------------
@@ -267,9 +266,9 @@ def _sql(path: Path, statement: str) -> None:
 
 
 def _models(world: Path) -> None:
-    from edge_smsp.prune import prune
-    from edge_smsp.pruned_model import save_pruned
-    from edge_smsp.zoo import load_backbone
+    from edge_smsp.models.prune import prune
+    from edge_smsp.models.pruned_model import save_pruned
+    from edge_smsp.models.zoo import load_backbone
 
     backbone = load_backbone("resnet18", pretrained=False, image_size=32)
     pruned, _ = prune(backbone, ratio=0.9, image_size=32)
@@ -326,6 +325,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, sshd: SshdServer) -> Path:
     )
     for workdir in ("device-local", "device-wrong", "device-ssh"):
         (world / workdir).mkdir()
+    hostile_inputs(world, ssh, local)
     # The device already has the runtime, as after any earlier deploy: a case must not add to it.
     warm = subprocess.run(
         [sys.executable, "-m", "edge_smsp", "bench", "--profile", str(world / "local.yaml")]
@@ -408,33 +408,67 @@ def run_case(
                 text=True,
                 timeout=CASE_TIMEOUT,
                 stdin=subprocess.DEVNULL,
+                preexec_fn=_limit_memory,
             )
         except subprocess.TimeoutExpired:
             return Ending(None, "", "")
         return Ending(done.returncode, done.stdout, done.stderr)
     from edge_smsp.cli import main
 
-    previous = signal.signal(signal.SIGALRM, _raise_hang)
-    signal.alarm(CASE_TIMEOUT)
-    try:
-        with pytest.MonkeyPatch.context() as patch:
-            patch.chdir(sandbox / "cwd")
-            patch.setenv("HOME", str(sandbox / "home"))
-            patch.delenv("EDGE_SMSP_POOL", raising=False)
-            for name, value in case.env.items():
-                patch.setenv(name, value)
-            try:
-                code: int | None = main(argv)
-            except _Hang:
-                code = None
-            except BaseException:  # what a console script would print as a traceback
-                sys.stderr.write(traceback.format_exc())
-                code = 1
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, previous)
-    captured = capsys.readouterr()
-    return Ending(code, captured.out, captured.err)
+    stdout_path = case.stdout.format(**values) if case.stdout else None
+    read_end, write_end = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: main(argv) as the console script runs it, under the memory limit
+        os.close(read_end)
+        code, out, err = 1, io.StringIO(), io.StringIO()
+        try:
+            mapped = _mapped_bytes()
+            resource.setrlimit(resource.RLIMIT_AS, (mapped + MEMORY_LIMIT, mapped + MEMORY_LIMIT))
+            os.chdir(sandbox / "cwd")
+            os.environ["HOME"] = str(sandbox / "home")
+            os.environ.pop("EDGE_SMSP_POOL", None)
+            os.environ.update(case.env)
+            sys.stdout = open(stdout_path, "w") if stdout_path else out  # noqa: SIM115
+            sys.stderr = err
+            signal.signal(signal.SIGALRM, _raise_hang)
+            signal.alarm(CASE_TIMEOUT)
+            code = main(argv)
+            signal.alarm(0)
+        except _Hang:
+            code = None
+        except BaseException:  # what a console script would print as a traceback
+            err.write(traceback.format_exc())
+        finally:
+            payload = json.dumps({"code": code, "out": out.getvalue(), "err": err.getvalue()}).encode()
+            with os.fdopen(write_end, "wb") as pipe:
+                pipe.write(payload)
+            os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        ready, _, _ = select.select([pipe], [], [], CASE_TIMEOUT + 30)  # stuck in C, past the child's alarm
+        payload = pipe.read() if ready else b""
+    if not ready:
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        return Ending(None, "", "")
+    os.waitpid(child, 0)
+    if not payload:
+        return Ending(1, "", "the case's process died without a word (killed for memory?)")
+    ended = json.loads(payload)
+    capsys.readouterr()
+    return Ending(ended["code"], ended["out"], ended["err"])
+
+
+def _mapped_bytes() -> int:
+    """The address space this process maps now (VmSize)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
 
 
 def problems(case: Case, result: Ending, new_paths: list[str]) -> list[str]:
@@ -455,6 +489,8 @@ def problems(case: Case, result: Ending, new_paths: list[str]) -> list[str]:
         found.append(f"the error does not mention {case.expect!r}")
     if result.stdout:
         found.append("output on stdout")
+    if "\x1b" in result.stderr:
+        found.append("a raw terminal escape code on stderr")
     if new_paths:
         found.append(f"left {len(new_paths)} new or changed paths: {sorted(new_paths)[:3]}")
     return found
@@ -480,6 +516,8 @@ def test_bad_input_is_one_line_exit_2_and_leaves_nothing(
 
 
 def test_the_table_is_large_and_its_cases_distinct() -> None:
-    assert len(CASES) >= 60
+    assert len(CASES) >= 60 + 100
     assert len({case.id for case in CASES}) == len(CASES)
-    assert len({(case.runtime, case.argv, tuple(case.env.items())) for case in CASES}) == len(CASES)
+    assert len({(case.runtime, case.argv, tuple(case.env.items()), case.stdout) for case in CASES}) == len(
+        CASES
+    )

@@ -257,3 +257,40 @@ def test_sigkills_while_an_entry_commit_is_in_the_wal_lose_and_duplicate_nothing
     statuses = {line["task_id"]: line["status"] for line in output if "status" in line}
     assert {task for task, status in statuses.items() if status == "in pool"} == set(committed)
     assert_each_task_once(pool, markers)  # ids 1..4: no entry was ever replaced, none half-inserted
+
+
+class _FailingRunner:
+    """A task runner whose task ends with an error, as a crashing step does, in this (live) process."""
+
+    def __init__(self) -> None:
+        self.submitted: list[object] = []
+
+    def capacity(self) -> int:
+        return 1
+
+    def busy(self) -> int:
+        return len(self.submitted)
+
+    def submit(self, task: object) -> None:
+        self.submitted.append(task)
+
+    def finished(self, timeout: float) -> list:
+        raise RuntimeError("the step failed")
+
+
+def test_a_build_ending_with_an_error_releases_its_claims_at_once(tmp_path):
+    """A build that fails in a live process must not block other builds for its lease: its claims go with it."""
+    import pytest
+
+    from edge_smsp.pool.build.loop import run_build
+
+    tasks = [object(), object()]
+    keys = [key_of(1), key_of(2)]
+    with Pool(tmp_path / "pool.sqlite") as pool:
+        runner = _FailingRunner()
+        with pytest.raises(RuntimeError, match="the step failed"):
+            run_build(pool, tasks, keys, runner, lease_seconds=3600)
+        assert runner.submitted == [tasks[0]]  # it claimed the first task, then failed on it
+        assert pool.claims() == []
+        # Another build (live, in this very process) takes the task at once, not after the hour's lease.
+        assert pool.claim(key_of(1), other_writer()).status == "claimed"

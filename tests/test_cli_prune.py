@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from edge_smsp.cli import main
-from edge_smsp.pruned_model import load_pruned
+from edge_smsp.models.pruned_model import load_pruned
 from tests.pruning_helpers import FIRST_CLASS, images, outputs  # noqa: F401 (fixture)
 
 
@@ -34,7 +34,7 @@ def test_models_lists_first_class_and_bundled(capsys):
 @pytest.mark.parametrize("ratio", ["0.3", "0.7"])
 def test_prune_reports_json_and_saves_a_loadable_model(capsys, tmp_path, name, ratio):
     out = tmp_path / "pruned"
-    args = ["prune", "--model", name, "--image-size", "32", "--ratio", ratio, "--method", "magnitude"]
+    args = ["prune", "--model", name, "--image-size", "32", "--ratio", ratio, "--criterion", "magnitude"]
     code, stdout, stderr = run_cli(capsys, *args, "--out", str(out), "--json")
     assert code == 0, stderr
     report = json.loads(stdout)
@@ -119,3 +119,77 @@ def test_bad_values_fail_in_argument_parsing_with_one_line(capsys, argv, flag):
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert captured.out == "" and len(lines) == 1 and flag in lines[0], captured.err
+
+
+def test_prune_into_a_folder_holding_another_models_export_leaves_no_stale_onnx(capsys, tmp_path):
+    """An ONNX export with its card (which names it and its SHA-256) was made from the model the folder held: it
+    goes when a new model is saved there. Files that are not such an export stay."""
+    import hashlib
+
+    out = tmp_path / "model"
+    out.mkdir()
+    onnx_bytes = b"an ONNX export of the model saved here before"
+    (out / "model.onnx").write_bytes(onnx_bytes)
+    card = {
+        "format": "edge-smsp-model-card",
+        "onnx": "model.onnx",
+        "sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+    }
+    (out / "model.json").write_text(json.dumps(card))
+    (out / "edited.onnx").write_bytes(b"changed after its export")  # its card's hash no longer matches: kept
+    (out / "edited.json").write_text(json.dumps(dict(card, onnx="edited.onnx")))
+    (out / "notes.txt").write_text("mine")
+    args = [
+        "prune",
+        "--model",
+        "resnet18",
+        "--image-size",
+        "32",
+        "--ratio",
+        "0.5",
+        "--criterion",
+        "magnitude",
+    ]
+    code, _, stderr = run_cli(capsys, *args, "--out", str(out), "--json")
+    assert code == 0, stderr
+    assert sorted(path.name for path in out.iterdir()) == [
+        "edited.json",
+        "edited.onnx",
+        "model.safetensors",
+        "notes.txt",
+        "pruned.json",
+    ]
+    load_pruned(out)
+
+
+def test_a_job_too_big_for_this_machines_memory_is_refused_before_any_work(capsys, tmp_path, monkeypatch):
+    """`prune --image-size 4096` was OOM-killed at ~20 GB: the estimate (activations scaled from a small probe)
+    now refuses it in one line when it cannot fit in MemAvailable, before the work and before --out."""
+    from edge_smsp.models import zoo
+    from edge_smsp.training import host_memory
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       16000000 kB\nMemAvailable:    2097152 kB\n")
+    assert host_memory.available_bytes(str(meminfo)) == 2 * host_memory.GIB
+    assert host_memory.available_bytes(str(tmp_path / "missing")) is None
+    model = zoo.load_backbone("efficientnet_lite0", pretrained=False, image_size=64)
+    at_probe = host_memory.activation_bytes(model, 64)
+    assert host_memory.activation_bytes(model, 4096) == at_probe * 64**2
+    # efficientnet_lite0: 12.1 MiB of peak activations at 256 px, so ~3 GiB at 4096 px.
+    assert 2.5 * host_memory.GIB < host_memory.activation_bytes(model, 4096) < 3.5 * host_memory.GIB
+    assert host_memory.prune_bytes(model, 4096) == host_memory.BASE_BYTES + 5 * at_probe * 64**2
+
+    monkeypatch.setattr(host_memory, "available_bytes", lambda: 2 * host_memory.GIB)
+    out = tmp_path / "pruned"
+    args = ["prune", "--model", "efficientnet_lite0", "--ratio", "0.5", "--criterion", "magnitude"]
+    code, stdout, stderr = run_cli(capsys, *args, "--image-size", "4096", "--out", str(out))
+    assert code == 2 and stdout == "" and stderr.count("\n") == 1, stderr
+    assert "prune at 4096 px needs about 16.5 GiB" in stderr and "2.0 GiB" in stderr
+    adapt = ["adapt", "--classes", "0,1", "--ratio", "0.5", "--method", "magnitude", "--image-size", "4096"]
+    code, stdout, stderr = run_cli(capsys, *adapt, "--micro-batch", "2", "--out", str(out))
+    assert code == 2 and stdout == "" and stderr.count("\n") == 1, stderr
+    assert "adapt at 4096 px needs about" in stderr and "--micro-batch" in stderr
+    assert not out.exists()
+    # What fits is not refused: the same prune at 32 px.
+    code, _, stderr = run_cli(capsys, *args, "--image-size", "32", "--out", str(out))
+    assert code == 0, stderr

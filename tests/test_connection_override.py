@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from edge_smsp.cli import main
-from edge_smsp.errors import ProfileError
-from edge_smsp.profiles import load_connection_override, load_profile, with_connection
+from edge_smsp.core.errors import ProfileError
+from edge_smsp.devices.profiles import load_connection_override, load_profile, with_connection
 from tests.sshd_fixture import SshdServer
 from tests.tiny_onnx import tiny_convnet
 

@@ -11,10 +11,11 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from edge_smsp import data
-from edge_smsp.errors import DataError
+from edge_smsp.core.errors import DataError
+from edge_smsp.data import tasks as data
+from edge_smsp.data.fashion_mnist import FASHION_MNIST_DIR
 
-FASHION_DIR = data.FASHION_MNIST_DIR
+FASHION_DIR = FASHION_MNIST_DIR
 pytestmark = pytest.mark.skipif(
     not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",

@@ -11,20 +11,19 @@ import venv
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import pytest
 import yaml
+from PIL import Image
 
-from edge_smsp import smsp, zoo
+from edge_smsp import adaptation
 from edge_smsp.cli import main
-from edge_smsp.data import load_task
-from edge_smsp.deploy import stages
+from edge_smsp.data.tasks import load_task
+from edge_smsp.deploy import steps as stages
 from edge_smsp.deploy.calibration import calibrate
 from edge_smsp.deploy.session import BenchSettings, DeployRequest, deploy
-from edge_smsp.deploy.ssh import SshTransport
-from edge_smsp.deploy.transport import TEMP_PREFIX
-from edge_smsp.device_stack import DEFAULT_OPSET
-from edge_smsp.planner import (
+from edge_smsp.devices.planner import (
     RUNTIME_OVERHEAD_BYTES,
     SESSION_OVERHEAD_BYTES,
     cost_at_ratio,
@@ -32,9 +31,15 @@ from edge_smsp.planner import (
     memory_model_for,
     predict_memory_bytes,
 )
+from edge_smsp.devices.profiles import MIB, load_profile
+from edge_smsp.devices.stack import DEFAULT_OPSET
+from edge_smsp.models import zoo
+from edge_smsp.models.prune import replace_classifier
 from edge_smsp.pool import Pool
-from edge_smsp.profiles import MIB, load_profile
-from edge_smsp.prune import replace_classifier
+from edge_smsp.pool import build as pool_build
+from edge_smsp.transport.base import TEMP_PREFIX
+from edge_smsp.transport.ssh import SshTransport
+from tests.browser import rendered_dom, screenshot
 from tests.sshd_fixture import SshdServer, write_ed25519_key
 from tests.tiny_onnx import tiny_convnet
 
@@ -110,11 +115,11 @@ def smsp_pool(tmp_path_factory: pytest.TempPathFactory) -> Path:
         )
         for classes in ((1, 3, 5), (6, 7, 8))
     ]
-    config = smsp.AdaptConfig(
-        ratio=0.3, iters=2, method="scratch", scratch_rounds=1, scratch_importance="magnitude"
+    config = adaptation.AdaptConfig(
+        ratio=0.3, iters=2, method="scratch", scratch_rounds=1, scratch_criterion="magnitude"
     )
     with Pool(path) as pool:
-        assert len(smsp.build_pool(backbone, pool, tasks, config)) == 2
+        assert len(pool_build.build_pool(backbone, pool, tasks, config)) == 2
     return path
 
 
@@ -390,6 +395,26 @@ def test_localhost_profile_deploys_through_the_local_transport_by_default(
     ):
         assert any(line.strip().startswith(label) for line in lines[1:]), label
     assert "baseline magnitude instead of smsp" in text and f"{report['ratio']:.2f} (planned" in text
+    # The report a person reads: beside the JSON, one self-contained page, rendered by a real browser.
+    page = run / "deploy_report.html"
+    assert f"html         {page.relative_to(tmp_path)}" in text
+    source = page.read_text()
+    offline = source.replace("http://www.w3.org/2000/svg", "")  # the SVG namespace names, it never fetches
+    assert "http://" not in offline and "https://" not in offline and "<script" not in offline
+    dom = rendered_dom(page, tmp_path / "chromium")
+    table = dom[dom.index('<table id="devices">') : dom.index("</table>")]
+    for value in ("localhost", f"{report['ratio']:.2f}", f"{100 * report['val_accuracy']:.2f} %", "deployed"):
+        assert value in table, value
+    for plot in ("plan-latency", "plan-memory", "latency-distribution"):
+        assert dom.count(f"plot {plot}") == 1, plot
+    assert dom.count('class="candidate"') == 2 * len(report["plan"]["candidates"])
+    assert dom.count('class="measured"') == 2 and dom.count('class="budget"') == 2
+    png = screenshot(page, tmp_path / "report.png", tmp_path / "chromium")
+    with Image.open(png) as shot:
+        pixels = np.asarray(shot.convert("RGB"), dtype=np.int16)
+    # The plots were drawn, not just laid out: the candidates' blue line and the measured points' orange.
+    for colour, least in (((31, 95, 168), 200), ((230, 126, 34), 40)):
+        assert (np.abs(pixels - colour).sum(axis=-1) < 30).sum() >= least, colour
 
 
 def test_bench_any_onnx_on_the_profile_device(
@@ -444,7 +469,7 @@ def test_calibrated_plan_for_a_tight_budget_meets_target_and_fits_latency_and_me
             backbone,
             task,
             pool,
-            smsp.AdaptConfig(iters=2),
+            adaptation.AdaptConfig(iters=2),
             tmp_path / "out",
             calibration_ratios=(0.2, 0.6),
             bench=bench,
@@ -514,7 +539,7 @@ def test_profile_batch_size_is_exported_benchmarked_and_stored(device_python: st
     with Pool(tmp_path / "pool.sqlite") as pool:
         report = deploy(
             DeployRequest(
-                profile, backbone, task, pool, smsp.AdaptConfig(iters=2), tmp_path / "out", bench=bench
+                profile, backbone, task, pool, adaptation.AdaptConfig(iters=2), tmp_path / "out", bench=bench
             )
         )
         stored = pool.measurements(device="test-device")

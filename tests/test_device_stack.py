@@ -15,15 +15,15 @@ import onnxruntime
 import pytest
 
 from edge_smsp.cli import main
-from edge_smsp.device_stack import (
+from edge_smsp.core.errors import DeviceStackError
+from edge_smsp.devices.profiles import load_profile, profile_from_dict
+from edge_smsp.devices.stack import (
     DEFAULT_OPSET,
     OLDEST_EXPORT_OPSET,
     check_device_stack,
     device_opset,
     onnxruntime_max_opset,
 )
-from edge_smsp.errors import DeviceStackError
-from edge_smsp.profiles import load_profile, profile_from_dict
 
 RUNTIME_DIR = Path(__file__).resolve().parents[1] / "runtime"
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_smsp.deploy import open_transport
-from edge_smsp.deploy.temps import TEMP_PREFIX, owner_token
+from edge_smsp.transport import open_transport
+from edge_smsp.transport.temps import TEMP_PREFIX, owner_token
 from tests.sshd_fixture import SshdServer
 from tests.tiny_onnx import tiny_convnet
 

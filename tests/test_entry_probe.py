@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from edge_smsp.entry_probe import ProbedEntry, best_probed, nearest_mean_accuracy
-from edge_smsp.errors import DataError
+from edge_smsp.core.errors import DataError
+from edge_smsp.transfer.entry_probe import ProbedEntry, best_probed, nearest_mean_accuracy
 
 
 def clusters(centres: torch.Tensor, per_class: int, spread: float, seed: int = 0):

@@ -12,12 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from edge_smsp import __version__, zoo
+from edge_smsp.core.version import __version__
 from edge_smsp.cli import main
-from edge_smsp.device_stack import DEFAULT_OPSET, OLDEST_EXPORT_OPSET
-from edge_smsp.errors import ExportError
-from edge_smsp.export import export_onnx, load_onnx_checked, newest_export_opset, onnx_metadata
-from edge_smsp.onnx_metadata import METADATA_KEYS, decode_metadata
+from edge_smsp.core.errors import ExportError
+from edge_smsp.devices.stack import DEFAULT_OPSET, OLDEST_EXPORT_OPSET
+from edge_smsp.export.metadata import METADATA_KEYS, decode_metadata
+from edge_smsp.export.onnx_export import export_onnx, load_onnx_checked, newest_export_opset, onnx_metadata
+from edge_smsp.models import zoo
 
 SIZE = 32
 LABELS = ["tshirt", "trouser", "pullover", "dress", "coat"]
@@ -166,7 +167,7 @@ def test_dynamic_batch(resnet18: nn.Module, tmp_path: Path) -> None:
 
 
 def test_pruned_model_exports_smaller(resnet18: nn.Module, resnet18_export, tmp_path: Path) -> None:
-    from edge_smsp.prune import prune
+    from edge_smsp.models.prune import prune
 
     pruned, _ = prune(resnet18, ratio=0.5, image_size=SIZE)
     images = _images()
@@ -263,8 +264,8 @@ def test_cli_export_bad_dir_exits_2_with_one_line(tmp_path: Path, capsys: pytest
 def test_cli_export_pruned_dir(
     resnet18: nn.Module, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from edge_smsp.prune import prune
-    from edge_smsp.pruned_model import save_pruned
+    from edge_smsp.models.prune import prune
+    from edge_smsp.models.pruned_model import save_pruned
 
     pruned, _ = prune(resnet18, ratio=0.25, image_size=SIZE)
     save_pruned(pruned, tmp_path / "pruned", {"backbone": "resnet18", "class_names": LABELS, "ratio": 0.25})

@@ -9,9 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from edge_smsp import inherit, prune, pruned_model, zoo
-from edge_smsp.errors import PoolError, PruneError
-from edge_smsp.prune import backbone_group_sizes, kept_indices
+from edge_smsp.core.errors import PoolError, PruneError
+from edge_smsp.models import prune, pruned_model, zoo
+from edge_smsp.models.prune import backbone_group_sizes, kept_indices
+from edge_smsp.transfer import inherit
 from tests.pruning_helpers import backbone as random_backbone
 
 SIZE = 32

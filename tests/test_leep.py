@@ -3,8 +3,8 @@ import math
 import numpy as np
 import pytest
 
-from edge_smsp.errors import DataError
-from edge_smsp.leep import leep
+from edge_smsp.core.errors import DataError
+from edge_smsp.transfer.leep_score import leep
 
 # Four samples, two source classes, two target labels. By hand:
 #   joint P(y, z) = 1/4 * column sums per label: y=0 -> (1.4, 0.6)/4, y=1 -> (0.4, 1.6)/4

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from edge_smsp.deploy.ssh import SshTransport
-from edge_smsp.errors import TransportError
+from edge_smsp.core.errors import TransportError
+from edge_smsp.transport.ssh import SshTransport
 from tests.link_proxy import LinkProxy
 from tests.sshd_fixture import SshdServer
 

@@ -7,8 +7,7 @@ import dataclasses
 
 import pytest
 
-from edge_smsp import zoo
-from edge_smsp.memory_model import (
+from edge_smsp.devices.memory_model import (
     MEMORY_MARGIN_FLOOR_BYTES,
     MIN_WEIGHT_COPIES,
     SESSION_OVERHEAD_BYTES,
@@ -17,9 +16,10 @@ from edge_smsp.memory_model import (
     hint_memory_model,
     memory_point,
 )
-from edge_smsp.planner import cost_at_ratio, memory_model_for, plan, predict_memory_bytes
+from edge_smsp.devices.planner import cost_at_ratio, memory_model_for, plan, predict_memory_bytes
+from edge_smsp.devices.profiles import MIB, load_profile
+from edge_smsp.models import zoo
 from edge_smsp.pool import DeviceMeasurement
-from edge_smsp.profiles import MIB, load_profile
 
 # Bench reports of efficientnet_lite0 (3-class head, 32 px) on the emulated Raspberry Pi 5 (scripts/arm_device.sh:
 # onnxruntime 1.32 aarch64, 4 threads): weights MiB, activations MiB, imported runtime MiB, peak RSS MiB.
@@ -143,3 +143,29 @@ def test_plan_prunes_further_when_the_device_measured_more_than_the_hint() -> No
         cost_at_ratio(backbone, size, chosen.ratio), profile, fitted
     )
     assert chosen.memory_bytes <= profile.memory_budget_bytes
+
+
+def test_the_margin_covers_the_largest_residual_of_one_outlier_among_eight_runs() -> None:
+    """With 8 runs on a line and one run 20 MiB above it, twice the residuals' RMS is less than that run's own
+    residual: the margin is the largest residual, so the fitted model still predicts that run at or above its
+    peak (twice the RMS alone would under-predict it by 4.2 MiB)."""
+    weights = (2.0, 4.0, 6.0, 8.0, 10.0, 12.0, 14.0, 16.0)
+    rows = [_run(w, 0.1, 50.0, 70.0 + 3.0 * w + (20.0 if w == 8.0 else 0.0)) for w in weights]
+    model = fit_memory_model(load_profile("localhost"), rows)
+    assert model.source == "fit" and model.n_measurements == 8
+    # Least squares by hand: the outlier raises the intercept by 20/8 and tilts the line by 20 x (8 - 9) / 168.
+    slope = 3.0 + 20.0 * (8.0 - 9.0) / 168.0
+    intercept_mib = 70.0 - 50.0 - 0.1 + 20.0 / 8.0 - (slope - 3.0) * 9.0
+    assert model.weight_copies == pytest.approx(slope, rel=1e-6)
+    assert model.session_bytes / MIB == pytest.approx(intercept_mib, abs=1e-4)
+    residual = 20.0 - (20.0 / 8.0 + (slope - 3.0) * (8.0 - 9.0))  # 17.38 MiB
+    assert model.margin_bytes / MIB == pytest.approx(residual, abs=1e-4)
+    outlier = rows[3]
+    assert _predicted_mib(model, outlier) >= outlier["peak_rss_mib"]
+    assert _predicted_mib(model, outlier) == pytest.approx(outlier["peak_rss_mib"], abs=1e-4)
+    for row in rows:
+        assert _predicted_mib(model, row) >= row["peak_rss_mib"] - 1e-6
+    # Without it the margin would be twice the RMS: 4.2 MiB short of the outlier's peak.
+    others = [-(20.0 / 8.0 + (slope - 3.0) * (w - 9.0)) for w in weights if w != 8.0]
+    rms = (sum(r * r for r in [*others, residual]) / 8) ** 0.5
+    assert residual - max(MEMORY_MARGIN_FLOOR_BYTES / MIB, 2 * rms) == pytest.approx(4.2, abs=0.01)

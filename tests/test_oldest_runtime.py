@@ -18,14 +18,14 @@ import onnx
 import pytest
 import yaml
 
-from edge_smsp import zoo
 from edge_smsp.cli import main
-from edge_smsp.deploy import Transport, open_transport
-from edge_smsp.deploy.transport import sha256_file
-from edge_smsp.device_stack import check_device_stack, device_opset, onnxruntime_max_opset
-from edge_smsp.errors import DeviceStackError, TransportError
-from edge_smsp.export import export_onnx
-from edge_smsp.profiles import ConnectionSpec, load_profile
+from edge_smsp.core.errors import DeviceStackError, TransportError
+from edge_smsp.devices.profiles import ConnectionSpec, load_profile
+from edge_smsp.devices.stack import check_device_stack, device_opset, onnxruntime_max_opset
+from edge_smsp.export.onnx_export import export_onnx
+from edge_smsp.models import zoo
+from edge_smsp.transport import Transport, open_transport
+from edge_smsp.transport.base import sha256_file
 from tests.required import skip_or_fail
 from tests.sshd_fixture import SshdServer
 from tests.tiny_onnx import tiny_convnet

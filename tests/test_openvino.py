@@ -9,10 +9,10 @@ import onnxruntime
 import pytest
 import torch
 
-from edge_smsp import zoo
-from edge_smsp.export import export_onnx
-from edge_smsp.importance import score_units
-from edge_smsp.prune import prune
+from edge_smsp.criteria import score_units
+from edge_smsp.export.onnx_export import export_onnx
+from edge_smsp.models import zoo
+from edge_smsp.models.prune import prune
 
 openvino = pytest.importorskip("openvino", reason="pip install openvino (in the dev extras)")
 

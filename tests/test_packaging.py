@@ -19,9 +19,9 @@ PROBE = """
 import json, sys
 sys.meta_path[:] = [finder for finder in sys.meta_path if "__editable__" not in getattr(finder, "__module__", "")]
 sys.path.insert(0, sys.argv[1])
-from edge_smsp.profiles import load_profile
-from edge_smsp.deploy.transport import runtime_files
-import edge_smsp.device_stack, edge_smsp.device_runtime.opsets as opsets
+from edge_smsp.devices.profiles import load_profile
+from edge_smsp.transport.base import runtime_files
+import edge_smsp.devices.stack, edge_smsp.device_runtime.opsets as opsets
 print(json.dumps({"profile": load_profile("localhost").name, "runtime": [str(path) for path, _ in runtime_files()],
                   "opsets_from": opsets.__file__}))
 """

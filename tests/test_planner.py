@@ -7,9 +7,8 @@ import dataclasses
 import pytest
 from torch import nn
 
-from edge_smsp import zoo
-from edge_smsp.errors import PlanError
-from edge_smsp.planner import (
+from edge_smsp.core.errors import PlanError
+from edge_smsp.devices.planner import (
     RUNTIME_OVERHEAD_BYTES,
     WEIGHT_COPIES,
     Measurement,
@@ -20,7 +19,8 @@ from edge_smsp.planner import (
     predict_memory_bytes,
     structure_hash,
 )
-from edge_smsp.profiles import load_profile
+from edge_smsp.devices.profiles import load_profile
+from edge_smsp.models import zoo
 
 SIZE = 32
 RATIOS = (0.0, 0.25, 0.5, 0.75)
@@ -57,7 +57,7 @@ def test_more_pruning_means_fewer_macs_params_and_memory(backbone: nn.Module, co
 
 
 def test_cost_comes_from_the_pruned_model_and_is_cached(backbone: nn.Module, costs: dict) -> None:
-    from edge_smsp.prune import prune
+    from edge_smsp.models.prune import prune
 
     pruned, summary = prune(backbone, ratio=0.5, image_size=SIZE)
     direct = measure_cost(pruned, SIZE, ratio=0.5)
@@ -69,7 +69,7 @@ def test_cost_comes_from_the_pruned_model_and_is_cached(backbone: nn.Module, cos
 
 def test_plan_costs_follow_the_prune_rounding(backbone: nn.Module, costs: dict) -> None:
     """With --round-to 1 the planner must cost the model prune will really build, not the rounded one."""
-    from edge_smsp.prune import prune
+    from edge_smsp.models.prune import prune
 
     unrounded = cost_at_ratio(backbone, SIZE, 0.3, round_to=1)
     pruned, _ = prune(backbone, ratio=0.3, image_size=SIZE, round_to=1)
@@ -206,3 +206,40 @@ def test_bad_inputs_are_plan_errors(backbone: nn.Module) -> None:
         plan(_profile(), backbone, search="random")
     with pytest.raises(PlanError, match="needs ratio and latency_ms"):
         fit_latency_model(_profile(), [{"latency_ms": 3.0}])
+
+
+def test_a_noisy_fit_falls_back_to_a_line_through_the_origin(backbone: nn.Module, costs: dict) -> None:
+    """A more-pruned model measured slower (noise) tilts the least-squares line: slope <= 0 or intercept < 0. The
+    fit then falls back to latency = slope x GMACs through the origin, least squares: sum(g l) / sum(g g)."""
+    profile = _profile()
+    # 2 GMACs at 10 ms, 1 GMAC (more pruned) at 12 ms: the line's slope would be -2 ms per GMAC.
+    slower_when_pruned = [
+        {"ratio": 0.0, "macs": 2_000_000_000, "latency_ms": {"p90": 10.0}},
+        {"ratio": 0.5, "macs": 1_000_000_000, "latency_ms": {"p90": 12.0}},
+    ]
+    model = fit_latency_model(profile, slower_when_pruned)
+    assert (model.source, model.n_measurements, model.intercept_ms) == ("fit", 2, 0.0)
+    assert model.ms_per_gmac == pytest.approx((2 * 10.0 + 1 * 12.0) / (2 * 2 + 1 * 1))  # 6.4
+    assert model.predict(3e9) == pytest.approx(19.2)
+    # 1 GMAC at 1 ms, 2 GMACs at 5 ms: a positive slope (4) but a negative intercept (-3 ms).
+    below_zero = [
+        {"ratio": 0.5, "macs": 1_000_000_000, "latency_ms": {"p90": 1.0}},
+        {"ratio": 0.0, "macs": 2_000_000_000, "latency_ms": {"p90": 5.0}},
+    ]
+    model = fit_latency_model(profile, below_zero)
+    assert model.intercept_ms == 0.0
+    assert model.ms_per_gmac == pytest.approx((1 * 1.0 + 2 * 5.0) / 5)  # 2.2
+    # The planner plans with that line: predictions grow with the MACs again and are never negative.
+    measured = [
+        {"ratio": 0.0, "latency_ms": {"p90": 10.0}},
+        {"ratio": 0.5, "latency_ms": {"p90": 12.0}},
+    ]
+    gmacs = {ratio: costs[ratio].macs / 1e9 for ratio in RATIOS}
+    slope = (gmacs[0.0] * 10.0 + gmacs[0.5] * 12.0) / (gmacs[0.0] ** 2 + gmacs[0.5] ** 2)
+    relaxed = _profile(memory_budget_bytes=10 * 1024**3, latency_target_ms=slope * gmacs[0.25] + 1e-3)
+    result = plan(relaxed, backbone, measured, ratios=RATIOS)
+    assert result.latency_model.intercept_ms == 0.0
+    assert result.latency_model.ms_per_gmac == pytest.approx(slope, rel=1e-9)
+    assert result.ratio == 0.25  # 0.0 is predicted too slow, 0.25 just fits
+    tried = {candidate.ratio: candidate for candidate in result.candidates}
+    assert tried[0.25].predicted_latency_ms == pytest.approx(slope * gmacs[0.25], rel=1e-9)

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from edge_smsp.cli import main
-from edge_smsp.errors import PoolError
+from edge_smsp.core.errors import PoolError
 from edge_smsp.pool import (
     SCHEMA_VERSION,
     BackboneRecord,
@@ -556,7 +556,7 @@ def test_a_version_1_pool_is_migrated_in_place_and_keeps_entries_and_measurement
     raw.close()
 
     with Pool(path, create=False) as pool:  # opening for reading migrates too
-        assert pool.schema_version() == SCHEMA_VERSION == 4
+        assert pool.schema_version() == SCHEMA_VERSION == 5
         assert pool.integrity_check() == []
         (entry,) = pool.entries()
         assert (entry.task.task_key, entry.task.classes, entry.backbone.name) == (
@@ -578,6 +578,7 @@ def test_a_version_1_pool_is_migrated_in_place_and_keeps_entries_and_measurement
         assert [(row.ratio, row.latency_p90_ms) for row in old] == [(0.0, 2.5), (0.3, 2.0)]
         # Everything measured before version 2 ran on onnxruntime in fp32.
         assert {(row.runtime, row.precision) for row in old} == {("onnxruntime", "fp32")}
+        assert {row.adapt_peak_rss_mib for row in old} == {None}  # all adapted on the host
         assert pool.measurements(runtime="onnxruntime", precision="fp32") == old
         assert pool.measurements(precision="int8") == []
         new_id = pool.add_measurement(

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from edge_smsp.errors import ProfileError
-from edge_smsp.profiles import (
+from edge_smsp.core.errors import ProfileError
+from edge_smsp.devices.profiles import (
     BUNDLED_PROFILES_DIR,
     ConnectionSpec,
     DeviceProfile,

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from edge_smsp.errors import PruneError
-from edge_smsp.importance import score_units, unit_l1_norms
-from edge_smsp.prune import keep_count, kept_indices, kept_mask, prune, replace_classifier
-from edge_smsp.pruned_model import load_pruned, save_pruned
-from edge_smsp.units import unit_groups
+from edge_smsp.core.errors import PruneError
+from edge_smsp.criteria import score_units
+from edge_smsp.models.prune import keep_count, kept_indices, kept_mask, prune, replace_classifier
+from edge_smsp.models.pruned_model import load_pruned, save_pruned
+from edge_smsp.models.unit_scores import unit_l1_norms
+from edge_smsp.models.units import unit_groups
 from tests.pruning_helpers import (  # noqa: F401 (fixtures)
     FIRST_CLASS,
     backbone,

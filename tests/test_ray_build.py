@@ -13,8 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from edge_smsp import smsp
 from edge_smsp.pool import Pool
+from edge_smsp.pool import build as pool_build
 from tests.build_steps import TASK_CLASSES, tiny_build, training_runs
 from tests.required import skip_or_fail
 from tests.test_build_claims import (
@@ -94,6 +94,71 @@ def test_an_unreachable_or_malformed_address_is_one_line_and_writes_nothing(need
     assert done.stdout == "" and not pool.exists()
 
 
+class _NotRay:
+    """A loopback TCP listener that is not Ray: it keeps silent, sends a banner, or hangs up on each client."""
+
+    def __init__(self, behaviour: str) -> None:
+        import threading
+
+        self.behaviour, self.clients = behaviour, []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = f"127.0.0.1:{self.server.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            self.clients.append(client)
+            if self.behaviour == "banner":
+                client.sendall(b"SSH-2.0-OpenSSH_9.6\r\n\x1b[31m")
+            elif self.behaviour == "close":
+                client.close()
+
+    def close(self) -> None:
+        self.server.close()
+        for client in self.clients:
+            client.close()
+
+
+def test_a_port_that_is_not_ray_fails_in_seconds_in_one_line_and_leaves_no_pool(needs_ray, tmp_path):
+    """The issue's case: a listener that accepts and says nothing hung `pool build` for 150 s and left an
+    empty pool. Now the HTTP/2 greeting Ray's head answers at once tells it apart within seconds."""
+    from edge_smsp.core.errors import ClusterError
+    from edge_smsp.pool.build import ray_build
+
+    silent = _NotRay("silent")
+    try:
+        pool = tmp_path / "pool.sqlite"
+        started = time.monotonic()
+        done = cli(
+            "pool", "build", "--ray", silent.address, "--tasks", "2", "--pool", str(pool), *BUILD_FLAGS
+        )
+        assert time.monotonic() - started < 30
+        assert done.returncode == 2
+        assert done.stderr.count("\n") == 1 and silent.address in done.stderr, done.stderr
+        assert "not a Ray cluster's head" in done.stderr and "did not answer" in done.stderr
+        assert done.stdout == "" and not pool.exists() and not list(tmp_path.iterdir())
+    finally:
+        silent.close()
+    for behaviour, said in (("banner", "SSH-2.0-OpenSSH_9.6"), ("close", "connection")):
+        server = _NotRay(behaviour)
+        try:
+            with pytest.raises(ClusterError, match="not a Ray cluster's head") as caught:
+                ray_build.check_reachable(server.address)
+        finally:
+            server.close()
+        assert said in str(caught.value) and "\x1b" not in str(caught.value)
+
+
+def test_a_real_head_answers_the_greeting(cluster):
+    from edge_smsp.pool.build.ray_build import check_reachable
+
+    assert check_reachable(cluster) is None
+
+
 def test_cli_on_a_new_local_cluster_stores_what_the_in_process_build_stores(needs_ray, tmp_path):
     ray_pool, local_pool = tmp_path / "ray.sqlite", tmp_path / "local.sqlite"
     done = cli("pool", "build", "--ray", "--tasks", "2", "--pool", str(ray_pool), *BUILD_FLAGS)
@@ -108,7 +173,7 @@ def test_cli_on_a_new_local_cluster_stores_what_the_in_process_build_stores(need
         entries = built_on_ray.entries()
         tasks = [_task_like(backbone, entry.task) for entry in entries]
         with Pool(local_pool) as built_here:
-            smsp.build_pool(backbone, built_here, tasks, config)
+            pool_build.build_pool(backbone, built_here, tasks, config)
             for entry, here in zip(entries, built_here.entries(), strict=True):
                 assert entry.task == here.task and entry.val_accuracy == here.val_accuracy
                 for ours, theirs in (
@@ -125,8 +190,8 @@ def test_cli_on_a_new_local_cluster_stores_what_the_in_process_build_stores(need
 
 
 def _task_like(backbone, record):
-    from edge_smsp.data import load_task
-    from edge_smsp.zoo import backbone_spec
+    from edge_smsp.data.tasks import load_task
+    from edge_smsp.models.zoo import backbone_spec
 
     spec = backbone_spec(backbone)
     return load_task(

@@ -9,12 +9,15 @@ import pytest
 import torch
 from torch import nn
 
-from edge_smsp import data, features, prune, recipe, recovery, zoo
-from edge_smsp.errors import EdgeSmspError
-from edge_smsp.importance import unit_l1_norms
+from edge_smsp.core.errors import EdgeSmspError
+from edge_smsp.data import tasks as data
+from edge_smsp.data.fashion_mnist import FASHION_MNIST_DIR
+from edge_smsp.models import prune, zoo
+from edge_smsp.models.unit_scores import unit_l1_norms
+from edge_smsp.training import features, recipe, recovery
 
 pytestmark = pytest.mark.skipif(
-    not (data.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
 )
 SIZE = 32
@@ -121,7 +124,7 @@ def test_recover_runs_the_named_steps_and_plain_runs_none(pruned, task):
 
 def test_invalid_recipe_and_identical_prototypes_are_refused(backbone):
     with pytest.raises(EdgeSmspError):
-        recipe.Recipe("bad", probe_steps=-1)
+        recipe.Recipe("bad", linear_probe_steps=-1)
     model = prune.replace_classifier(copy.deepcopy(backbone), 2)
     same = torch.ones(4, features.classifier(model).in_features)
     with pytest.raises(EdgeSmspError, match="identical prototypes"):

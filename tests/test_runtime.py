@@ -24,8 +24,8 @@ from edge_smsp_runtime.opsets import (
     onnxruntime_max_opset,
 )
 
-from edge_smsp.deploy import ssh as ssh_module
-from edge_smsp.deploy import transport as transport_module
+from edge_smsp.transport import base as transport_module
+from edge_smsp.transport import ssh as ssh_module
 from tests.tiny_onnx import COLOR_LABELS, color_classifier, tiny_convnet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -265,7 +265,7 @@ def test_resize_and_crop_match_the_hosts_torch_preprocessing() -> None:
         np.testing.assert_allclose(
             resize_antialiased(image, height, width).transpose(2, 0, 1), expected, atol=1e-3
         )
-    # The host (edge_smsp.data): shorter side to 16 (37x23 -> 26x16), centre crop, rounded uint8 pixels.
+    # The host (edge_smsp.data.tasks): shorter side to 16 (37x23 -> 26x16), centre crop, rounded uint8 pixels.
     resized = functional.interpolate(
         torch.from_numpy(image.transpose(2, 0, 1))[None],
         size=(26, 16),
@@ -384,7 +384,7 @@ def test_info_reports_python_runtime_and_its_highest_opset() -> None:
     assert info["runtime"] == "onnxruntime" and info["runtimes"] == backend_names()
     assert info["onnxruntime_version"] == info["engine_version"] == onnxruntime.__version__
     assert info["max_opset"] == onnxruntime_max_opset(onnxruntime.__version__)
-    assert info["precisions"] == ["fp32"] and "CPUExecutionProvider" in info["available_providers"]
+    assert info["precisions"] == ["fp32", "int8"] and "CPUExecutionProvider" in info["available_providers"]
     assert info["imported_rss_mib"] > 0 and info["device"]["machine"]
 
 
@@ -415,9 +415,9 @@ def test_bench_and_infer_report_runtime_and_precision(convnet: Path, colors: Pat
 def test_finetune_adapts_a_pruned_model_then_exports_and_benchmarks(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     PIL = pytest.importorskip("PIL.Image")
-    from edge_smsp import zoo
-    from edge_smsp.prune import prune
-    from edge_smsp.pruned_model import save_pruned
+    from edge_smsp.models import zoo
+    from edge_smsp.models.prune import prune
+    from edge_smsp.models.pruned_model import save_pruned
 
     pruned, _ = prune(zoo.load_backbone("resnet18", num_classes=4, image_size=32), ratio=0.5)
     save_pruned(pruned, tmp_path / "pruned", {"backbone": "resnet18", "image_size": 32, "ratio": 0.5})

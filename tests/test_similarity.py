@@ -6,12 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from edge_smsp import data, descriptors, similarity, zoo
-from edge_smsp.errors import DataError
+from benchmarks.research.transfer_scores import logme
+from edge_smsp.core.errors import DataError
+from edge_smsp.data import descriptors as descriptors
+from edge_smsp.data import tasks as data
+from edge_smsp.data.fashion_mnist import FASHION_MNIST_DIR
+from edge_smsp.models import zoo
+from edge_smsp.transfer import task_descriptor as descriptor
 
 SIZE = 32
 needs_data = pytest.mark.skipif(
-    not (data.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
 )
 
@@ -31,7 +36,7 @@ def prototypes() -> dict[tuple[int, ...], np.ndarray]:
             train_per_class=40,
             val_per_class=2,
         )
-        found[classes] = similarity.task_descriptor(backbone, task, samples=96, seed=0)
+        found[classes] = descriptor.task_descriptor(backbone, task, samples=96, seed=0)
     return found
 
 
@@ -73,8 +78,8 @@ def test_logme_prefers_features_that_carry_the_labels():
     noise = torch.randn(300, 32, generator=generator)
     informative = noise.clone()
     informative[:, :3] += 4.0 * torch.nn.functional.one_hot(labels, 3)
-    good, bad = similarity.logme(informative, labels), similarity.logme(noise, labels)
+    good, bad = logme(informative, labels), logme(noise, labels)
     assert np.isfinite(good) and np.isfinite(bad)
     assert good > bad + 0.3, (good, bad)
     with pytest.raises(DataError):
-        similarity.logme(noise[:, 0], labels)
+        logme(noise[:, 0], labels)

@@ -10,14 +10,18 @@ import sqlite3
 import numpy as np
 import pytest
 
-from edge_smsp import data, descriptors, smsp, zoo
 from edge_smsp.cli import main
-from edge_smsp.errors import PoolError
-from edge_smsp.estimators import TaskQuery, shortlist, similarity_estimator
+from edge_smsp.core.errors import PoolError
+from edge_smsp.data import descriptors as descriptors
+from edge_smsp.data import tasks as data
+from edge_smsp.data.fashion_mnist import FASHION_MNIST_DIR
+from edge_smsp.models import zoo
 from edge_smsp.pool import Pool
+from edge_smsp.pool import build as pool_build
+from edge_smsp.transfer.estimators import TaskQuery, shortlist, similarity_estimator
 
 pytestmark = pytest.mark.skipif(
-    not (data.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
 )
 SIZE = 32
@@ -45,10 +49,10 @@ def load(backbone, classes):
 
 
 def add_entry(pool, backbone, task) -> int:
-    sizes = smsp.backbone_record(backbone, SIZE)
+    sizes = pool_build.backbone_record(backbone, SIZE)
     masks = {"conv_stem": np.array([1, 0, 1, 1])}
     return pool.add_entry(
-        task=smsp.task_record(task),
+        task=pool_build.task_record(task),
         backbone=sizes,
         ratio=0.5,
         method="test",
@@ -66,12 +70,12 @@ def described_pool(backbone, tmp_path_factory):
         for classes in POOL_TASKS:
             task = load(backbone, classes)
             add_entry(pool, backbone, task)
-            smsp.describe_task(pool, backbone, task)
+            pool_build.describe_task(pool, backbone, task)
     return path
 
 
 def test_descriptors_are_stored_per_task_with_their_sketch_and_the_pool_centre(backbone, described_pool):
-    record = smsp.backbone_record(backbone, SIZE)
+    record = pool_build.backbone_record(backbone, SIZE)
     with Pool(described_pool, create=False) as pool:
         entries = pool.entries()
         stored = pool.entry_descriptors(entries)
@@ -91,7 +95,7 @@ def test_replacing_a_descriptor_keeps_the_centre_the_mean_of_what_is_stored(
 ):
     path = tmp_path / "pool.sqlite"
     path.write_bytes(described_pool.read_bytes())
-    record = smsp.backbone_record(backbone, SIZE)
+    record = pool_build.backbone_record(backbone, SIZE)
     with Pool(path) as pool:
         entry = pool.entries()[0]
         pool.put_descriptor(entry.task, record, np.ones((3, 1280)), samples=10, seed=0)
@@ -147,7 +151,9 @@ def test_pool_index_describes_what_is_missing_and_resumes(backbone, tmp_path, ca
     with Pool(path) as pool:
         for task in tasks:
             add_entry(pool, backbone, task)
-        smsp.describe_task(pool, backbone, tasks[0])  # as if an earlier run was interrupted after one task
+        pool_build.describe_task(
+            pool, backbone, tasks[0]
+        )  # as if an earlier run was interrupted after one task
     argv = ["pool", "index", "--pool", str(path), "--json"]
     assert main(argv) == 0
     first = json.loads(capsys.readouterr().out)

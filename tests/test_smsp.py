@@ -14,15 +14,16 @@ import numpy as np
 import pytest
 import torch
 
-from edge_smsp import smsp
+from edge_smsp import adaptation
+from edge_smsp.adaptation.state import AdaptRun
 from edge_smsp.cli import main
-from edge_smsp.data import load_task
-from edge_smsp.errors import PoolError, PruneError
+from edge_smsp.core.errors import PoolError, PruneError
+from edge_smsp.data.tasks import load_task
+from edge_smsp.models.pruned_model import load_pruned
+from edge_smsp.models.units import unit_groups
+from edge_smsp.models.zoo import backbone_spec, load_backbone
 from edge_smsp.pool import Pool
-from edge_smsp.pruned_model import load_pruned
-from edge_smsp.smsp.state import AdaptRun
-from edge_smsp.units import unit_groups
-from edge_smsp.zoo import backbone_spec, load_backbone
+from edge_smsp.pool import build as pool_build
 
 SIZE = 32
 SMALL_TASK = [
@@ -59,9 +60,9 @@ def task_of(backbone, classes, train_per_class=40, val_per_class=20, image_size=
 def built_pool(backbone, tmp_path_factory):
     """Two pool tasks pruned from scratch: tops (0,1,2) and footwear/bags (5,7,8)."""
     path = tmp_path_factory.mktemp("pool") / "pool.sqlite"
-    config = smsp.AdaptConfig(ratio=0.5, iters=60, method="scratch", scratch_rounds=1, batch_size=16)
+    config = adaptation.AdaptConfig(ratio=0.5, iters=60, method="scratch", scratch_rounds=1, batch_size=16)
     with Pool(path) as pool:
-        added = smsp.build_pool(
+        added = pool_build.build_pool(
             backbone, pool, [task_of(backbone, (0, 1, 2)), task_of(backbone, (5, 7, 8))], config
         )
     assert len(added) == 2
@@ -94,10 +95,10 @@ def test_smsp_ranks_the_task_sharing_classes_first_and_lands_in_the_pool(backbon
     path.write_bytes(built_pool.read_bytes())
     new_task = task_of(backbone, (0, 1, 3))
     # probe=1: the most similar entry is the one used (the probe's own test is below).
-    config = smsp.AdaptConfig(ratio=0.5, iters=10, method="smsp", top_k=1, probe=1, batch_size=16)
+    config = adaptation.AdaptConfig(ratio=0.5, iters=10, method="smsp", top_k=1, probe=1, batch_size=16)
     with Pool(path) as pool:
-        result = smsp.adapt(backbone, pool, new_task, config)
-        entry_id = smsp.add_to_pool(pool, backbone, result)
+        result = adaptation.adapt(backbone, pool, new_task, config)
+        entry_id = pool_build.add_to_pool(pool, backbone, result)
         stored = pool.entry(entry_id)
         stored_masks = pool.entry_masks(entry_id)
     ranked = [similar.task_id for similar in result.similar_tasks]
@@ -118,11 +119,11 @@ def test_smsp_ranks_the_task_sharing_classes_first_and_lands_in_the_pool(backbon
 
 
 def test_a_k1_pool_initialisation_starts_from_the_entrys_weights_exactly(backbone, built_pool):
-    from edge_smsp.entry_models import entry_model
+    from edge_smsp.transfer.entry_models import entry_model
 
-    config = smsp.AdaptConfig(ratio=0.5, iters=0, method="smsp", recipe="plain", batch_size=16)
+    config = adaptation.AdaptConfig(ratio=0.5, iters=0, method="smsp", recipe="plain", batch_size=16)
     with Pool(built_pool, create=False) as pool:
-        result = smsp.adapt(backbone, pool, task_of(backbone, (0, 1, 3)), config)
+        result = adaptation.adapt(backbone, pool, task_of(backbone, (0, 1, 3)), config)
         chosen = next(similar for similar in result.similar_tasks if similar.selected)
         source = entry_model(pool, pool.entry(chosen.entry_id))
     assert result.init == "pool" and result.recovery == []
@@ -138,15 +139,15 @@ def test_a_k1_pool_initialisation_starts_from_the_entrys_weights_exactly(backbon
 
 
 def test_the_probe_takes_the_candidate_whose_features_fit_the_task_best(backbone, built_pool):
-    from edge_smsp.entry_models import entry_model
-    from edge_smsp.entry_probe import nearest_mean_accuracy
-    from edge_smsp.features import penultimate_features, task_sample
-    from edge_smsp.prune import kept_mask
+    from edge_smsp.models.prune import kept_mask
+    from edge_smsp.training.features import penultimate_features, task_sample
+    from edge_smsp.transfer.entry_models import entry_model
+    from edge_smsp.transfer.entry_probe import nearest_mean_accuracy
 
     task = task_of(backbone, (0, 1, 3))
-    config = smsp.AdaptConfig(ratio=0.5, iters=0, method="smsp", recipe="plain", seed=3, batch_size=16)
+    config = adaptation.AdaptConfig(ratio=0.5, iters=0, method="smsp", recipe="plain", seed=3, batch_size=16)
     with Pool(built_pool, create=False) as pool:
-        result = smsp.adapt(backbone, pool, task, config)
+        result = adaptation.adapt(backbone, pool, task, config)
         images, labels = task_sample(task, 512, config.seed)
         measured = {
             entry.task.task_key: nearest_mean_accuracy(
@@ -173,34 +174,34 @@ def test_the_probe_takes_the_candidate_whose_features_fit_the_task_best(backbone
     assert all(np.array_equal(adapted_masks[key], mask.astype(bool)) for key, mask in entry_masks.items())
 
     with Pool(built_pool, create=False) as pool:
-        unprobed = smsp.adapt(backbone, pool, task, dataclasses.replace(config, probe=1))
+        unprobed = adaptation.adapt(backbone, pool, task, dataclasses.replace(config, probe=1))
     assert unprobed.to_dict()["probed"] == []
     assert next(similar for similar in unprobed.similar_tasks if similar.selected).task_id == (
         unprobed.similar_tasks[0].task_id
     )
     with pytest.raises(PruneError, match="probe"):
-        smsp.AdaptConfig(ratio=0.5, probe=0)
+        adaptation.AdaptConfig(ratio=0.5, probe=0)
 
 
 def test_init_and_recipe_are_reported_and_a_backbone_start_keeps_the_papers_k(backbone, built_pool):
     task = task_of(backbone, (0, 1, 3), train_per_class=20, val_per_class=10)
     with Pool(built_pool, create=False) as pool:
-        result = smsp.adapt(
-            backbone, pool, task, smsp.AdaptConfig(ratio=0.5, iters=1, init="backbone", batch_size=16)
+        result = adaptation.adapt(
+            backbone, pool, task, adaptation.AdaptConfig(ratio=0.5, iters=1, init="backbone", batch_size=16)
         )
     report = result.to_dict()
     assert (report["init"], report["recipe"]) == ("backbone", "recover")
     assert sum(similar["selected"] for similar in report["similar_tasks"]) == 2  # K=5, two pool tasks
     with pytest.raises(PruneError, match="init pool"):
-        smsp.AdaptConfig(ratio=0.5, method="magnitude", init="pool")
+        adaptation.AdaptConfig(ratio=0.5, method="magnitude", init="pool")
 
 
 def test_score_mask_sums_selected_masks(built_pool):
     with Pool(built_pool, create=False) as pool:
         entries = pool.entries()
-        summed = smsp.score_mask(pool, [(entry, -1.0) for entry in entries])
+        summed = adaptation.score_mask(pool, [(entry, -1.0) for entry in entries])
         masks = [pool.entry_masks(entry.id) for entry in entries]
-        weighted = smsp.score_mask(pool, [(entries[0], -0.1), (entries[1], -5.0)], weighting="leep")
+        weighted = adaptation.score_mask(pool, [(entries[0], -0.1), (entries[1], -5.0)], weighting="leep")
     for key, values in summed.items():
         assert np.array_equal(values, masks[0][key].astype(float) + masks[1][key].astype(float))
         # LEEP weighting leans towards the more similar entry.
@@ -212,18 +213,20 @@ def test_score_mask_sums_selected_masks(built_pool):
 @pytest.mark.parametrize("method", ["random", "magnitude", "taylor", "smsp-random"])
 def test_baselines_share_the_same_path_and_size(backbone, built_pool, method):
     task = task_of(backbone, (2, 4, 6), train_per_class=20, val_per_class=10)
-    config = smsp.AdaptConfig(ratio=0.5, iters=2, method=method, top_k=2, batch_size=16)
+    config = adaptation.AdaptConfig(ratio=0.5, iters=2, method=method, top_k=2, batch_size=16)
     with Pool(built_pool, create=False) as pool:
-        result = smsp.adapt(backbone, pool, task, config)
-    reference = smsp.adapt(backbone, None, task, smsp.AdaptConfig(ratio=0.5, iters=0, method="magnitude"))
+        result = adaptation.adapt(backbone, pool, task, config)
+    reference = adaptation.adapt(
+        backbone, None, task, adaptation.AdaptConfig(ratio=0.5, iters=0, method="magnitude")
+    )
     assert result.summary.params_after == reference.summary.params_after
     assert result.model(torch.zeros(2, 3, SIZE, SIZE)).shape == (2, 3)
 
 
 def test_an_adaptation_reports_its_batch_and_chunks_large_images(backbone):
-    config = smsp.AdaptConfig(ratio=0.5, iters=1, method="magnitude")
+    config = adaptation.AdaptConfig(ratio=0.5, iters=1, method="magnitude")
     assert config.batch_size == 128
-    small = smsp.adapt(backbone, None, task_of(backbone, (2, 4, 6)), config)
+    small = adaptation.adapt(backbone, None, task_of(backbone, (2, 4, 6)), config)
     # 120 training images: the batch is the whole set and SGD's rate follows it (0.01 per 32 images)
     assert small.to_dict()["training"] == {
         "batch_size": 120,
@@ -233,9 +236,9 @@ def test_an_adaptation_reports_its_batch_and_chunks_large_images(backbone):
     }
     large = task_of(backbone, (2, 4, 6), train_per_class=12, val_per_class=4, image_size=128)
     # at 128 px a step holds at most 32 images: the 36 go through in two chunks of 18, one update
-    assert smsp.adapt(backbone, None, large, config).training["micro_batch"] == 18
+    assert adaptation.adapt(backbone, None, large, config).training["micro_batch"] == 18
     chosen = dataclasses.replace(config, micro_batch=9)
-    assert smsp.adapt(backbone, None, large, chosen).training == {
+    assert adaptation.adapt(backbone, None, large, chosen).training == {
         "batch_size": 36,
         "micro_batch": 9,
         "lr": pytest.approx(0.01125),
@@ -247,7 +250,7 @@ def test_an_adaptation_reports_its_batch_and_chunks_large_images(backbone):
         120
     ]
     with pytest.raises(PruneError, match="micro-batch must be >= 1"):
-        smsp.AdaptConfig(ratio=0.5, micro_batch=0)
+        adaptation.AdaptConfig(ratio=0.5, micro_batch=0)
 
 
 def test_adapt_cli_json_and_saved_model(built_pool, tmp_path):
@@ -339,7 +342,7 @@ def test_adapt_bad_input_one_line_exit_2(argv, message, tmp_path, built_pool, ca
 def test_pool_of_another_backbone_is_refused(built_pool):
     other = load_backbone("resnet18", image_size=SIZE)
     with Pool(built_pool, create=False) as pool, pytest.raises(PoolError, match="none for these resnet18"):
-        smsp.pool_entries_for(pool, other, SIZE)
+        adaptation.pool_entries_for(pool, other, SIZE)
 
 
 def test_killed_pool_build_keeps_finished_entries_and_resumes(tmp_path):
@@ -398,9 +401,11 @@ def count_entries(path: Path) -> int:
 
 def test_scratch_prunes_in_rounds_to_the_one_shot_size(backbone):
     task = task_of(backbone, (3, 6, 9), train_per_class=16, val_per_class=8)
-    config = smsp.AdaptConfig(ratio=0.6, iters=3, method="scratch", scratch_rounds=3, batch_size=8)
-    model, summary, scores, _ = smsp.prune_from_scratch(backbone, task, config)
-    one_shot = smsp.adapt(backbone, None, task, smsp.AdaptConfig(ratio=0.6, iters=0, method="magnitude"))
+    config = adaptation.AdaptConfig(ratio=0.6, iters=3, method="scratch", scratch_rounds=3, batch_size=8)
+    model, summary, scores, _ = adaptation.prune_from_scratch(backbone, task, config)
+    one_shot = adaptation.adapt(
+        backbone, None, task, adaptation.AdaptConfig(ratio=0.6, iters=0, method="magnitude")
+    )
     assert summary.params_after == one_shot.summary.params_after
     assert {key: group["kept"] for key, group in summary.groups.items()} == {
         key: group["kept"] for key, group in one_shot.summary.groups.items()
@@ -414,11 +419,11 @@ def test_scratch_prunes_in_rounds_to_the_one_shot_size(backbone):
 
 def test_adaptation_is_deterministic_under_its_seed_whatever_the_global_rng(backbone):
     task = task_of(backbone, (0, 1, 3), train_per_class=16, val_per_class=8)
-    config = smsp.AdaptConfig(ratio=0.5, iters=3, method="taylor", batch_size=8, seed=5)
+    config = adaptation.AdaptConfig(ratio=0.5, iters=3, method="taylor", batch_size=8, seed=5)
     states = []
     for global_seed in (1, 2):
         torch.manual_seed(global_seed)
-        result = smsp.adapt(backbone, None, task, config)
+        result = adaptation.adapt(backbone, None, task, config)
         states.append(result.model.state_dict())
     assert states[0].keys() == states[1].keys()
     assert all(torch.equal(states[0][key], states[1][key]) for key in states[0])

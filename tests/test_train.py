@@ -8,11 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from edge_smsp import data, train, zoo
-from edge_smsp.errors import EdgeSmspError, ModelError
+from edge_smsp.core.errors import EdgeSmspError, ModelError
+from edge_smsp.data import tasks as data
+from edge_smsp.data.fashion_mnist import FASHION_MNIST_DIR
+from edge_smsp.models import zoo
+from edge_smsp.training import finetune as train
 
 pytestmark = pytest.mark.skipif(
-    not (data.FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
+    not (FASHION_MNIST_DIR / "train-images-idx3-ubyte.gz").is_file(),
     reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
 )
 SIZE = 32

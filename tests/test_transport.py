@@ -18,11 +18,11 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from edge_smsp.deploy import LocalTransport, Transport, open_transport
-from edge_smsp.deploy.ssh import SshTransport, record_host_key, remote_command
-from edge_smsp.deploy.transport import TEMP_PREFIX, runtime_files
-from edge_smsp.errors import TransportError
-from edge_smsp.profiles import ConnectionSpec
+from edge_smsp.core.errors import TransportError
+from edge_smsp.devices.profiles import ConnectionSpec
+from edge_smsp.transport import LocalTransport, Transport, open_transport
+from edge_smsp.transport.base import TEMP_PREFIX, runtime_files
+from edge_smsp.transport.ssh import SshTransport, record_host_key, remote_command
 from tests.sshd_fixture import SshdServer, free_port, write_ed25519_key
 from tests.tiny_onnx import tiny_convnet
 

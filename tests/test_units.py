@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from torch import nn
 
-from edge_smsp.prune import prune
-from edge_smsp.units import UnitGroup, dependency_graph, full_channel_group, group_layouts, unit_groups
+from edge_smsp.models.prune import prune
+from edge_smsp.models.units import UnitGroup, dependency_graph, full_channel_group, group_layouts, unit_groups
 from tests.pruning_helpers import FIRST_CLASS, backbone  # noqa: F401 (fixture)
 
 

@@ -11,8 +11,8 @@ from safetensors.torch import save_file
 from sklearn.datasets import load_sample_image
 from timm.data import ImageNetInfo
 
-from edge_smsp import zoo
-from edge_smsp.errors import ModelError
+from edge_smsp.core.errors import ModelError
+from edge_smsp.models import zoo
 
 IMAGENET = ImageNetInfo()
 BUILDING_WORDS = ("church", "bell cote", "palace", "monastery", "mosque", "castle", "boathouse", "stupa")

@@ -15,8 +15,9 @@ from benchmarks.research import common
 
 
 def build(size: int, ratio: float, iters: int, tasks: int = common.POOL_TASKS, reverse: bool = False) -> None:
-    from edge_smsp import smsp
+    from edge_smsp import adaptation
     from edge_smsp.pool import Pool
+    from edge_smsp.pool import build as pool_build
 
     path = common.pool_path(size, ratio, iters)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -25,7 +26,7 @@ def build(size: int, ratio: float, iters: int, tasks: int = common.POOL_TASKS, r
     # A second process walks the tasks backwards: going the same way it would only wait on the first one's claims.
     for classes in reversed(chosen) if reverse else chosen:
         seed = common.task_seed(classes)
-        config = smsp.AdaptConfig(
+        config = adaptation.AdaptConfig(
             ratio=ratio,
             iters=iters,
             method="scratch",
@@ -37,7 +38,7 @@ def build(size: int, ratio: float, iters: int, tasks: int = common.POOL_TASKS, r
         task = common.task(classes, size)
         started = time.perf_counter()
         with Pool(path) as pool:
-            made = smsp.build_pool(common.backbone(size), pool, [task], config)
+            made = pool_build.build_pool(common.backbone(size), pool, [task], config)
         if made:
             with Pool(path) as pool:
                 entry = pool.entry(made[0])

@@ -24,14 +24,16 @@ VAL_PER_CLASS = 200
 BATCH_SIZE = 32
 SCRATCH_ROUNDS = 4
 SIMILARITY_SAMPLES = 500
-ROOT = Path(os.environ.get("EDGE_SMSP_RESEARCH_DIR", "/work/research"))
+# Pools, models and raw runs: large, kept out of git (benchmarks/research/runs/); the summaries are committed in
+# benchmarks/results/. EDGE_SMSP_RESEARCH_DIR moves them elsewhere.
+ROOT = Path(os.environ.get("EDGE_SMSP_RESEARCH_DIR", Path(__file__).resolve().parent / "runs"))
 
 _STATE: dict[Any, Any] = {}
 
 
 def pool_tasks() -> list[tuple[int, ...]]:
     """The 12 pool tasks (classes); the held-out 8 are cut off here and nowhere else."""
-    from edge_smsp.data import generate_tasks
+    from edge_smsp.data.tasks import generate_tasks
 
     every = generate_tasks(DATASET, ALL_TASKS, CLASSES_PER_TASK, 0)
     return [tuple(int(c) for c in classes) for classes in every[:POOL_TASKS]]
@@ -39,7 +41,7 @@ def pool_tasks() -> list[tuple[int, ...]]:
 
 def heldout_tasks() -> list[tuple[int, ...]]:
     """The 8 held-out tasks of the phase-B study (benchmarks.research.heldout), never used to choose anything."""
-    from edge_smsp.data import generate_tasks
+    from edge_smsp.data.tasks import generate_tasks
 
     every = generate_tasks(DATASET, ALL_TASKS, CLASSES_PER_TASK, 0)
     return [tuple(int(c) for c in classes) for classes in every[POOL_TASKS:]]
@@ -57,7 +59,7 @@ def task_seed(classes: Sequence[int]) -> int:
 
 def backbone(size: int):
     """Bundled ImageNet EfficientNet-Lite0 at `size` px, loaded once per process."""
-    from edge_smsp.zoo import load_backbone
+    from edge_smsp.models.zoo import load_backbone
 
     key = ("backbone", size)
     if key not in _STATE:
@@ -67,8 +69,8 @@ def backbone(size: int):
 
 def task(classes: Sequence[int], size: int):
     """A pool task at `size` px, loaded once per process."""
-    from edge_smsp.data import load_task
-    from edge_smsp.zoo import backbone_spec
+    from edge_smsp.data.tasks import load_task
+    from edge_smsp.models.zoo import backbone_spec
 
     classes = tuple(classes)
     if classes not in pool_tasks() and not (_STATE.get("heldout_open") and classes in heldout_tasks()):

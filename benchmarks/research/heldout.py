@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from benchmarks.research import common, rank
-from edge_smsp.recipe import ADAPT_BATCH_SIZE
+from benchmarks.research import common, controls, rank
+from edge_smsp.training.recipe import ADAPT_BATCH_SIZE
 
 # name -> AdaptConfig fields (besides ratio, seed). "full" variants run at every ratio; the rest at 0.5 only.
 # Every run trains at batch 32 (SGD 0.01) unless its fields say otherwise; the product's default takes batch 128
@@ -54,7 +54,17 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     # pruning from scratch with the budget of the other variants (--iters): the accuracy-vs-iterations curves
     "scratch": {"method": "scratch", "scratch_rounds": common.SCRATCH_ROUNDS},
+    # Issue 24's controls at the defaults (init pool, recipe recover, batch 128, 100 iterations): is the entry
+    # that similarity and the probe choose better than one chosen otherwise?
+    "control: random entry": {"method": "smsp-random", "batch_size": ADAPT_BATCH_SIZE},
+    "control: least similar entry": {
+        "method": controls.LEAST_SIMILAR,
+        "probe": 1,
+        "batch_size": ADAPT_BATCH_SIZE,
+    },
+    "control: most similar entry, no probe": {"probe": 1, "batch_size": ADAPT_BATCH_SIZE},
 }
+CONTROLS = ("smsp (default)", *(name for name in VARIANTS if name.startswith("control: ")))
 FULL = (
     "smsp (default)",
     "smsp, batch 32",
@@ -90,7 +100,7 @@ def pool_file(size: int, ratio: float):
 def ensure_descriptors(size: int, ratio: float) -> None:
     """The research pools predate descriptors: `pool index` them once (the prototype similarity needs them)."""
     from edge_smsp.pool import Pool
-    from edge_smsp.smsp.pool_build import index_pool
+    from edge_smsp.pool.build.tasks import index_pool
 
     with Pool(pool_file(size, ratio)) as pool:
         described, already = index_pool(pool, common.backbone(size), size)
@@ -100,8 +110,8 @@ def ensure_descriptors(size: int, ratio: float) -> None:
 def run(
     name: str, classes: tuple[int, ...], size: int, ratio: float, iters: int, seed: int
 ) -> dict[str, Any]:
+    from edge_smsp.adaptation import AdaptConfig, adapt
     from edge_smsp.pool import Pool
-    from edge_smsp.smsp import AdaptConfig, adapt
 
     fields = {"batch_size": common.BATCH_SIZE, "iters": iters, **VARIANTS[name]}
     config = AdaptConfig(ratio=ratio, seed=seed, **fields)
@@ -130,6 +140,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--iters", type=int, action="append", help="fine-tuning iterations (default 100)")
     parser.add_argument("--only", action="append", help="variant names (default: all at 0.5, FULL otherwise)")
+    parser.add_argument(
+        "--controls", action="store_true", help="the defaults and the similarity controls only"
+    )
     parser.add_argument("--summary", action="store_true")
     parser.add_argument(
         "--rename", action="store_true", help="migrate stored runs to today's names (RENAMED)"
@@ -152,13 +165,16 @@ def main() -> None:
         return
     common.single_thread()
     common.open_heldout()
+    controls.register()
     results = common.Results("heldout")
     done = results.load()
     if any(run["variant"] in OLD_ONLY for run in done.values()):
         raise SystemExit("stored runs still carry the names of before batch 128: run --rename first")
     for ratio in args.ratio or [0.5]:
         ensure_descriptors(args.size, ratio)
-        names = args.only or (list(VARIANTS) if ratio == 0.5 else list(FULL))
+        names = (
+            list(CONTROLS) if args.controls else args.only or (list(VARIANTS) if ratio == 0.5 else list(FULL))
+        )
         grid = list(itertools.product(range(args.seeds), common.heldout_tasks(), names, args.iters or [100]))
         for seed, classes, name, budget in reversed(grid) if args.reverse else grid:
             iters = VARIANTS[name].get("iters", budget)

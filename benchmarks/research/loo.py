@@ -17,16 +17,16 @@ import numpy as np
 import torch
 
 from benchmarks.research import common, rank
-from edge_smsp.recipe import Recipe
+from edge_smsp.training.recipe import Recipe
 
 RECIPES = {
     "plain": Recipe("plain", adaptive_bn=False, imprint=False),
     "bn": Recipe("bn", imprint=False),
     "imprint": Recipe("imprint", adaptive_bn=False),
     "bn+imprint": Recipe("bn+imprint"),
-    "bn+probe": Recipe("bn+probe", imprint=False, probe_steps=50),
-    "bn+imprint+probe": Recipe("bn+imprint+probe", probe_steps=50),
-    "imprint+probe": Recipe("imprint+probe", adaptive_bn=False, probe_steps=50),
+    "bn+probe": Recipe("bn+probe", imprint=False, linear_probe_steps=50),
+    "bn+imprint+probe": Recipe("bn+imprint+probe", linear_probe_steps=50),
+    "imprint+probe": Recipe("imprint+probe", adaptive_bn=False, linear_probe_steps=50),
     "bn+imprint/10": Recipe("bn+imprint/10", imprint_shrink=0.1),
 }
 
@@ -90,12 +90,13 @@ class Variant:
 
 
 def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, iters: int) -> dict[str, Any]:
-    from edge_smsp import smsp
-    from edge_smsp.importance import score_units, unit_l1_norms
-    from edge_smsp.inherit import inherit
-    from edge_smsp.prune import prune
-    from edge_smsp.recovery import recover
-    from edge_smsp.train import DEFAULT_LR, evaluate, finetune
+    from edge_smsp import adaptation
+    from edge_smsp.criteria import score_units
+    from edge_smsp.models.prune import prune
+    from edge_smsp.models.unit_scores import unit_l1_norms
+    from edge_smsp.training.finetune import DEFAULT_LR, evaluate, finetune
+    from edge_smsp.training.recovery import recover
+    from edge_smsp.transfer.inherit import inherit
 
     seed = common.task_seed(classes)
     backbone = common.backbone(size)
@@ -103,7 +104,7 @@ def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, ite
     recipe = dataclasses.replace(RECIPES[variant.recipe], samples=variant.samples)
     seconds: dict[str, float] = {}
     started = time.perf_counter()
-    model = smsp.with_task_head(backbone, task, seed)
+    model = adaptation.with_task_head(backbone, task, seed)
     spent, selected, teacher = 0, [], None
     info: dict[str, Any] = {}
 
@@ -147,7 +148,7 @@ def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, ite
 
             with Pool(common.pool_path(size, *pool), create=False) as opened:
                 chosen = [(entries[task_id][0], 0.0) for task_id in selected]
-                scores = smsp.score_mask(opened, chosen, source="scores")
+                scores = adaptation.score_mask(opened, chosen, source="scores")
         else:
             for task_id in selected:
                 for key, mask in _masks(entries[task_id][1]).items():
@@ -218,15 +219,15 @@ class _Ensemble(torch.nn.Module):
 
 def _teacher(variant: Variant, backbone, task, seed: int, size: int, ordered: list[str]) -> torch.nn.Module:
     """The distillation teacher: a model (or an ensemble) with a head fitted to the task, no training step."""
-    from edge_smsp import smsp
-    from edge_smsp.entry_models import entry_model
+    from edge_smsp import adaptation
+    from edge_smsp.models.prune import replace_classifier
     from edge_smsp.pool import Pool
-    from edge_smsp.prune import replace_classifier
-    from edge_smsp.recovery import recover
+    from edge_smsp.training.recovery import recover
+    from edge_smsp.transfer.entry_models import entry_model
 
-    fitted = Recipe("teacher", probe_steps=50, samples=1500)
+    fitted = Recipe("teacher", linear_probe_steps=50, samples=1500)
     if variant.teacher == "backbone":
-        members = [smsp.with_task_head(backbone, task, seed)]
+        members = [adaptation.with_task_head(backbone, task, seed)]
     else:
         entries = rank.entry_models(size, variant.pool_ratio, variant.pool_iters)
         with Pool(common.pool_path(size, variant.pool_ratio, variant.pool_iters), create=False) as opened:
@@ -249,9 +250,9 @@ def _freeze_leading_blocks(model, fraction: float) -> None:
 
 
 def _probed_order(ordered, count, entries, task, size, pool, seed, info) -> list[str]:
-    """`ordered` with the best-probed of its first `count` entries moved to the front (edge_smsp.entry_probe)."""
-    from edge_smsp.entry_probe import best_probed, probe_entries
+    """`ordered` with the best-probed of its first `count` entries moved to the front (edge_smsp.transfer.entry_probe)."""
     from edge_smsp.pool import Pool
+    from edge_smsp.transfer.entry_probe import best_probed, probe_entries
 
     with Pool(common.pool_path(size, *pool), create=False) as opened:
         probed = probe_entries(opened, [(entries[t][0], 0.0) for t in ordered[:count]], task, seed=seed)
@@ -262,7 +263,7 @@ def _probed_order(ordered, count, entries, task, size, pool, seed, info) -> list
 
 def _inherit_head(model, backbone, task, ranked: list[str], entries: dict) -> list[int]:
     """Classifier rows of the new task's classes from the first of the (top 3) entries that has each class."""
-    from edge_smsp.inherit import inherit_head
+    from edge_smsp.transfer.inherit import inherit_head
 
     rows: set[int] = set()
     wanted = [(task.dataset, c) for c in task.classes]
@@ -290,7 +291,7 @@ def _sources(variant: Variant, selected: list[str], similarity: dict[str, float]
 
 
 def _masks(model) -> dict[str, np.ndarray]:
-    from edge_smsp.prune import kept_mask
+    from edge_smsp.models.prune import kept_mask
 
     return {key: mask.astype(np.float64) for key, mask in kept_mask(model).items()}
 

@@ -90,7 +90,7 @@ EXPERIMENTS: dict[str, list[Variant]] = {
         V(method="taylor", recipe="plain", taylor="warmup"),
         V(method="random", recipe="plain"),
     ],
-    # which entry's weights: each of the top 5 in turn, the probe (edge_smsp.entry_probe), AdamW; run with
+    # which entry's weights: each of the top 5 in turn, the probe (edge_smsp.transfer.entry_probe), AdamW; run with
     # --ratio 0.5 (probe05) and --ratio 0.7 (probe07); pool05_2000: entries trained @2000 instead of @1000
     "probe05": [V(**TOP1, recipe="bn+imprint", pick=p) for p in range(1, 5)]
     + [V(**TOP1, recipe=r, probe=3, optimizer=o) for r in ("bn+imprint", "plain") for o in ("sgd", "adamw")]

@@ -1,4 +1,4 @@
-"""How to choose among the most similar pool entries (the study behind edge_smsp.entry_probe), pool tasks only.
+"""How to choose among the most similar pool entries (the study behind edge_smsp.transfer.entry_probe), pool tasks only.
 
 For every pool task and each of its 5 most similar entries (prototype similarity, leave-one-out), cheap scores
 of the entry's own model on 512 training images of the task (LEEP, LogME, cosine nearest-class-mean accuracy,
@@ -38,12 +38,12 @@ def fisher_ratio(features: torch.Tensor, labels: torch.Tensor, num_classes: int)
 
 
 def candidate_scores(classes: tuple[int, ...]) -> list[dict[str, Any]]:
-    from edge_smsp.entry_probe import nearest_mean_accuracy
-    from edge_smsp.features import penultimate_features, task_sample
-    from edge_smsp.leep import leep
-    from edge_smsp.recovery import adaptive_bn
-    from edge_smsp.similarity import logme
-    from edge_smsp.train import predict_proba
+    from benchmarks.research.transfer_scores import logme
+    from edge_smsp.training.features import penultimate_features, task_sample
+    from edge_smsp.training.finetune import predict_proba
+    from edge_smsp.training.recovery import adaptive_bn
+    from edge_smsp.transfer.entry_probe import nearest_mean_accuracy
+    from edge_smsp.transfer.leep_score import leep
 
     similarity = rank.cached_scores("proto", classes, 32, POOL)
     entries = rank.entry_models(32, *POOL)

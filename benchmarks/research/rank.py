@@ -24,7 +24,6 @@ _DESCRIPTORS: dict[tuple, np.ndarray] = {}
 
 def entry_models(size: int, ratio: float, iters: int) -> dict[str, Any]:
     """task_id -> (entry, pruned fine-tuned model) of a research pool, loaded once per process."""
-    from edge_smsp.inherit import load_entry_models
     from edge_smsp.pool import Pool
 
     key = (size, ratio, iters)
@@ -40,7 +39,7 @@ def entry_models(size: int, ratio: float, iters: int) -> dict[str, Any]:
 
 def descriptor(classes: Sequence[int], size: int, seed: int = 0) -> np.ndarray:
     """Backbone class prototypes of a pool task (the descriptor stored per entry at build time)."""
-    from edge_smsp.similarity import task_descriptor
+    from edge_smsp.transfer.task_descriptor import task_descriptor
 
     key = (tuple(classes), size, seed)
     if key not in _DESCRIPTORS:
@@ -52,11 +51,11 @@ def scores(
     estimator: str, classes: Sequence[int], size: int, pool: tuple[float, int], seed: int = 0
 ) -> dict[str, float]:
     """Similarity of every other pool entry to the pool task `classes` (higher = more similar)."""
-    from edge_smsp.descriptors import DEFAULT_POWER, descriptor_centre, prototype_similarity
-    from edge_smsp.features import penultimate_features, task_sample
-    from edge_smsp.leep import leep
-    from edge_smsp.similarity import logme
-    from edge_smsp.train import predict_proba
+    from benchmarks.research.transfer_scores import logme
+    from edge_smsp.data.descriptors import DEFAULT_POWER, descriptor_centre, prototype_similarity
+    from edge_smsp.training.features import penultimate_features, task_sample
+    from edge_smsp.training.finetune import predict_proba
+    from edge_smsp.transfer.leep_score import leep
 
     task = common.task(classes, size)
     others = [c for c in common.pool_tasks() if c != tuple(classes)]
@@ -150,3 +149,18 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def load_entry_models(pool, entry_ids):
+    """The pruned, fine-tuned models stored with these pool entries (checksums verified)."""
+    import os
+    import tempfile
+
+    from edge_smsp.models.pruned_model import load_pruned
+
+    models = []
+    with tempfile.TemporaryDirectory(prefix="edge-smsp-inherit-") as scratch:
+        for entry_id in entry_ids:
+            model, _ = load_pruned(pool.materialise_model_dir(entry_id, os.path.join(scratch, str(entry_id))))
+            models.append(model)
+    return models

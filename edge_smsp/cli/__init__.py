@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import os
 import signal
 import sys
 from collections.abc import Sequence
 
-from edge_smsp import __version__
 from edge_smsp.cli import adapt_commands, deploy_commands, model_commands, pool_commands
 from edge_smsp.cli.args import OneLineParser
-from edge_smsp.cli.common import Terminated, one_line, terminate_on_sigterm
-from edge_smsp.errors import EdgeSmspError
+from edge_smsp.cli.output import Terminated, one_line, terminate_on_sigterm
+from edge_smsp.core.errors import EdgeSmspError
+from edge_smsp.core.version import __version__
 
 COMMAND_MODULES = (model_commands, pool_commands, adapt_commands, deploy_commands)
 
@@ -37,15 +39,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so that every `finally` runs: device work is stopped, temporaries removed.
     with terminate_on_sigterm():
         try:
-            return int(args.handler(args) or 0)
+            code = int(args.handler(args) or 0)
+            sys.stdout.flush()  # a full device or a closed pipe fails here, not in the interpreter's exit
+            return code
         except EdgeSmspError as error:
             # One line whatever the library or a dependency (paramiko, onnx) put in the message.
             print(f"edge-smsp: error: {one_line(str(error))}", file=sys.stderr)
             return error.exit_code
+        except OSError as error:  # the disk filled, stdout is /dev/full or a closed pipe: said in one line
+            print(f"edge-smsp: error: {one_line(os_error_line(error))}", file=sys.stderr)
+            return 2
         except KeyboardInterrupt as stop:
             terminated = isinstance(stop, Terminated)
             print(f"edge-smsp: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
             return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+
+
+def os_error_line(error: OSError) -> str:
+    """An OSError the library did not foresee, said as what failed and where; stdout that cannot be written is
+    pointed at /dev/null so that the interpreter's own final flush cannot print a traceback."""
+    try:
+        broken_stdout = sys.stdout.fileno() >= 0 and error.errno in (errno.ENOSPC, errno.EPIPE, errno.EIO)
+    except (OSError, ValueError, AttributeError):
+        broken_stdout = False
+    where = f": {error.filename}" if error.filename else " (writing the output)" if broken_stdout else ""
+    if broken_stdout:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return f"{error.strerror or error}{where}"
 
 
 def entry_point() -> None:

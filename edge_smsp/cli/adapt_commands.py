@@ -16,9 +16,9 @@ from edge_smsp.cli.args import (
     open_pool_for,
     task_from_args,
 )
-from edge_smsp.cli.common import print_json, show_progress
 from edge_smsp.cli.converters import out_dir_arg
-from edge_smsp.recipe import ADAPT_BATCH_SIZE
+from edge_smsp.cli.output import print_json, show_progress
+from edge_smsp.training.recipe import ADAPT_BATCH_SIZE
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -44,21 +44,28 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 def run_adapt(args: argparse.Namespace) -> int:
-    from edge_smsp import smsp
+    from edge_smsp import adaptation
+    from edge_smsp.pool import build as pool_build
 
     config = config_from_args(args)
     check_task_args(args)  # bad input fails here, before torch loads
     pool = open_pool_for(args, config.method)
     try:
+        if args.add_to_pool and pool is not None:
+            pool.check_writable()  # a read-only pool refuses now, before the work and before --out is written
         backbone = backbone_from_args(args)
+        _check_host_memory(args, config, backbone)  # before the task's images are loaded at that size
         task = task_from_args(args, backbone)
-        result = smsp.adapt(backbone, pool, task, config, progress=show_progress(args))
-        smsp.save_adapted(result, args.out)
+        replacing = (
+            pool_build.entry_before(pool, backbone, task, config) if args.add_to_pool and pool else None
+        )
+        result = adaptation.adapt(backbone, pool, task, config, progress=show_progress(args))
+        pool_build.save_adapted(result, args.out)
         report = result.to_dict()
         report["backbone"] = args.backbone
         report["out"] = str(args.out)
         if args.add_to_pool and pool is not None:
-            report["pool_entry"] = smsp.add_to_pool(pool, backbone, result)
+            report["pool_entry"] = pool_build.add_to_pool(pool, backbone, result, replacing=replacing)
     finally:
         if pool is not None:
             pool.close()
@@ -67,6 +74,21 @@ def run_adapt(args: argparse.Namespace) -> int:
     else:
         print(describe_adaptation(report))
     return 0
+
+
+def _check_host_memory(args: argparse.Namespace, config: Any, backbone: Any) -> None:
+    """Refuse in one line an adaptation this machine's memory cannot hold (a 4096 px task), before any work."""
+    from edge_smsp.data.tasks import DEFAULT_TRAIN_PER_CLASS, DEFAULT_VAL_PER_CLASS
+    from edge_smsp.models.units import model_input_size
+    from edge_smsp.training import host_memory
+
+    size = model_input_size(backbone, args.image_size)
+    per_class = (args.train_per_class or DEFAULT_TRAIN_PER_CLASS) + (
+        args.val_per_class or DEFAULT_VAL_PER_CLASS
+    )
+    images = per_class * len(check_task_args(args))
+    needed = host_memory.adapt_bytes(backbone, size, images, config.batch_size, config.micro_batch)
+    host_memory.check_fits(needed, "adapt", size)
 
 
 def describe_adaptation(report: dict[str, Any]) -> str:

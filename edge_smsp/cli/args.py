@@ -10,7 +10,6 @@ import argparse
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from edge_smsp.cli.common import one_line
 from edge_smsp.cli.converters import (
     MAX_BATCH_SIZE,
     MAX_ITERS,
@@ -23,26 +22,31 @@ from edge_smsp.cli.converters import (
     int_at_least,
     int_in_range,
     number_in_range,
+    path_arg,
     pool_arg,
     ratio_arg,
     seconds_arg,
 )
-from edge_smsp.datasets import check_task_request
+from edge_smsp.cli.output import one_line
+from edge_smsp.core.errors import DataError, EdgeSmspError
+from edge_smsp.core.precisions import AUTO, PRECISIONS
+from edge_smsp.criteria import method_names, needs_pool
+from edge_smsp.criteria.pool_masks import MASK_SOURCES, WEIGHTING_ALIASES, WEIGHTINGS
+from edge_smsp.data import DATASETS
+from edge_smsp.data.catalog import check_task_request
 from edge_smsp.deploy.bench import MAX_BENCH_RUNS
-from edge_smsp.errors import DataError, EdgeSmspError
-from edge_smsp.estimators import DEFAULT_ESTIMATOR, DEFAULT_SHORTLIST, SIMILARITY_ESTIMATORS
+from edge_smsp.device_runtime.backends import backend_names
 from edge_smsp.pool import Pool, default_pool_path
-from edge_smsp.recipe import INITS, RECIPES
-from edge_smsp.score_sources import method_names, needs_pool
-from edge_smsp.score_sources.pool_masks import MASK_SOURCES, WEIGHTINGS
+from edge_smsp.training.recipe import INITS, RECIPES
+from edge_smsp.transfer.estimators import DEFAULT_ESTIMATOR, DEFAULT_SHORTLIST, SIMILARITY_ESTIMATORS
 
 if TYPE_CHECKING:  # torch loads only when a command runs
     from torch import nn
 
-    from edge_smsp.data import Task
+    from edge_smsp.adaptation import AdaptConfig
+    from edge_smsp.data.tasks import Task
     from edge_smsp.deploy.bench import BenchSettings
-    from edge_smsp.profiles import DeviceProfile
-    from edge_smsp.smsp import AdaptConfig
+    from edge_smsp.devices.profiles import DeviceProfile
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -89,14 +93,14 @@ def add_backbone_arguments(
 
 def pretrained_from_args(args: argparse.Namespace) -> bool:
     """--pretrained, or the backbone's default (bundled offline weights)."""
-    from edge_smsp.zoo import default_pretrained
+    from edge_smsp.models.zoo import default_pretrained
 
     return default_pretrained(args.backbone) if args.pretrained is None else args.pretrained
 
 
 def backbone_from_args(args: argparse.Namespace) -> nn.Module:
     """The backbone named on the command line, at the requested input size."""
-    from edge_smsp.zoo import load_backbone
+    from edge_smsp.models.zoo import load_backbone
 
     return load_backbone(
         args.backbone,
@@ -119,8 +123,10 @@ def add_task_arguments(
     default_batch_size: int = 32,
 ) -> None:
     """Dataset, image size, batch size, seed and data dir, shared by pool build, adapt and deploy."""
-    parser.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist | imagefolder | cifar100")
-    parser.add_argument("--data-dir", default=None, metavar="DIR", help="where the dataset's files are")
+    parser.add_argument("--dataset", default="fashion-mnist", help=" | ".join(DATASETS))
+    parser.add_argument(
+        "--data-dir", type=path_arg, default=None, metavar="DIR", help="where the dataset's files are"
+    )
     if classes:
         default_note = f" (default {default_classes})" if default_classes else ""
         parser.add_argument(
@@ -178,8 +184,8 @@ def task_from_args(
     args: argparse.Namespace, backbone: nn.Module, classes: tuple[int, ...] | None = None
 ) -> Task:
     """The new task named by --dataset/--classes, normalised as the backbone expects."""
-    from edge_smsp.data import load_task
-    from edge_smsp.zoo import backbone_spec
+    from edge_smsp.data.tasks import load_task
+    from edge_smsp.models.zoo import backbone_spec
 
     classes = check_task_args(args, classes)
     spec = backbone_spec(backbone)
@@ -220,9 +226,9 @@ def add_adapt_arguments(parser: argparse.ArgumentParser, *, ratio_help: str | No
     )
     parser.add_argument(
         "--weighting",
-        choices=WEIGHTINGS,
+        choices=(*WEIGHTINGS, *WEIGHTING_ALIASES),
         default="uniform",
-        help="sum masks uniformly or weighted by normalised LEEP",
+        help="sum masks uniformly or weighted by normalised similarity ('leep': the old name of 'similarity')",
     )
     parser.add_argument(
         "--mask-source",
@@ -302,7 +308,7 @@ def add_round_to_argument(parser: argparse.ArgumentParser, help_text: str | None
 
 def config_from_args(args: argparse.Namespace) -> AdaptConfig:
     """The AdaptConfig of adapt/deploy's flags (ratio None: deploy plans it)."""
-    from edge_smsp.smsp import AdaptConfig
+    from edge_smsp.adaptation import AdaptConfig
 
     return AdaptConfig(
         ratio=args.ratio,
@@ -357,8 +363,8 @@ def open_pool_for(args: argparse.Namespace, method: str) -> Pool | None:
 
 
 def connection_arg(text: str) -> tuple[dict, Path]:
-    """A connection override (a YAML file or an inline mapping), checked by its owner, edge_smsp.profiles."""
-    from edge_smsp.profiles import load_connection_override
+    """A connection override (a YAML file or an inline mapping), checked by its owner, edge_smsp.devices.profiles."""
+    from edge_smsp.devices.profiles import load_connection_override
 
     try:
         return load_connection_override(text)
@@ -381,6 +387,19 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
         "--trust-new-host", action="store_true", help="accept an unknown SSH host key and record it"
     )
     parser.add_argument(
+        "--runtime",
+        choices=backend_names(),
+        default=None,
+        help="the device runtime's inference engine (default: the profile's runtime, else onnxruntime)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=(*PRECISIONS, AUTO),
+        default=None,
+        help="numeric precision of the model on the device (default: the profile's precision; bench: read "
+        "from the model's graph)",
+    )
+    parser.add_argument(
         "--bench-runs",
         type=int_in_range(1, MAX_BENCH_RUNS),
         default=100,
@@ -398,7 +417,7 @@ def add_device_arguments(parser: argparse.ArgumentParser) -> None:
 
 def profile_from_args(args: argparse.Namespace) -> DeviceProfile:
     """The --profile, reached through --connection when given."""
-    from edge_smsp.profiles import load_profile, with_connection
+    from edge_smsp.devices.profiles import load_profile, with_connection
 
     profile = load_profile(args.profile)
     if args.connection is None:
@@ -407,8 +426,16 @@ def profile_from_args(args: argparse.Namespace) -> DeviceProfile:
     return with_connection(profile, overrides, base_dir)
 
 
-def bench_settings_from_args(args: argparse.Namespace) -> BenchSettings:
-    """How long the device benchmark runs."""
+def bench_settings_from_args(
+    args: argparse.Namespace, profile: DeviceProfile, *, precision_from_profile: bool = True
+) -> BenchSettings:
+    """How long the device benchmark runs, and on which runtime and precision (the flags, else the profile's)."""
     from edge_smsp.deploy.bench import BenchSettings
 
-    return BenchSettings(runs=args.bench_runs, min_seconds=args.bench_seconds)
+    precision = args.precision or (profile.precision if precision_from_profile else None)
+    return BenchSettings(
+        runs=args.bench_runs,
+        min_seconds=args.bench_seconds,
+        runtime=args.runtime or profile.runtime,
+        precision=precision,
+    )

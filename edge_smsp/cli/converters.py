@@ -9,13 +9,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from edge_smsp.datasets import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from edge_smsp.core.errors import EdgeSmspError
+from edge_smsp.core.fileio import checked_output_path
+from edge_smsp.core.paths import expand_user, status
+from edge_smsp.core.ratio import checked_ratio
+from edge_smsp.data.catalog import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from edge_smsp.deploy.bench import MAX_BENCH_SECONDS
-from edge_smsp.device_stack import opset_problem
-from edge_smsp.errors import EdgeSmspError
-from edge_smsp.fileio import checked_output_path
+from edge_smsp.devices.stack import opset_problem
 from edge_smsp.pool import check_pool_file
-from edge_smsp.ratio import checked_ratio
 
 T = TypeVar("T")
 
@@ -28,7 +29,7 @@ SEED_RANGE = (0, 2**32 - 1)  # what numpy's and torch's generators both take
 
 
 def ratio_arg(text: str) -> float:
-    """A pruning ratio in [0, 1) (checked by its owner, edge_smsp.ratio)."""
+    """A pruning ratio in [0, 1) (checked by its owner, edge_smsp.core.ratio)."""
     return _converted(checked_ratio, text)
 
 
@@ -118,9 +119,21 @@ def out_file_arg(text: str) -> Path:
     return _converted(lambda value: checked_output_path(value, directory=False), text)
 
 
+def path_arg(text: str) -> Path:
+    """Any path argument: `~` and `~user` expanded (an unknown user refused, never a literal '~x' folder), a name
+    too long for the filesystem or a symlink loop refused in one line, before anything opens it."""
+    return _converted(_checked_path, text)
+
+
+def _checked_path(text: str) -> Path:
+    path = expand_user(text)
+    status(path)  # ELOOP, ENAMETOOLONG: PathError
+    return path
+
+
 def input_file_arg(text: str) -> str:
     """An existing regular file to read (a FIFO or a device such as /dev/zero is refused: it never ends)."""
-    path = Path(text).expanduser()
+    path = path_arg(text)
     if not path.is_file():
         what = "a directory" if path.is_dir() else "not a regular file" if path.exists() else "no such file"
         raise argparse.ArgumentTypeError(f"{quoted(text)}: {what}")
@@ -131,19 +144,27 @@ def onnx_file_arg(text: str) -> Path:
     """An ONNX model file (checked by the device bench's owner of that check)."""
     from edge_smsp.deploy.bench import check_onnx_file
 
-    return _converted(
-        lambda value: check_onnx_file(Path(value).expanduser()) or Path(value).expanduser(), text
-    )
+    return _converted(lambda value: check_onnx_file(_checked_path(value)) or _checked_path(value), text)
 
 
 def pool_arg(text: str) -> Path:
     """A pool file path: a directory, FIFO or device is refused now (reading one could block forever)."""
-    return _converted(lambda value: check_pool_file(Path(value).expanduser()) or Path(value), text)
+    return _converted(lambda value: check_pool_file(_checked_path(value)) or _checked_path(value), text)
 
 
 def quoted(text: str, limit: int = 60) -> str:
     """repr() of a value for a message, cut short: an error never quotes a whole 100 KB argument."""
     return repr(text) if len(text) <= limit else repr(text[:limit]) + f"… ({len(text):,} characters)"
+
+
+def model_dir_arg(text: str) -> Path:
+    """A saved model's directory to read (prune's or adapt's --out): checked like any path, then that it is a
+    directory."""
+    path = path_arg(text)
+    if not path.is_dir():
+        what = "not a directory" if path.exists() else "no such directory"
+        raise argparse.ArgumentTypeError(f"{quoted(text)}: {what}")
+    return path
 
 
 def _converted(convert: Callable[[str], T], text: str) -> T:

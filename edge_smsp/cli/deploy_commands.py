@@ -21,10 +21,24 @@ from edge_smsp.cli.args import (
     profile_from_args,
     task_from_args,
 )
-from edge_smsp.cli.common import print_json, show_progress
-from edge_smsp.cli.converters import onnx_file_arg, opset_arg, out_dir_arg, out_file_arg
-from edge_smsp.errors import ExportError
-from edge_smsp.recipe import ADAPT_BATCH_SIZE
+from edge_smsp.cli.converters import (
+    model_dir_arg,
+    onnx_file_arg,
+    opset_arg,
+    out_dir_arg,
+    out_file_arg,
+)
+from edge_smsp.cli.device_deploy import add_device_data_arguments, run_device_deploy
+from edge_smsp.cli.output import print_json, show_progress
+from edge_smsp.cli.precision_output import (
+    add_max_int8_drop_argument,
+    describe_precision,
+    describe_precision_export,
+    export_task_images,
+)
+from edge_smsp.core.errors import ExportError
+from edge_smsp.core.precisions import FP32, INT8, PRECISIONS
+from edge_smsp.training.recipe import ADAPT_BATCH_SIZE
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -42,12 +56,28 @@ def register_export(subcommands: argparse._SubParsersAction) -> None:
         description="Export a pruned model directory (model.safetensors + pruned.json) to ONNX, with a model "
         "card (.json) beside it.",
     )
-    parser.add_argument("--model-dir", required=True, type=Path, help="directory written by prune/adapt")
+    parser.add_argument(
+        "--model-dir", required=True, type=model_dir_arg, help="directory written by prune/adapt"
+    )
     parser.add_argument(
         "--out", required=True, type=out_file_arg, help="ONNX file to write (e.g. model.onnx)"
     )
     parser.add_argument("--dynamic-batch", action="store_true", help="symbolic batch dimension (default: 1)")
     parser.add_argument("--opset", type=opset_arg, default=None, help="ONNX opset (default: 18)")
+    parser.add_argument(
+        "--precision",
+        choices=tuple(PRECISIONS),
+        default=FP32,
+        help="int8: static QDQ calibrated on the task's training images, gated on its val split (the fp32 "
+        "reference is written beside OUT as NAME.fp32.onnx); fp16: float16 with fp32 inputs and outputs",
+    )
+    add_max_int8_drop_argument(parser)
+    parser.add_argument(
+        "--data-dir",
+        default=None,
+        metavar="DIR",
+        help="where the model's dataset is (default: its usual place); int8 calibrates on its training images",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(handler=run_export)
 
@@ -57,28 +87,57 @@ def run_export(args: argparse.Namespace) -> int:
     model_dir: Path = args.model_dir
     if not model_dir.is_dir():
         raise ExportError(f"--model-dir {model_dir}: not a directory")
-    from edge_smsp.export import export_onnx
-    from edge_smsp.onnx_metadata import metadata_from_pruned
-    from edge_smsp.pruned_model import load_pruned
+    from edge_smsp.export.metadata import metadata_from_pruned
+    from edge_smsp.export.onnx_export import export_onnx
+    from edge_smsp.models.pruned_model import load_pruned
 
     model, meta = load_pruned(model_dir)
     image_size = int(meta["image_size"])
+    images = None
+    if args.precision != FP32:  # the task's images, before the export's minutes: none is one line, exit 2
+        images = export_task_images(model_dir, meta, args.data_dir, required=args.precision == INT8)
+    target = args.out
+    if args.precision != FP32:
+        from edge_smsp.export.precision import reference_path
+
+        target = reference_path(args.out)
     result = export_onnx(
         model,
-        args.out,
+        target,
         image_size=image_size,
         metadata=metadata_from_pruned(model, meta),
         dynamic_batch=args.dynamic_batch,
         opset=args.opset,
     )
+    checked = None
+    if args.precision != FP32:
+        from edge_smsp.export.precision import export_precision, shipped_export
+
+        checked = export_precision(
+            result.onnx_path, args.out, args.precision, **(images or {}), max_drop_pt=args.max_int8_drop
+        )
+        fp32_result, result = result, shipped_export(result, checked)
     if args.json:
-        print_json(result.to_dict())
-    else:
+        payload = result.to_dict()
+        payload["precision"] = FP32 if checked is None else checked.precision
+        if checked is not None:
+            payload.update(
+                precision_requested=checked.requested,
+                precision_gate=checked.gate.to_dict(),
+                fp32_accuracy=checked.fp32_accuracy,
+                accuracy=checked.accuracy,
+                agreement=checked.agreement,
+                fp32_onnx_path=str(fp32_result.onnx_path),
+            )
+        print_json(payload)
+    elif checked is None:
         print(
             f"exported {result.onnx_path} ({result.size_bytes / 1024**2:.2f} MiB, opset {result.opset}, "
             f"parity max |diff| {result.max_abs_diff:.1e} on {result.parity_samples} inputs) "
             f"and card {result.card_path} in {result.seconds:.1f} s"
         )
+    else:
+        print(describe_precision_export(result, checked, fp32_result))
     return 0
 
 
@@ -114,6 +173,7 @@ def register_deploy(subcommands: argparse._SubParsersAction) -> None:
         help="first benchmark the backbone pruned at a few ratios on the device and store the results",
     )
     add_device_arguments(parser)
+    add_max_int8_drop_argument(parser)
     parser.add_argument(
         "--opset",
         type=opset_arg,
@@ -127,6 +187,7 @@ def register_deploy(subcommands: argparse._SubParsersAction) -> None:
         metavar="DIR",
         help="default: runs/deploy-<profile>-<timestamp>",
     )
+    add_device_data_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(handler=run_deploy)
 
@@ -153,15 +214,17 @@ def run_deploy(args: argparse.Namespace) -> int:
     import sys
 
     from edge_smsp.deploy.session import DeployRequest, deploy
-    from edge_smsp.device_stack import device_opset
+    from edge_smsp.devices.stack import device_opset
     from edge_smsp.pool import Pool
 
     profile = profile_from_args(args)  # a bad profile or opset fails before anything slow happens
     device_opset(args.opset, profile)
     if args.image_size is None:
         args.image_size = profile.input_size
+    if args.device_data is not None:  # the task's images stay on the device: it adapts the model itself
+        return run_device_deploy(args, profile)
     check_task_args(args)
-    bench = bench_settings_from_args(args)
+    bench = bench_settings_from_args(args, profile)
     config = config_from_args(args)
     out = args.out or Path("runs") / f"deploy-{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     progress = show_progress(args)
@@ -185,6 +248,7 @@ def run_deploy(args: argparse.Namespace) -> int:
             bench=bench,
             progress=progress,
             opset=args.opset,
+            max_int8_drop_pt=args.max_int8_drop,
         )
         report = deploy(request, on_stage=announce)
     if args.json:
@@ -200,7 +264,10 @@ def run_bench(args: argparse.Namespace) -> int:
 
     profile = profile_from_args(args)
     report = bench_model(
-        profile, args.model, trust_new_host=args.trust_new_host, bench=bench_settings_from_args(args)
+        profile,
+        args.model,
+        trust_new_host=args.trust_new_host,
+        bench=bench_settings_from_args(args, profile, precision_from_profile=False),
     )
     if args.json:
         print_json(report)
@@ -246,6 +313,7 @@ def describe_deploy(report: dict[str, Any]) -> str:
             f"({100 * report['latency_error']:+.0f}%; target {report['latency_target_ms']:g} ms: {latency_verdict})",
         ),
         ("memory", memory_line),
+        ("precision", describe_precision(report)),
         ("accuracy", f"{100 * report['val_accuracy']:.2f}% on the validation split"),
         (
             "size",
@@ -272,6 +340,7 @@ def describe_deploy(report: dict[str, Any]) -> str:
                 else ""
             ),
         ),
+        ("html", str(Path(report["report_path"]).with_name("deploy_report.html"))),
     ]
     head = (
         f"deployed {report['backbone']} to {report['profile']} ({report['device_transport']}) for "

@@ -13,9 +13,9 @@ from edge_smsp.cli.args import (
     backbone_from_args,
     pretrained_from_args,
 )
-from edge_smsp.cli.common import print_json
 from edge_smsp.cli.converters import out_dir_arg, ratio_arg
-from edge_smsp.score_sources import criterion_names
+from edge_smsp.cli.output import print_json
+from edge_smsp.criteria import criterion_names
 
 
 def register(subcommands: argparse._SubParsersAction) -> None:
@@ -35,10 +35,12 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         "--ratio", type=ratio_arg, required=True, help="fraction of units removed per group, [0, 1)"
     )
     prune.add_argument(
+        "--criterion",
         "--method",
+        dest="criterion",
         choices=criterion_names(batches=False),
         required=True,
-        help="where unit scores come from",
+        help="how units are scored (--method: its old name, kept for one release)",
     )
     add_round_to_argument(prune, help_text="round kept channel counts to a multiple (1: off)")
     add_seed_argument(prune, help_text="seed of the random method")
@@ -51,7 +53,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 def models_command(args: argparse.Namespace) -> int:
     """List the backbones the zoo knows."""
-    from edge_smsp import zoo
+    from edge_smsp.models import zoo
 
     models = zoo.list_models()
     if args.json:
@@ -67,18 +69,22 @@ def models_command(args: argparse.Namespace) -> int:
 
 def prune_command(args: argparse.Namespace) -> int:
     """Load the backbone, score its units, prune, save, print the summary."""
-    from edge_smsp.importance import score_units
-    from edge_smsp.prune import prune
-    from edge_smsp.pruned_model import save_pruned
+    from edge_smsp.criteria import score_units
+    from edge_smsp.models.prune import prune
+    from edge_smsp.models.pruned_model import save_pruned
+    from edge_smsp.models.units import model_input_size
+    from edge_smsp.training import host_memory
 
     model = backbone_from_args(args)
-    scores = score_units(model, args.method, seed=args.seed)
+    size = model_input_size(model, args.image_size)
+    host_memory.check_fits(host_memory.prune_bytes(model, size), "prune", size)  # not OOM-killed at 4096 px
+    scores = score_units(model, args.criterion, seed=args.seed)
     pruned, summary = prune(model, scores, args.ratio, round_to=args.round_to)
     meta = {
         "backbone": args.backbone,
         "checkpoint": args.checkpoint,
         "pretrained": pretrained_from_args(args),
-        "method": args.method,
+        "method": args.criterion,
         "ratio": args.ratio,
         "round_to": args.round_to,
         "seed": args.seed,
@@ -87,7 +93,7 @@ def prune_command(args: argparse.Namespace) -> int:
     report = {
         "model": args.backbone,
         "ratio": args.ratio,
-        "method": args.method,
+        "method": args.criterion,
         "image_size": summary.image_size,
         "params_before": summary.params_before,
         "params_after": summary.params_after,

@@ -16,10 +16,11 @@ from edge_smsp.cli.args import (
     pool_path,
     task_from_args,
 )
-from edge_smsp.cli.common import print_json, show_progress
-from edge_smsp.cli.converters import MAX_ITERS, MAX_TASKS, int_in_range, ratio_arg
+from edge_smsp.cli.converters import MAX_ITERS, MAX_TASKS, int_in_range, path_arg, ratio_arg
+from edge_smsp.cli.output import print_json, show_progress
+from edge_smsp.core.errors import NoPoolEntriesError
+from edge_smsp.criteria import SCRATCH, criterion_names
 from edge_smsp.pool import Pool, check_pool_file
-from edge_smsp.score_sources import SCRATCH, criterion_names
 
 LOCAL_RAY = "local"  # --ray without an address: start a local Ray cluster for this build
 
@@ -59,7 +60,14 @@ def register_build(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--rounds", type=int_in_range(1, 1000), default=4, help="pruning rounds (fine-tuning between them)"
     )
-    parser.add_argument("--importance", choices=criterion_names(iterative=True), default="taylor")
+    parser.add_argument(
+        "--criterion",
+        "--importance",
+        dest="criterion",
+        choices=criterion_names(iterative=True),
+        default="taylor",
+        help="how units are scored between pruning rounds (--importance: its old name, kept for one release)",
+    )
     add_round_to_argument(parser)
     parser.add_argument(
         "--ray",
@@ -77,7 +85,7 @@ def register_build(verbs: argparse._SubParsersAction) -> None:
 def run_build(args: argparse.Namespace) -> int:
     import sys
 
-    from edge_smsp.datasets import generate_tasks
+    from edge_smsp.data.catalog import generate_tasks
 
     # Bad input fails here, before torch loads and before the pool file is made.
     class_sets = generate_tasks(
@@ -86,7 +94,7 @@ def run_build(args: argparse.Namespace) -> int:
     for classes in class_sets:
         check_task_args(args, classes)
     if args.ray is not None:  # before anything is loaded or written: a missing Ray or cluster is one line
-        from edge_smsp.smsp.ray_build import check_reachable, import_ray
+        from edge_smsp.pool.build.ray_build import check_reachable, import_ray
 
         import_ray()
         if args.ray != LOCAL_RAY:
@@ -94,14 +102,15 @@ def run_build(args: argparse.Namespace) -> int:
     path = pool_path(args)
     check_pool_file(path, create=True)
 
-    from edge_smsp import smsp
+    from edge_smsp import adaptation
+    from edge_smsp.pool import build as pool_build
 
-    config = smsp.AdaptConfig(
+    config = adaptation.AdaptConfig(
         ratio=args.ratio,
         iters=args.iters,
         method=SCRATCH,
         scratch_rounds=args.rounds,
-        scratch_importance=args.importance,
+        scratch_criterion=args.criterion,
         round_to=args.round_to,
         batch_size=args.batch_size,
         seed=args.seed,
@@ -115,7 +124,7 @@ def run_build(args: argparse.Namespace) -> int:
         if not args.json:
             print(text, file=sys.stderr, flush=True)
 
-    def report(outcome: smsp.TaskOutcome) -> None:
+    def report(outcome: pool_build.TaskOutcome) -> None:
         row = {"task_id": outcome.task.task_id, "status": outcome.status, "entry_id": outcome.entry_id}
         row["skipped"] = outcome.report is None
         if outcome.report is not None:
@@ -136,9 +145,11 @@ def run_build(args: argparse.Namespace) -> int:
     }
     with Pool(path) as pool:
         if args.ray is None:
-            added = smsp.build_pool(backbone, pool, tasks, config, progress=show_progress(args), **callbacks)
+            added = pool_build.build_pool(
+                backbone, pool, tasks, config, progress=show_progress(args), **callbacks
+            )
         else:
-            from edge_smsp.smsp.ray_build import ray_build_pool
+            from edge_smsp.pool.build.ray_build import ray_build_pool
 
             address = None if args.ray == LOCAL_RAY else args.ray
             added = ray_build_pool(
@@ -183,7 +194,9 @@ def register_index(verbs: argparse._SubParsersAction) -> None:
     )
     add_backbone_arguments(parser)
     add_pool_argument(parser)
-    parser.add_argument("--data-dir", default=None, metavar="DIR", help="where the tasks' dataset files are")
+    parser.add_argument(
+        "--data-dir", type=path_arg, default=None, metavar="DIR", help="where the tasks' dataset files are"
+    )
     add_image_size_argument(parser, None, "only entries at this input size (default: every size in the pool)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(handler=run_index)
@@ -192,13 +205,19 @@ def register_index(verbs: argparse._SubParsersAction) -> None:
 def run_index(args: argparse.Namespace) -> int:
     import sys
 
-    from edge_smsp import smsp
+    from edge_smsp.pool import build as pool_build
 
     path = pool_path(args)
     described: list[str] = []
     already = 0
     with Pool(path, create=False) as pool:
         sizes = sorted({entry.backbone.image_size for entry in pool.entries(backbone_name=args.backbone)})
+        if not sizes:  # a misspelt backbone is an error, not "0 tasks described"
+            held = sorted({entry.backbone.name for entry in pool.entries()})
+            raise NoPoolEntriesError(
+                f"pool {path} holds no entries of backbone {args.backbone!r} "
+                f"(it holds: {', '.join(held) or 'none'}); pass --backbone NAME"
+            )
         if args.image_size is not None:
             sizes = [size for size in sizes if size == args.image_size]
         for size in sizes:
@@ -210,7 +229,7 @@ def run_index(args: argparse.Namespace) -> int:
                 if not args.json and not show_progress(args):
                     print(f"described {task.task_key} ({size} px)", file=sys.stderr, flush=True)
 
-            _, skipped = smsp.index_pool(
+            _, skipped = pool_build.index_pool(
                 pool, backbone, size, data_dir=args.data_dir, progress=show_progress(args), on_task=report
             )
             already += skipped

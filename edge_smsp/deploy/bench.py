@@ -7,14 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_smsp.deploy.transport import Transport, sha256_file
+from edge_smsp.core.errors import TransportError
 from edge_smsp.device_runtime.model import read_opsets
-from edge_smsp.errors import TransportError
+from edge_smsp.devices.profiles import DeviceProfile, load_profile
 from edge_smsp.pool.measurements import DEFAULT_PRECISION, DEFAULT_RUNTIME
-from edge_smsp.profiles import DeviceProfile, load_profile
+from edge_smsp.transport.base import Transport, sha256_file
 
 if TYPE_CHECKING:
-    from edge_smsp.export import ExportResult
+    from edge_smsp.export.onnx_export import ExportResult
 
 
 MAX_BENCH_RUNS = 100_000
@@ -34,7 +34,7 @@ class BenchSettings:
     min_seconds: float = 2.0
     warmup: int = 10
     runtime: str = DEFAULT_RUNTIME
-    precision: str = DEFAULT_PRECISION
+    precision: str | None = DEFAULT_PRECISION  # None: the runtime reads it from the model's graph
 
     def __post_init__(self) -> None:
         if not 1 <= self.runs <= MAX_BENCH_RUNS:
@@ -66,8 +66,7 @@ class BenchSettings:
             ",".join(profile.providers),
             "--runtime",
             self.runtime,
-            "--precision",
-            self.precision,
+            *(["--precision", self.precision] if self.precision else []),
             # Only when batching: a runtime older than the flag still benches batch-1 models.
             *(["--batch-size", str(profile.batch_size)] if profile.batch_size > 1 else []),
         ]
@@ -135,7 +134,7 @@ def bench_model(
     bench: BenchSettings | None = None,
 ) -> dict[str, Any]:
     """Upload any ONNX file to the profile's device (verified) and return the runtime's bench report."""
-    from edge_smsp.deploy import open_transport
+    from edge_smsp.transport import open_transport
 
     profile = profile if isinstance(profile, DeviceProfile) else load_profile(profile)
     bench = bench or BenchSettings()

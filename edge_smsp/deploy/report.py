@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from edge_smsp.fileio import write_atomically
+from edge_smsp.core.fileio import write_atomically
 
 REPORT_NAME = "deploy_report.json"
 
@@ -36,7 +36,7 @@ class DeployReport:
         str  # where its runtime came from: "device" | "measurements" | "profile" | "default"
     )
     latency_model: dict[str, Any]
-    memory_model: dict[str, Any]  # edge_smsp.memory_model.MemoryModel
+    memory_model: dict[str, Any]  # edge_smsp.devices.memory_model.MemoryModel
     predicted_latency_ms: float
     predicted_memory_bytes: int
     measured: dict[str, Any]
@@ -54,7 +54,7 @@ class DeployReport:
     onnx_sha256: str
     max_abs_diff: float
     opset: int  # the ONNX opset of the shipped model
-    device_stack: dict[str, Any]  # edge_smsp.device_stack.DeviceStack: Python, engine, its opset, machine
+    device_stack: dict[str, Any]  # edge_smsp.devices.stack.DeviceStack: Python, engine, its opset, machine
     remote_model_path: str
     measurement_id: int | None
     measurement_note: str | None
@@ -65,6 +65,18 @@ class DeployReport:
     seconds: dict[str, float]
     out_dir: str
     report_path: str
+    # The numeric precision (edge_smsp.export.precision): what shipped, what was asked for (fp32|int8|fp16|auto)
+    # and planned, the accuracy gate's verdict (INT8: at most --max-int8-drop points below fp32 on the val split,
+    # both measured with onnxruntime), fp32's accuracy there, top-1 agreement with fp32, the fp32 reference file,
+    # and with auto every (ratio, precision) the planner weighed (edge_smsp.devices.precision_plan).
+    precision: str = "fp32"
+    precision_requested: str = "fp32"
+    precision_planned: str = "fp32"
+    precision_gate: dict[str, Any] | None = None
+    fp32_accuracy: float | None = None
+    agreement: dict[str, Any] | None = None
+    fp32_onnx_path: str | None = None
+    precision_plan: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

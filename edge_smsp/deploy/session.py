@@ -13,15 +13,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from edge_smsp.deploy import stages
+from edge_smsp.core.errors import ExportError
+from edge_smsp.core.fileio import checked_output_path
+from edge_smsp.deploy import steps as stages
 from edge_smsp.deploy.bench import BenchSettings, DeviceRun, bench_model, run_bench
 from edge_smsp.deploy.calibration import calibrate
+from edge_smsp.deploy.html_report import HTML_NAME, write_html_report
 from edge_smsp.deploy.report import REPORT_NAME, DeployReport, write_json_atomically
-from edge_smsp.deploy.stages import CALIBRATION_RATIOS, DeployRequest
-from edge_smsp.errors import ExportError
-from edge_smsp.fileio import checked_output_path
-from edge_smsp.planner import predict_latency_ms, predict_memory_bytes
-from edge_smsp.profiles import MIB
+from edge_smsp.deploy.steps import CALIBRATION_RATIOS, DeployRequest
+from edge_smsp.devices.planner import predict_latency_ms, predict_memory_bytes
+from edge_smsp.devices.profiles import MIB
 
 __all__ = [
     "CALIBRATION_RATIOS",
@@ -45,7 +46,9 @@ def deploy(request: DeployRequest, *, on_stage: Callable[[str], None] | None = N
         transport = stages.connect(request.profile, request.trust_new_host)
     with transport:
         with stage("device_check"):
-            device = stages.check(transport, request.profile, request.bench.timeout, request.opset)
+            device = stages.check(
+                transport, request.profile, request.bench.timeout, request.opset, request.bench.runtime
+            )
         _prepare_out_dir(request.out_dir)
         calibration: list[dict[str, Any]] = []
         if request.calibrate:
@@ -59,18 +62,22 @@ def deploy(request: DeployRequest, *, on_stage: Callable[[str], None] | None = N
             {part: adaptation.result.seconds[part] for part in ("similarity", "pruning", "finetuning")}
         )
         with stage("export"):
-            exported = stages.export(request, adaptation, device)
+            exported = stages.export(request, adaptation, device, choice)
         with stage("upload"):
             remote_model = stages.upload(transport, exported.onnx)
         with stage("bench"):
-            run = run_bench(transport, remote_model, exported.onnx, device.profile, request.bench)
+            # Benched in the precision that shipped (fp32 when the INT8 gate failed), so it is stored under it.
+            bench = dataclasses.replace(request.bench, precision=exported.shipped_precision)
+            run = run_bench(transport, remote_model, exported.onnx, device.profile, bench)
     recorded = stages.record(
         request.pool, device.profile, request.backbone_name, choice.ratio, exported.cost, run, request.task
     )
     timings["total"] = time.perf_counter() - started
     report = _report(request, device, choice, adaptation, exported, remote_model, run, recorded, calibration)
     report.seconds.update({key: round(value, 3) for key, value in timings.items()})
-    write_json_atomically(request.out_dir / REPORT_NAME, report.to_dict())
+    payload = report.to_dict()
+    write_json_atomically(request.out_dir / REPORT_NAME, payload)
+    write_html_report(request.out_dir / HTML_NAME, [payload])
     return report
 
 
@@ -134,6 +141,14 @@ def _report(
         seconds={},
         out_dir=str(request.out_dir),
         report_path=str(request.out_dir / REPORT_NAME),
+        precision=exported.shipped_precision,
+        precision_requested=request.precision_requested,
+        precision_planned=choice.precision,
+        precision_gate=None if exported.precision is None else exported.precision.gate.to_dict(),
+        fp32_accuracy=None if exported.precision is None else exported.precision.fp32_accuracy,
+        agreement=None if exported.precision is None else exported.precision.agreement,
+        fp32_onnx_path=None if exported.fp32_onnx is None else str(exported.fp32_onnx.onnx_path),
+        precision_plan=None if choice.joint is None else choice.joint.to_dict(),
         extra={
             "init": result.init,
             "recipe": result.config.recipe,

@@ -20,7 +20,7 @@ from edge_smsp.pool.claims import (
     Writer,
     claiming_writer,
 )
-from edge_smsp.pool.descriptors import DescriptorStore, SketchRows
+from edge_smsp.pool.descriptor_store import DescriptorStore, SketchRows
 from edge_smsp.pool.entries import PoolEntry
 from edge_smsp.pool.entry_data import NewEntry, new_entry
 from edge_smsp.pool.measurements import (

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from edge_smsp.errors import PoolError
+from edge_smsp.core.errors import PoolError
 from edge_smsp.pool.entries import EntryStore
 from edge_smsp.pool.entry_data import NewEntry
 from edge_smsp.pool.records import BuildKey

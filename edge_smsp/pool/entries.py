@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_smsp.errors import PoolError
-from edge_smsp.fileio import write_atomically
+from edge_smsp.core.errors import PoolError
+from edge_smsp.core.fileio import write_atomically
 from edge_smsp.pool.entry_data import NewEntry, check_plain_name, decode_arrays, new_entry
 from edge_smsp.pool.records import BackboneRecord, BuildKey, TaskRecord, entry_ratio
 from edge_smsp.pool.store import PoolStore, now
@@ -101,6 +101,26 @@ class EntryStore(PoolStore):
                     )
                 self._db.execute("DELETE FROM entries WHERE id = ?", (existing,))
             return self._insert_entry(entry)
+
+    def commit_replacing(self, entry: NewEntry, replacing: int | None) -> int:
+        """Store an entry in place of `replacing`, the id its key held when the run making it began (None: none),
+        in one transaction; returns its id. PoolError, storing nothing, when another run stored the key meanwhile:
+        that entry is kept, so of two concurrent runs neither reports an id the other deleted."""
+        with self._write():
+            existing = self._entry_id(entry.key)
+            if existing is not None and existing != replacing:
+                raise PoolError(
+                    f"pool {self.path}: another run stored entry {existing} for task {entry.task.task_key} "
+                    f"({entry.backbone.name}, ratio {entry.ratio}, {entry.method}, {entry.iters} iters) while "
+                    "this one ran; that entry is kept and this one was not stored (a new run replaces it)"
+                )
+            if existing is not None:
+                self._db.execute("DELETE FROM entries WHERE id = ?", (existing,))
+            return self._insert_entry(entry)
+
+    def entry_id(self, key: BuildKey) -> int | None:
+        """The id of the entry that fills a build key, if any."""
+        return self._entry_id(key)
 
     def _insert_entry(self, entry: NewEntry) -> int:
         """Insert an entry and its files; the caller holds the write transaction and checked the key is free."""

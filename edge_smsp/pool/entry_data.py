@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import json
+import struct
 import zipfile
 import zlib
 from collections.abc import Mapping
@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from edge_smsp.errors import PoolError
+from edge_smsp.core.documents import DocumentError, load_json
+from edge_smsp.core.errors import PoolError
 from edge_smsp.pool.records import (
     BackboneRecord,
     BuildKey,
@@ -77,13 +78,59 @@ def encode_arrays(arrays: dict[str, np.ndarray], what: str) -> bytes:
     return buffer.getvalue()
 
 
+MAX_ARRAY_BYTES = 256 << 20  # one decoded mask or score array (a large ViT's are a few hundred KB)
+
+
 def decode_arrays(blob: bytes, what: str, path: Path) -> dict[str, np.ndarray]:
-    """The arrays of an .npz BLOB (no pickle); PoolError naming the damage otherwise."""
+    """The arrays of an .npz BLOB (no pickle); PoolError naming the damage otherwise. Every array's header is
+    checked against its stored size before anything is allocated: a 1 KB row claiming a 1e12-element shape is
+    damage, not an allocation."""
     try:
+        check_npz_shapes(blob)
         with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error) as error:
-        raise PoolError(f"pool {path}: {what} cannot be decoded ({error}); the database is damaged") from None
+    # Found by fuzzing (tests/test_fuzz_inputs.py): an encrypted-member flag (RuntimeError), an unknown compression
+    # method (NotImplementedError), a truncated header (struct.error, IndexError).
+    except (
+        ValueError,
+        OSError,
+        EOFError,
+        KeyError,
+        RuntimeError,
+        NotImplementedError,
+        IndexError,
+        struct.error,
+        zipfile.BadZipFile,
+        zlib.error,
+    ) as error:
+        detail = " ".join(str(error).split())[:200]
+        raise PoolError(
+            f"pool {path}: {what} cannot be decoded ({detail}); the database is damaged"
+        ) from None
+
+
+def check_npz_shapes(blob: bytes) -> None:
+    """ValueError when an .npz member's header claims more data than the member holds (or than MAX_ARRAY_BYTES),
+    or an object dtype; read from the headers only."""
+    with zipfile.ZipFile(io.BytesIO(blob)) as archive:
+        for info in archive.infolist():
+            if info.file_size > MAX_ARRAY_BYTES:
+                raise ValueError(f"{info.filename} claims {info.file_size:,} bytes")
+            with archive.open(info) as member:
+                version = np.lib.format.read_magic(member)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(member)
+                else:
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(member)
+            if dtype.hasobject:
+                raise ValueError(f"{info.filename} holds Python objects")
+            count = 1
+            for dimension in shape:
+                count *= int(dimension)
+            if count * dtype.itemsize > info.file_size:
+                raise ValueError(
+                    f"{info.filename}'s header claims shape {shape}, more than its {info.file_size:,} bytes"
+                )
 
 
 def collect_model_files(
@@ -185,9 +232,9 @@ class NewEntry:
                 if scores is None
                 else decode_arrays(scores, "scores from a build worker", Path("<worker>")),
                 model_files=wire["files"],
-                extra=json.loads(wire["extra"]),
+                extra=load_json(wire["extra"]),
             )
-        except (KeyError, TypeError, ValueError) as error:
+        except (KeyError, TypeError, ValueError, DocumentError) as error:
             raise PoolError(f"a build worker sent a malformed entry: {error}") from None
 
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from edge_smsp.errors import PoolError
+from edge_smsp.core.errors import PoolError
+from edge_smsp.core.precisions import DEFAULT_PRECISION
+from edge_smsp.core.ratio import canonical_ratio
+from edge_smsp.device_runtime.backends import DEFAULT_BACKEND as DEFAULT_RUNTIME
 from edge_smsp.pool.store import PoolStore, dumps, now
-from edge_smsp.ratio import canonical_ratio
 
-DEFAULT_RUNTIME = "onnxruntime"
-DEFAULT_PRECISION = "fp32"
 _COLUMNS = (
     "device",
     "backbone",
@@ -28,6 +28,7 @@ _COLUMNS = (
     "peak_rss_mib",
     "runtime",
     "precision",
+    "adapt_peak_rss_mib",
 )
 
 
@@ -47,6 +48,7 @@ class DeviceMeasurement:
     peak_rss_mib: float | None = None
     runtime: str = DEFAULT_RUNTIME  # the device runtime that ran the model
     precision: str = DEFAULT_PRECISION  # the numeric precision it ran in
+    adapt_peak_rss_mib: float | None = None  # the on-device adaptation's peak (deploy --device-data)
     report: dict[str, Any] = field(default_factory=dict, compare=False)
     id: int | None = None
     created: str | None = None
@@ -81,6 +83,7 @@ class MeasurementStore(PoolStore):
             None if m.peak_rss_mib is None else float(m.peak_rss_mib),
             m.runtime,
             m.precision,
+            None if m.adapt_peak_rss_mib is None else float(m.adapt_peak_rss_mib),
         )
         with self._write():
             cursor = self._db.execute(

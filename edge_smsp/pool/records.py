@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from edge_smsp.errors import PoolError
-from edge_smsp.ratio import canonical_ratio
+from edge_smsp.core.errors import PoolError
+from edge_smsp.core.ratio import canonical_ratio
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ migrated pool and a fresh one are the same database.
 
 from __future__ import annotations
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 BASE_VERSION = 1
 
 BASE_SCHEMA = """
@@ -85,7 +85,7 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         "CREATE INDEX measurements_by_device ON device_measurements"
         " (device, backbone, image_size, runtime, precision)",
     ),
-    # Task descriptors (edge_smsp.pool.descriptors): per task and backbone, the class prototypes of the unpruned
+    # Task descriptors (edge_smsp.pool.descriptor_store): per task and backbone, the class prototypes of the unpruned
     # backbone (float16 [rows, width]) and their sketch for the vector search, plus per backbone the running sum
     # of every stored prototype row (their mean is the origin similarity is measured from).
     2: (
@@ -123,6 +123,9 @@ MIGRATIONS: dict[int, tuple[str, ...]] = {
         " expires REAL NOT NULL,"
         " PRIMARY KEY (task_key, weights_hash, image_size, ratio, method, iters))",
     ),
+    # The peak resident memory of the on-device adaptation (`deploy --device-data`) that produced the measured
+    # model, beside its inference peak; NULL for models adapted on the host.
+    4: ("ALTER TABLE device_measurements ADD COLUMN adapt_peak_rss_mib REAL",),
 }
 
 

@@ -17,8 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from edge_smsp.errors import OutputPathError, PoolError
-from edge_smsp.fileio import checked_output_path
+from edge_smsp.core.documents import DocumentError, load_json
+from edge_smsp.core.errors import OutputPathError, PoolError
+from edge_smsp.core.fileio import checked_output_path
+from edge_smsp.core.paths import expand_user
 from edge_smsp.pool.schema import BASE_SCHEMA, BASE_VERSION, MIGRATIONS, SCHEMA_VERSION, statements
 
 POOL_ENV_VAR = "EDGE_SMSP_POOL"
@@ -37,7 +39,8 @@ def default_pool_path() -> Path:
     """$EDGE_SMSP_POOL if set, else ~/.cache/edge-smsp/pool.sqlite."""
     override = os.environ.get(POOL_ENV_VAR)
     if override:
-        return Path(override).expanduser()
+        # Never raises (help texts show it): a '~nosuchuser/p' is refused when the pool is opened.
+        return Path(os.path.expanduser(override))
     return Path.home() / ".cache" / "edge-smsp" / "pool.sqlite"
 
 
@@ -51,23 +54,29 @@ class PoolStore:
         check: Literal["quick", "full", "none"] = "quick",
         *,
         lazy: bool = False,
+        read_only: bool = False,
     ) -> None:
         """Open (or with create=True, create) the pool; check is "quick", "full" or "none" integrity checking.
         A pool of an older schema version is migrated in place. With lazy=True a missing pool is created on
-        first use, so that a command failing before it needs the pool leaves no file behind."""
+        first use, so that a command failing before it needs the pool leaves no file behind. A pool that cannot
+        be written (a read-only file system, no permission), or any with read_only=True, opens read-only: it is
+        read as usual, and a write raises a PoolError saying it is read-only."""
         if check not in ("quick", "full", "none"):
             raise ValueError(f"check must be 'quick', 'full' or 'none', got {check!r}")
-        self.path = Path(path).expanduser() if path is not None else default_pool_path()
+        self.path = expand_user(path if path is not None else default_pool_path())
         self._connection: sqlite3.Connection | None = None
         self._file_id = (0, 0)
         self._closed = False
         self._check = check
+        self.read_only_reason: str | None = "opened read-only" if read_only else None
         self._check_file(create)
         if not (lazy and create and not self.path.exists()):
             self._open(create)
 
     def _open(self, create: bool) -> None:
-        if create:
+        if self.read_only_reason is None and self.path.exists():
+            self.read_only_reason = _unwritable(self.path)
+        if create and self.read_only_reason is None:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as error:
@@ -81,7 +90,8 @@ class PoolStore:
         try:
             self._validate(self._check)
             self._ensure_schema(create)
-            self._pragma("journal_mode=WAL")
+            if self.read_only_reason is None:
+                self._pragma("journal_mode=WAL")
         except BaseException:
             self.close()
             raise
@@ -140,8 +150,8 @@ class PoolStore:
         """A JSON column's value (a list or a dict); PoolError when the stored text is not one (a damaged or
         hand-edited file)."""
         try:
-            value = json.loads(text)
-        except (TypeError, ValueError):
+            value = load_json(text)  # bounded: a row nested 100,000 deep or with NaN is damage, not a crash
+        except (TypeError, DocumentError):
             value = None
         if not isinstance(value, kind):
             raise PoolError(
@@ -169,6 +179,7 @@ class PoolStore:
     @contextlib.contextmanager
     def _write(self) -> Iterator[None]:
         """One IMMEDIATE transaction: takes the write lock up front so concurrent writers wait, not fail."""
+        self.check_writable()
         with self._errors():
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -183,6 +194,16 @@ class PoolStore:
     def _fix_hint(self) -> str:
         return _fix_hint(self.path)
 
+    def check_writable(self) -> None:
+        """PoolError unless this pool can be written: to refuse a command before its work, not after."""
+        if self.read_only_reason is None and self._connection is None and self.path.exists():
+            self.read_only_reason = _unwritable(self.path)  # a lazy pool not opened yet
+        if self.read_only_reason is not None:
+            raise PoolError(
+                f"pool {self.path} is read-only ({self.read_only_reason}): nothing can be stored in it; "
+                "pass --pool PATH naming a pool you can write"
+            )
+
     # --- opening ---------------------------------------------------------------------------------------------
 
     def _check_file(self, create: bool) -> None:
@@ -194,6 +215,12 @@ class PoolStore:
 
     def _connect(self, create: bool) -> sqlite3.Connection:
         mode = "rwc" if create else "rw"
+        if self.read_only_reason is not None:
+            # A WAL pool read without its -shm file (none left after a clean close, and none can be made on a
+            # read-only file system or in a folder one may not write) must be opened as immutable.
+            shm = Path(f"{self.path}-shm")
+            mode = "ro" if shm.exists() or os.access(self.path.parent, os.W_OK) else "ro&immutable=1"
+            mode = "ro&immutable=1" if _read_only_file_system(self.path) else mode
         uri = f"file:{_quote_uri_path(self.path.absolute())}?mode={mode}"
         try:
             connection = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None)
@@ -208,7 +235,11 @@ class PoolStore:
             connection.execute(f"PRAGMA journal_size_limit = {64 * 1024 * 1024}")
         except sqlite3.Error as error:
             connection.close()
-            raise PoolError(f"cannot open pool {self.path}: {error}; {self._fix_hint()}") from None
+            # Only a damaged file is worth rebuilding; a file that cannot be opened (permissions) is not one.
+            hint = (
+                "" if "unable to open" in str(error) or "readonly" in str(error) else f"; {self._fix_hint()}"
+            )
+            raise PoolError(f"cannot open pool {self.path}: {error}{hint}") from None
         return connection
 
     def _pragma(self, statement: str) -> None:
@@ -232,6 +263,12 @@ class PoolStore:
             )
         if versions is not None and self._version(versions) == SCHEMA_VERSION:
             return
+        if self.read_only_reason is not None:
+            raise PoolError(
+                f"pool {self.path} has schema version {versions and versions[0]} (this edge-smsp reads "
+                f"{SCHEMA_VERSION}) and is read-only ({self.read_only_reason}): open it once where it can be "
+                "written, which upgrades it in place"
+            )
         with self._write():
             # Re-read under the write lock: another process may have created or migrated the schema meanwhile.
             versions = self._schema_versions()
@@ -307,6 +344,25 @@ def check_pool_file(path: Path, *, create: bool = False) -> None:
             checked_output_path(path, directory=False)
         except OutputPathError as error:
             raise PoolError(f"cannot create the pool: {error}") from None
+
+
+def _read_only_file_system(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why this process cannot write the pool file at `path` (SQLite writes the file and, in WAL mode, makes
+    files beside it), or None. Root passes every permission check: only a read-only file system stops it."""
+    if _read_only_file_system(path):
+        return "on a read-only file system"
+    if not os.access(path, os.W_OK):
+        return "no permission to write the file"
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        return f"no permission to write its folder {path.parent}"
+    return None
 
 
 def _file_id(path: Path) -> tuple[int, int]:

@@ -1,4 +1,4 @@
-"""python -m edge_smsp_runtime {bench,infer,finetune,info}: one JSON report on stdout, one-line errors, exit 2."""
+"""python -m edge_smsp_runtime {bench,infer,finetune,adapt,describe,scan,probe,info}: one JSON report on stdout, one-line errors, exit 2."""
 
 import argparse
 import json
@@ -22,21 +22,31 @@ class _OneLineParser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _int_at_least(minimum: int) -> Callable[[str], int]:
+def _int_in(minimum: int, maximum: int) -> Callable[[str], int]:
+    """Integers in [minimum, maximum]: every count bounded (the host's bounds), so that none hangs or crashes."""
+
     def parse(text: str) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {value}")
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text[:60]!r}") from None
+        if not minimum <= value <= maximum:
+            shown = str(value) if len(str(value)) <= 30 else f"{str(value)[:30]}..."
+            raise argparse.ArgumentTypeError(
+                f"expected an integer from {minimum:,} to {maximum:,}, got {shown}"
+            )
         return value
 
     return parse
 
 
-_nonnegative_int = _int_at_least(0)
-_positive_int = _int_at_least(1)
+# The host's bounds (edge_smsp.cli.converters, edge_smsp.deploy.bench, device profiles).
+_nonnegative_int = _int_in(0, 1000000)
+_positive_int = _int_in(1, 1000000)
+_threads = _int_in(0, 256)  # a profile's threads: 1-256
+_runs = _int_in(0, 100000)  # MAX_BENCH_RUNS
+_seed = _int_in(0, 2**32 - 1)  # what numpy's and torch's generators both take
+_batch = _int_in(1, 4096)  # MAX_BATCH_SIZE
 
 
 def _number_in(low: float, high: float) -> Callable[[str], float]:
@@ -52,7 +62,7 @@ def _number_in(low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
-_seconds = _number_in(0.0, 86400.0)
+_seconds = _number_in(0.0, 3600.0)  # MAX_BENCH_SECONDS
 
 
 def _add_runtime_option(parser: argparse.ArgumentParser) -> None:
@@ -67,9 +77,11 @@ def _add_runtime_option(parser: argparse.ArgumentParser) -> None:
 def _add_session_options(parser: argparse.ArgumentParser) -> None:
     _add_runtime_option(parser)
     parser.add_argument(
-        "--precision", default=None, help="numeric precision (default: the runtime's first, fp32)"
+        "--precision",
+        default=None,
+        help="the precision the model must be in: fp32, int8 or fp16 (default: read from its graph)",
     )
-    parser.add_argument("--threads", type=_nonnegative_int, default=0, help="intra-op threads (0 = default)")
+    parser.add_argument("--threads", type=_threads, default=0, help="intra-op threads (0 = default)")
     parser.add_argument(
         "--providers",
         default="CPUExecutionProvider",
@@ -87,13 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="latency, throughput and memory of a model (batch 1 by default)"
     )
     bench.add_argument("--model", required=True, help="ONNX file")
-    bench.add_argument("--warmup", type=_nonnegative_int, default=10, help="warm-up runs, at least 10")
-    bench.add_argument("--runs", type=_nonnegative_int, default=100, help="timed runs, at least")
+    bench.add_argument("--warmup", type=_runs, default=10, help="warm-up runs, at least 10")
+    bench.add_argument("--runs", type=_runs, default=100, help="timed runs, at least")
     bench.add_argument("--min-seconds", type=_seconds, default=1.0, help="timed seconds, at least")
-    bench.add_argument("--seed", type=int, default=0, help="seed of the fixed random inputs")
+    bench.add_argument("--seed", type=_seed, default=0, help="seed of the fixed random inputs")
     bench.add_argument(
         "--batch-size",
-        type=_positive_int,
+        type=_int_in(1, 1024),  # a profile's batch_size
         default=None,
         help="images per run (a dynamic-batch model; default: the model's fixed batch, else 1)",
     )
@@ -116,13 +128,73 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--data", required=True, help="ImageFolder: one sub-directory of images per class")
     finetune.add_argument("--iters", type=_nonnegative_int, required=True)
     finetune.add_argument("--out", default=None, help="output directory (default MODEL_DIR/finetuned)")
-    finetune.add_argument("--batch-size", type=_nonnegative_int, default=16)
+    finetune.add_argument("--batch-size", type=_batch, default=16)
     finetune.add_argument("--lr", type=_number_in(1e-12, 100.0), default=0.01)
     finetune.add_argument("--val-fraction", type=_number_in(0.0, 0.99), default=0.2)
     finetune.add_argument("--max-per-class", type=_nonnegative_int, default=500)
-    finetune.add_argument("--seed", type=int, default=0)
-    finetune.add_argument("--bench-runs", type=_nonnegative_int, default=50)
+    finetune.add_argument("--seed", type=_seed, default=0)
+    finetune.add_argument("--bench-runs", type=_runs, default=50)
     _add_session_options(finetune)
+
+    adapt = commands.add_parser(
+        "adapt", help="adapt a bundle's model to an image folder with numpy + onnxruntime (no torch)"
+    )
+    adapt.add_argument("--model", required=True, help="BUNDLE/model.onnx of an adaptable bundle (or BUNDLE)")
+    adapt.add_argument(
+        "--data", required=True, help="ImageFolder: train/ and val/ of class folders, or class folders"
+    )
+    adapt.add_argument(
+        "--iters", type=_nonnegative_int, required=True, help="SGD steps after BN and imprinting"
+    )
+    adapt.add_argument("--out", required=True, help="the adapted ONNX file to write")
+    adapt.add_argument(
+        "--trainable-blocks",
+        type=_nonnegative_int,
+        default=None,
+        help="train after the bundle's K-th cut, last first (0: the classifier alone; default 6)",
+    )
+    adapt.add_argument("--batch-size", type=_batch, default=128)
+    adapt.add_argument("--lr", type=_number_in(1e-12, 100.0), default=None, help="default 0.01 x batch / 32")
+    adapt.add_argument("--seed", type=_seed, default=0)
+    adapt.add_argument(
+        "--sample", type=_positive_int, default=512, help="images for BN statistics and imprinting"
+    )
+    adapt.add_argument("--val-fraction", type=_number_in(0.0, 0.99), default=0.2)
+    adapt.add_argument(
+        "--max-per-class",
+        type=_positive_int,
+        default=None,
+        help="at most N training and N validation images per class (seeded; default: all)",
+    )
+    adapt.add_argument("--threads", type=_threads, default=0, help="threads (0 = default)")
+
+    describe = commands.add_parser(
+        "describe", help="class prototypes of a feature graph over an image folder (the task descriptor)"
+    )
+    describe.add_argument("--model", required=True, help="feature graph: images -> penultimate features")
+    describe.add_argument("--data", required=True, help="ImageFolder, as adapt reads it")
+    describe.add_argument("--sample", type=_positive_int, default=512, help="class-balanced images in all")
+    describe.add_argument("--seed", type=_seed, default=0)
+    describe.add_argument("--val-fraction", type=_number_in(0.0, 0.99), default=0.2)
+    describe.add_argument("--threads", type=_threads, default=0, help="intra-op threads (0 = default)")
+
+    scan = commands.add_parser(
+        "scan", help="class names and image counts of an image folder, every image decoded once"
+    )
+    scan.add_argument("--data", required=True, help="ImageFolder, as adapt reads it")
+    scan.add_argument("--seed", type=_seed, default=0)
+    scan.add_argument("--val-fraction", type=_number_in(0.0, 0.99), default=0.2)
+    scan.add_argument("--threads", type=_threads, default=0, help=argparse.SUPPRESS)
+
+    probe = commands.add_parser(
+        "probe", help="nearest-class-mean accuracy of candidate feature graphs over an image folder"
+    )
+    probe.add_argument("--models", required=True, nargs="+", help="feature graphs: images -> features")
+    probe.add_argument("--data", required=True, help="ImageFolder, as adapt reads it")
+    probe.add_argument("--sample", type=_positive_int, default=512, help="class-balanced images in all")
+    probe.add_argument("--seed", type=_seed, default=0)
+    probe.add_argument("--val-fraction", type=_number_in(0.0, 0.99), default=0.2)
+    probe.add_argument("--threads", type=_threads, default=0, help="intra-op threads (0 = default)")
 
     info = commands.add_parser("info", help="versions, the highest ONNX opset the runtime runs, device facts")
     _add_runtime_option(info)
@@ -133,6 +205,7 @@ def _info(runtime: Optional[str]) -> Dict[str, Any]:
     from .backends import get_backend
     from .device import current_rss_mib, device_facts
     from .model import import_numpy
+    from .precision import device_precisions, provider_precisions
 
     numpy = import_numpy()
     backend = get_backend(runtime)
@@ -145,7 +218,9 @@ def _info(runtime: Optional[str]) -> Dict[str, Any]:
         "runtimes": backend_names(),
         "engine_version": backend.version(),
         "max_opset": backend.max_opset(),
-        "precisions": list(backend.precisions),
+        # The precisions this device's providers run natively (CPU: fp32, int8; CUDA adds fp16), overall and each.
+        "precisions": device_precisions(backend.available_providers()),
+        "provider_precisions": provider_precisions(backend.available_providers()),
         "python_version": platform.python_version(),
         "numpy_version": numpy.__version__,
         "available_providers": backend.available_providers(),
@@ -156,12 +231,55 @@ def _info(runtime: Optional[str]) -> Dict[str, Any]:
     return report
 
 
+def _run_light(args: argparse.Namespace) -> Dict[str, Any]:
+    """adapt and describe: numpy + onnxruntime only; --threads also caps numpy's BLAS when not yet loaded."""
+    if args.threads and "numpy" not in sys.modules:
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = str(args.threads)
+    if args.command == "scan":
+        from .probe import run_scan
+
+        return run_scan(args.data, seed=args.seed, val_fraction=args.val_fraction)
+    if args.command == "probe":
+        from .probe import run_probe
+
+        return run_probe(
+            args.models, args.data, sample=args.sample, seed=args.seed, val_fraction=args.val_fraction,
+            threads=args.threads,
+        )  # fmt: skip
+    if args.command == "describe":
+        from .describe import run_describe
+
+        return run_describe(
+            args.model, args.data, sample=args.sample, seed=args.seed, val_fraction=args.val_fraction,
+            threads=args.threads,
+        )  # fmt: skip
+    from .adapt import run_adapt
+
+    return run_adapt(
+        args.model,
+        args.data,
+        iters=args.iters,
+        out_path=args.out,
+        trainable_blocks=args.trainable_blocks,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        seed=args.seed,
+        sample=args.sample,
+        val_fraction=args.val_fraction,
+        max_per_class=args.max_per_class,
+        threads=args.threads,
+    )
+
+
 def run_command(args: argparse.Namespace) -> Dict[str, Any]:
     """Dispatch a parsed command line to the library; returns the JSON report."""
     from .model import parse_providers
 
     if args.command == "info":
         return _info(args.runtime)
+    if args.command in ("adapt", "describe", "scan", "probe"):
+        return _run_light(args)
     providers = parse_providers(args.providers)
     if args.command == "bench":
         from .bench import run_bench

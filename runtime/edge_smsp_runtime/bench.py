@@ -18,6 +18,7 @@ from .model import (
     read_opsets,
     seeded_feeds,
 )
+from .precision import device_precisions, fallback
 
 MIN_WARMUP_RUNS = 10
 
@@ -40,6 +41,20 @@ def latency_summary(latencies_ns: List[int]) -> Dict[str, float]:
         "max": _ms(values.max()),
         "std": _ms(values.std()),
     }
+
+
+def latency_histogram(latencies_ns: List[int], bins: int = 24) -> Dict[str, List[float]]:
+    """Run counts in equal-width latency bins from the fastest to the 99th percentile (slower runs fall in the
+    last bin), in milliseconds: the distribution the report plots, in a few hundred bytes."""
+    np = import_numpy()
+    values = np.asarray(latencies_ns, dtype=np.float64) / 1e6
+    if values.size == 0:
+        return {"edges": [], "counts": []}
+    low, high = float(values.min()), float(np.percentile(values, 99))
+    if not high > low:
+        high = low + 1e-3
+    counts, edges = np.histogram(np.clip(values, low, high), bins=bins, range=(low, high))
+    return {"edges": [round(float(edge), 4) for edge in edges], "counts": [int(count) for count in counts]}
 
 
 def run_bench(
@@ -139,9 +154,14 @@ def run_bench(
         "providers_requested": requested,
         "providers_unavailable": skipped,
         "providers": session.providers(),
+        # Requested accelerators the session does not run on (missing from this build, or refused by the engine).
+        "fallback": fallback(requested, session.providers()),
+        # Whether the provider it runs on has kernels for the model's precision (fp16 on a CPU is cast to fp32).
+        "precision_native": session.precision in device_precisions(session.providers()[:1]),
         "session_creation_ms": _ms(session_creation_ns),
         "first_inference_ms": _ms(first_inference_ns),
         "latency_ms": latency_summary(latencies),
+        "latency_histogram_ms": latency_histogram(latencies),
         "measured_seconds": round(measured_ns / 1e9, 6),
         # Images per second: each timed run classifies one batch.
         "throughput_ips": round(len(latencies) * run_batch / (measured_ns / 1e9), 3) if measured_ns else None,

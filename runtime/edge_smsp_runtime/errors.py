@@ -13,4 +13,6 @@ MAX_MESSAGE = 1000  # characters: an error names what is wrong, it never quotes 
 def one_line(error: "Union[BaseException, str]") -> str:
     """An exception's (or any) message squeezed onto one line (onnxruntime's span several), cut short."""
     line = " ".join(str(error).split()) or type(error).__name__
+    if not line.isprintable():  # terminal escape codes in a file name are shown, never sent to the terminal
+        line = "".join(char if char.isprintable() else repr(char)[1:-1] for char in line)
     return line if len(line) <= MAX_MESSAGE else line[: MAX_MESSAGE - 3] + "..."

@@ -19,7 +19,8 @@ def _import_training_stack() -> Tuple[Any, Any, Any, Any]:
     except ImportError:
         raise RuntimeToolError("finetune needs PyTorch on the device: pip install torch") from None
     try:
-        from edge_smsp import export, prune, pruned_model
+        from edge_smsp.export import onnx_export as export
+        from edge_smsp.models import prune, pruned_model
     except ImportError:
         raise RuntimeToolError(
             "finetune needs the edge-smsp package on the device: pip install edge-smsp "
@@ -74,8 +75,18 @@ def run_finetune(
         raise RuntimeToolError("--iters must be at least 1")
     if not 0.0 <= val_fraction < 1.0:
         raise RuntimeToolError("--val-fraction must be in [0, 1)")
+    # Every option is checked before the training: nothing is written and then refused.
+    if batch_size < 1:
+        raise RuntimeToolError("--batch-size must be at least 1")
+    if bench_runs < 1:
+        raise RuntimeToolError("--bench-runs must be at least 1")
+    out = out_dir or os.path.join(model_dir, "finetuned")
+    if os.path.realpath(out) == os.path.realpath(model_dir):
+        raise RuntimeToolError(
+            f"--out {out} is the input model's directory: it would overwrite the input; name another directory"
+        )
     torch, prune, pruned_model, export = _import_training_stack()
-    from edge_smsp.onnx_metadata import metadata_from_pruned
+    from edge_smsp.export.metadata import metadata_from_pruned
 
     np = import_numpy()
     if threads:
@@ -122,7 +133,6 @@ def run_finetune(
             predictions = model(images[val_index]).argmax(dim=1)
         val_accuracy = float((predictions == targets[val_index]).float().mean())
 
-    out = out_dir or os.path.join(model_dir, "finetuned")
     updated = dict(meta, class_names=classes, num_classes=len(classes))
     pruned_model.save_pruned(model, out, updated)
     onnx_path = os.path.join(out, "model.onnx")

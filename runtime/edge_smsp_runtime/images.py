@@ -7,6 +7,9 @@ from .errors import RuntimeToolError, one_line
 from .model import import_numpy
 
 PILLOW_HINT = "pip install pillow"
+# Decompression bombs: an 83-byte PNG may claim 100,000 x 100,000 pixels. Checked on the header, before decoding.
+MAX_PIXELS = 50000000
+CHUNK_VALUES = 1 << 22  # float32 values a resize step gathers at once (16 MiB)
 
 
 def _have_pillow() -> bool:
@@ -17,16 +20,57 @@ def _have_pillow() -> bool:
     return True
 
 
-def _scale_to_unit(array: Any) -> Any:
-    """Pixels as float32 in [0, 1] from uint8/uint16/bool/float arrays (floats are taken as already scaled)."""
+def _scale_to_unit(array: Any, path: str = "image") -> Any:
+    """Pixels as float32 in [0, 1]: uint8 and uint16 by their range, other integers as 8-bit (0-255) or 16-bit
+    (0-65535) levels by their largest value, bools as 0/1, floats taken as already scaled but finite."""
     np = import_numpy()
     if array.dtype == np.uint8:
         return array.astype(np.float32) / 255.0
     if array.dtype == np.uint16:
         return array.astype(np.float32) / 65535.0
-    if array.dtype == np.bool_ or array.dtype.kind in "fiu":
+    if array.dtype == np.bool_:
         return array.astype(np.float32)
-    raise RuntimeToolError(f"unsupported pixel type {array.dtype}")
+    if array.dtype.kind in "iu":
+        low, high = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        if low < 0 or high > 65535:
+            raise RuntimeToolError(
+                f"{path}: integer pixels must be 8-bit (0-255) or 16-bit (0-65535) levels, got {low} to {high}"
+            )
+        return array.astype(np.float32) / (255.0 if high <= 255 else 65535.0)
+    if array.dtype.kind == "f":
+        if not np.all(np.isfinite(array)):
+            raise RuntimeToolError(f"{path}: the image holds NaN or infinite pixels")
+        return array.astype(np.float32)
+    raise RuntimeToolError(f"{path}: unsupported pixel type {array.dtype}")
+
+
+def check_pixels(height: int, width: int, path: str) -> None:
+    """RuntimeToolError for an image larger than MAX_PIXELS (read from its header: nothing is decoded yet)."""
+    if height * width > MAX_PIXELS:
+        raise RuntimeToolError(
+            f"{path}: {width} x {height} pixels, more than the {MAX_PIXELS:,} an image may have "
+            "(a decompression bomb?)"
+        )
+
+
+def _read_npy(path: str) -> Any:
+    """A .npy image: its header's shape and type checked before the pixels are read (no pickle)."""
+    np = import_numpy()
+    try:
+        with open(path, "rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+        if dtype.hasobject:
+            raise RuntimeToolError(f"cannot read {path}: it holds Python objects, not pixels")
+        if len(shape) in (2, 3):
+            spatial = shape[:2] if len(shape) == 2 or shape[-1] in (1, 3, 4) else shape[1:]
+            check_pixels(int(spatial[0]), int(spatial[1]), path)
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as error:
+        raise RuntimeToolError(f"cannot read {path}: {one_line(error)}") from None
 
 
 def _to_hwc(array: Any, path: str) -> Any:
@@ -71,6 +115,7 @@ def _read_netpbm(path: str) -> Any:
         raise RuntimeToolError(f"{path}: malformed PGM/PPM header") from None
     if width <= 0 or height <= 0 or not 0 < maxval < 65536:
         raise RuntimeToolError(f"{path}: malformed PGM/PPM header")
+    check_pixels(height, width, path)
     channels = 3 if magic == b"P6" else 1
     dtype = np.dtype(np.uint8) if maxval < 256 else np.dtype(">u2")
     count = width * height * channels
@@ -86,26 +131,23 @@ def _read_pillow(path: str) -> Any:
 
     try:
         with Image.open(path) as image:
+            check_pixels(image.size[1], image.size[0], path)
             if image.mode in ("I;16", "I;16B", "I;16L"):
                 return np.asarray(image, dtype=np.float32)[:, :, None] / 65535.0
             converted = image.convert("L" if image.mode in ("1", "L", "LA", "I", "F") else "RGB")
             array = np.asarray(converted, dtype=np.uint8)
-    except OSError as error:
+    except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise RuntimeToolError(f"cannot read image {path}: {one_line(error)}") from None
     return _to_hwc(array, path).astype(np.float32) / 255.0
 
 
 def load_image(path: str, use_pillow: bool = True) -> Any:
     """An image as float32 HxWxC in [0, 1] (C = 1 or 3)."""
-    np = import_numpy()
+    import_numpy()  # a missing numpy says so in one line
     if not os.path.isfile(path):
         raise RuntimeToolError(f"image not found: {path}")
     if path.lower().endswith(".npy"):
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (ValueError, OSError) as error:
-            raise RuntimeToolError(f"cannot read {path}: {one_line(error)}") from None
-        image = _scale_to_unit(_to_hwc(array, path))
+        image = _scale_to_unit(_to_hwc(_read_npy(path), path), path)
     else:
         with open(path, "rb") as handle:
             magic = handle.read(2)
@@ -127,27 +169,50 @@ def load_image(path: str, use_pillow: bool = True) -> Any:
     return image
 
 
-def _triangle_weights(source: int, target: int) -> Any:
-    """[target, source] resampling matrix of the bilinear (triangle) filter, widened when downscaling."""
+def _triangle_taps(source: int, target: int, start: int, count: int) -> Any:
+    """Output pixels start..start+count of the bilinear (triangle) filter from `source` to `target` pixels,
+    widened when downscaling, as (indices, weights), both [count, taps]: only the source pixels each output
+    pixel covers, so the memory grows with the output, never with source x target."""
     np = import_numpy()
     scale = source / target
     stretch = max(scale, 1.0)  # antialiasing: the filter covers every source pixel of an output pixel
-    centres = (np.arange(target, dtype=np.float64) + 0.5) * scale
-    offsets = (np.arange(source, dtype=np.float64)[None, :] + 0.5 - centres[:, None]) / stretch
+    centres = (np.arange(start, start + count, dtype=np.float64) + 0.5) * scale
+    taps = int(np.ceil(2 * stretch)) + 2
+    first = np.floor(centres - 0.5 - stretch).astype(np.int64)
+    indices = first[:, None] + np.arange(taps, dtype=np.int64)[None, :]
+    offsets = (indices + 0.5 - centres[:, None]) / stretch
     weights = np.clip(1.0 - np.abs(offsets), 0.0, None)
-    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+    weights[(indices < 0) | (indices >= source)] = 0.0
+    weights /= weights.sum(axis=1, keepdims=True)
+    return np.clip(indices, 0, source - 1), weights.astype(np.float32)
 
 
-def resize_antialiased(image: Any, height: int, width: int) -> Any:
-    """HxWxC resize with an antialiased bilinear filter (torch interpolate antialias=True, PIL BILINEAR)."""
+def _resize_axis0(image: Any, target: int, start: int, count: int) -> Any:
+    """Rows start..start+count of `image` (float32 [H, ...]) resized to `target` rows, in chunks of rows."""
     np = import_numpy()
+    indices, weights = _triangle_taps(image.shape[0], target, start, count)
+    row_values = max(1, int(np.prod(image.shape[1:])))
+    step = max(1, CHUNK_VALUES // (row_values * indices.shape[1]))
+    out = np.empty((count,) + image.shape[1:], dtype=np.float32)
+    for begin in range(0, count, step):
+        chunk = slice(begin, begin + step)
+        out[chunk] = np.einsum("ij,ij...->i...", weights[chunk], image[indices[chunk]])
+    return out
+
+
+def resize_antialiased(
+    image: Any, height: int, width: int, top: int = 0, left: int = 0, crop: Any = None
+) -> Any:
+    """HxWxC resize with an antialiased bilinear filter (torch interpolate antialias=True, PIL BILINEAR); with
+    `crop` (rows, columns), only that window from (top, left) of the resized image is computed."""
+    np = import_numpy()
+    rows, columns = crop if crop is not None else (height, width)
+    image = image.astype(np.float32, copy=False)
     if image.shape[:2] == (height, width):
-        return image.astype(np.float32)
-    rows = _triangle_weights(image.shape[0], height)
-    columns = _triangle_weights(image.shape[1], width)
-    resized = np.tensordot(rows, image.astype(np.float32, copy=False), axes=(1, 0))  # [height, W, C]
-    resized = np.tensordot(resized, columns, axes=(1, 1))  # [height, C, width]
-    return resized.transpose(0, 2, 1).astype(np.float32)
+        return image[top : top + rows, left : left + columns].astype(np.float32)
+    resized = _resize_axis0(image, height, top, rows)  # [rows, W, C]
+    resized = _resize_axis0(resized.transpose(1, 0, 2), width, left, columns)  # [columns, rows, C]
+    return resized.transpose(1, 0, 2).astype(np.float32)
 
 
 def resize_and_crop(image: Any, height: int, width: int) -> Any:
@@ -162,9 +227,10 @@ def resize_and_crop(image: Any, height: int, width: int) -> Any:
         scale = max(height / source_height, width / source_width)
         new_height = max(height, round(source_height * scale))
         new_width = max(width, round(source_width * scale))
-        resized = resize_antialiased(pixels, new_height, new_width)
         top, left = (new_height - height) // 2, (new_width - width) // 2
-        pixels = np.clip(np.round(resized[top : top + height, left : left + width]), 0, 255)
+        # Only the crop is computed: a 3000x1 image covers 32 px as 96000x32, of which 32 rows are kept.
+        resized = resize_antialiased(pixels, new_height, new_width, top, left, crop=(height, width))
+        pixels = np.clip(np.round(resized), 0, 255)
     return (pixels / 255.0).astype(np.float32)
 
 

@@ -1,5 +1,6 @@
 """Top-k classification of image files, with labels and preprocessing read from the model's metadata."""
 
+import math
 import os
 from typing import Any, Dict, List, Optional
 
@@ -13,10 +14,12 @@ from .model import import_numpy, metadata_input_size, metadata_json, open_model
 def _channel_list(value: Any, key: str, channels: int) -> Optional[List[float]]:
     if value is None:
         return None
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
         value = [value]
-    if not isinstance(value, list) or not value or not all(isinstance(item, (int, float)) for item in value):
-        raise RuntimeToolError(f"model metadata {key!r} must be a JSON list of numbers, got {value!r}")
+    if not isinstance(value, list) or not value or not all(_finite(item) for item in value):
+        raise RuntimeToolError(
+            f"model metadata {key!r} must be a JSON list of finite numbers, got {one_line(repr(value))[:80]}"
+        )
     if len(value) == 1:
         value = value * channels
     if len(value) != channels:
@@ -24,6 +27,10 @@ def _channel_list(value: Any, key: str, channels: int) -> Optional[List[float]]:
             f"model metadata {key!r} has {len(value)} values for a {channels}-channel input"
         )
     return [float(item) for item in value]
+
+
+def _finite(item: Any) -> bool:
+    return isinstance(item, (int, float)) and not isinstance(item, bool) and math.isfinite(item)
 
 
 def _softmax(logits: Any) -> Any:
@@ -55,6 +62,8 @@ def run_infer(
     )
     metadata = session.metadata()
     notes = []
+    if not session.inputs():
+        raise RuntimeToolError(f"{model_path} has no inputs: infer needs a model with an NCHW image input")
     model_input = session.inputs()[0]
     shape = model_input["shape"]
     if len(shape) != 4:
@@ -85,6 +94,8 @@ def run_infer(
     results = []
     for path in images:
         batch = preprocess(load_image(path, use_pillow=use_pillow), size, channels, mean, std)
+        if model_input["dtype"] == "tensor(float16)":  # an fp16 export without fp32 inputs
+            batch = batch.astype(np.float16)
         try:
             started = now_ns()
             outputs = session.run({model_input["name"]: batch})
@@ -92,6 +103,8 @@ def run_infer(
         except Exception as error:  # the engine's own exception types
             raise RuntimeToolError(f"inference failed on {path}: {one_line(error)}") from None
         logits = np.asarray(outputs[0], dtype=np.float64).reshape(-1)
+        if not np.all(np.isfinite(logits)):  # NaN probabilities would be invalid JSON and a silent exit 0
+            raise RuntimeToolError(f"the model gave NaN or infinite outputs on {path}")
         if labels is not None and len(labels) != logits.size:
             raise RuntimeToolError(
                 f"model has {logits.size} outputs but its metadata lists {len(labels)} labels"

@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from .backends import Backend, Session, get_backend
 from .errors import RuntimeToolError
+from .precision import model_precision
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
 
@@ -157,7 +158,18 @@ def open_model(
             f"{path} is opset {opset}, newer than {backend.name} {backend.version()} runs (opset {max_opset} at "
             f"most): export it with --opset {max_opset}"
         )
-    session, skipped = backend.create_session(path, providers, threads, precision or backend.precisions[0])
+    if precision is not None and precision not in backend.precisions:
+        raise RuntimeToolError(
+            f"unknown precision {precision!r} ({backend.name} runs {', '.join(backend.precisions)} models)"
+        )
+    # The model's own precision (Q/DQ nodes, float16 weights): --precision states what is expected, it converts
+    # nothing; the host exports the precision it plans.
+    actual = model_precision(path)
+    if precision is not None and precision != actual:
+        raise RuntimeToolError(
+            f"{path} is an {actual} model, not {precision!r}: export it with --precision {precision}"
+        )
+    session, skipped = backend.create_session(path, providers, threads, actual, os.getcwd())
     return backend, session, skipped
 
 
@@ -167,7 +179,7 @@ def metadata_json(metadata: Dict[str, str], key: str) -> Any:
         return None
     try:
         return json.loads(metadata[key])
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested thousands deep
         raise RuntimeToolError(f"model metadata {key!r} is not valid JSON: {metadata[key][:60]!r}") from None
 
 
@@ -176,15 +188,21 @@ def metadata_input_size(metadata: Dict[str, str]) -> Optional[Tuple[int, int]]:
     value = metadata_json(metadata, "input_size")
     if value is None:
         return None
-    if isinstance(value, int) and value > 0:
+    if _side(value):
         return value, value
-    if (
-        isinstance(value, list)
-        and len(value) == 2
-        and all(isinstance(side, int) and side > 0 for side in value)
-    ):
+    if isinstance(value, list) and len(value) == 2 and all(_side(side) for side in value):
         return value[0], value[1]
-    raise RuntimeToolError(f"model metadata 'input_size' must be a positive int or [h, w], got {value!r}")
+    raise RuntimeToolError(
+        f"model metadata 'input_size' must be an int from 1 to {MAX_INPUT_SIZE} or [h, w] of them, "
+        f"got {repr(value)[:60]}"
+    )
+
+
+MAX_INPUT_SIZE = 4096  # pixels a side: the host's MAX_IMAGE_SIZE
+
+
+def _side(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_INPUT_SIZE
 
 
 def resolve_shape(

@@ -58,7 +58,15 @@ class Backend:
         return {}
 
     def create_session(
-        self, path: str, providers: Sequence[str], threads: int, precision: str = FP32
+        self,
+        path: str,
+        providers: Sequence[str],
+        threads: int,
+        precision: str = FP32,
+        workdir: Optional[str] = None,
     ) -> Tuple[Session, List[str]]:
-        """Load a model on the requested providers that exist here; returns it and the providers skipped."""
+        """Load a model on the requested providers that exist here; returns it and the providers skipped.
+
+        `precision` is the model's own (model_precision); caches an engine keeps (TensorRT's) go under `workdir`.
+        """
         raise NotImplementedError

@@ -4,6 +4,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import RuntimeToolError, one_line
 from ..opsets import onnxruntime_max_opset
+from ..precision import PRECISIONS, provider_options
 from .base import FP32, Backend, Session
 
 
@@ -47,6 +48,7 @@ class OnnxRuntimeSession(Session):
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
+    precisions = PRECISIONS  # QDQ int8 and fp16 graphs load on every provider; precision.py says which run natively
 
     def __init__(self, ort: Any) -> None:
         self._ort = ort
@@ -67,7 +69,12 @@ class OnnxRuntimeBackend(Backend):
         return {"onnxruntime_version": self.version()}
 
     def create_session(
-        self, path: str, providers: Sequence[str], threads: int, precision: str = FP32
+        self,
+        path: str,
+        providers: Sequence[str],
+        threads: int,
+        precision: str = FP32,
+        workdir: Optional[str] = None,
     ) -> Tuple[Session, List[str]]:
         ort = self._ort
         if precision not in self.precisions:
@@ -98,7 +105,9 @@ class OnnxRuntimeBackend(Backend):
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
         try:
-            session = ort.InferenceSession(path, sess_options=options, providers=usable)
+            session = ort.InferenceSession(
+                path, sess_options=options, providers=provider_options(usable, precision, workdir)
+            )
         except Exception as error:  # onnxruntime raises its own exception types for every load failure
             raise RuntimeToolError(f"cannot load model {path}: {one_line(error)}") from None
         return OnnxRuntimeSession(session, precision), skipped

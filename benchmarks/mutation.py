@@ -1,0 +1,395 @@
+"""Mutation testing of the core logic (issue 25, item 8): would the focused tests notice a broken behaviour?
+
+Not part of CI, nor of `benchmarks.all`: a benchmark script, run by hand,
+
+    nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.mutation [--max-mutants 60] [--minutes 25]
+
+Why its own small AST mutator and not mutmut or cosmic-ray: both rewrite the source tree in place (mutmut 3 also
+copies it but then runs the whole suite once to map tests, far too long here), and this checkout is shared by
+engineers editing it at the same time. This script copies the package, the runtime and the tests into a
+temporary folder once, and mutates only that copy, one mutant at a time: the checkout is never touched.
+
+Each mutant is one change, in one named function of a core module, of the kinds mutation tools use: a
+comparison flipped (<, <=, ==, and their opposites), `and`/`or` swapped, an arithmetic operator swapped, a
+number moved by one (0 -> 1, n -> n + 1, x -> 2x), `max`/`min` swapped, a condition negated. The mutant is run
+against the module's focused tests only (pytest -x, a timeout of a few times their unmutated run): killed when
+they fail or time out, survived when they pass. Survivors are triaged in EQUIVALENT (a change no behaviour can
+show) or killed with a new test. Results: benchmarks/results/mutation.json and its section of RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "mutation.json"
+RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
+SECTION_START = "<!-- mutation: written by benchmarks/mutation.py -->"
+SECTION_END = "<!-- /mutation -->"
+SEED = 25
+COPIED = ("edge_smsp", "runtime", "tests", "pyproject.toml")
+
+# module -> (functions mutated, the focused tests that pin them)
+TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "edge_smsp/models/prune.py": (
+        ("keep_count", "_tie_at_cut", "_checked_count"),
+        ("tests/test_prune.py", "-k", "ties or keep_count or round_to or keep_counts or bad_input"),
+    ),
+    "edge_smsp/data/descriptors.py": (
+        ("descriptor_centre", "prototype_similarity", "unit_rows", "scores"),
+        (
+            "tests/test_similarity.py::test_prototype_similarity_counts_matching_classes",
+            "tests/test_similarity_search.py::test_sketch_search_honours_the_allowed_tasks_and_orders_by_score",
+        ),
+    ),
+    "edge_smsp/devices/planner.py": (
+        ("fit_latency_model", "plan", "_candidate"),
+        ("tests/test_planner.py",),
+    ),
+    "edge_smsp/devices/memory_model.py": (
+        ("fit_memory_model", "above_runtime", "memory_point"),
+        ("tests/test_memory_model.py",),
+    ),
+    "edge_smsp/training/recovery.py": (
+        ("adaptive_bn", "imprint_head", "_separates_classes"),
+        ("tests/test_recipe.py",),
+    ),
+    "edge_smsp/transfer/inherit.py": (
+        ("inherit", "inherit_head", "_aligned", "_backbone_indices"),
+        ("tests/test_inherit.py",),
+    ),
+    "edge_smsp/pool/claims.py": (
+        ("claim", "commit_claimed", "release_claims", "is_live", "holder_is_gone", "process_start"),
+        (
+            "tests/test_build_claims.py::test_a_claim_keeps_others_off_until_committed_and_the_commit_releases_it",
+            "tests/test_build_claims.py::test_commit_releases_the_claim_and_a_filled_key_drops_the_late_entry",
+            "tests/test_build_claims.py::"
+            "test_a_dead_holder_on_this_machine_is_taken_over_at_once_and_a_foreign_one_when_its_lease_ends",
+            "tests/test_build_claims.py::test_a_reused_pid_does_not_keep_a_dead_claim_alive",
+            "tests/test_build_claims.py::test_a_build_ending_with_an_error_releases_its_claims_at_once",
+        ),
+    ),
+    "edge_smsp/transport/base.py": (
+        ("_upload_once", "check_remote_name"),
+        (
+            "tests/test_transport.py::test_upload_lands_verified_under_awkward_names",
+            "tests/test_transport.py::test_tampered_upload_is_detected_and_never_lands",
+        ),
+    ),
+    "runtime/edge_smsp_runtime/bench.py": (
+        ("latency_summary", "latency_histogram", "run_bench"),
+        ("tests/test_runtime_values.py",),
+    ),
+    "runtime/edge_smsp_runtime/images.py": (
+        ("preprocess", "resize_and_crop", "_scale_to_unit"),
+        ("tests/test_runtime_values.py", "tests/test_runtime.py::test_resize_and_crop_match_the_hosts_torch_preprocessing"),
+    ),
+}
+
+# Survivors triaged as equivalent: "module:line:kind" -> why no behaviour can tell the mutant apart.
+EQUIVALENT: dict[str, str] = {}
+
+
+@dataclass
+class Mutant:
+    module: str
+    function: str
+    line: int
+    kind: str
+    before: str
+    after: str
+    status: str = "pending"  # killed | survived | timeout | error
+    seconds: float = 0.0
+
+    @property
+    def key(self) -> str:
+        return f"{self.module}:{self.line}:{self.kind}"
+
+
+_COMPARE_FLIPS = {
+    ast.Lt: ast.LtE,
+    ast.LtE: ast.Lt,
+    ast.Gt: ast.GtE,
+    ast.GtE: ast.Gt,
+    ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq,
+    ast.Is: ast.IsNot,
+    ast.IsNot: ast.Is,
+    ast.In: ast.NotIn,
+    ast.NotIn: ast.In,
+}
+_BINOP_SWAPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Mult}
+
+
+def _variants(node: ast.AST) -> Iterator[tuple[str, ast.AST]]:
+    """(kind, replacement node) for every mutation of `node` itself."""
+    if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _COMPARE_FLIPS:
+        flipped = _COMPARE_FLIPS[type(node.ops[0])]()
+        yield f"compare {type(node.ops[0]).__name__}->{type(flipped).__name__}", ast.Compare(
+            node.left, [flipped], node.comparators
+        )
+    elif isinstance(node, ast.BoolOp):
+        other = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+        yield f"boolop {type(node.op).__name__}->{type(other).__name__}", ast.BoolOp(other, node.values)
+    elif isinstance(node, ast.BinOp) and type(node.op) in _BINOP_SWAPS:
+        swapped = _BINOP_SWAPS[type(node.op)]()
+        yield f"binop {type(node.op).__name__}->{type(swapped).__name__}", ast.BinOp(node.left, swapped, node.right)
+    elif isinstance(node, ast.Constant) and type(node.value) in (int, float) and not isinstance(node.value, bool):
+        value = node.value
+        moved = 1 if value == 0 else (value + 1 if isinstance(value, int) else value * 2)
+        yield f"number {value!r}->{moved!r}", ast.Constant(moved)
+    elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in ("max", "min"):
+        other = "min" if node.func.id == "max" else "max"
+        yield f"call {node.func.id}->{other}", ast.Call(ast.Name(other, ast.Load()), node.args, node.keywords)
+    elif isinstance(node, ast.If | ast.While):
+        yield "negate condition", ast.UnaryOp(ast.Not(), node.test)
+
+
+def find_mutants(module: str, functions: Sequence[str], source: str) -> list[tuple[Mutant, ast.AST, ast.AST]]:
+    """Every mutation site in the named functions: (mutant, the node replaced, its replacement)."""
+    tree = ast.parse(source)
+    found = []
+    for function in ast.walk(tree):
+        if not isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef) or function.name not in functions:
+            continue
+        body = function.body[1:] if ast.get_docstring(function) else function.body
+        # Positions inside f-strings are not reliable before Python 3.12: their parts are left alone.
+        in_fstrings = {id(inner) for outer in ast.walk(function) if isinstance(outer, ast.JoinedStr)
+                       for inner in ast.walk(outer)}  # fmt: skip
+        for statement in body:
+            for node in ast.walk(statement):
+                if id(node) in in_fstrings:
+                    continue
+                for kind, replacement in _variants(node):
+                    target = node.test if isinstance(node, ast.If | ast.While) else node
+                    if getattr(target, "lineno", None) is None:
+                        continue
+                    mutant = Mutant(
+                        module,
+                        function.name,
+                        target.lineno,
+                        kind,
+                        ast.get_source_segment(source, target) or "",
+                        ast.unparse(replacement),
+                    )
+                    found.append((mutant, target, replacement))
+    return found
+
+
+def mutated_source(source: str, target: ast.AST, replacement: ast.AST) -> str:
+    """`source` with `target`'s text replaced by the replacement, parenthesised (line breaks and comments
+    elsewhere kept)."""
+    lines = source.splitlines(keepends=True)
+    start, end = target.lineno - 1, target.end_lineno - 1
+    first, last = lines[start], lines[end]
+    prefix = first.encode()[: target.col_offset].decode()
+    suffix = last.encode()[target.end_col_offset :].decode()
+    text = f"({ast.unparse(replacement)})"
+    return "".join(lines[:start]) + prefix + text + suffix + "".join(lines[end + 1 :])
+
+
+def run_tests(copy: Path, tests: Sequence[str], timeout: float) -> tuple[str, float]:
+    """'passed' | 'failed' | 'timeout' for the focused tests in the copy, and the seconds they took."""
+    env = dict(
+        os.environ,
+        PYTHONPATH=f"{copy}{os.pathsep}{copy / 'runtime'}",
+        OMP_NUM_THREADS="1",
+        PYTHONDONTWRITEBYTECODE="1",
+    )
+    command = [sys.executable, "-m", "pytest", "-x", "-q", "-p", "no:cacheprovider", *tests]
+    started = time.monotonic()
+    try:
+        done = subprocess.run(command, cwd=copy, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout", time.monotonic() - started
+    return ("passed" if done.returncode == 0 else "failed"), time.monotonic() - started
+
+
+def choose(candidates: list, limit: int, per_module: dict[str, int]) -> list:
+    """At most `limit` mutants, spread evenly over the modules, drawn with a fixed seed."""
+    rng = random.Random(SEED)
+    by_module: dict[str, list] = {}
+    for candidate in candidates:
+        by_module.setdefault(candidate[0].module, []).append(candidate)
+    for group in by_module.values():
+        rng.shuffle(group)
+    chosen: list = []
+    while len(chosen) < limit and any(by_module.values()):
+        for module in list(by_module):
+            if by_module[module] and len(chosen) < limit and per_module[module] > 0:
+                chosen.append(by_module[module].pop())
+                per_module[module] -= 1
+            elif not by_module[module] or per_module[module] <= 0:
+                del by_module[module]
+    return chosen
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--max-mutants", type=int, default=60)
+    parser.add_argument("--per-module", type=int, default=6)
+    parser.add_argument("--minutes", type=float, default=25.0, help="stop starting mutants after this long")
+    parser.add_argument("--only", default=None, help="only modules whose path contains this text")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--no-section", action="store_true", help="do not update RESULTS.md")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    targets = {module: spec for module, spec in TARGETS.items() if args.only is None or args.only in module}
+    with tempfile.TemporaryDirectory(prefix="edge-smsp-mutation-") as scratch:
+        copy = Path(scratch)
+        for name in COPIED:
+            source = ROOT / name
+            if source.is_dir():
+                shutil.copytree(source, copy / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
+            else:
+                shutil.copy2(source, copy / name)
+        baseline: dict[str, float] = {}
+        candidates = []
+        for module, (functions, tests) in targets.items():
+            outcome, seconds = run_tests(copy, tests, timeout=600)
+            print(f"baseline {module}: {outcome} in {seconds:.1f} s", flush=True)
+            if outcome != "passed":
+                print(f"  skipped: its focused tests do not pass unmutated", flush=True)
+                continue
+            baseline[module] = seconds
+            candidates += find_mutants(module, functions, (copy / module).read_text())
+        per_module = {module: args.per_module for module in baseline}
+        chosen = choose(candidates, args.max_mutants, per_module)
+        print(f"{len(candidates)} mutation sites, {len(chosen)} mutants chosen", flush=True)
+        mutants = []
+        for mutant, target, replacement in chosen:
+            if time.monotonic() - started > args.minutes * 60:
+                break
+            path = copy / mutant.module
+            original = path.read_text()
+            mutated = mutated_source(original, target, replacement)
+            try:
+                ast.parse(mutated)
+            except SyntaxError:
+                continue
+            path.write_text(mutated)
+            try:
+                tests = targets[mutant.module][1]
+                outcome, mutant.seconds = run_tests(copy, tests, timeout=max(60.0, 3 * baseline[mutant.module]))
+            finally:
+                path.write_text(original)
+            mutant.status = {"failed": "killed", "timeout": "killed (timeout)", "passed": "survived"}[outcome]
+            if mutant.status == "survived" and mutant.key in EQUIVALENT:
+                mutant.status = "equivalent"
+            mutants.append(mutant)
+            print(f"{mutant.status:16} {mutant.key} {mutant.before!r} -> {mutant.after!r}", flush=True)
+    payload = summary(mutants, baseline, time.monotonic() - started)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(payload, indent=1) + "\n")
+    if not args.no_section:
+        write_section(payload)
+    print(json.dumps(payload["totals"]), flush=True)
+    return 0
+
+
+def summary(mutants: list[Mutant], baseline: dict[str, float], seconds: float) -> dict:
+    killed = sum(mutant.status.startswith("killed") for mutant in mutants)
+    equivalent = sum(mutant.status == "equivalent" for mutant in mutants)
+    relevant = len(mutants) - equivalent
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "load": list(os.getloadavg()),
+        "seconds": round(seconds, 1),
+        "seed": SEED,
+        "baseline_seconds": {module: round(value, 1) for module, value in baseline.items()},
+        "totals": {
+            "mutants": len(mutants),
+            "killed": killed,
+            "survived": len(mutants) - killed - equivalent,
+            "equivalent": equivalent,
+            "score": round(killed / relevant, 4) if relevant else None,
+        },
+        "equivalent_reasons": {key: why for key, why in EQUIVALENT.items()},
+        "mutants": [asdict(mutant) | {"key": mutant.key} for mutant in mutants],
+    }
+
+
+def section(payload: dict | None) -> str | None:
+    """This benchmark's part of RESULTS.md."""
+    if not payload:
+        return None
+    totals = payload["totals"]
+    by_module: dict[str, list[int]] = {}
+    for mutant in payload["mutants"]:
+        counts = by_module.setdefault(mutant["module"], [0, 0, 0])
+        counts[0] += 1
+        counts[1] += mutant["status"].startswith("killed")
+        counts[2] += mutant["status"] == "equivalent"
+    rows = "\n".join(
+        f"| `{module}` | {total} | {killed} | {equivalent} | {total - killed - equivalent} |"
+        for module, (total, killed, equivalent) in by_module.items()
+    )
+    survivors = [m for m in payload["mutants"] if m["status"] in ("survived", "equivalent")]
+    notes = "\n".join(
+        f"- `{m['key']}` in `{m['function']}`: `{m['before']}` -> `{m['after']}`: "
+        + (payload["equivalent_reasons"].get(m["key"], "**survived**: not yet triaged"))
+        for m in survivors
+    )
+    score = f"{100 * totals['score']:.0f} %" if totals["score"] is not None else "n/a"
+    return "\n".join(
+        [
+            SECTION_START,
+            "## Mutation testing of the core logic (issue 25)",
+            "",
+            f"{totals['mutants']} mutants of core functions (seed {payload['seed']}), each run against its module's "
+            f"focused tests only: **{totals['killed']} killed**, {totals['equivalent']} equivalent, "
+            f"{totals['survived']} survived: **{score} of the non-equivalent mutants killed** (target 85 %). "
+            f"{payload['seconds'] / 60:.0f} min at `nice -n 19`, one thread, {payload['date']} "
+            f"(load {', '.join(f'{value:.2f}' for value in payload['load'])}). Before (the issue's hand-made "
+            "mutants): 13 of 20 killed.",
+            "",
+            "| module | mutants | killed | equivalent | survived |",
+            "|---|---|---|---|---|",
+            rows,
+            "",
+            "Survivors and equivalents:" if survivors else "No survivors.",
+            "",
+            notes,
+            "",
+            "    nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python -m benchmarks.mutation --max-mutants 60 --minutes 25",
+            SECTION_END,
+        ]
+    )
+
+
+def write_section(payload: dict) -> None:
+    """Put this section into RESULTS.md in place of its last version (before the machine section the first time);
+    the rest of the file is left as it is."""
+    text = RESULTS_MD.read_text(encoding="utf-8")
+    new = section(payload) or ""
+    if SECTION_START in text and SECTION_END in text:
+        head, rest = text.split(SECTION_START, 1)
+        _, tail = rest.split(SECTION_END, 1)
+        text = head + new + tail
+    else:
+        marker = "## Machine and how to reproduce"
+        head, found, tail = text.partition(marker)
+        text = head + new + "\n\n" + found + tail if found else text.rstrip("\n") + "\n\n" + new + "\n"
+    RESULTS_MD.write_text(text, encoding="utf-8")
+
+
+def read_results(path: Path = RESULTS) -> dict | None:
+    """The stored results, for report.py."""
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""`edge-smsp deploy --device-data DIR`: the task's images stay on the device, which adapts the model itself
+(edge_smsp.deploy.device_adapt)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from edge_smsp.cli.args import backbone_from_args, bench_settings_from_args, config_from_args, pool_path
+from edge_smsp.cli.converters import int_in_range
+from edge_smsp.cli.output import print_json, show_progress
+from edge_smsp.devices.profiles import DeviceProfile
+
+
+def add_device_data_arguments(parser: argparse.ArgumentParser) -> None:
+    """--device-data DIR and the light tier's knobs."""
+    parser.add_argument(
+        "--device-data",
+        default=None,
+        metavar="DIR",
+        help="an ImageFolder ON THE DEVICE (train/ and val/, or class folders): the device describes the task, "
+        "probes the pool's candidates and adapts the model there; no image reaches this machine",
+    )
+    parser.add_argument(
+        "--trainable-blocks",
+        type=int_in_range(0, 1000),
+        default=None,
+        metavar="K",
+        help="with --device-data: train the layers after the model's K-th block boundary, last first (0: the "
+        "classifier alone; default 6)",
+    )
+
+
+def run_device_deploy(args: argparse.Namespace, profile: DeviceProfile) -> int:
+    """Handler of `edge-smsp deploy --device-data`."""
+    from edge_smsp.deploy.bench import BenchSettings
+    from edge_smsp.deploy.device_adapt import DeviceDeployRequest, deploy_on_device
+    from edge_smsp.deploy.device_steps import DeviceData
+    from edge_smsp.pool import Pool
+
+    bench: BenchSettings = bench_settings_from_args(args, profile)
+    config = config_from_args(args)
+    out = args.out or Path("runs") / f"deploy-{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    progress = show_progress(args)
+
+    def announce(stage: str) -> None:
+        if progress:
+            print(f"edge-smsp deploy: {stage}...", file=sys.stderr, flush=True)
+
+    with Pool(pool_path(args), lazy=True) as pool:
+        request = DeviceDeployRequest(
+            profile=profile,
+            backbone=backbone_from_args(args),
+            pool=pool,
+            config=config,
+            out_dir=out,
+            data=DeviceData(path=args.device_data, trainable_blocks=args.trainable_blocks),
+            image_size=args.image_size,
+            trust_new_host=args.trust_new_host,
+            bench=bench,
+            progress=progress,
+            opset=args.opset,
+        )
+        report = deploy_on_device(request, on_stage=announce).to_dict()
+    if args.json:
+        print_json(report)
+    else:
+        print(describe_device_deploy(report))
+    return 0
+
+
+def describe_device_deploy(report: dict[str, Any]) -> str:
+    """A readable summary of a deploy adapted on the device, one aspect per line."""
+    memory = report["adapt_memory"]
+    cap = memory["max_per_class"]
+    rows = [
+        ("method", report["method"] + (f" ({report['method_note']})" if report["method_note"] else "")),
+        ("ratio", f"{report['ratio']:.2f} ({'planned' if report['ratio_source'] == 'plan' else 'given'})"),
+        (
+            "accuracy",
+            f"{100 * report['accuracy_onnxruntime']:.2f}% on the device's validation split (numpy "
+            f"{100 * report['accuracy_numpy']:.2f}%, agreement {100 * report['agreement']:.1f}%), "
+            f"{report['trainable_blocks']} trainable blocks",
+        ),
+        (
+            f"latency {report['latency_percentile']}",
+            f"measured {report['measured_latency_ms']:.2f} ms (target {report['latency_target_ms']:g} ms)",
+        ),
+        (
+            "memory",
+            f"adaptation peak {report['adapt_peak_rss_mib']} MiB (predicted {memory['peak_mib']} MiB, "
+            f"{'every image' if cap is None else f'at most {cap} images per class'}), bench peak "
+            f"{report['bench_peak_rss_mib']} MiB (budget {report['memory_budget_bytes'] / 1024**2:.1f} MiB)",
+        ),
+        (
+            "bytes",
+            f"{report['bytes_to_device']:,} to the device, {report['bytes_from_device']:,} from it",
+        ),
+        ("device s", ", ".join(f"{name} {value:.1f}" for name, value in report["device_seconds"].items())),
+        ("seconds", ", ".join(f"{name} {value:.1f}" for name, value in report["seconds"].items())),
+        ("onnx", f"device {report['remote_model_path']}"),
+        ("report", report["report_path"]),
+    ]
+    head = (
+        f"adapted {report['backbone']} on {report['profile']} ({report['device_transport']}) for "
+        f"{report['task_id']} [{', '.join(report['class_names'])}] at {report['image_size']} px"
+    )
+    return "\n".join([head] + [f"  {label:<12} {text}" for label, text in rows])

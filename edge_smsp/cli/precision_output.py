@@ -1,0 +1,82 @@
+"""The precision parts of export and deploy on the command line: --max-int8-drop, the task's images for INT8,
+and the summaries' precision lines."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from edge_smsp.cli.converters import number_in_range
+from edge_smsp.core.errors import ExportError
+from edge_smsp.core.precisions import FP32
+
+
+def add_max_int8_drop_argument(parser: argparse.ArgumentParser) -> None:
+    """--max-int8-drop: the INT8 accuracy gate, on export and deploy."""
+    from edge_smsp.export.precision import DEFAULT_MAX_INT8_DROP_PT
+
+    parser.add_argument(
+        "--max-int8-drop",
+        type=number_in_range(0.0, 100.0),
+        default=DEFAULT_MAX_INT8_DROP_PT,
+        metavar="PT",
+        help="ship INT8 only if its val accuracy (onnxruntime) is at most PT points below fp32's, else fp32 "
+        f"(default {DEFAULT_MAX_INT8_DROP_PT:g})",
+    )
+
+
+def export_task_images(
+    model_dir: Path, meta: dict[str, Any], data_dir: str | None, *, required: bool
+) -> dict[str, Any] | None:
+    """The saved model's task images (pruned.json names dataset, classes, mean, std): calibration and val."""
+    from edge_smsp.data.tasks import load_task
+    from edge_smsp.export.precision import task_images
+
+    dataset, classes = meta.get("dataset"), meta.get("classes")
+    if not dataset or not classes:
+        if not required:
+            return None
+        raise ExportError(
+            f"int8 needs calibration images: {model_dir / 'pruned.json'} names no dataset and classes (a model "
+            "saved by adapt or deploy does); export --precision fp32 or fp16"
+        )
+    task = load_task(
+        str(dataset),
+        [int(c) for c in classes],
+        data_dir=data_dir,
+        image_size=int(meta["image_size"]),
+        mean=meta.get("mean") or (meta.get("backbone_spec") or {}).get("mean"),
+        std=meta.get("std") or (meta.get("backbone_spec") or {}).get("std"),
+    )
+    return task_images(task)
+
+
+def describe_precision_export(result: Any, checked: Any, fp32: Any) -> str:
+    """Two lines: the shipped file and the gate's verdict."""
+    gate, agreement = checked.gate, checked.agreement
+    accuracy = (
+        f", val accuracy fp32 {100 * checked.fp32_accuracy:.2f}% -> {100 * checked.accuracy:.2f}%"
+        if checked.accuracy is not None and checked.fp32_accuracy is not None
+        else ""
+    )
+    return (
+        f"exported {result.onnx_path} in {checked.precision} ({result.size_bytes / 1024**2:.2f} MiB; fp32 "
+        f"{fp32.size_bytes / 1024**2:.2f} MiB at {fp32.onnx_path}) and card {result.card_path}\n"
+        f"  {checked.requested} check: top-1 agreement {100 * agreement['top1_agreement']:.1f}% on "
+        f"{agreement['images']} {agreement['inputs']} images{accuracy}; gate {gate.reason}"
+    )
+
+
+def describe_precision(report: dict[str, Any]) -> str:
+    """The shipped precision, how it was chosen, and the accuracy gate's verdict."""
+    text = report.get("precision", FP32)
+    requested = report.get("precision_requested", FP32)
+    if requested == "auto":
+        text += f" (planned with the ratio from {len((report.get('precision_plan') or {}).get('candidates', []))} candidates)"
+    elif requested != text:
+        text += f" ({requested} requested)"
+    gate = report.get("precision_gate")
+    if gate:
+        text += f"; {gate['reason']}"
+    return text

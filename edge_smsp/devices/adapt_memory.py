@@ -1,0 +1,165 @@
+"""The memory of an on-device adaptation (the runtime's light `adapt`), predicted before anything is uploaded,
+and the image cap that makes it fit the profile's budget.
+
+The device holds, at its peak (runtime/edge_smsp_runtime/adapt.py, phase by phase):
+- always: the imported runtime (numpy + onnxruntime, as `info` measured it), the parameters several times over
+  (params.npz, model.onnx's bytes, the written copy, the verifying session) and the SGD momentum;
+- adaptive BN: every training and validation image as float32, and a batch of 64 through the whole graph in
+  train mode (its live tensors, a few temporaries each);
+- the front cache: the images and the cached activations at the cut for every image, and a batch of 128
+  through the frozen front;
+- training: the validation images, the cache, and a batch through the tail with every tensor kept for the
+  backward pass (and its gradients).
+Sizes per image come from the bundle's graph (ONNX shape inference); the factors are measured upper bounds
+(benchmarks: the report's predicted against measured peak).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from edge_smsp.core.errors import PlanError
+from edge_smsp.devices.profiles import MIB
+
+FLOAT_BYTES = 4
+BN_BATCH = 64  # edge_smsp_runtime.adapt.BN_BATCH_SIZE
+FORWARD_BATCH = 128  # edge_smsp_runtime.adapt.FORWARD_BATCH
+PARAM_COPIES = 5  # params.npz's arrays, model.onnx's bytes, the patched copy and its bytes, the session's
+EVAL_FACTOR = 3.0  # live tensors of an eval forward, with each op's temporaries
+TRAIN_FACTOR = 5.0  # kept tensors of a train forward, their gradients and the batch statistics' temporaries
+SESSION_BYTES = 24 * MIB  # onnxruntime's session arena while the written model is verified
+MARGIN = 1.15
+MIN_IMAGES_PER_CLASS = 2  # edge_smsp_runtime.imagefolder.MIN_TRAIN_IMAGES
+
+
+@dataclass(frozen=True)
+class BundleSizes:
+    """What the prediction reads of an adaptable bundle: bytes of parameters, elements per image."""
+
+    param_bytes: int
+    input_elements: int
+    cut_elements: tuple[int, ...]  # per cut, last first
+    front_live_elements: tuple[int, ...]
+    tail_elements: tuple[int, ...]
+    trainable_params: tuple[int, ...]
+    full_live_elements: int
+
+    @property
+    def num_cuts(self) -> int:
+        return len(self.cut_elements)
+
+
+@dataclass(frozen=True)
+class AdaptMemory:
+    """The predicted peak of one on-device adaptation, its parts, and the cap that gave it."""
+
+    peak_bytes: int
+    runtime_bytes: int
+    params_bytes: int
+    images_bytes: int
+    cache_bytes: int
+    working_bytes: int  # the largest batch working set of the phases
+    train_images: int
+    val_images: int
+    max_per_class: int | None  # None: every image
+
+    def to_dict(self) -> dict[str, Any]:
+        return {key: getattr(self, key) for key in self.__dataclass_fields__}
+
+
+def predict_adapt_memory(
+    sizes: BundleSizes,
+    *,
+    trainable_blocks: int,
+    train_counts: list[int],
+    val_counts: list[int],
+    batch_size: int,
+    imported_rss_mib: float | None,
+    max_per_class: int | None = None,
+) -> AdaptMemory:
+    """The adaptation's predicted peak RSS on the device with at most `max_per_class` images of each class per
+    split (None: all)."""
+    if not 0 <= trainable_blocks < sizes.num_cuts:
+        raise PlanError(
+            f"--trainable-blocks must be from 0 to {sizes.num_cuts - 1} for this model, got {trainable_blocks}"
+        )
+    cap = (lambda count: count) if max_per_class is None else (lambda count: min(count, max_per_class))
+    train = sum(cap(count) for count in train_counts)
+    val = sum(cap(count) for count in val_counts)
+    image = sizes.input_elements * FLOAT_BYTES
+    k = trainable_blocks
+    front = k < sizes.num_cuts - 1 or sizes.cut_elements[k] != sizes.input_elements
+    cache = (train + val) * sizes.cut_elements[k] * FLOAT_BYTES if front else 0
+    batch = min(batch_size, train)
+    bn_work = min(BN_BATCH, train) * sizes.full_live_elements * FLOAT_BYTES * EVAL_FACTOR
+    cache_work = min(FORWARD_BATCH, train) * sizes.front_live_elements[k] * FLOAT_BYTES * EVAL_FACTOR
+    train_work = batch * sizes.tail_elements[k] * FLOAT_BYTES * TRAIN_FACTOR
+    momentum = sizes.trainable_params[k] * FLOAT_BYTES
+    phases = (
+        ((train + val) * image + bn_work, bn_work),
+        ((train + val) * image + cache + cache_work, cache_work),
+        (val * image + cache + train_work + momentum, train_work),
+        (val * image + cache + SESSION_BYTES, SESSION_BYTES),
+    )
+    peak_phase, working = max(phases)
+    runtime = int((imported_rss_mib or 0.0) * MIB)
+    params = PARAM_COPIES * sizes.param_bytes
+    peak = int(MARGIN * (runtime + params + peak_phase))
+    return AdaptMemory(
+        peak_bytes=peak,
+        runtime_bytes=runtime,
+        params_bytes=params,
+        images_bytes=(train + val) * image,
+        cache_bytes=cache,
+        working_bytes=int(working),
+        train_images=train,
+        val_images=val,
+        max_per_class=max_per_class,
+    )
+
+
+def fit_adapt_memory(
+    sizes: BundleSizes,
+    budget_bytes: int,
+    *,
+    trainable_blocks: int,
+    train_counts: list[int],
+    val_counts: list[int],
+    batch_size: int,
+    imported_rss_mib: float | None,
+) -> AdaptMemory:
+    """The prediction with the most images per class that fits `budget_bytes` (every image when all fit);
+    PlanError, one line, when even MIN_IMAGES_PER_CLASS do not."""
+
+    def at(cap: int | None) -> AdaptMemory:
+        return predict_adapt_memory(
+            sizes,
+            trainable_blocks=trainable_blocks,
+            train_counts=train_counts,
+            val_counts=val_counts,
+            batch_size=batch_size,
+            imported_rss_mib=imported_rss_mib,
+            max_per_class=cap,
+        )
+
+    full = at(None)
+    if full.peak_bytes <= budget_bytes:
+        return full
+    smallest = at(MIN_IMAGES_PER_CLASS)
+    if smallest.peak_bytes > budget_bytes:
+        raise PlanError(
+            f"on-device adaptation needs {smallest.peak_bytes / MIB:.1f} MiB even with "
+            f"{MIN_IMAGES_PER_CLASS} images per class (runtime {smallest.runtime_bytes / MIB:.1f} MiB, model "
+            f"{smallest.params_bytes / MIB:.1f} MiB, working set {smallest.working_bytes / MIB:.1f} MiB at "
+            f"--trainable-blocks {trainable_blocks}), over the profile's budget of {budget_bytes / MIB:.1f} MiB: "
+            "train fewer blocks, prune more (--ratio), or adapt on the host"
+        )
+    low, high = MIN_IMAGES_PER_CLASS, max([*train_counts, *val_counts])
+    while low < high:  # the largest cap that fits
+        middle = (low + high + 1) // 2
+        if at(middle).peak_bytes <= budget_bytes:
+            low = middle
+        else:
+            high = middle - 1
+    return at(low)

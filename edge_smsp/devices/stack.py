@@ -1,0 +1,131 @@
+"""A device's software stack: the ONNX opsets edge-smsp exports, and checks of a device's runtime `info` report
+against its profile and the model meant for it.
+
+Which opset an onnxruntime release runs is the device runtime's table (edge_smsp_runtime/opsets.py): the device
+reports from it and the host reads the same copy, through the runtime that edge_smsp ships.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from edge_smsp.core.errors import DeviceStackError
+from edge_smsp.device_runtime.opsets import NEWEST_KNOWN_OPSET, major_minor, onnxruntime_max_opset
+
+__all__ = [
+    "DEFAULT_OPSET",
+    "NEWEST_KNOWN_OPSET",
+    "OLDEST_EXPORT_OPSET",
+    "OLDEST_PYTHON",
+    "DeviceStack",
+    "check_device_stack",
+    "device_opset",
+    "onnxruntime_max_opset",
+    "opset_problem",
+    "major_minor",
+]
+
+# The Jetson Nano's JetPack 4.6 (onnxruntime 1.10, Python 3.6): the oldest stack edge-smsp supports.
+OLDEST_EXPORT_OPSET = 15
+OLDEST_PYTHON = (3, 6)
+DEFAULT_OPSET = 18  # the torch.onnx dynamo exporter's own opset
+
+
+class StackPromise(Protocol):
+    """What a device profile promises about its software (edge_smsp.devices.profiles.DeviceProfile)."""
+
+    name: str
+    python_version: str | None
+    max_opset: int | None
+
+
+def opset_problem(value: Any, newest: int = NEWEST_KNOWN_OPSET) -> str | None:
+    """Why `value` is not an opset edge-smsp exports (OLDEST_EXPORT_OPSET..newest), or None when it is one."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"must be an integer opset {OLDEST_EXPORT_OPSET}-{newest}, got {value!r}"
+    if not OLDEST_EXPORT_OPSET <= value <= newest:
+        return f"must be {OLDEST_EXPORT_OPSET}-{newest} (the ONNX opsets edge-smsp exports), got {value}"
+    return None
+
+
+def device_opset(requested: int | None, profile: StackPromise) -> int:
+    """The opset to export for a device: the requested one, else DEFAULT_OPSET capped at the profile's max_opset."""
+    limit = profile.max_opset
+    if requested is None:
+        return DEFAULT_OPSET if limit is None else min(DEFAULT_OPSET, limit)
+    problem = opset_problem(requested)
+    if problem:
+        raise DeviceStackError(f"opset: {problem}")
+    if limit is not None and requested > limit:
+        raise DeviceStackError(
+            f"opset {requested} is newer than {profile.name} runs (its profile's max_opset is {limit}): "
+            f"ask for opset {limit} or lower"
+        )
+    return requested
+
+
+@dataclass(frozen=True)
+class DeviceStack:
+    """What a device runs, read from its runtime's `info` report."""
+
+    python_version: str
+    runtime: str  # the runtime backend, e.g. "onnxruntime"
+    engine_version: str
+    max_opset: int | None  # None: the engine version is not in the table
+    machine: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "python_version": self.python_version,
+            "runtime": self.runtime,
+            "engine_version": self.engine_version,
+            "max_opset": self.max_opset,
+            "machine": self.machine,
+        }
+
+
+def check_device_stack(info: Mapping[str, Any], profile: StackPromise, opset: int) -> DeviceStack:
+    """The device's stack from its runtime `info` report, or DeviceStackError (one line) when the device cannot run
+    a model exported at `opset`, or runs older software than its profile promises."""
+    missing = [key for key in ("python_version", "runtime", "engine_version", "max_opset") if key not in info]
+    if missing:
+        raise DeviceStackError(
+            f"the device runtime's info lacks {', '.join(missing)}: an older edge-smsp runtime answered; "
+            "upload the current one"
+        )
+    device = info.get("device") if isinstance(info.get("device"), Mapping) else {}
+    stack = DeviceStack(
+        python_version=str(info["python_version"]),
+        runtime=str(info["runtime"]),
+        engine_version=str(info["engine_version"]),
+        max_opset=info["max_opset"] if isinstance(info["max_opset"], int) else None,
+        machine=str(device.get("machine") or "unknown"),
+    )
+    where = f"{profile.name} ({stack.machine})"
+    python = major_minor(stack.python_version)
+    if python is None or python < OLDEST_PYTHON:
+        raise DeviceStackError(
+            f"{where} runs Python {stack.python_version}; the device runtime needs Python "
+            f"{'.'.join(map(str, OLDEST_PYTHON))} or newer"
+        )
+    promised = major_minor(profile.python_version) if profile.python_version else None
+    if promised is not None and python < promised:
+        raise DeviceStackError(
+            f"{where} runs Python {stack.python_version}, older than its profile's python_version "
+            f"{profile.python_version}: correct python_version in the profile"
+        )
+    if stack.max_opset is not None:
+        if profile.max_opset is not None and stack.max_opset < profile.max_opset:
+            raise DeviceStackError(
+                f"{where} runs {stack.runtime} {stack.engine_version}, which runs ONNX opset {stack.max_opset} at "
+                f"most, but its profile promises max_opset {profile.max_opset}: set max_opset: {stack.max_opset} "
+                f"in the profile or upgrade {stack.runtime} on the device"
+            )
+        if opset > stack.max_opset:
+            raise DeviceStackError(
+                f"{where} runs {stack.runtime} {stack.engine_version}, which runs ONNX opset {stack.max_opset} at "
+                f"most; the model would be opset {opset}: export at opset {stack.max_opset}"
+            )
+    return stack

@@ -1,0 +1,383 @@
+"""ONNX export of a (pruned) model: export, simplify, check, parity with torch, metadata, model card.
+
+Exporters, by requested opset (measured on efficientnet_lite0, resnet18 and deit_small, opsets 15 to 28):
+- opset 18 and newer: torch.onnx's torch.export-based exporter (dynamo=True), the default and maintained path in
+  torch 2.14 (the TorchScript exporter is deprecated there). It builds the graph at its own opset 18; the ONNX
+  version converter then lifts it to the requested opset. Asking the dynamo exporter for a newer opset directly
+  breaks DeiT from opset 26 (its Attention op lands in a graph stamped 18).
+- older opsets (old ONNX Runtime builds on devices, e.g. opset 15 on a Jetson Nano): the TorchScript exporter,
+  because down-converting the dynamo graph fails for common ops (Pad, Squeeze) and silently keeps opset 18.
+The IR version is lowered to the one of the ONNX release that introduced the opset, so that any runtime that
+runs the opset also reads the file (onnxruntime 1.14 runs opset 18 but only IR 8, the dynamo exporter writes 10).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+import warnings
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+from edge_smsp.core.errors import ExportError, OutputPathError
+from edge_smsp.core.fileio import checked_output_path, write_atomically
+from edge_smsp.data.catalog import image_size_problem
+from edge_smsp.devices.stack import DEFAULT_OPSET, NEWEST_KNOWN_OPSET, onnxruntime_max_opset, opset_problem
+from edge_smsp.export.metadata import METADATA_KEYS, build_metadata, decode_metadata
+
+DYNAMO_OPSET = 18  # the opset the dynamo exporter builds graphs at
+PARITY_TOLERANCE = 1e-4
+PARITY_SAMPLES = 4
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+EXPORTERS = ("dynamo", "torchscript")
+CARD_FORMAT = "edge-smsp-model-card"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the ONNX model went and how it checked out."""
+
+    onnx_path: Path
+    card_path: Path
+    max_abs_diff: float
+    size_bytes: int
+    opset: int
+    sha256: str
+    seconds: float
+    metadata: dict[str, str]
+    dynamic_batch: bool
+    simplified: bool
+    exporter: str
+    parity_samples: int
+    parity_inputs: str  # "given" | "random"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dictionary (paths as strings)."""
+        payload = asdict(self)
+        payload["onnx_path"], payload["card_path"] = str(self.onnx_path), str(self.card_path)
+        return payload
+
+
+def export_onnx(
+    model: nn.Module,
+    out_path: str | os.PathLike[str],
+    *,
+    image_size: int,
+    metadata: Mapping[str, Any],
+    dynamic_batch: bool = False,
+    parity_inputs: torch.Tensor | None = None,
+    opset: int | None = None,
+    exporter: str | None = None,
+    tolerance: float = PARITY_TOLERANCE,
+    simplify: bool = True,
+) -> ExportResult:
+    """Export to ONNX (batch 1 unless dynamic_batch), simplify, check, verify parity, write model + card.
+
+    opset: the ai.onnx opset of the file (default DEFAULT_OPSET), OLDEST_EXPORT_OPSET to newest_export_opset();
+    a device runs it when its runtime runs that opset or newer.
+    """
+    started = time.perf_counter()
+    out = Path(out_path)
+    if out.suffix != ".onnx":
+        raise ExportError(f"output path {out} must end in .onnx")
+    card = out.with_suffix(".json")
+    if card.name == "pruned.json" and (out.parent / "model.safetensors").exists():  # data loss: refused
+        raise ExportError(
+            f"output path {out}: its model card {card} would overwrite the saved model's pruned.json; "
+            "name another file, such as model.onnx"
+        )
+    try:
+        checked_output_path(out, directory=False)  # refused now, not after the export's minutes
+    except OutputPathError as error:
+        raise ExportError(f"output path {error}") from None
+    image_size = _checked_image_size(image_size)
+    opset = checked_opset(DEFAULT_OPSET if opset is None else opset)
+    exporter = exporter or ("dynamo" if opset >= DYNAMO_OPSET else "torchscript")
+    if exporter not in EXPORTERS:
+        raise ExportError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    if exporter == "dynamo" and opset < DYNAMO_OPSET:
+        raise ExportError(
+            f"the dynamo exporter needs opset >= {DYNAMO_OPSET} (got {opset}); use exporter='torchscript'"
+        )
+
+    was_training = model.training
+    model.eval()
+    try:
+        inputs, inputs_kind = _parity_batch(model, parity_inputs, image_size)
+        with torch.no_grad():
+            reference = _as_numpy(model(inputs))
+        if reference.ndim != 2:
+            raise ExportError(f"the model must output [batch, classes] logits, got shape {reference.shape}")
+        meta = build_metadata(metadata, image_size=image_size, num_classes=reference.shape[1])
+        proto = _export(model, inputs[:1], opset, exporter, dynamic_batch, meta["backbone"])
+    finally:
+        model.train(was_training)
+
+    simplified = False
+    if simplify:
+        proto, simplified = _simplify(proto)
+    _lower_ir_version(proto)
+    del proto.metadata_props[:]
+    for key in METADATA_KEYS:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, meta[key]
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as error:  # checker and shape inference raise several types
+        raise ExportError(f"exported ONNX graph fails onnx.checker: {_first_line(error)}") from None
+    payload = proto.SerializeToString()
+    max_abs_diff = _parity(payload, inputs.detach().cpu().numpy(), reference, dynamic_batch)
+    # float32 error grows with the outputs' scale (an imprinted head gives logits of ~10-100), so the tolerance
+    # is absolute up to |output| 1 and relative beyond.
+    allowed = tolerance * max(1.0, float(np.abs(reference).max()))
+    if not max_abs_diff <= allowed:
+        raise ExportError(
+            f"parity check failed: max |onnxruntime - torch| = {max_abs_diff:.2e} > {allowed:.1e} "
+            f"on {len(inputs)} {inputs_kind} input(s)"
+        )
+
+    opset_used = _onnx_opset(proto)
+    digest = hashlib.sha256(payload).hexdigest()
+    card_path = out.with_suffix(".json")
+    seconds = time.perf_counter() - started
+    card = {
+        "format": CARD_FORMAT,
+        "onnx": out.name,
+        "sha256": digest,
+        "size_bytes": len(payload),
+        "opset": opset_used,
+        "input": {
+            "name": INPUT_NAME,
+            "shape": ["batch" if dynamic_batch else 1, 3, image_size, image_size],
+            "dtype": "float32",
+            "layout": "NCHW",
+        },
+        "output": {"name": OUTPUT_NAME, "shape": ["batch" if dynamic_batch else 1, reference.shape[1]]},
+        "metadata": decode_metadata(meta),
+        "params": sum(parameter.numel() for parameter in model.parameters()),
+        "parity": {
+            "max_abs_diff": max_abs_diff,
+            "tolerance": tolerance,
+            "samples": len(inputs),
+            "inputs": inputs_kind,
+            "runtime": "onnxruntime CPUExecutionProvider",
+        },
+        "dynamic_batch": dynamic_batch,
+        "simplified": simplified,
+        "exporter": exporter,
+        "seconds": round(seconds, 3),
+    }
+    _write_atomically(out, payload)
+    _write_atomically(card_path, (json.dumps(card, indent=2) + "\n").encode("utf-8"))
+    return ExportResult(
+        onnx_path=out,
+        card_path=card_path,
+        max_abs_diff=max_abs_diff,
+        size_bytes=len(payload),
+        opset=int(opset_used),
+        sha256=digest,
+        seconds=time.perf_counter() - started,
+        metadata=meta,
+        dynamic_batch=dynamic_batch,
+        simplified=simplified,
+        exporter=exporter,
+        parity_samples=len(inputs),
+        parity_inputs=inputs_kind,
+    )
+
+
+def newest_export_opset() -> int:
+    """The newest opset export_onnx writes here: what the onnx package defines and the host's onnxruntime (which
+    checks parity) runs, within the runtime's table."""
+    import onnxruntime
+
+    runtime_opset = onnxruntime_max_opset(onnxruntime.__version__) or DEFAULT_OPSET
+    return min(onnx.defs.onnx_opset_version(), runtime_opset, NEWEST_KNOWN_OPSET)
+
+
+def checked_opset(opset: Any) -> int:
+    """`opset` if export_onnx can write it, else ExportError naming the range."""
+    problem = opset_problem(opset, newest_export_opset())
+    if problem:
+        raise ExportError(f"opset: {problem}")
+    return opset
+
+
+def load_onnx_checked(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Load an ONNX file and run onnx.checker on it; any problem -> ExportError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: no such ONNX file")
+    try:
+        proto = onnx.load(str(path))
+    except Exception as error:  # protobuf raises DecodeError, RuntimeError or ValueError on corrupt bytes
+        raise ExportError(f"{path}: not a readable ONNX model ({_first_line(error)})") from None
+    if not proto.graph.node:
+        raise ExportError(f"{path}: not an ONNX model (empty graph)")
+    try:
+        onnx.checker.check_model(proto, full_check=True)
+    except Exception as error:  # checker and shape inference raise several types
+        raise ExportError(f"{path}: invalid ONNX model ({_first_line(error)})") from None
+    return proto
+
+
+def onnx_metadata(path: str | os.PathLike[str]) -> dict[str, str]:
+    """The metadata_props of an ONNX file as a dict (checked load)."""
+    return {entry.key: entry.value for entry in load_onnx_checked(path).metadata_props}
+
+
+def _export(
+    model: nn.Module, example: torch.Tensor, opset: int, exporter: str, dynamic_batch: bool, backbone: str
+) -> onnx.ModelProto:
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            if exporter == "dynamo":
+                program = torch.onnx.export(
+                    model,
+                    (example,),
+                    None,
+                    dynamo=True,
+                    verbose=False,
+                    opset_version=DYNAMO_OPSET,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},)
+                    if dynamic_batch
+                    else None,
+                    optimize=True,
+                )
+                proto = program.model_proto
+                if opset != _onnx_opset(proto):
+                    proto = onnx.version_converter.convert_version(proto, opset)
+            else:
+                import io
+
+                buffer = io.BytesIO()
+                torch.onnx.export(
+                    model,
+                    (example,),
+                    buffer,
+                    dynamo=False,
+                    opset_version=opset,
+                    input_names=[INPUT_NAME],
+                    output_names=[OUTPUT_NAME],
+                    dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}}
+                    if dynamic_batch
+                    else None,
+                    do_constant_folding=True,
+                )
+                proto = onnx.load_from_string(buffer.getvalue())
+    except Exception as error:  # the exporters raise many unrelated types for unsupported graphs
+        raise ExportError(
+            f"ONNX export of {backbone} at opset {opset} failed ({exporter} exporter): {_first_line(error)}"
+        ) from None
+    written = _onnx_opset(proto)
+    if written != opset:  # an exporter that silently kept another opset
+        raise ExportError(f"the {exporter} exporter wrote opset {written} when asked for opset {opset}")
+    return proto
+
+
+def _onnx_opset(proto: onnx.ModelProto) -> int | None:
+    """The ai.onnx opset a model imports."""
+    return next((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), None)
+
+
+def _lower_ir_version(proto: onnx.ModelProto) -> None:
+    """Stamp the IR version of the ONNX release that introduced the model's opsets (if lower than the exporter's)."""
+    oldest = onnx.helper.find_min_ir_version_for(list(proto.opset_import), ignore_unknown=True)
+    proto.ir_version = min(proto.ir_version, oldest)
+
+
+def _simplify(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
+    import onnxsim
+
+    try:
+        simplified, ok = onnxsim.simplify(proto)
+    except Exception:  # onnxsim fails on some graphs; the unsimplified graph is still a valid export
+        return proto, False
+    return (simplified, True) if ok else (proto, False)
+
+
+def _parity(payload: bytes, inputs: np.ndarray, reference: np.ndarray, dynamic_batch: bool) -> float:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        session = onnxruntime.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
+        if dynamic_batch:
+            outputs = session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0]
+        else:
+            outputs = np.concatenate(
+                [
+                    session.run([OUTPUT_NAME], {INPUT_NAME: inputs[index : index + 1]})[0]
+                    for index in range(len(inputs))
+                ]
+            )
+    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
+        raise ExportError(f"onnxruntime cannot run the exported model: {_first_line(error)}") from None
+    if outputs.shape != reference.shape:
+        raise ExportError(f"onnxruntime output shape {outputs.shape} differs from torch {reference.shape}")
+    if not np.isfinite(outputs).all():
+        raise ExportError("onnxruntime produced non-finite outputs")
+    return float(np.abs(outputs.astype(np.float64) - reference.astype(np.float64)).max())
+
+
+def _parity_batch(
+    model: nn.Module, parity_inputs: torch.Tensor | None, image_size: int
+) -> tuple[torch.Tensor, str]:
+    try:
+        parameter = next(model.parameters())
+        device = parameter.device
+    except StopIteration:
+        device = torch.device("cpu")
+    if parity_inputs is None:
+        generator = torch.Generator().manual_seed(0)
+        batch = torch.randn(PARITY_SAMPLES, 3, image_size, image_size, generator=generator)
+        return batch.to(device), "random"
+    if not isinstance(parity_inputs, torch.Tensor):
+        raise ExportError("parity_inputs must be a float tensor [N, 3, H, W]")
+    batch = parity_inputs.unsqueeze(0) if parity_inputs.dim() == 3 else parity_inputs
+    if batch.dim() != 4 or tuple(batch.shape[1:]) != (3, image_size, image_size) or len(batch) == 0:
+        raise ExportError(
+            f"parity_inputs must have shape [N, 3, {image_size}, {image_size}], got {list(parity_inputs.shape)}"
+        )
+    return batch.detach().to(device=device, dtype=torch.float32), "given"
+
+
+def _as_numpy(output: Any) -> np.ndarray:
+    if isinstance(output, tuple | list):
+        output = output[0]
+    if not isinstance(output, torch.Tensor):
+        raise ExportError(f"the model must return a tensor, got {type(output).__name__}")
+    return output.detach().float().cpu().numpy()
+
+
+def _checked_image_size(image_size: Any) -> int:
+    problem = image_size_problem(image_size)
+    if problem:
+        raise ExportError(f"image_size {problem}")
+    return image_size
+
+
+def _write_atomically(path: Path, payload: bytes) -> None:
+    try:
+        write_atomically(path, payload)
+    except OSError as error:
+        raise ExportError(f"cannot write {path}: {error}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -1,0 +1,216 @@
+"""Saved pruned models: model.safetensors + pruned.json in a directory (or as a pool stores them), reloaded by
+pruning the backbone's cached template to the saved kept indices. No pickle anywhere."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save_file
+from torch import nn
+
+from edge_smsp.core.documents import DocumentError, load_json, shown
+from edge_smsp.core.errors import PruneError
+from edge_smsp.data.catalog import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
+from edge_smsp.models import template as templates
+from edge_smsp.models.prune import apply_kept_indices, checked_indices, kept_indices, replace_classifier
+from edge_smsp.models.units import classifier_of, copy_with_layouts, group_layouts, model_input_size
+
+WEIGHTS_FILE = "model.safetensors"
+META_FILE = "pruned.json"
+FORMAT_NAME = "edge-smsp-pruned"
+FORMAT_VERSION = 1
+
+
+def save_pruned(model: nn.Module, out_dir: str | os.PathLike[str], meta: Mapping[str, Any]) -> Path:
+    """Write model.safetensors + pruned.json to out_dir atomically; returns out_dir. ONNX exports of the model
+    out_dir held before (a .onnx file with the card that names it and its SHA-256) are removed: they would pass
+    for exports of the new model."""
+    out = Path(out_dir)
+    record = _pruned_record(model, meta)
+    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    text = json.dumps(record, indent=2, default=_json_default)
+    if out.exists() and not out.is_dir():
+        raise PruneError(f"output path {out} exists and is not a directory")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as error:
+        raise PruneError(f"cannot write pruned model to {out}: {error.strerror or error}") from None
+    try:
+        save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
+        (staging / META_FILE).write_text(text + "\n", encoding="utf-8")
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; the saved model is an ordinary directory
+        if not out.exists():
+            os.replace(staging, out)
+        else:
+            # pruned.json marks the directory complete: drop the old one first, so a crash in between leaves
+            # an incomplete directory that load_pruned refuses, never new weights under old metadata.
+            (out / META_FILE).unlink(missing_ok=True)
+            _remove_stale_exports(out)
+            os.replace(staging / WEIGHTS_FILE, out / WEIGHTS_FILE)
+            os.replace(staging / META_FILE, out / META_FILE)
+    except (OSError, SafetensorError) as error:  # a full disk: safetensors raises its own error
+        detail = error.strerror if isinstance(error, OSError) and error.strerror else error
+        raise PruneError(f"cannot write pruned model to {out}: {detail}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def _remove_stale_exports(folder: Path) -> None:
+    """Remove the ONNX exports in `folder` that carry their model card (`<name>.json` naming `<name>.onnx` and its
+    SHA-256, as the export writes it): they were made from the model being replaced. Other files stay."""
+    for onnx_path in folder.glob("*.onnx"):
+        card_path = onnx_path.with_suffix(".json")
+        if not onnx_path.is_file() or onnx_path.is_symlink() or not card_path.is_file():
+            continue
+        try:
+            card = load_json(card_path.read_bytes())
+        except (OSError, DocumentError):
+            continue
+        if not isinstance(card, dict) or card.get("onnx") != onnx_path.name:
+            continue
+        digest = hashlib.sha256()
+        with onnx_path.open("rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        if card.get("sha256") == digest.hexdigest():
+            onnx_path.unlink()
+            card_path.unlink()
+
+
+def load_pruned(model_dir: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a saved pruned model: the backbone's architecture at the saved shapes, the saved weights. No pickle."""
+    directory = Path(model_dir)
+    meta_path, weights_path = directory / META_FILE, directory / WEIGHTS_FILE
+    if not meta_path.is_file() or not weights_path.is_file():
+        raise PruneError(f"{directory} is not a saved pruned model (needs {META_FILE} and {WEIGHTS_FILE})")
+    try:
+        files = {META_FILE: meta_path.read_bytes(), WEIGHTS_FILE: weights_path.read_bytes()}
+    except OSError as error:
+        raise PruneError(f"cannot read {directory}: {error}") from error
+    return pruned_from_files(files, str(directory))
+
+
+MAX_CLASSES = 100_000  # outputs of a saved model's head: far beyond any dataset here
+
+
+def checked_meta(data: bytes, meta_name: str) -> dict[str, Any]:
+    """pruned.json read by the bounded loader, its fields' types and ranges checked before anything is built
+    from them (num_classes 1e12 would allocate a head of terabytes); PruneError naming the field otherwise."""
+    try:
+        meta = load_json(data)
+    except DocumentError as error:
+        raise PruneError(f"corrupt {meta_name}: {error}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
+        raise PruneError(f"{meta_name} is not an edge-smsp pruned-model description")
+    missing = [key for key in ("backbone", "image_size", "num_classes", "kept_indices") if key not in meta]
+    if missing:
+        raise PruneError(f"{meta_name} lacks {', '.join(missing)}")
+    bounds = {"image_size": (MIN_IMAGE_SIZE, MAX_IMAGE_SIZE), "num_classes": (1, MAX_CLASSES)}
+    for key, (low, high) in bounds.items():
+        value = meta[key]
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise PruneError(
+                f"{meta_name}: {key} must be an integer from {low} to {high:,}, got {shown(value)}"
+            )
+    if not isinstance(meta["backbone"], str) or not meta["backbone"]:
+        raise PruneError(f"{meta_name}: backbone must be a model name, got {shown(meta['backbone'])}")
+    if not isinstance(meta["kept_indices"], dict):
+        raise PruneError(f"{meta_name}: kept_indices must be a mapping of unit groups to indices")
+    return meta
+
+
+def pruned_from_files(files: Mapping[str, bytes], where: str) -> tuple[nn.Module, dict[str, Any]]:
+    """A saved pruned model from its files' contents (META_FILE, WEIGHTS_FILE), e.g. as a pool stores them;
+    `where` names them in errors."""
+    meta_name, weights_name = f"{where}/{META_FILE}", f"{where}/{WEIGHTS_FILE}"
+    if META_FILE not in files or WEIGHTS_FILE not in files:
+        raise PruneError(f"{where} is not a saved pruned model (needs {META_FILE} and {WEIGHTS_FILE})")
+    meta = checked_meta(files[META_FILE], meta_name)
+    try:
+        state = load_safetensors(bytes(files[WEIGHTS_FILE]))
+    except (SafetensorError, ValueError) as error:
+        raise PruneError(f"corrupt {weights_name}: {error}") from error
+
+    # Architecture only: every weight comes from the file, so the original checkpoint need not still exist.
+    template = templates.template(meta["backbone"], meta["image_size"])
+    kept = meta["kept_indices"]
+    by_key = {layout.key: layout for layout in group_layouts(template)}
+    if not isinstance(kept, dict) or set(kept) != set(by_key):
+        raise PruneError(f"{meta_name}: kept_indices do not match the groups of backbone {meta['backbone']}")
+    checked = {key: checked_indices(key, kept[key], by_key[key].size) for key in by_key}
+    # Pruning a copy of the cached template again is what validates every file shape (resizing the skeleton
+    # in place mis-shaped attention heads), so it is the one path.
+    model = copy_with_layouts(template)
+    apply_kept_indices(model, checked)
+    replace_classifier(model, int(meta["num_classes"]))
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise PruneError(
+            f"{weights_name} does not match the pruned architecture: {error}".splitlines()[0]
+        ) from error
+    spec_fields = meta.get("backbone_spec")
+    spec = getattr(model, "backbone_spec", None)
+    if isinstance(spec_fields, dict) and dataclasses.is_dataclass(spec):
+        try:
+            fields = {
+                key: tuple(value) if isinstance(value, list) else value for key, value in spec_fields.items()
+            }
+            restored = type(spec)(**{**fields, "num_classes": int(meta["num_classes"])})
+        except TypeError:
+            restored = dataclasses.replace(spec, num_classes=int(meta["num_classes"]))
+        model.backbone_spec = restored
+    model.eval()
+    return model, meta
+
+
+def _pruned_record(model: nn.Module, meta: Mapping[str, Any]) -> dict[str, Any]:
+    spec = getattr(model, "backbone_spec", None)
+    classifier = classifier_of(model)
+    num_classes = classifier[1].out_features if classifier and isinstance(classifier[1], nn.Linear) else None
+    backbone = meta.get("backbone") or getattr(spec, "name", None)
+    if not backbone:
+        raise PruneError("cannot save: the backbone name is unknown (give meta['backbone'])")
+    record: dict[str, Any] = {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "backbone": backbone,
+        "checkpoint": getattr(spec, "checkpoint", None),
+        "pretrained": getattr(spec, "weights", None) in ("bundled-imagenet", "timm-pretrained"),
+        "image_size": model_input_size(model),
+        "num_classes": num_classes,
+        "class_names": None,
+    }
+    if dataclasses.is_dataclass(spec):
+        record["backbone_spec"] = dataclasses.asdict(spec)
+    record.update({key: value for key, value in meta.items() if key not in ("kept_indices", "num_classes")})
+    record["format"], record["version"] = FORMAT_NAME, FORMAT_VERSION
+    record["num_classes"] = num_classes
+    record["kept_indices"] = kept_indices(model)
+    return record
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray | torch.Tensor):
+        return value.tolist()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    if isinstance(value, tuple | set):
+        return list(value)
+    raise TypeError(f"cannot store {type(value).__name__} in pruned.json")

@@ -1,0 +1,68 @@
+"""SSH host keys: verified against known_hosts, and recorded there only when the user trusts a new host."""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import os
+from pathlib import Path
+
+import paramiko
+
+from edge_smsp.core.errors import EdgeSmspError, TransportError
+from edge_smsp.core.fileio import replaceable_target, write_atomically
+
+
+class _UnknownHostKey(paramiko.SSHException):
+    def __init__(self, hostname: str, key: paramiko.PKey) -> None:
+        super().__init__(hostname)
+        self.hostname = hostname
+        self.key = key
+
+
+def fingerprint(key: paramiko.PKey) -> str:
+    """OpenSSH-style SHA256 fingerprint of a host key."""
+    digest = base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode("ascii").rstrip("=")
+    return f"{key.get_name()} SHA256:{digest}"
+
+
+NULL_DEVICE = os.devnull  # known_hosts: /dev/null, the usual "keep no host keys" idiom
+
+
+def record_host_key(known_hosts: Path, hostname: str, key: paramiko.PKey) -> None:
+    """Append one host key line to a known_hosts file, written atomically and kept private. Through a symlink
+    the linked file is updated (the link stays). /dev/null records nothing, as OpenSSH's
+    UserKnownHostsFile=/dev/null: the key is trusted for this connection only, and nothing (no lock file either)
+    is made in /dev. Any other device, FIFO or socket is refused in one line, never replaced by a file."""
+    if os.path.realpath(known_hosts) == os.path.realpath(NULL_DEVICE):
+        return
+    try:
+        target = replaceable_target(known_hosts)
+        target.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        line = f"{hostname} {key.get_name()} {key.get_base64()}\n"
+        # Read-modify-replace under a lock: concurrent deploys trusting new hosts must not drop each other's line.
+        lock_path = target.with_name(f".{target.name}.lock")
+        with open(lock_path, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            existing = target.read_text(errors="replace") if target.exists() else ""
+            if existing and not existing.endswith("\n"):
+                existing += "\n"
+            write_atomically(target, (existing + line).encode("utf-8"), mode=0o600)
+    except (OSError, EdgeSmspError) as error:
+        detail = error if isinstance(error, EdgeSmspError) else (error.strerror or error)
+        raise TransportError(f"cannot record the host key of {hostname} in {known_hosts}: {detail}") from None
+
+
+class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
+    """Refuse hosts missing from known_hosts, or, when trusting new hosts, accept and record them."""
+
+    def __init__(self, known_hosts: Path, trust_new_host: bool) -> None:
+        self.known_hosts = known_hosts
+        self.trust_new_host = trust_new_host
+
+    def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        if not self.trust_new_host:
+            raise _UnknownHostKey(hostname, key)
+        client.get_host_keys().add(hostname, key.get_name(), key)
+        record_host_key(self.known_hosts, hostname, key)

@@ -1,0 +1,107 @@
+"""The local transport: the device is this machine; same upload, verify and rename path as over SSH."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from edge_smsp.core.errors import EdgeSmspError, TransportError
+from edge_smsp.core.paths import expand_user
+from edge_smsp.devices.profiles import ConnectionSpec
+from edge_smsp.transport.base import RemoteResult, Transport, timed
+
+
+class LocalTransport(Transport):
+    """Runs commands as subprocesses of this process, in their own process group so a timeout kills them all.
+
+    The runtime runs on this very interpreter unless the profile names another python: the host's own
+    interpreter has numpy and onnxruntime, whatever PATH says.
+    """
+
+    default_python = sys.executable
+
+    def __init__(self, connection: ConnectionSpec) -> None:
+        super().__init__(connection)
+
+    @property
+    def python(self) -> str:
+        return os.path.expanduser(super().python)
+
+    def _resolve_workdir(self) -> str:
+        try:
+            workdir = expand_user(self.connection.workdir)  # '~nosuchuser/w' is refused, not made literally
+        except EdgeSmspError as error:
+            raise TransportError(f"work dir: {error}") from None
+        try:
+            workdir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise TransportError(f"cannot create work dir {workdir}: {error.strerror or error}") from None
+        return str(workdir.resolve())
+
+    def _run(self, argv: list[str], timeout: float, cwd: str | None = None) -> RemoteResult:
+        if not argv:
+            raise TransportError("no command to run")
+        start = time.monotonic()
+        try:
+            process = subprocess.Popen(
+                argv,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        except OSError as error:
+            raise TransportError(f"cannot run {argv[0]!r}: {error.strerror or error}") from None
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            stop_process_group(process)
+            raise TransportError(f"command timed out after {timeout:g} s on the device: {argv[0]}") from None
+        except BaseException:  # interrupted (Ctrl-C, SIGTERM): the device work must not outlive the command
+            stop_process_group(process)
+            raise
+        return RemoteResult(
+            rc=process.returncode,
+            stdout=stdout.decode("utf-8", "replace"),
+            stderr=stderr.decode("utf-8", "replace"),
+            seconds=timed(start),
+        )
+
+    def _put(self, local_path: Path, remote_path: str) -> None:
+        try:
+            shutil.copyfile(local_path, remote_path)
+        except OSError as error:
+            raise TransportError(
+                f"cannot copy {local_path} to {remote_path}: {error.strerror or error}"
+            ) from None
+
+    def _remove(self, remote_path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(remote_path)
+
+    def _list_names(self, remote_dir: str) -> list[str]:
+        try:
+            return os.listdir(remote_dir)
+        except OSError as error:
+            raise TransportError(f"cannot list {remote_dir}: {error.strerror or error}") from None
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+def stop_process_group(process: subprocess.Popen[bytes], grace: float = 2.0) -> None:
+    """TERM the command's process group, KILL what is left of it after up to `grace` seconds, reap the command."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # members that ignored TERM, or a leader that did
+    process.communicate()  # reaps the command and closes its pipes

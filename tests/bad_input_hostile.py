@@ -1,0 +1,406 @@
+"""Issue 25's hostile sweep as rows of the bad-input table (tests/test_bad_input.py), by cause: alias bombs and
+deep nesting, duplicate keys, non-finite and huge numbers, wrong types, long names and unknown ~users, special
+files and symlinks as outputs, terminal escape codes in names, corrupt and inflating data files, unbounded runtime
+options, NaN and integer pixels, decompression bombs, bad ONNX metadata, a port that does not speak SSH."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import socket
+import sqlite3
+import struct
+import threading
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper
+
+from tests.bad_input_case import Case
+from tests.boards import small_board_profile
+
+LONG = "n" * 300  # one name over NAME_MAX (255 bytes)
+ESC = "\x1b[2J\x1b[31m"  # clear screen, red: must never reach the terminal raw
+NOUSER = "~edge_smsp_no_such_user"
+FAST = ("--train-per-class", "8", "--val-per-class", "4", "--iters", "2")
+ADAPT = ("adapt", "--ratio", "0.5", "--method", "magnitude", "--out", "{s}/out", "--classes", "0,1", *FAST)
+PRUNE = ("prune", "--model", "resnet18", "--ratio", "0.5", "--method", "random", "--image-size", "32")
+EXPORT = ("export", "--model-dir", "{w}/model", "--out", "{s}/m.onnx")
+DEPLOY = ("deploy", "--method", "magnitude", "--bench-runs", "3", "--bench-seconds", "0", *FAST)
+BENCH = ("bench", "--model", "{w}/tiny.onnx", "--bench-runs", "3", "--bench-seconds", "0")
+LOCAL_BENCH = (*BENCH, "--profile", "{w}/local.yaml")
+RT_BENCH = ("bench", "--model", "{w}/tiny.onnx", "--runs", "3", "--min-seconds", "0")
+RT_INFER = ("infer", "--model", "{w}/tiny.onnx")
+RT_FINETUNE = ("finetune", "--model-dir", "{w}/model", "--data", "{w}/adir", "--iters", "1")
+
+PROFILE_VARIANTS = {  # file stem -> YAML lines replacing the base profile's
+    "nan-latency": {"latency_target_ms": ".nan"},
+    "inf-latency": {"latency_target_ms": ".inf"},
+    "inf-throughput": {"throughput_gmacs": ".inf"},
+    "huge-throughput": {"throughput_gmacs": "1.0e+308"},
+    "negative-inf-overhead": {"latency_overhead_ms": "-.inf"},
+    "inf-memory": {"memory_budget": ".inf"},
+    "huge-memory": {"memory_budget": "1.0e+30"},
+    "huge-memory-text": {"memory_budget": "99999999999999999999TiB"},
+    "nested-providers": {"providers": "[[CPUExecutionProvider]]"},
+    "mapping-providers": {"providers": "[{CPUExecutionProvider: 1}]"},
+    "int-providers": {"providers": "[1, 2]"},
+    "text-threads": {"threads": "abc"},
+    "bool-threads": {"threads": "true"},
+    "bool-input-size": {"input_size": "true"},
+    "huge-input-size": {"input_size": "100000000000000000000"},
+    "list-name": {"name": "[a, b]"},
+    "deep-description": {"description": "[" * 2000 + "]" * 2000},
+    "recursive-alias": {"description": "&loop [*loop]"},
+}
+# The connection of a profile, each broken in one way (ssh ones reach the test's sshd).
+CONNECTION_VARIANTS = {
+    "port-99999": {"port": 99999},
+    "port-text": {"port": "twenty-two"},
+    "key-nouser": {"key_file": f"{NOUSER}/id_ed25519"},
+    "known-hosts-nouser": {"known_hosts": f"{NOUSER}/known_hosts"},
+    "key-long": {"key_file": f"/tmp/{LONG}"},
+    "key-garbage": {"key_file": "{w}/random.bin"},
+    "known-hosts-fifo": {"known_hosts": "{w}/fifo"},
+    "known-hosts-loop": {"known_hosts": "{w}/loop-a"},
+    "not-ssh": {"port": "{not_ssh}"},
+}
+PRUNED_JSON_VARIANTS = {  # saved-model copies whose pruned.json is broken one way
+    "classes-huge": lambda meta: {**meta, "num_classes": 10**12},
+    "classes-text": lambda meta: {**meta, "num_classes": "abc"},
+    "classes-bool": lambda meta: {**meta, "num_classes": True},
+    "size-float": lambda meta: {**meta, "image_size": 32.5},
+    "size-huge": lambda meta: {**meta, "image_size": 10**9},
+    "backbone-list": lambda meta: {**meta, "backbone": ["resnet18"]},
+    "kept-list": lambda meta: {**meta, "kept_indices": [1, 2]},
+}
+ONNX_METADATA_VARIANTS = {  # tiny.onnx copies with one metadata value broken
+    "mean-nan": {"mean": "[NaN, 0.5, 0.5]"},
+    "std-inf": {"std": "[Infinity, 1, 1]"},
+    "mean-text": {"mean": '["a", "b", "c"]'},
+    "size-bool": {"input_size": "true"},
+    "size-huge": {"input_size": "1000000"},
+    "size-negative": {"input_size": "[-16, 16]"},
+    "labels-deep": {"labels": "[" * 100000 + "]" * 100000},
+}
+
+
+def inline_bomb() -> str:
+    """An inline --connection mapping that expands to 10^9 values."""
+    levels = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]'] + [
+        f"a{level}: &a{level} [" + ",".join([f"*a{level - 1}"] * 9) + "]" for level in range(1, 10)
+    ]
+    return "{" + ", ".join(levels) + "}"
+
+
+def _literal(text: str) -> str:
+    """`text` as a row's argument, which str.format expands ({w}, {s}): its own braces doubled."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+HOSTILE_CASES = [
+    # --- 1. security: bombs, deep documents, special files, escape codes --------------------------------------
+    Case("hostile-profile-alias-bomb-deploy", (*DEPLOY, "--profile", "{w}/bomb.yaml", "--out", "{s}/out"), "alias"),
+    Case("hostile-profile-alias-bomb-bench", ("bench", "--profile", "{w}/bomb.yaml", "--model", "{w}/tiny.onnx"), "alias"),
+    Case("hostile-connection-alias-bomb-file", (*LOCAL_BENCH, "--connection", "{w}/bomb-connection.yaml"), "alias"),
+    Case("hostile-connection-alias-bomb-inline", (*LOCAL_BENCH, "--connection", _literal(inline_bomb())), "alias"),
+    Case("hostile-profile-deep-flow", ("bench", "--profile", "{w}/deep-flow.yaml", "--model", "{w}/tiny.onnx"), "nested"),
+    Case("hostile-profile-deep-block", ("bench", "--profile", "{w}/deep-block.yaml", "--model", "{w}/tiny.onnx"), "nested"),
+    Case("hostile-connection-deep-file", (*LOCAL_BENCH, "--connection", "{w}/deep-flow.yaml"), "nested"),
+    Case("hostile-connection-deep-inline", (*LOCAL_BENCH, "--connection", _literal("{" + "a: {" * 3000 + "}" * 3001)), "nested"),
+    Case("hostile-profile-too-large", ("bench", "--profile", "{w}/large.yaml", "--model", "{w}/tiny.onnx"), "KiB"),
+    Case("hostile-profile-not-utf8", ("bench", "--profile", "{w}/random.yaml", "--model", "{w}/tiny.onnx"), "cannot read|malformed"),
+    Case("hostile-profile-python-tag", ("bench", "--profile", "{w}/python-tag.yaml", "--model", "{w}/tiny.onnx"), "constructor|tag"),
+    Case("hostile-export-out-fifo", ("export", "--model-dir", "{w}/model", "--out", "{w}/fifo"), "FIFO"),
+    Case("hostile-export-out-symlink-loop", ("export", "--model-dir", "{w}/model", "--out", "{w}/loop-a"), "symlink loop"),
+    Case("hostile-export-out-symlink-to-fifo", ("export", "--model-dir", "{w}/model", "--out", "{w}/link-to-fifo"), "FIFO"),
+    Case("hostile-prune-out-symlink-loop", (*PRUNE, "--out", "{w}/loop-a"), "symlink loop"),
+    Case("hostile-deploy-out-fifo", (*DEPLOY, "--profile", "{w}/local.yaml", "--out", "{w}/fifo"), "not a directory"),
+    Case("hostile-trust-known-hosts-fifo", ("bench", "--profile", "{w}/ssh-known-hosts-fifo.yaml", "--model", "{w}/tiny.onnx", "--trust-new-host"), "FIFO"),
+    Case("hostile-trust-known-hosts-loop", ("bench", "--profile", "{w}/ssh-known-hosts-loop.yaml", "--model", "{w}/tiny.onnx", "--trust-new-host"), "symlink loop"),
+    Case("hostile-escape-profile-name", ("bench", "--profile", "{w}/" + ESC + ".yaml", "--model", "{w}/tiny.onnx"), "malformed"),
+    Case("hostile-escape-missing-profile", ("bench", "--profile", "{w}/nothing" + ESC + ".yaml", "--model", "{w}/tiny.onnx"), "no such file"),
+    Case("hostile-escape-bench-model", ("bench", "--profile", "{w}/local.yaml", "--model", "{w}/" + ESC + ".onnx"), "onnx"),
+    Case("hostile-escape-pool", ("pool", "list", "--pool", "{s}/" + ESC + ".sqlite"), "no pool"),
+    Case("hostile-escape-checkpoint", (*PRUNE, "--checkpoint", "{w}/" + ESC + ".pth", "--out", "{s}/o"), "checkpoint"),
+    Case("hostile-escape-model-dir", ("export", "--model-dir", "{w}/" + ESC, "--out", "{s}/m.onnx"), "no such directory"),
+    Case("hostile-escape-classes", (*ADAPT[:-len(FAST) - 2], "--classes", ESC, *FAST), "--classes"),
+    Case("hostile-escape-profile-field", ("bench", "--profile", "{w}/escape-field.yaml", "--model", "{w}/tiny.onnx"), "unknown field"),
+    # --- 2. tracebacks: long names and unknown users, everywhere a path is taken --------------------------------
+    Case("hostile-env-pool-nouser-list", ("pool", "list"), "no user", env={"EDGE_SMSP_POOL": f"{NOUSER}/pool.sqlite"}),
+    Case("hostile-env-pool-long-list", ("pool", "list"), "too long", env={"EDGE_SMSP_POOL": f"/tmp/{LONG}/pool.sqlite"}),
+    Case("hostile-env-pool-nouser-adapt", (*ADAPT[:4], "smsp", *ADAPT[5:]), "no user", env={"EDGE_SMSP_POOL": f"{NOUSER}/p.sqlite"}),
+    Case("hostile-pool-nouser", ("pool", "list", "--pool", f"{NOUSER}/pool.sqlite"), "no user"),
+    Case("hostile-pool-long", ("pool", "list", "--pool", f"{{s}}/{LONG}"), "too long"),
+    Case("hostile-pool-long-path", ("pool", "list", "--pool", "/tmp/" + "d/" * 2100 + "p"), "too long"),
+    Case("hostile-build-pool-nouser", ("pool", "build", "--tasks", "2", "--pool", f"{NOUSER}/p.sqlite", *FAST), "no user"),
+    Case("hostile-prune-out-long", (*PRUNE, "--out", f"{{s}}/{LONG}"), "too long"),
+    Case("hostile-prune-out-nouser", (*PRUNE, "--out", f"{NOUSER}/out"), "no user"),
+    Case("hostile-prune-checkpoint-long", (*PRUNE, "--checkpoint", f"{{w}}/{LONG}", "--out", "{s}/o"), "too long"),
+    Case("hostile-prune-checkpoint-nouser", (*PRUNE, "--checkpoint", f"{NOUSER}/w.pth", "--out", "{s}/o"), "no user"),
+    Case("hostile-adapt-out-long", (*ADAPT[:6], f"{{s}}/{LONG}", *ADAPT[7:]), "too long"),
+    Case("hostile-adapt-out-nouser", (*ADAPT[:6], f"{NOUSER}/out", *ADAPT[7:]), "no user"),
+    Case("hostile-adapt-data-dir-nouser", (*ADAPT, "--data-dir", f"{NOUSER}/data"), "no user"),
+    Case("hostile-adapt-data-dir-long", (*ADAPT, "--data-dir", f"{{w}}/{LONG}"), "too long"),
+    Case("hostile-export-model-dir-long", ("export", "--model-dir", f"{{w}}/{LONG}", "--out", "{s}/m.onnx"), "too long"),
+    Case("hostile-export-model-dir-nouser", ("export", "--model-dir", f"{NOUSER}/m", "--out", "{s}/m.onnx"), "no user"),
+    Case("hostile-export-out-long", ("export", "--model-dir", "{w}/model", "--out", f"{{s}}/{LONG}.onnx"), "too long"),
+    Case("hostile-export-out-nouser", ("export", "--model-dir", "{w}/model", "--out", f"{NOUSER}/m.onnx"), "no user"),
+    Case("hostile-deploy-out-long", (*DEPLOY, "--profile", "{w}/local.yaml", "--out", f"{{s}}/{LONG}"), "too long"),
+    Case("hostile-deploy-profile-nouser", (*DEPLOY, "--profile", f"{NOUSER}/p.yaml", "--out", "{s}/out"), "no user"),
+    Case("hostile-bench-model-long", ("bench", "--profile", "{w}/local.yaml", "--model", f"{{w}}/{LONG}.onnx"), "too long"),
+    Case("hostile-bench-model-nouser", ("bench", "--profile", "{w}/local.yaml", "--model", f"{NOUSER}/m.onnx"), "no user"),
+    Case("hostile-bench-profile-long", ("bench", "--profile", f"{{w}}/{LONG}.yaml", "--model", "{w}/tiny.onnx"), "too long"),
+    Case("hostile-bench-connection-nouser-key", (*LOCAL_BENCH, "--connection", "{{transport: ssh, host: 127.0.0.1, user: pi, key_file: " + NOUSER + "/k}}"), "no user"),
+    Case("hostile-index-pool-nouser", ("pool", "index", "--backbone", "resnet18", "--pool", f"{NOUSER}/p.sqlite"), "no user"),
+    # --- 2. tracebacks: profiles with wrong types and non-finite numbers (the bounded loader, field checks) ----
+    *[
+        Case(f"hostile-profile-{stem}", ("bench", "--profile", f"{{w}}/profile-{stem}.yaml", "--model", "{w}/tiny.onnx"), expect)
+        for stem, expect in (
+            ("nan-latency", "latency_target_ms"), ("inf-latency", "latency_target_ms"),
+            ("inf-throughput", "throughput_gmacs"), ("huge-throughput", "throughput_gmacs"),
+            ("negative-inf-overhead", "latency_overhead_ms"), ("inf-memory", "memory_budget"),
+            ("huge-memory", "memory_budget"), ("huge-memory-text", "memory_budget"),
+            ("nested-providers", "providers"), ("mapping-providers", "providers"), ("int-providers", "providers"),
+            ("text-threads", "threads"), ("bool-threads", "threads"), ("bool-input-size", "input_size"),
+            ("huge-input-size", "input_size"), ("list-name", "name"), ("deep-description", "nested"),
+            ("recursive-alias", "recursive"),
+        )
+    ],
+    Case("hostile-profile-duplicate-key", ("bench", "--profile", "{w}/duplicate.yaml", "--model", "{w}/tiny.onnx"), "duplicate key"),
+    Case("hostile-deploy-profile-duplicate-key", (*DEPLOY, "--profile", "{w}/duplicate.yaml", "--out", "{s}/out"), "duplicate key"),
+    Case("hostile-connection-duplicate-key", (*LOCAL_BENCH, "--connection", "{{port: 22, port: 23}}"), "duplicate key"),
+    Case("hostile-connection-port-99999", (*LOCAL_BENCH, "--connection", "{{transport: ssh, host: 127.0.0.1, port: 99999}}"), "port"),
+    Case("hostile-connection-nan-port", (*LOCAL_BENCH, "--connection", "{{transport: ssh, host: 127.0.0.1, port: .nan}}"), "finite|port"),
+    *[
+        Case(f"hostile-ssh-{stem}", ("bench", "--profile", f"{{w}}/ssh-{stem}.yaml", "--model", "{w}/tiny.onnx"), expect)
+        for stem, expect in (
+            ("port-99999", "port"), ("port-text", "port"), ("key-nouser", "no user"),
+            ("known-hosts-nouser", "no user"), ("key-long", "too long|key file"),
+            ("key-garbage", "private key|key file"), ("not-ssh", "not as an SSH server"),
+        )
+    ],
+    Case("hostile-local-workdir-nouser", ("bench", "--profile", "{w}/workdir-nouser.yaml", "--model", "{w}/tiny.onnx"), "no user"),
+    # --- 2. tracebacks: pruned.json and the pool's rows (wrong types, deep, non-finite, duplicates) -----------
+    *[
+        Case(f"hostile-pruned-json-{stem}", ("export", "--model-dir", f"{{w}}/model-{stem}", "--out", "{s}/m.onnx"), expect)
+        for stem, expect in (
+            ("classes-huge", "num_classes"), ("classes-text", "num_classes"), ("classes-bool", "num_classes"),
+            ("size-float", "image_size"), ("size-huge", "image_size"), ("backbone-list", "backbone"),
+            ("kept-list", "kept_indices"), ("deep", "nested"), ("nan", "finite|NaN"), ("duplicate", "duplicate"),
+        )
+    ],
+    Case("hostile-export-card-over-pruned-json", ("export", "--model-dir", "{w}/model", "--out", "{w}/model/pruned.onnx"), "pruned.json"),
+    Case("hostile-pool-deep-extra", ("pool", "list", "--pool", "{w}/deep-extra.sqlite"), "damaged"),
+    Case("hostile-pool-nan-extra", ("pool", "list", "--pool", "{w}/nan-extra.sqlite"), "damaged"),
+    Case("hostile-pool-duplicate-extra", ("pool", "list", "--pool", "{w}/duplicate-extra.sqlite"), "damaged"),
+    Case("hostile-pool-deep-classes-json", ("pool", "list", "--json", "--pool", "{w}/deep-classes.sqlite"), "damaged"),
+    # --- 2. tracebacks: stdout on a full device, data files that are corrupt or inflate -----------------------
+    Case("hostile-stdout-dev-full-pool-list", ("pool", "list", "--json", "--pool", "{w}/good.sqlite"), "No space left", stdout="/dev/full"),
+    Case("hostile-stdout-dev-full-models", ("models", "--json"), "No space left", stdout="/dev/full"),
+    Case("hostile-fashion-gz-bomb", (*ADAPT, "--data-dir", "{w}/fashion-bomb"), "header claims"),
+    Case("hostile-fashion-gz-corrupt", (*ADAPT, "--data-dir", "{w}/fashion-corrupt"), "cannot read IDX"),
+    Case("hostile-fashion-short", (*ADAPT, "--data-dir", "{w}/fashion-short"), "header claims|holds"),
+    # --- 4. silent wrong results: now refused --------------------------------------------------------------------
+    Case("hostile-index-unknown-backbone", ("pool", "index", "--backbone", "nosuchnet", "--pool", "{w}/good.sqlite"), "nosuchnet"),
+    # --- 3. and 4. the device runtime: every option bounded, pixels checked, metadata checked -----------------
+    Case("hostile-runtime-warmup-huge", (*RT_BENCH, "--warmup", "1000000000000"), "--warmup", runtime=True),
+    Case("hostile-runtime-runs-huge", (*RT_BENCH, "--runs", "1000000000000"), "--runs", runtime=True),
+    Case("hostile-runtime-runs-above-host", (*RT_BENCH, "--runs", "100001"), "--runs", runtime=True),
+    Case("hostile-runtime-runs-float", (*RT_BENCH, "--runs", "1e12"), "--runs", runtime=True),
+    Case("hostile-runtime-threads-huge", (*RT_BENCH, "--threads", "100000"), "--threads", runtime=True),
+    Case("hostile-runtime-threads-float", (*RT_BENCH, "--threads", "1e20"), "--threads", runtime=True),
+    Case("hostile-runtime-min-seconds-huge", (*RT_BENCH, "--min-seconds", "1e12"), "--min-seconds", runtime=True),
+    Case("hostile-runtime-seed-negative", (*RT_BENCH, "--seed", "-1"), "--seed", runtime=True),
+    Case("hostile-runtime-seed-2-64", (*RT_BENCH, "--seed", str(2**64)), "--seed", runtime=True),
+    Case("hostile-runtime-batch-huge", (*RT_BENCH, "--batch-size", "100000"), "--batch-size", runtime=True),
+    Case("hostile-runtime-infer-threads-huge", (*RT_INFER, "--threads", "100000", "{w}/image.npy"), "--threads", runtime=True),
+    Case("hostile-runtime-describe-threads", ("describe", "--model", "{w}/tiny.onnx", "--data", "{w}/adir", "--threads", "100000"), "--threads", runtime=True),
+    Case("hostile-runtime-probe-seed", ("probe", "--models", "{w}/tiny.onnx", "--data", "{w}/adir", "--seed", "-1"), "--seed", runtime=True),
+    Case("hostile-runtime-scan-seed", ("scan", "--data", "{w}/adir", "--seed", str(2**64)), "--seed", runtime=True),
+    Case("hostile-runtime-adapt-batch-huge", ("adapt", "--model", "{w}/tiny.onnx", "--data", "{w}/adir", "--out", "{s}/a.onnx", "--iters", "1", "--batch-size", "100000"), "--batch-size", runtime=True),
+    Case("hostile-runtime-finetune-batch-zero", (*RT_FINETUNE, "--batch-size", "0"), "--batch-size", runtime=True),
+    Case("hostile-runtime-finetune-bench-runs-zero", (*RT_FINETUNE, "--bench-runs", "0"), "--bench-runs", runtime=True),
+    Case("hostile-runtime-finetune-out-is-input", (*RT_FINETUNE, "--out", "{w}/model"), "--out", runtime=True),
+    Case("hostile-runtime-finetune-seed-negative", (*RT_FINETUNE, "--seed", "-1"), "--seed", runtime=True),
+    Case("hostile-runtime-finetune-iters-huge", (*RT_FINETUNE[:-1], "1000000000000"), "--iters", runtime=True),
+    Case("hostile-runtime-infer-nan-pixels", (*RT_INFER, "{w}/nan.npy"), "NaN", runtime=True),
+    Case("hostile-runtime-infer-inf-pixels", (*RT_INFER, "{w}/inf.npy"), "NaN or infinite", runtime=True),
+    Case("hostile-runtime-infer-int64-above-16-bit", (*RT_INFER, "{w}/int64-big.npy"), "integer pixels", runtime=True),
+    Case("hostile-runtime-infer-int-negative", (*RT_INFER, "{w}/int-negative.npy"), "integer pixels", runtime=True),
+    Case("hostile-runtime-infer-npy-bomb", (*RT_INFER, "{w}/bomb.npy"), "pixels", runtime=True),
+    Case("hostile-runtime-infer-pgm-bomb", (*RT_INFER, "{w}/bomb.pgm"), "pixels", runtime=True),
+    Case("hostile-runtime-infer-npy-objects", (*RT_INFER, "{w}/objects.npy"), "objects|pickle", runtime=True),
+    Case("hostile-runtime-infer-escape-name", (*RT_INFER, "{w}/" + ESC + ".npy"), "not found", runtime=True),
+    Case("hostile-runtime-bench-escape-name", ("bench", "--model", "{w}/" + ESC + ".onnx"), "onnx", runtime=True),
+    Case("hostile-runtime-infer-long-name", (*RT_INFER, f"{{w}}/{LONG}.npy"), "not found", runtime=True),
+    Case("hostile-runtime-infer-no-inputs", ("infer", "--model", "{w}/no-inputs.onnx", "{w}/image.npy"), "no inputs", runtime=True),
+    *[
+        Case(f"hostile-runtime-metadata-{stem}", ("infer", "--model", f"{{w}}/meta-{stem}.onnx", "{w}/image.npy"), expect, runtime=True)
+        for stem, expect in (
+            ("mean-nan", "mean"), ("std-inf", "std"), ("mean-text", "mean"), ("size-bool", "input_size"),
+            ("size-huge", "input_size"), ("size-negative", "input_size"), ("labels-deep", "labels"),
+        )
+    ],
+]  # fmt: skip
+
+
+def hostile_inputs(world: Path, ssh: dict, local: dict) -> None:
+    """The files the hostile rows name, beside the table's own world."""
+    bomb = "".join(
+        f"{chr(97 + level)}: &{chr(97 + level)} ["
+        + ",".join([f"*{chr(96 + level)}" if level else '"lol"'] * 9)
+        + "]\n"
+        for level in range(10)
+    )
+    (world / "bomb.yaml").write_text(bomb)
+    (world / "bomb-connection.yaml").write_text(bomb)
+    (world / "deep-flow.yaml").write_text("[" * 100000 + "]" * 100000)
+    (world / "deep-block.yaml").write_text("".join("  " * depth + "- \n" for depth in range(500)))
+    (world / "large.yaml").write_text("# padding\n" * 40000)
+    (world / "random.yaml").write_bytes(np.random.default_rng(1).bytes(2048))
+    (world / "python-tag.yaml").write_text("name: !!python/object/apply:os.system [true]\n")
+    base = _profile_lines(local)
+    (world / "duplicate.yaml").write_text(base + "threads: 2\n")
+    (world / (ESC + ".yaml")).write_text("name: [unclosed\n")
+    (world / "escape-field.yaml").write_text(base + '"\\e[2J\\e[31m": 1\n')  # YAML's escape for ESC
+    for stem, lines in PROFILE_VARIANTS.items():
+        (world / f"profile-{stem}.yaml").write_text(_profile_lines(local, lines))
+    not_ssh = _not_ssh_server()
+    (world / "loop-a").symlink_to(world / "loop-b")
+    (world / "loop-b").symlink_to(world / "loop-a")
+    (world / "link-to-fifo").symlink_to(world / "fifo")
+    for stem, change in CONNECTION_VARIANTS.items():
+        values = {
+            key: (value.format(w=world, not_ssh=not_ssh) if isinstance(value, str) else value)
+            for key, value in change.items()
+        }
+        if values.get("port") == str(not_ssh):
+            values["port"] = not_ssh
+        small_board_profile(world / f"ssh-{stem}.yaml", f"hostile-{stem}", {**ssh, **values})
+    small_board_profile(world / "workdir-nouser.yaml", "hostile-workdir", {**local, "workdir": f"{NOUSER}/w"})
+    _pruned_json_variants(world)
+    _pool_variants(world)
+    _fashion_variants(world)
+    _runtime_inputs(world)
+
+
+def _profile_lines(local: dict, changes: dict[str, str] | None = None) -> str:
+    fields = {
+        "name": "hostile",
+        "memory_budget": "512MiB",
+        "latency_target_ms": "100",
+        "latency_percentile": "p90",
+        "input_size": "32",
+        "threads": "1",
+        "providers": "[CPUExecutionProvider]",
+        "throughput_gmacs": "5",
+        "connection": json.dumps(local),
+        **(changes or {}),
+    }
+    return "".join(f"{key}: {value}\n" for key, value in fields.items())
+
+
+def _not_ssh_server() -> int:
+    """A port that answers every connection with random bytes and an HTTP error, then hangs up."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+
+    def serve() -> None:
+        while True:
+            connection, _ = server.accept()
+            with connection:
+                connection.sendall(os.urandom(256) + b"\r\nHTTP/1.1 400 Bad Request\r\n\r\n")
+
+    threading.Thread(target=serve, daemon=True).start()
+    return server.getsockname()[1]
+
+
+def _pruned_json_variants(world: Path) -> None:
+    meta = json.loads((world / "model" / "pruned.json").read_text())
+    texts = {stem: json.dumps(change(meta)) for stem, change in PRUNED_JSON_VARIANTS.items()}
+    texts["deep"] = "[" * 100000 + "]" * 100000
+    texts["nan"] = json.dumps({**meta, "image_size": float("nan")})
+    texts["duplicate"] = '{"format": "x", ' + json.dumps(meta)[1:]
+    for stem, text in texts.items():
+        directory = world / f"model-{stem}"
+        directory.mkdir()
+        os.link(world / "model" / "model.safetensors", directory / "model.safetensors")
+        (directory / "pruned.json").write_text(text)
+
+
+def _pool_variants(world: Path) -> None:
+    for name, statement in (
+        ("deep-extra", "UPDATE entries SET extra = '" + "[" * 100000 + "]" * 100000 + "'"),
+        ("nan-extra", """UPDATE entries SET extra = '{"a": NaN}'"""),
+        ("duplicate-extra", """UPDATE entries SET extra = '{"a": 1, "a": 2}'"""),
+        ("deep-classes", "UPDATE tasks SET classes = '" + "[" * 50000 + "]" * 50000 + "'"),
+    ):
+        shutil.copy(world / "good.sqlite", world / f"{name}.sqlite")
+        connection = sqlite3.connect(world / f"{name}.sqlite")
+        try:
+            connection.execute(statement)
+            connection.commit()
+        finally:
+            connection.close()
+
+
+def _idx(count: int, claimed: int | None = None, dims: tuple[int, ...] = (28, 28)) -> bytes:
+    magic = 2049 if not dims else 2051
+    header = struct.pack(f">{1 + 1 + len(dims)}I", magic, claimed or count, *dims)
+    return header + bytes(count * int(np.prod(dims, dtype=np.int64)))
+
+
+def _fashion_variants(world: Path) -> None:
+    labels = gzip.compress(_idx(10, dims=()))
+    images = gzip.compress(_idx(10))
+    files = {
+        "fashion-bomb": gzip.compress(_idx(4, claimed=4_000_000)),  # claims 3 GB of pixels in a few bytes
+        "fashion-corrupt": b"\x1f\x8b\x08\x00" + bytes(range(200)),
+        "fashion-short": gzip.compress(_idx(4, claimed=10)),
+    }
+    for name, train_images in files.items():
+        directory = world / name
+        directory.mkdir()
+        (directory / "train-images-idx3-ubyte.gz").write_bytes(train_images)
+        (directory / "train-labels-idx1-ubyte.gz").write_bytes(labels)
+        (directory / "t10k-images-idx3-ubyte.gz").write_bytes(images)
+        (directory / "t10k-labels-idx1-ubyte.gz").write_bytes(labels)
+
+
+def _runtime_inputs(world: Path) -> None:
+    image = np.zeros((8, 8, 3), dtype=np.float32)
+    np.save(world / "nan.npy", np.where(np.eye(8, dtype=bool)[:, :, None], np.nan, image))
+    np.save(world / "inf.npy", np.full((8, 8, 3), np.inf, dtype=np.float32))
+    np.save(world / "int64-big.npy", np.full((8, 8, 3), 70000, dtype=np.int64))
+    np.save(world / "int-negative.npy", np.full((8, 8), -5, dtype=np.int32))
+    np.save(world / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with open(world / "bomb.npy", "wb") as stream:  # claims 10^10 pixels, holds 16 bytes
+        np.lib.format.write_array_header_1_0(
+            stream, {"descr": "|u1", "fortran_order": False, "shape": (100000, 100000)}
+        )
+        stream.write(bytes(16))
+    (world / "bomb.pgm").write_bytes(b"P5\n100000 100000\n255\n" + bytes(16))
+    model = onnx.load(str(world / "tiny.onnx"))
+    for stem, change in ONNX_METADATA_VARIANTS.items():
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+        props = {prop.key: prop.value for prop in copy.metadata_props}
+        props.update(change)
+        del copy.metadata_props[:]
+        for key, value in props.items():
+            copy.metadata_props.add(key=key, value=value)
+        onnx.save(copy, str(world / f"meta-{stem}.onnx"))
+    constant = helper.make_node(
+        "Constant", [], ["out"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
+    )
+    graph = helper.make_graph(
+        [constant], "no_inputs", [], [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1])]
+    )
+    onnx.save(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(world / "no-inputs.onnx")
+    )

@@ -1,0 +1,135 @@
+"""The device runtime's numbers by value: the reported latency percentiles and histogram, and the greyscale
+conversion for one-channel models (the order checks of test_runtime.py would miss a wrong value)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from edge_smsp_runtime import bench
+from edge_smsp_runtime.bench import latency_histogram, latency_summary, run_bench
+from edge_smsp_runtime.images import preprocess
+
+from tests.tiny_onnx import tiny_convnet
+
+MS = 1_000_000  # ns
+
+
+def test_latency_summary_is_numpys_percentiles_of_the_runs() -> None:
+    # 1 to 100 ms: numpy's linear interpolation gives p50 50.5, p90 90.1 and p99 99.01 ms.
+    summary = latency_summary([k * MS for k in range(1, 101)])
+    assert summary == {
+        "p50": 50.5,
+        "p90": 90.1,
+        "p99": 99.01,
+        "mean": 50.5,
+        "min": 1.0,
+        "max": 100.0,
+        "std": pytest.approx(28.8661, abs=1e-4),
+    }
+    skewed = np.random.default_rng(3).lognormal(14.0, 0.6, size=997).astype(np.int64)
+    summary = latency_summary(list(skewed))
+    for name, expected in zip(("p50", "p90", "p99"), np.percentile(skewed, [50, 90, 99]), strict=True):
+        assert summary[name] == pytest.approx(expected / 1e6, abs=1e-4)
+    assert summary["mean"] == pytest.approx(skewed.mean() / 1e6, abs=1e-4)
+
+
+def test_latency_histogram_spans_min_to_p99_and_counts_every_run() -> None:
+    histogram = latency_histogram([k * MS for k in range(1, 101)], bins=24)
+    edges, counts = histogram["edges"], histogram["counts"]
+    assert len(edges) == 25 and len(counts) == 24
+    assert edges[0] == 1.0 and edges[-1] == 99.01  # from the fastest run to p99
+    assert edges[1] == pytest.approx(1.0 + 98.01 / 24, abs=1e-4)
+    assert sum(counts) == 100  # the runs above p99 fall in the last bin
+    assert counts[0] == 5  # 1-5 ms, below 5.08
+    assert counts[-1] == 6  # 95-99 ms, and 100 ms clipped to p99
+    skewed = list(np.random.default_rng(4).lognormal(14.0, 0.8, size=500).astype(np.int64))
+    histogram = latency_histogram(skewed)
+    assert sum(histogram["counts"]) == 500
+    assert histogram["edges"][0] == pytest.approx(min(skewed) / 1e6, abs=1e-4)
+    assert histogram["edges"][-1] == pytest.approx(np.percentile(skewed, 99) / 1e6, abs=1e-4)
+    assert latency_histogram([]) == {"edges": [], "counts": []}
+    flat = latency_histogram([2 * MS] * 7, bins=4)
+    assert sum(flat["counts"]) == 7 and flat["edges"][0] == 2.0 and flat["edges"][-1] > 2.0
+
+
+class _Clock:
+    """A fake now_ns: time moves only when the timed session runs, by the latencies given."""
+
+    def __init__(self, latencies: list[int]) -> None:
+        self.now, self.latencies = 0, list(latencies)
+
+    def __call__(self) -> int:
+        return self.now
+
+    def run(self) -> None:
+        self.now += self.latencies.pop(0)
+
+
+class _TimedSession:
+    """A real session whose run() also advances the fake clock."""
+
+    def __init__(self, session: object, clock: _Clock) -> None:
+        self._session, self._clock = session, clock
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._session, name)
+
+    def run(self, feeds: dict) -> object:
+        self._clock.run()
+        return self._session.run(feeds)
+
+
+def test_bench_reports_the_percentiles_of_the_runs_it_timed(tmp_path: Path, monkeypatch) -> None:
+    """Through run_bench: the reported p50/p90/p99 and histogram are those of exactly the timed runs (the first
+    inference and the warm-ups excluded)."""
+    model = tiny_convnet(tmp_path / "tiny.onnx")
+    warmup, runs = 10, 40
+    rng = np.random.default_rng(5)
+    untimed = [50 * MS] * (1 + warmup)  # the first inference and the warm-ups: slow, and not in the report
+    timed = [int(value) for value in rng.integers(1 * MS, 9 * MS, size=runs)]
+    clock = _Clock(untimed + timed)
+    real_open = bench.open_model
+
+    def open_model(*args: object, **kwargs: object) -> tuple:
+        backend, session, skipped = real_open(*args, **kwargs)
+        return backend, _TimedSession(session, clock), skipped
+
+    monkeypatch.setattr(bench, "now_ns", clock)
+    monkeypatch.setattr(bench, "open_model", open_model)
+    report = run_bench(str(model), warmup=warmup, runs=runs, min_seconds=0.0)
+    assert report["runs"] == runs and clock.latencies == []
+    expected = np.percentile(np.array(timed, dtype=np.float64) / 1e6, [50, 90, 99])
+    for name, value in zip(("p50", "p90", "p99"), expected, strict=True):
+        assert report["latency_ms"][name] == pytest.approx(value, abs=1e-4)
+    assert report["latency_ms"]["max"] == pytest.approx(max(timed) / 1e6, abs=1e-4)
+    assert report["first_inference_ms"] == 50.0
+    assert report["measured_seconds"] == pytest.approx(sum(timed) / 1e9)
+    assert report["throughput_ips"] == pytest.approx(runs / (sum(timed) / 1e9), rel=1e-4)
+    histogram = report["latency_histogram_ms"]
+    assert sum(histogram["counts"]) == runs
+    assert histogram["edges"][0] == pytest.approx(min(timed) / 1e6, abs=1e-4)
+    assert histogram["edges"][-1] == pytest.approx(expected[2], abs=1e-4)
+
+
+def test_rgb_is_converted_to_luma_for_one_channel_models() -> None:
+    """ITU-R BT.601 luma, 0.299 R + 0.587 G + 0.114 B, rounded to 8-bit levels like the host's "L" images."""
+    pixels = np.array(
+        [
+            [[255, 0, 0], [0, 255, 0]],  # red 76.245 -> 76, green 149.685 -> 150
+            [[0, 0, 255], [200, 100, 50]],  # blue 29.07 -> 29, 59.8 + 58.7 + 5.7 = 124.2 -> 124
+        ],
+        dtype=np.float32,
+    )
+    batch = preprocess(pixels / 255.0, (2, 2), 1, [0.5], [0.25])
+    assert batch.shape == (1, 1, 2, 2) and batch.dtype == np.float32
+    levels = np.array([[76, 150], [29, 124]], dtype=np.float64)
+    np.testing.assert_allclose(batch[0, 0], (levels / 255.0 - 0.5) / 0.25, atol=1e-6)
+    # A one-channel image for a one-channel model passes as it is; for three channels it is repeated.
+    grey = np.array([[[0.2], [0.4]], [[0.6], [0.8]]], dtype=np.float32)
+    single = preprocess(grey, (2, 2), 1, [0.0], [1.0])
+    np.testing.assert_allclose(single[0, 0], np.round(grey[:, :, 0] * 255) / 255, atol=1e-6)
+    three = preprocess(grey, (2, 2), 3, [0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
+    for channel in range(3):
+        np.testing.assert_array_equal(three[0, channel], single[0, 0])

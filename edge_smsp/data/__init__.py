@@ -26,7 +26,6 @@ DATASETS: dict[str, str] = {
     "fashion-mnist": "edge_smsp.data.fashion_mnist:FashionMnist",
     "imagefolder": "edge_smsp.data.imagefolder:ImageFolder",
     "cifar100": "edge_smsp.data.cifar100:Cifar100",
-    "toy-shapes": "edge_smsp.data.toy_shapes:ToyShapes",
 }
 
 

@@ -40,19 +40,24 @@ RESULTS_MD = ROOT / "benchmarks" / "RESULTS.md"
 SECTION_START = "<!-- mutation: written by benchmarks/mutation.py -->"
 SECTION_END = "<!-- /mutation -->"
 SEED = 25
-COPIED = ("edge_smsp", "runtime", "tests", "pyproject.toml")
+COPIED = ("edge_smsp", "runtime", "tests", "benchmarks", "device_profiles", "pyproject.toml")
 
 # module -> (functions mutated, the focused tests that pin them)
 TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "edge_smsp/models/prune.py": (
         ("keep_count", "_tie_at_cut", "_checked_count"),
-        ("tests/test_prune.py", "-k", "ties or keep_count or round_to or keep_counts or bad_input"),
+        (
+            "tests/test_prune.py",
+            "-k",
+            "ties or tie_at_the_cut or keep_count or round_to or keep_counts or bad_input",
+        ),
     ),
     "edge_smsp/data/descriptors.py": (
         ("descriptor_centre", "prototype_similarity", "unit_rows", "scores"),
         (
             "tests/test_similarity.py::test_prototype_similarity_counts_matching_classes",
             "tests/test_similarity_search.py::test_sketch_search_honours_the_allowed_tasks_and_orders_by_score",
+            "tests/test_similarity_search.py::test_an_empty_sketch_index_scores_no_task",
         ),
     ),
     "edge_smsp/devices/planner.py": (
@@ -80,6 +85,7 @@ TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
             "test_a_dead_holder_on_this_machine_is_taken_over_at_once_and_a_foreign_one_when_its_lease_ends",
             "tests/test_build_claims.py::test_a_reused_pid_does_not_keep_a_dead_claim_alive",
             "tests/test_build_claims.py::test_a_build_ending_with_an_error_releases_its_claims_at_once",
+            "tests/test_build_claims.py::test_a_lease_has_run_out_at_its_end",
         ),
     ),
     "edge_smsp/transport/base.py": (
@@ -95,12 +101,28 @@ TARGETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     ),
     "runtime/edge_smsp_runtime/images.py": (
         ("preprocess", "resize_and_crop", "_scale_to_unit"),
-        ("tests/test_runtime_values.py", "tests/test_runtime.py::test_resize_and_crop_match_the_hosts_torch_preprocessing"),
+        (
+            "tests/test_runtime_values.py",
+            "tests/test_runtime.py::test_resize_and_crop_match_the_hosts_torch_preprocessing",
+        ),
     ),
 }
 
-# Survivors triaged as equivalent: "module:line:kind" -> why no behaviour can tell the mutant apart.
-EQUIVALENT: dict[str, str] = {}
+# Survivors triaged as equivalent: Mutant.identity ("module:function:kind:source") -> why no behaviour can tell
+# the mutant apart.
+EQUIVALENT: dict[str, str] = {
+    "edge_smsp/transport/base.py:_upload_once:number 0->1:0 | "
+    "self._temp_paths.difference_update(verify_args[0::3])": (
+        "`verify_args[0::3]` -> `[1::3]` leaves the verified uploads' temporary names in the session's list of "
+        "temporaries instead of dropping them; they were already renamed on the device, so cleanup's removal of "
+        "them finds nothing, and no file on either side differs"
+    ),
+    "edge_smsp/transfer/inherit.py:inherit_head:number 1->2:1 | "
+    "lookup = np.full(int(max(wanted.max(), available.max())) + 1, -1, dtype=np.int64)": (
+        "the lookup table from backbone feature to source column gets one more slot, never indexed: only the "
+        "target's own features are looked up, all below its length either way"
+    ),
+}
 
 
 @dataclass
@@ -114,9 +136,17 @@ class Mutant:
     status: str = "pending"  # killed | survived | timeout | error
     seconds: float = 0.0
 
+    first_status: str | None = None  # the status of the first run, when a rerun after triage changed it
+    context: str = ""  # the source line, stripped: tells apart equal changes in one function
+
     @property
     def key(self) -> str:
         return f"{self.module}:{self.line}:{self.kind}"
+
+    @property
+    def identity(self) -> str:
+        """What names the mutant across edits that move its line: EQUIVALENT's key."""
+        return f"{self.module}:{self.function}:{self.kind}:{self.before} | {self.context}"
 
 
 _COMPARE_FLIPS = {
@@ -131,23 +161,37 @@ _COMPARE_FLIPS = {
     ast.In: ast.NotIn,
     ast.NotIn: ast.In,
 }
-_BINOP_SWAPS = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.Div, ast.Div: ast.Mult, ast.FloorDiv: ast.Mult}
+_BINOP_SWAPS = {
+    ast.Add: ast.Sub,
+    ast.Sub: ast.Add,
+    ast.Mult: ast.Div,
+    ast.Div: ast.Mult,
+    ast.FloorDiv: ast.Mult,
+}
 
 
 def _variants(node: ast.AST) -> Iterator[tuple[str, ast.AST]]:
     """(kind, replacement node) for every mutation of `node` itself."""
     if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in _COMPARE_FLIPS:
         flipped = _COMPARE_FLIPS[type(node.ops[0])]()
-        yield f"compare {type(node.ops[0]).__name__}->{type(flipped).__name__}", ast.Compare(
-            node.left, [flipped], node.comparators
+        yield (
+            f"compare {type(node.ops[0]).__name__}->{type(flipped).__name__}",
+            ast.Compare(node.left, [flipped], node.comparators),
         )
     elif isinstance(node, ast.BoolOp):
         other = ast.Or() if isinstance(node.op, ast.And) else ast.And()
         yield f"boolop {type(node.op).__name__}->{type(other).__name__}", ast.BoolOp(other, node.values)
     elif isinstance(node, ast.BinOp) and type(node.op) in _BINOP_SWAPS:
         swapped = _BINOP_SWAPS[type(node.op)]()
-        yield f"binop {type(node.op).__name__}->{type(swapped).__name__}", ast.BinOp(node.left, swapped, node.right)
-    elif isinstance(node, ast.Constant) and type(node.value) in (int, float) and not isinstance(node.value, bool):
+        yield (
+            f"binop {type(node.op).__name__}->{type(swapped).__name__}",
+            ast.BinOp(node.left, swapped, node.right),
+        )
+    elif (
+        isinstance(node, ast.Constant)
+        and type(node.value) in (int, float)
+        and not isinstance(node.value, bool)
+    ):
         value = node.value
         moved = 1 if value == 0 else (value + 1 if isinstance(value, int) else value * 2)
         yield f"number {value!r}->{moved!r}", ast.Constant(moved)
@@ -184,6 +228,7 @@ def find_mutants(module: str, functions: Sequence[str], source: str) -> list[tup
                         kind,
                         ast.get_source_segment(source, target) or "",
                         ast.unparse(replacement),
+                        context=source.splitlines()[target.lineno - 1].strip(),
                     )
                     found.append((mutant, target, replacement))
     return found
@@ -245,24 +290,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--only", default=None, help="only modules whose path contains this text")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--no-section", action="store_true", help="do not update RESULTS.md")
+    parser.add_argument(
+        "--rerun-survivors",
+        action="store_true",
+        help="run the stored results' survivors again (after triage: new tests, EQUIVALENT) and update them",
+    )
     args = parser.parse_args(argv)
+    if args.rerun_survivors:
+        return rerun_survivors(args.out, not args.no_section)
     started = time.monotonic()
     targets = {module: spec for module, spec in TARGETS.items() if args.only is None or args.only in module}
     with tempfile.TemporaryDirectory(prefix="edge-smsp-mutation-") as scratch:
-        copy = Path(scratch)
-        for name in COPIED:
-            source = ROOT / name
-            if source.is_dir():
-                shutil.copytree(source, copy / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
-            else:
-                shutil.copy2(source, copy / name)
+        copy = copy_tree(Path(scratch))
         baseline: dict[str, float] = {}
         candidates = []
         for module, (functions, tests) in targets.items():
             outcome, seconds = run_tests(copy, tests, timeout=600)
             print(f"baseline {module}: {outcome} in {seconds:.1f} s", flush=True)
             if outcome != "passed":
-                print(f"  skipped: its focused tests do not pass unmutated", flush=True)
+                print("  skipped: its focused tests do not pass unmutated", flush=True)
                 continue
             baseline[module] = seconds
             candidates += find_mutants(module, functions, (copy / module).read_text())
@@ -283,11 +329,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             path.write_text(mutated)
             try:
                 tests = targets[mutant.module][1]
-                outcome, mutant.seconds = run_tests(copy, tests, timeout=max(60.0, 3 * baseline[mutant.module]))
+                outcome, mutant.seconds = run_tests(
+                    copy, tests, timeout=max(60.0, 3 * baseline[mutant.module])
+                )
             finally:
                 path.write_text(original)
             mutant.status = {"failed": "killed", "timeout": "killed (timeout)", "passed": "survived"}[outcome]
-            if mutant.status == "survived" and mutant.key in EQUIVALENT:
+            if mutant.status == "survived" and mutant.identity in EQUIVALENT:
                 mutant.status = "equivalent"
             mutants.append(mutant)
             print(f"{mutant.status:16} {mutant.key} {mutant.before!r} -> {mutant.after!r}", flush=True)
@@ -297,6 +345,72 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.no_section:
         write_section(payload)
     print(json.dumps(payload["totals"]), flush=True)
+    return 0
+
+
+def copy_tree(copy: Path) -> Path:
+    """The package, runtime, tests and what they read, copied into `copy` (mutants change only the copy)."""
+    for name in COPIED:
+        source = ROOT / name
+        if source.is_dir():
+            ignore = shutil.ignore_patterns("__pycache__", "results", "plots")
+            shutil.copytree(source, copy / name, symlinks=True, ignore=ignore)
+        else:
+            shutil.copy2(source, copy / name)
+    return copy
+
+
+def rerun_survivors(path: Path, update_section: bool) -> int:
+    """Run the stored survivors again against today's tests: killed ones are marked "killed (after triage)",
+    those in EQUIVALENT "equivalent"; the first run's status is kept in first_status."""
+    payload = json.loads(path.read_text())
+    mutants = [
+        Mutant(**{k: v for k, v in row.items() if k not in ("key", "identity")}) for row in payload["mutants"]
+    ]
+    baseline = payload["baseline_seconds"]
+    with tempfile.TemporaryDirectory(prefix="edge-smsp-mutation-") as scratch:
+        copy = copy_tree(Path(scratch))
+        for mutant in mutants:
+            if mutant.status not in ("survived", "equivalent"):
+                continue
+            source = (copy / mutant.module).read_text()
+            functions, tests = TARGETS[mutant.module]
+            same = [
+                (abs(found.line - mutant.line), found, target, replacement)
+                for found, target, replacement in find_mutants(mutant.module, functions, source)
+                if (found.function, found.kind, found.before) == (mutant.function, mutant.kind, mutant.before)
+                and (not mutant.context or found.context == mutant.context)
+            ]
+            if not same:
+                print(f"not found any more: {mutant.identity}", flush=True)
+                continue
+            nearest = min(distance for distance, *_ in same)
+            # Equal changes on one line (a first run without context): killed only if every one of them is.
+            outcomes = []
+            tied = [match for match in same if match[0] == nearest]
+            found = tied[0][1]
+            for _, _, target, replacement in tied:
+                (copy / mutant.module).write_text(mutated_source(source, target, replacement))
+                try:
+                    outcomes.append(run_tests(copy, tests, timeout=max(60.0, 3 * baseline[mutant.module])))
+                finally:
+                    (copy / mutant.module).write_text(source)
+            seconds = sum(taken for _, taken in outcomes)
+            mutant.context = found.context
+            killed = all(outcome != "passed" for outcome, _ in outcomes)
+            status = "killed (after triage)" if killed else "survived"
+            if status == "survived" and mutant.identity in EQUIVALENT:
+                status = "equivalent"
+            mutant.first_status = mutant.first_status or mutant.status
+            mutant.status, mutant.line, mutant.seconds = status, found.line, round(seconds, 1)
+            print(f"{status:22} {mutant.key} {mutant.before!r} -> {mutant.after!r}", flush=True)
+    rerun = summary(mutants, baseline, payload["seconds"])
+    rerun["date"], rerun["load"], rerun["rerun"] = payload["date"], payload["load"], rerun["date"]
+    rerun["first_totals"] = payload.get("first_totals", payload["totals"])
+    path.write_text(json.dumps(rerun, indent=1) + "\n")
+    if update_section:
+        write_section(rerun)
+    print(json.dumps(rerun["totals"]), flush=True)
     return 0
 
 
@@ -318,7 +432,7 @@ def summary(mutants: list[Mutant], baseline: dict[str, float], seconds: float) -
             "score": round(killed / relevant, 4) if relevant else None,
         },
         "equivalent_reasons": {key: why for key, why in EQUIVALENT.items()},
-        "mutants": [asdict(mutant) | {"key": mutant.key} for mutant in mutants],
+        "mutants": [asdict(mutant) | {"key": mutant.key, "identity": mutant.identity} for mutant in mutants],
     }
 
 
@@ -337,12 +451,30 @@ def section(payload: dict | None) -> str | None:
         f"| `{module}` | {total} | {killed} | {equivalent} | {total - killed - equivalent} |"
         for module, (total, killed, equivalent) in by_module.items()
     )
-    survivors = [m for m in payload["mutants"] if m["status"] in ("survived", "equivalent")]
+    triaged = [
+        m for m in payload["mutants"] if m.get("first_status") or m["status"] in ("survived", "equivalent")
+    ]
+    reasons = payload["equivalent_reasons"]
+
+    def verdict(mutant: dict) -> str:
+        if mutant["status"] == "equivalent":
+            return "equivalent: " + reasons.get(mutant.get("identity", ""), "")
+        if mutant["status"].startswith("killed"):
+            return "survived the first run; killed by a test added after it"
+        return "**survived**: not yet triaged"
+
+    survivors = triaged
     notes = "\n".join(
-        f"- `{m['key']}` in `{m['function']}`: `{m['before']}` -> `{m['after']}`: "
-        + (payload["equivalent_reasons"].get(m["key"], "**survived**: not yet triaged"))
-        for m in survivors
+        f"- `{m['key']}` in `{m['function']}`: `{m['before']}` -> `{m['after']}`: {verdict(m)}"
+        for m in triaged
     )
+    first = payload.get("first_totals")
+    if first:
+        notes = (
+            f"The first run: {first['killed']} killed, {first['survived']} survived (of {first['mutants']}). "
+            f"Every survivor was then triaged and run again (`--rerun-survivors`, {payload.get('rerun')}):\n\n"
+            + notes
+        )
     score = f"{100 * totals['score']:.0f} %" if totals["score"] is not None else "n/a"
     return "\n".join(
         [

@@ -67,7 +67,7 @@ SETTINGS = {
         ("efficientnet_lite0", "resnet18"), 224, (0.0, 0.5), 3, 1.0, 40, 20, 64, (0.0, 0.3, 0.5, 0.7), 30
     ),
     "full": Settings(
-        ("resnet18", "deit_small", "efficientnet_lite0"),
+        ("resnet18", "deit_small_patch16_224", "efficientnet_lite0"),
         224,
         (0.0, 0.3, 0.5, 0.7),
         4,
@@ -301,13 +301,13 @@ def section(found: Mapping[str, dict[str, Any]], plots: Path) -> str | None:
             )
     first = next(iter(payload["speed"].values()))
     parts = [
-        "## INT8 and the joint (ratio, precision) planner",
+        "## Precision: INT8 against fp32, and the joint (ratio, precision) planner (issue 22)",
         mode_note(payload)
         + f" `edge_smsp.export.precision` defaults (static QDQ, per-channel int8 weights, uint8 activations, "
         f"percentile calibration on 32 of the task's training images). {first['image_size']} px, batch 1, one "
         "onnxruntime thread (`OMP_NUM_THREADS=1 nice -n 5`), fp32 and INT8 timed in alternation (median of rounds). "
         "Each model's 3-class head is recovered on Fashion-MNIST 0,2,4 (adaptive BN + imprinted head) so that "
-        f"agreement and accuracy ({first['val_images']} val images) mean something; resnet18 and deit_small have "
+        f"agreement and accuracy ({first['val_images']} val images) mean something; resnet18 and deit_small_patch16_224 have "
         "random backbone weights (no bundled checkpoint), efficientnet_lite0 the bundled ImageNet ones. "
         f"Load averages (1/5/15 min, before and after each model): {loads}.",
         table(
@@ -328,16 +328,40 @@ def section(found: Mapping[str, dict[str, Any]], plots: Path) -> str | None:
     ]
     if targets:
         parts.append("Combined against unpruned fp32: " + "; ".join(targets) + ".")
-    if payload.get("speed"):
-        parts.append(
-            f"![INT8 speedup]({plot(payload, plots / 'precision_speedup.png').name and 'plots/precision_speedup.png'})"
-        )
+    if why := _lite0_bottleneck():
+        parts.append(why)
+    image = plot(payload, plots / "precision_speedup.png")
+    parts.append(f"![INT8 and pruning speedups]({image.parent.name}/{image.name})")
     planner = payload.get("planner")
     if planner:
         from benchmarks.precision_planner import planner_section
 
         parts.append(planner_section(planner))
     return "\n\n".join(parts)
+
+
+def _lite0_bottleneck() -> str | None:
+    """What holds EfficientNet-Lite0 INT8 back, from the INT8 study's per-node profiles (research/int8_choices)."""
+    from benchmarks.common import DEFAULT_RESULTS_DIR
+
+    study = read_json(DEFAULT_RESULTS_DIR / "int8_choices.json") or {}
+    kinds = (study.get("profiles_by_conv_kind_224") or {}).get("lite0_w05_224")
+    if not kinds:
+        return None
+    fp32, int8 = kinds["fp32"], kinds["int8"]
+
+    def pair(key: str) -> str:
+        return f"{fp32.get(key, 0):.1f} → {int8.get(key, 0):.1f} ms"
+
+    return (
+        "What holds EfficientNet-Lite0 back (onnxruntime's profiler, Lite0 at half width as a stand-in for r = 0.5, "
+        "224 px, `benchmarks/research/int8_choices.py`, fp32 → INT8 per run): pointwise convs "
+        f"{pair('pointwise conv')}, but depthwise convs {pair('depthwise conv')} and the stem conv "
+        f"{pair('full conv')}. onnxruntime's u8s8 QLinearConv is slower than its fp32 NCHWc kernels for depthwise "
+        "and thin convs, and pruning leaves Lite0 thin, so its INT8 gain shrinks with the ratio; keeping the "
+        "depthwise convs in float does not help on onnxruntime 1.32 (its WeightBiasQuantization re-quantizes "
+        "them per tensor at load: slower and less accurate, same study)."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

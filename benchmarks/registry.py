@@ -15,6 +15,7 @@ from benchmarks import (
     budgets,
     mechanism,
     planner_check,
+    precision,
     similarity_cost,
     similarity_scale,
     speed,
@@ -30,6 +31,7 @@ BENCHMARKS: tuple[ModuleType, ...] = (
     adapt_time,
     similarity_cost,
     planner_check,
+    precision,
     similarity_scale,
 )
 

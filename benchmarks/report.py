@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import accuracy, adapt_time, budgets, heldout, mechanism
+from benchmarks import accuracy, adapt_time, budgets, heldout, mechanism, mutation
 from benchmarks.common import BENCHMARKS_DIR, DEFAULT_RESULTS_DIR, read_json, result_path
 from benchmarks.formatting import table
 from benchmarks.registry import BENCHMARKS, run_order
@@ -106,6 +106,9 @@ def render(found: dict[str, dict[str, Any]], plots: Path) -> str:
         "the masks of K random pool tasks instead of the K most similar.",
     ]
     parts += [text for module in BENCHMARKS if (text := module.section(found, plots))]
+    # Mutation testing is a script run by hand, not a registered benchmark: its last stored result.
+    if mutation_text := mutation.section(mutation.read_results()):
+        parts.append(mutation_text)
     missing = [module.NAME for module in BENCHMARKS if module.NAME not in found]
     if missing:
         parts.append(

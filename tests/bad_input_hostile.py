@@ -34,7 +34,7 @@ BENCH = ("bench", "--model", "{w}/tiny.onnx", "--bench-runs", "3", "--bench-seco
 LOCAL_BENCH = (*BENCH, "--profile", "{w}/local.yaml")
 RT_BENCH = ("bench", "--model", "{w}/tiny.onnx", "--runs", "3", "--min-seconds", "0")
 RT_INFER = ("infer", "--model", "{w}/tiny.onnx")
-RT_FINETUNE = ("finetune", "--model-dir", "{w}/model", "--data", "{w}/adir", "--iters", "1")
+RT_TORCH_ADAPT = ("adapt", "--tier", "torch", "--model", "{w}/model", "--data", "{w}/adir", "--out", "{w}/adapted.onnx", "--iters", "1")  # fmt: skip
 
 PROFILE_VARIANTS = {  # file stem -> YAML lines replacing the base profile's
     "nan-latency": {"latency_target_ms": ".nan"},
@@ -222,11 +222,11 @@ HOSTILE_CASES = [
     Case("hostile-runtime-probe-seed", ("probe", "--models", "{w}/tiny.onnx", "--data", "{w}/adir", "--seed", "-1"), "--seed", runtime=True),
     Case("hostile-runtime-scan-seed", ("scan", "--data", "{w}/adir", "--seed", str(2**64)), "--seed", runtime=True),
     Case("hostile-runtime-adapt-batch-huge", ("adapt", "--model", "{w}/tiny.onnx", "--data", "{w}/adir", "--out", "{s}/a.onnx", "--iters", "1", "--batch-size", "100000"), "--batch-size", runtime=True),
-    Case("hostile-runtime-finetune-batch-zero", (*RT_FINETUNE, "--batch-size", "0"), "--batch-size", runtime=True),
-    Case("hostile-runtime-finetune-bench-runs-zero", (*RT_FINETUNE, "--bench-runs", "0"), "--bench-runs", runtime=True),
-    Case("hostile-runtime-finetune-out-is-input", (*RT_FINETUNE, "--out", "{w}/model"), "--out", runtime=True),
-    Case("hostile-runtime-finetune-seed-negative", (*RT_FINETUNE, "--seed", "-1"), "--seed", runtime=True),
-    Case("hostile-runtime-finetune-iters-huge", (*RT_FINETUNE[:-1], "1000000000000"), "--iters", runtime=True),
+    Case("hostile-runtime-torch-adapt-batch-zero", (*RT_TORCH_ADAPT, "--batch-size", "0"), "--batch-size", runtime=True),
+    Case("hostile-runtime-torch-adapt-trainable-blocks", (*RT_TORCH_ADAPT, "--trainable-blocks", "2"), "--trainable-blocks", runtime=True),
+    Case("hostile-runtime-torch-adapt-out-is-a-directory", (*RT_TORCH_ADAPT, "--out", "{w}/model"), "--out", runtime=True),
+    Case("hostile-runtime-torch-adapt-seed-negative", (*RT_TORCH_ADAPT, "--seed", "-1"), "--seed", runtime=True),
+    Case("hostile-runtime-torch-adapt-iters-huge", (*RT_TORCH_ADAPT[:-1], "1000000000000"), "--iters", runtime=True),
     Case("hostile-runtime-infer-nan-pixels", (*RT_INFER, "{w}/nan.npy"), "NaN", runtime=True),
     Case("hostile-runtime-infer-inf-pixels", (*RT_INFER, "{w}/inf.npy"), "NaN or infinite", runtime=True),
     Case("hostile-runtime-infer-int64-above-16-bit", (*RT_INFER, "{w}/int64-big.npy"), "integer pixels", runtime=True),

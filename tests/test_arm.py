@@ -137,6 +137,30 @@ def test_deploy_over_ssh_to_the_emulated_device_fits_its_measured_memory(
     )
 
 
+def test_the_emulated_board_and_localhost_deploy_in_one_fleet(
+    arm_device: DeviceProfile, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One adaptation for both; one export per opset (the board's runtime runs an older one than this host's)."""
+    argv = [
+        "deploy", "--profile", str(arm_device.source), "--profile", "localhost", "--ratio", "0.5", "--method",
+        "magnitude", "--recipe", "plain", "--image-size", str(SIZE), "--iters", "2", "--train-per-class", "16",
+        "--val-per-class", "8", "--bench-runs", "3", "--bench-seconds", "0",
+        "--pool", str(tmp_path / "pool.sqlite"), "--out", str(tmp_path / "out"), "--json",
+    ]  # fmt: skip
+    assert main(argv) == 0
+    fleet = json.loads(capsys.readouterr().out)
+    board, host = fleet["devices"]
+    # emulation is ~1000x slower than the board: over its latency target, and deployed all the same
+    assert board["status"].startswith("deployed") and host["status"].startswith("deployed")
+    assert board["measured"]["device"]["machine"] == "aarch64" and host["device_transport"] == "local"
+    assert (
+        board["opset"] == arm_device.max_opset and board["measured"]["model_sha256"] == board["onnx_sha256"]
+    )
+    assert fleet["shared"]["adaptations"] == 1
+    assert fleet["shared"]["exports"] == (1 if board["opset"] == host["opset"] else 2)
+    print(f"\nfleet of the emulated board and localhost: seconds {fleet['seconds']}")
+
+
 def test_without_root_the_script_refuses_in_one_line_that_the_fixture_recognises(tmp_path: Path) -> None:
     if os.geteuid() == 0:  # drop to nobody: the script must say why it cannot emulate, not half-build
         command = [

@@ -212,8 +212,8 @@ CASES = [
     Case("runtime-infer-text-file", ("infer", "--model", "{w}/tiny.onnx", "{w}/text.txt"), "text.txt", runtime=True),
     Case("runtime-infer-top-k-negative", ("infer", "--model", "{w}/tiny.onnx", "--top-k", "-1", "{w}/image.npy"), "--top-k", runtime=True),
     Case("runtime-infer-top-k-zero", ("infer", "--model", "{w}/tiny.onnx", "--top-k", "0", "{w}/image.npy"), "--top-k", runtime=True),
-    Case("runtime-finetune-iters-negative", ("finetune", "--model-dir", "{w}/model", "--data", "{w}/adir", "--iters", "-1"), "--iters", runtime=True),
-    Case("runtime-finetune-without-torch", ("finetune", "--model-dir", "{w}/model", "--data", "{w}/adir", "--iters", "1"), "torch", runtime=True),
+    Case("runtime-adapt-iters-negative", ("adapt", "--model", "{w}/model", "--data", "{w}/adir", "--iters", "-1", "--out", "{w}/adapted.onnx"), "--iters", runtime=True),
+    Case("runtime-adapt-torch-without-torch", ("adapt", "--tier", "torch", "--model", "{w}/model", "--data", "{w}/adir", "--iters", "1", "--out", "{w}/adapted.onnx"), "torch", runtime=True),
 ]  # fmt: skip
 CASES += HOSTILE_CASES  # issue 25's hostile sweep, by cause (tests/bad_input_hostile.py)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from edge_smsp.pool import BuildKey, Pool, Writer
 from edge_smsp.pool.claims import machine_id, process_start
-from edge_smsp.pool.schema import BASE_SCHEMA, MIGRATIONS, statements
+from edge_smsp.pool.schema import BASE_SCHEMA, MIGRATIONS, SCHEMA_VERSION, statements
 from tests.build_steps import TASK_CLASSES, training_runs
 from tests.test_pool import LITE0, add_example_entry, make_task
 
@@ -108,7 +108,7 @@ def test_a_version_3_pool_is_migrated_to_claims(tmp_path):
     raw.commit()
     raw.close()
     with Pool(path, create=False) as pool:
-        assert pool.schema_version() == 4
+        assert pool.schema_version() == SCHEMA_VERSION  # migrated to claims and every schema after them
         assert pool.claim(key_of(1), other_writer()).status == "claimed"
 
 
@@ -294,3 +294,10 @@ def test_a_build_ending_with_an_error_releases_its_claims_at_once(tmp_path):
         assert pool.claims() == []
         # Another build (live, in this very process) takes the task at once, not after the hour's lease.
         assert pool.claim(key_of(1), other_writer()).status == "claimed"
+
+
+def test_a_lease_has_run_out_at_its_end():
+    from edge_smsp.pool.claims import Claim
+
+    elsewhere = Claim(key_of(1), "w", "build-host-2/boot/ns", 1, "1", expires=1000.0)
+    assert elsewhere.is_live(999.5) and not elsewhere.is_live(1000.0) and not elsewhere.is_live(1000.5)

@@ -12,9 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from edge_smsp.core.version import __version__
 from edge_smsp.cli import main
 from edge_smsp.core.errors import ExportError
+from edge_smsp.core.version import __version__
 from edge_smsp.devices.stack import DEFAULT_OPSET, OLDEST_EXPORT_OPSET
 from edge_smsp.export.metadata import METADATA_KEYS, decode_metadata
 from edge_smsp.export.onnx_export import export_onnx, load_onnx_checked, newest_export_opset, onnx_metadata

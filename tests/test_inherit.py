@@ -144,3 +144,31 @@ def test_bad_sources_are_refused(backbone, three_way):
         inherit.inherit(copy.deepcopy(target), backbone, [(first, 0.0)])
     with pytest.raises(PruneError):
         inherit.coordinates(first, kept_indices(first))
+
+
+def test_the_head_takes_the_shared_classes_rows_feature_by_feature(backbone, three_way):
+    """inherit_head: a target row of a class the source also has is the source's row, each backbone feature
+    from where the source kept it (0 where it did not); the bias too; other rows are left alone."""
+    first, _, target = three_way
+    target = copy.deepcopy(target)
+    features = backbone.classifier.in_features
+    (group,) = [
+        key
+        for key, size in backbone_group_sizes(backbone).items()
+        if size == features and len(kept_indices(target)[key]) == target.classifier.in_features
+    ]
+    before = target.classifier.weight.detach().clone()
+    source_classes, target_classes = [("fm", 0), ("fm", 1), ("fm", 2)], [("fm", 2), ("fm", 5), ("fm", 0)]
+    rows = inherit.inherit_head(target, backbone, first, source_classes, target_classes)
+    assert rows == [0, 2]
+    wanted, held = kept_indices(target)[group], kept_indices(first)[group]
+    for row, source_row in ((0, 2), (2, 0)):
+        expected = torch.tensor(
+            [float(first.classifier.weight[source_row, held.index(u)]) if u in held else 0.0 for u in wanted]
+        )
+        assert torch.equal(
+            target.classifier.weight[row].detach(), expected.to(target.classifier.weight.dtype)
+        )
+        assert target.classifier.bias[row] == first.classifier.bias[source_row]
+    assert 0 < sum(u in held for u in wanted) < len(wanted)  # some features held, some not
+    assert torch.equal(target.classifier.weight[1], before[1])

@@ -169,3 +169,20 @@ def test_the_margin_covers_the_largest_residual_of_one_outlier_among_eight_runs(
     others = [-(20.0 / 8.0 + (slope - 3.0) * (w - 9.0)) for w in weights if w != 8.0]
     rms = (sum(r * r for r in [*others, residual]) / 8) ** 0.5
     assert residual - max(MEMORY_MARGIN_FLOOR_BYTES / MIB, 2 * rms) == pytest.approx(4.2, abs=0.01)
+
+
+def test_a_fitted_line_extends_with_the_hints_copies_above_and_one_copy_below_and_counts_the_batch() -> None:
+    rows = [_run(*run) for run in ARM_RUNS]
+    model = fit_memory_model(load_profile("raspberry_pi_5"), rows, imported_rss_mib=119.0)
+    assert MIN_WEIGHT_COPIES < model.weight_copies < WEIGHT_COPIES  # a line between the two extensions
+    low, high = model.weight_range
+    step = 4 * MIB
+    at_high, at_low = model.above_runtime(high, 0), model.above_runtime(low, 0)
+    assert model.above_runtime(high + step, 0) - at_high == pytest.approx(WEIGHT_COPIES * step)
+    assert at_low - model.above_runtime(low - step, 0) == pytest.approx(MIN_WEIGHT_COPIES * step)
+    assert at_high - at_low == pytest.approx(model.weight_copies * (high - low))
+    # A run of a batch of 4 counts its activations 4 times; a row without a batch size is one image.
+    batched = dict(rows[0], batch_size=4)
+    assert memory_point(batched).activation_bytes == 4 * rows[0]["peak_activation_bytes"]
+    single = {key: value for key, value in rows[0].items() if key != "batch_size"}
+    assert memory_point(single).activation_bytes == rows[0]["peak_activation_bytes"]

@@ -229,6 +229,10 @@ def test_a_noisy_fit_falls_back_to_a_line_through_the_origin(backbone: nn.Module
     model = fit_latency_model(profile, below_zero)
     assert model.intercept_ms == 0.0
     assert model.ms_per_gmac == pytest.approx((1 * 1.0 + 2 * 5.0) / 5)  # 2.2
+    # A small positive intercept and a shallow slope are no noise: the line is kept (0.5 ms + 0.5 ms per GMAC).
+    shallow = [dict(below_zero[0], latency_ms={"p90": 1.0}), dict(below_zero[1], latency_ms={"p90": 1.5})]
+    model = fit_latency_model(profile, shallow)
+    assert model.intercept_ms == pytest.approx(0.5) and model.ms_per_gmac == pytest.approx(0.5)
     # The planner plans with that line: predictions grow with the MACs again and are never negative.
     measured = [
         {"ratio": 0.0, "latency_ms": {"p90": 10.0}},
@@ -243,3 +247,23 @@ def test_a_noisy_fit_falls_back_to_a_line_through_the_origin(backbone: nn.Module
     assert result.ratio == 0.25  # 0.0 is predicted too slow, 0.25 just fits
     tried = {candidate.ratio: candidate for candidate in result.candidates}
     assert tried[0.25].predicted_latency_ms == pytest.approx(slope * gmacs[0.25], rel=1e-9)
+
+
+def test_nearly_equal_macs_are_one_operating_point_and_the_plan_keeps_the_full_model(
+    backbone: nn.Module, costs: dict
+) -> None:
+    """Two runs whose MACs differ by less than 0.1 % are one operating point: latency is scaled through it, not
+    fitted with a line (which noise would make arbitrarily steep). The plan reports the unpruned candidate."""
+    profile = _profile()
+    close = [
+        {"ratio": 0.0, "macs": 2_000_000_000, "latency_ms": {"p90": 10.0}},
+        {"ratio": 0.0, "macs": 2_001_000_000, "latency_ms": {"p90": 12.0}},
+    ]
+    model = fit_latency_model(profile, close)
+    assert (model.source, model.intercept_ms) == ("scaled", 0.0)
+    assert model.ms_per_gmac == pytest.approx(11.0 / 2.0005)
+    apart = [dict(close[0]), dict(close[1], macs=2_004_000_000)]  # 0.2 % apart: a line
+    assert fit_latency_model(profile, apart).source == "fit"
+    result = plan(_profile(memory_budget_bytes=10 * 1024**3, latency_target_ms=1e6), backbone, ratios=RATIOS)
+    assert result.ratio == 0.0 and result.full_model is not None
+    assert result.full_model == result.chosen and result.full_model.macs == costs[0.0].macs

@@ -61,12 +61,16 @@ def test_int8_export_has_qdq_nodes_runs_in_the_runtime_and_passes_the_gate(
 ) -> None:
     capsys.readouterr()
     out = tmp_path / "model.onnx"
-    assert main(["export", "--model-dir", str(adapted), "--out", str(out), "--precision", "int8", "--json"]) == 0
+    assert (
+        main(["export", "--model-dir", str(adapted), "--out", str(out), "--precision", "int8", "--json"]) == 0
+    )
     report = json.loads(capsys.readouterr().out)
     gate = report["precision_gate"]
     assert report["precision"] == gate["shipped"] == "int8" and gate["passed"], gate
     assert gate["max_drop_pt"] == 1.0 and gate["drop_pt"] <= 1.0
-    assert report["agreement"]["images"] >= 300 and report["agreement"]["inputs"] == "validation"  # the val split
+    assert (
+        report["agreement"]["images"] >= 300 and report["agreement"]["inputs"] == "validation"
+    )  # the val split
     assert report["fp32_accuracy"] > 0.5  # well above chance (1/3): the gate judges learnt predictions
     ops = {node.op_type for node in onnx.load(str(out)).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
@@ -78,7 +82,9 @@ def test_int8_export_has_qdq_nodes_runs_in_the_runtime_and_passes_the_gate(
 
     env = dict(os.environ, PYTHONPATH=str(RUNTIME_DIR))  # the torch-free runtime, in its own process
     command = [sys.executable, "-m", "edge_smsp_runtime", "bench", "--model", str(out), "--runs", "3"]
-    result = subprocess.run([*command, "--min-seconds", "0"], capture_output=True, text=True, env=env, timeout=120)
+    result = subprocess.run(
+        [*command, "--min-seconds", "0"], capture_output=True, text=True, env=env, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["precision"] == "int8"
 
@@ -88,16 +94,19 @@ def test_fp16_export_loads_in_onnxruntime_and_agrees_within_the_stated_tolerance
 ) -> None:
     capsys.readouterr()
     out = tmp_path / "model.onnx"
-    assert main(["export", "--model-dir", str(adapted), "--out", str(out), "--precision", "fp16", "--json"]) == 0
+    assert (
+        main(["export", "--model-dir", str(adapted), "--out", str(out), "--precision", "fp16", "--json"]) == 0
+    )
     report = json.loads(capsys.readouterr().out)
     assert report["precision"] == "fp16" and report["precision_gate"]["passed"]
     agreement = report["agreement"]
     assert agreement["top1_agreement"] >= FP16_MIN_AGREEMENT
     fp32_logits = predict_logits(report["fp32_onnx_path"], _val_images(adapted)[:20])
-    scale = max(1.0, float(abs(fp32_logits).max()))
-    assert agreement["max_abs_logit_diff"] <= FP16_LOGIT_TOLERANCE * scale
+    allowed = agreement["allowed_max_abs_logit_diff"]  # FP16_LOGIT_TOLERANCE x the largest |fp32 logit| seen
+    assert agreement["max_abs_logit_diff"] <= allowed >= FP16_LOGIT_TOLERANCE
     fp16_logits = predict_logits(out, _val_images(adapted)[:20])  # loads and runs in onnxruntime
-    assert abs(fp16_logits - fp32_logits).max() <= FP16_LOGIT_TOLERANCE * scale
+    assert abs(fp16_logits - fp32_logits).max() <= allowed
+    assert (fp16_logits.argmax(1) == fp32_logits.argmax(1)).mean() >= 0.95
 
 
 def _val_images(model_dir: Path):  # noqa: ANN202
@@ -111,21 +120,35 @@ def test_bad_precision_values_and_int8_without_images_are_one_line_errors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pruned = tmp_path / "pruned"  # `prune` saves no task: nothing to calibrate on
-    argv = ["prune", "--model", BACKBONE, "--ratio", "0.5", "--criterion", "magnitude", "--image-size", str(SIZE)]
+    argv = [
+        "prune",
+        "--model",
+        BACKBONE,
+        "--ratio",
+        "0.5",
+        "--criterion",
+        "magnitude",
+        "--image-size",
+        str(SIZE),
+    ]
     assert main([*argv, "--out", str(pruned)]) == 0
     capsys.readouterr()
-    assert main(["export", "--model-dir", str(pruned), "--out", str(tmp_path / "m.onnx"), "--precision", "int8"]) == 2
+    assert (
+        main(["export", "--model-dir", str(pruned), "--out", str(tmp_path / "m.onnx"), "--precision", "int8"])
+        == 2
+    )
     one_line_error(capsys, "int8 needs calibration images")
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "m.fp32.onnx").exists()
-    for argv in (
-        ["export", "--model-dir", str(pruned), "--out", str(tmp_path / "m.onnx"), "--precision", "int4"],
-        ["export", "--model-dir", str(pruned), "--out", str(tmp_path / "m.onnx"), "--precision", "auto"],
-        ["export", "--model-dir", str(pruned), "--out", str(tmp_path / "m.onnx"), "--max-int8-drop", "-1"],
-        ["deploy", "--profile", "localhost", "--precision", "bf16"],
-        ["deploy", "--profile", "localhost", "--max-int8-drop", "nan"],
+    export = ["export", "--model-dir", str(pruned), "--out", str(tmp_path / "m.onnx")]
+    for argv, flag in (
+        ([*export, "--precision", "int4"], "--precision"),
+        ([*export, "--precision", "auto"], "--precision"),  # export has no device to plan for
+        ([*export, "--max-int8-drop", "-1"], "--max-int8-drop"),
+        (["deploy", "--profile", "localhost", "--precision", "bf16"], "--precision"),
+        (["deploy", "--profile", "localhost", "--max-int8-drop", "nan"], "--max-int8-drop"),
     ):
         assert main(argv) == 2
-        one_line_error(capsys, "--" + ("precision" if "bf16" in argv or "int4" in argv or "auto" in argv else "max-int8-drop"))
+        one_line_error(capsys, flag)
     profile = tmp_path / "p.yaml"
     profile.write_text((PROFILES_DIR / "localhost.yaml").read_text() + "precision: int4\n")
     assert main(["deploy", "--profile", str(profile)]) == 2
@@ -144,7 +167,9 @@ def test_a_forced_gate_failure_ships_fp32_and_the_report_says_why(tmp_path: Path
 
     from edge_smsp import adaptation
 
-    connection = dataclasses.replace(profile.connection, python=sys.executable, workdir=str(tmp_path / "work"))
+    connection = dataclasses.replace(
+        profile.connection, python=sys.executable, workdir=str(tmp_path / "work")
+    )
     profile = dataclasses.replace(profile, connection=connection, memory_budget_bytes=4096 * MIB)
     with Pool(tmp_path / "pool.sqlite") as pool:
         report = deploy(
@@ -164,7 +189,9 @@ def test_a_forced_gate_failure_ships_fp32_and_the_report_says_why(tmp_path: Path
     gate = payload["precision_gate"]
     assert payload["precision_requested"] == "int8" and payload["precision"] == report.precision == "fp32"
     assert gate["requested"] == "int8" and gate["shipped"] == "fp32" and not gate["passed"]
-    assert gate["reason"].startswith("failed, shipped fp32: int8 accuracy") and "allowed 1 pt" in gate["reason"]
+    assert (
+        gate["reason"].startswith("failed, shipped fp32: int8 accuracy") and "allowed 1 pt" in gate["reason"]
+    )
     assert payload["fp32_accuracy"] == gate["fp32_accuracy"] and payload["measured"]["precision"] == "fp32"
     card = json.loads(Path(payload["card_path"]).read_text())
     assert card["precision"] == "fp32" and card["precision_gate"]["passed"] is False
@@ -275,7 +302,9 @@ def test_an_int8_model_deploys_to_the_python_36_stack(sshd, tmp_path: Path, caps
     }  # fmt: skip
     fragment = tmp_path / "jetson.yaml"
     fragment.write_text(yaml.safe_dump(connection))
-    argv = _deploy_argv(str(PROFILES_DIR / "jetson_nano.yaml"), fragment, tmp_path / "out", tmp_path / "p.sqlite")
+    argv = _deploy_argv(
+        str(PROFILES_DIR / "jetson_nano.yaml"), fragment, tmp_path / "out", tmp_path / "p.sqlite"
+    )
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["precision"] == report["measured"]["precision"] == "int8" and report["opset"] == 15
@@ -291,7 +320,9 @@ def test_an_int8_model_deploys_to_the_emulated_arm64_board(tmp_path: Path, capsy
     from tests.test_arm import SCRIPT
 
     env = dict(os.environ, EDGE_SMSP_ARM_INSTANCE=f"pytest-int8-{os.getpid()}")
-    started = subprocess.run(["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=1800)
+    started = subprocess.run(
+        ["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=1800
+    )
     if started.returncode != 0:
         skip_or_fail(f"no emulated ARM64 device here: {started.stderr.strip()[-300:]}")
     try:

@@ -286,3 +286,11 @@ def test_vit_macs_include_the_attention_matmuls():
     assert (
         summary.macs_before - summary.macs_after > 2 * 4 * 64 * tokens * tokens
     )  # the dropped heads' matmuls
+
+
+def test_a_tie_at_the_cut_is_when_the_last_kept_and_first_dropped_score_the_same():
+    from edge_smsp.models.prune import _tie_at_cut
+
+    scores = np.array([1.0, 3.0, 2.0, 2.0])  # ranked 3, 2, 2, 1
+    assert [_tie_at_cut(scores, count) for count in (1, 2, 3, 4)] == [False, True, False, False]
+    assert _tie_at_cut(np.array([5.0, 5.0, 1.0]), 1) and not _tie_at_cut(np.array([5.0, 5.0, 1.0]), 2)

@@ -145,3 +145,11 @@ def test_head_steps_are_skipped_when_stale_statistics_kill_the_features(pruned, 
     assert torch.equal(features.classifier(model).weight, head_before)
     report = recovery.recover(model, task, BN_IMPRINT, seed=0)
     assert report.steps == ["adaptive_bn", "imprint"]
+
+
+def test_adaptive_bn_on_a_model_without_batchnorm_counts_none():
+    from torch import nn
+
+    from edge_smsp.training.recovery import adaptive_bn
+
+    assert adaptive_bn(nn.Sequential(nn.Flatten(), nn.Linear(12, 2)), torch.zeros(4, 3, 2, 2)) == 0

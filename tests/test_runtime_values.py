@@ -40,7 +40,7 @@ def test_latency_histogram_spans_min_to_p99_and_counts_every_run() -> None:
     edges, counts = histogram["edges"], histogram["counts"]
     assert len(edges) == 25 and len(counts) == 24
     assert edges[0] == 1.0 and edges[-1] == 99.01  # from the fastest run to p99
-    assert edges[1] == pytest.approx(1.0 + 98.01 / 24, abs=1e-4)
+    assert edges[1] == round(1.0 + 98.01 / 24, 4)  # 5.08375 ms, reported to 0.1 microsecond
     assert sum(counts) == 100  # the runs above p99 fall in the last bin
     assert counts[0] == 5  # 1-5 ms, below 5.08
     assert counts[-1] == 6  # 95-99 ms, and 100 ms clipped to p99
@@ -89,6 +89,7 @@ def test_bench_reports_the_percentiles_of_the_runs_it_timed(tmp_path: Path, monk
     rng = np.random.default_rng(5)
     untimed = [50 * MS] * (1 + warmup)  # the first inference and the warm-ups: slow, and not in the report
     timed = [int(value) for value in rng.integers(1 * MS, 9 * MS, size=runs)]
+    timed[0] += 300  # 0.1876053 s in all: a sum whose rounding to microseconds shows
     clock = _Clock(untimed + timed)
     real_open = bench.open_model
 
@@ -105,7 +106,7 @@ def test_bench_reports_the_percentiles_of_the_runs_it_timed(tmp_path: Path, monk
         assert report["latency_ms"][name] == pytest.approx(value, abs=1e-4)
     assert report["latency_ms"]["max"] == pytest.approx(max(timed) / 1e6, abs=1e-4)
     assert report["first_inference_ms"] == 50.0
-    assert report["measured_seconds"] == pytest.approx(sum(timed) / 1e9)
+    assert report["measured_seconds"] == round(sum(timed) / 1e9, 6)  # microseconds
     assert report["throughput_ips"] == pytest.approx(runs / (sum(timed) / 1e9), rel=1e-4)
     histogram = report["latency_histogram_ms"]
     assert sum(histogram["counts"]) == runs
@@ -129,7 +130,21 @@ def test_rgb_is_converted_to_luma_for_one_channel_models() -> None:
     # A one-channel image for a one-channel model passes as it is; for three channels it is repeated.
     grey = np.array([[[0.2], [0.4]], [[0.6], [0.8]]], dtype=np.float32)
     single = preprocess(grey, (2, 2), 1, [0.0], [1.0])
+    assert single.shape == (1, 1, 2, 2)
     np.testing.assert_allclose(single[0, 0], np.round(grey[:, :, 0] * 255) / 255, atol=1e-6)
     three = preprocess(grey, (2, 2), 3, [0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
     for channel in range(3):
         np.testing.assert_array_equal(three[0, channel], single[0, 0])
+
+
+def test_integer_pixels_outside_8_and_16_bit_levels_are_refused(tmp_path: Path) -> None:
+    from edge_smsp_runtime.errors import RuntimeToolError
+    from edge_smsp_runtime.images import load_image
+
+    for values, text in (([[-1, 5], [7, 9]], "-1 to 9"), ([[0, 5], [7, 70000]], "0 to 70000")):
+        path = tmp_path / "pixels.npy"
+        np.save(path, np.array(values, dtype=np.int32))
+        with pytest.raises(RuntimeToolError, match=f"8-bit .* 16-bit .*got {text}"):
+            load_image(str(path))
+    np.save(path, np.array([[0, 1000], [2, 3]], dtype=np.int32))  # 16-bit levels
+    np.testing.assert_allclose(load_image(str(path))[:, :, 0], [[0, 1000 / 65535], [2 / 65535, 3 / 65535]])

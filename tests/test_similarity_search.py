@@ -169,3 +169,10 @@ def test_pool_index_on_a_missing_pool_is_one_line_exit_2(tmp_path, capsys):
     assert main(["pool", "index", "--pool", str(tmp_path / "none.sqlite")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no pool" in err[0]
+
+
+def test_an_empty_sketch_index_scores_no_task():
+    from edge_smsp.data.descriptors import SketchIndex
+
+    empty = SketchIndex([], [], np.zeros((0, 8), dtype=np.float32), np.zeros(8, dtype=np.float32))
+    assert len(empty) == 0 and empty.scores(np.ones((2, 8), dtype=np.float32)).shape == (0,)

@@ -63,6 +63,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "batch_size": ADAPT_BATCH_SIZE,
     },
     "control: most similar entry, no probe": {"probe": 1, "batch_size": ADAPT_BATCH_SIZE},
+    # The product's --time-budget (issue 24): batch and iterations measured to fit the seconds, at 1 thread.
+    **{f"smsp, time budget {budget} s": {"time_budget": float(budget)} for budget in (10, 30, 60)},
 }
 CONTROLS = ("smsp (default)", *(name for name in VARIANTS if name.startswith("control: ")))
 FULL = (

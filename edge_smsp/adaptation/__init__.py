@@ -22,6 +22,7 @@ from edge_smsp.adaptation.pipeline import (
     prepare_elsewhere,
     run_stages,
 )
+from edge_smsp.adaptation.scoring_cache import ScoringCache
 from edge_smsp.adaptation.scratch import prune_from_scratch
 from edge_smsp.adaptation.stages import with_task_head
 from edge_smsp.adaptation.state import AdaptRun
@@ -32,6 +33,7 @@ __all__ = [
     "ADAPT_STAGES",
     "BEFORE_RECOVERY",
     "SCRATCH_STAGES",
+    "ScoringCache",
     "AdaptConfig",
     "AdaptResult",
     "AdaptRun",

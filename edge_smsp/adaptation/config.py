@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from edge_smsp.models.prune import PruneSummary
 
 
+MAX_TIME_BUDGET = 86400.0
+
+
 @dataclass(frozen=True)
 class AdaptConfig:
     """Everything about one adaptation besides the backbone, pool and task."""
@@ -54,6 +57,8 @@ class AdaptConfig:
     warmup_fraction: float = 0.2  # of the iterations, spent before one-shot Taylor scores the new task
     scratch_rounds: int = 4
     scratch_criterion: str = "taylor"  # the pool-building criterion (an iterative criterion)
+    # seconds for the whole adaptation: fine-tuning's batch and iterations are then measured to fit it
+    time_budget: float | None = None
 
     def __post_init__(self) -> None:
         if self.ratio is not None:
@@ -80,6 +85,8 @@ class AdaptConfig:
             raise PruneError(f"batch size must be >= 1, got {self.batch_size}")
         if self.micro_batch is not None and self.micro_batch < 1:
             raise PruneError(f"micro-batch must be >= 1, got {self.micro_batch}")
+        if self.time_budget is not None and not 0 < self.time_budget <= MAX_TIME_BUDGET:  # refuses NaN too
+            raise PruneError(f"time budget must be 0-{MAX_TIME_BUDGET:g} seconds, got {self.time_budget}")
         if self.scratch_rounds < 1:
             raise PruneError(f"scratch rounds must be >= 1, got {self.scratch_rounds}")
 

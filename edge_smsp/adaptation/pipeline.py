@@ -20,6 +20,7 @@ from typing import Any
 from torch import nn
 
 from edge_smsp.adaptation.config import AdaptConfig, AdaptResult
+from edge_smsp.adaptation.scoring_cache import ScoringCache
 from edge_smsp.adaptation.scratch import prune_iteratively
 from edge_smsp.adaptation.stages import (
     attach_task_head,
@@ -73,12 +74,15 @@ def adapt(
     config: AdaptConfig,
     *,
     progress: bool = False,
+    cache: ScoringCache | None = None,
 ) -> AdaptResult:
-    """Prune `backbone` for `task` with the configured method, attach a fresh head, fine-tune, evaluate."""
+    """Prune `backbone` for `task` with the configured method, attach a fresh head, fine-tune, evaluate; with a
+    `cache`, the similarity step and the score mask of earlier adaptations of this task on the same pool entries
+    (at other ratios) are reused."""
     if config.ratio is None:
         raise PruneError("adapting needs a pruning ratio (AdaptConfig.ratio)")
     started = time.perf_counter()
-    run = AdaptRun(backbone, pool, task, config, progress)
+    run = AdaptRun(backbone, pool, task, config, progress, cache=cache)
     run_stages(run, SCRATCH_STAGES if config.method == SCRATCH else ADAPT_STAGES)
     return run.result(time.perf_counter() - started)
 

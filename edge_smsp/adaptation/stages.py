@@ -17,6 +17,7 @@ from edge_smsp.models.unit_scores import unit_l1_norms
 from edge_smsp.training.finetune import evaluate
 from edge_smsp.training.recipe import recipe_for
 from edge_smsp.training.recovery import recover
+from edge_smsp.training.time_budget import plan_for_budget
 from edge_smsp.transfer.entry_models import borrowed_entry_model
 from edge_smsp.transfer.entry_probe import best_probed, probe_entries
 from edge_smsp.transfer.inherit import inherit, inherit_head
@@ -33,6 +34,15 @@ def select_pool_entries(run: AdaptRun) -> None:
         return
     if run.pool is None:
         raise PoolError(f"method {run.config.method} needs a pool (--pool) built for this backbone")
+    if run.cache is not None:  # a selection of the same entries at another ratio serves this one
+        run.scoring_key = run.cache.key(run)
+        shared = run.cache.lookup(run.scoring_key)
+        if shared is not None:
+            _, notes = run.source.entries(run.score_inputs())  # what this ratio's report says
+            run.selection = dataclasses.replace(shared.selection, notes=notes)
+            run.probed, run.scores, run.reused = list(shared.probed), dict(shared.scores), True
+            return
+        run.cache.counted("similarity_passes")
     run.selection = run.source.select(run.score_inputs())
 
 
@@ -40,7 +50,7 @@ def probe_pool_entries(run: AdaptRun) -> None:
     """Pool initialisation: of the `probe` most similar pool tasks, the entry whose own features separate the
     task's classes best is put first, so its mask and weights are the ones used (edge_smsp.transfer.entry_probe)."""
     selection, config = run.selection, run.config
-    if selection is None or config.init_mode != "pool" or config.probe < 2:
+    if selection is None or run.reused or config.init_mode != "pool" or config.probe < 2:
         return
     assert run.pool is not None
     per_task = best_per_task(selection.ranked)
@@ -68,8 +78,13 @@ def probe_pool_entries(run: AdaptRun) -> None:
 
 
 def score_with_source(run: AdaptRun) -> None:
-    """One score per backbone unit from the configured source."""
+    """One score per backbone unit from the configured source (or the cache's, for the same entries)."""
+    if run.reused:
+        return
     run.scores = run.source(run.score_inputs())
+    if run.cache is not None:
+        run.cache.counted("scoring_passes")
+        run.cache.store(run.scoring_key, run)
 
 
 def prune_to_ratio(run: AdaptRun) -> None:
@@ -120,9 +135,22 @@ def recover_after_pruning(run: AdaptRun) -> None:
 
 
 def finetune_rest(run: AdaptRun) -> None:
-    """Fine-tune the sub-network for what is left of the iteration budget."""
+    """Fine-tune the sub-network for what is left of the iteration budget, or of the time budget."""
     assert run.model is not None
-    run.train(run.model, run.config.iters - run.iters_done)
+    if run.config.time_budget is None:
+        run.train(run.model, run.config.iters - run.iters_done)
+        return
+    plan = plan_for_budget(
+        run.model,
+        run.task,
+        run.config.time_budget,
+        run.started,
+        micro_batch=run.micro_batch,
+        optimizer=run.config.optimizer,
+        lr=run.config.lr,
+    )
+    run.train(run.model, plan.iters, batch_size=plan.batch_size, deadline=plan.deadline)
+    run.training["time_budget"] = {**plan.to_dict(), "iters_done": run.iters_done}
 
 
 def evaluate_on_val(run: AdaptRun) -> None:

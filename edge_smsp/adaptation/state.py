@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from edge_smsp.adaptation.config import AdaptConfig, AdaptResult
+from edge_smsp.adaptation.scoring_cache import ScoringCache
 from edge_smsp.criteria import ScoreInputs, ScoreSource, Selection, score_source
 from edge_smsp.data.tasks import Task
 from edge_smsp.models.prune import PruneSummary
@@ -51,6 +52,11 @@ class AdaptRun:
     # and the probe run there: (entry, similarity) candidates -> their ProbedEntry, in order.
     query: Any = None
     prober: Callable[[Sequence[tuple[Any, float]]], list[Any]] | None = None
+    started: float = field(default_factory=time.perf_counter)  # the adaptation's start, for a time budget
+    # Shared by adaptations of one task at several ratios (a fleet): the selection, probe and scores by key.
+    cache: ScoringCache | None = None
+    scoring_key: Any = None  # this run's key in the cache (None: not shared)
+    reused: bool = False  # the selection, probe and scores came from the cache
 
     @property
     def source(self) -> ScoreSource:
@@ -63,8 +69,17 @@ class AdaptRun:
             return self.config.micro_batch
         return auto_micro_batch(self.config.batch_size, self.task.image_size)
 
-    def train(self, model: nn.Module, iters: int, seed_offset: int | None = None) -> None:
-        """Fine-tune `model` for `iters` iterations of the budget, with its own seed (the call's index)."""
+    def train(
+        self,
+        model: nn.Module,
+        iters: int,
+        seed_offset: int | None = None,
+        *,
+        batch_size: int | None = None,
+        deadline: float | None = None,
+    ) -> None:
+        """Fine-tune `model` for `iters` iterations of the budget, with its own seed (the call's index); a time
+        budget's plan gives its own batch and a deadline."""
         if iters <= 0:
             return
         offset = self.train_calls if seed_offset is None else seed_offset
@@ -73,12 +88,13 @@ class AdaptRun:
             model,
             self.task,
             iters,
-            batch_size=self.config.batch_size,
+            batch_size=batch_size or self.config.batch_size,
             micro_batch=self.micro_batch,
             lr=self.config.lr,
             optimizer=self.config.optimizer,
             seed=self.config.seed * 1000 + offset,
             progress=self.progress,
+            deadline=deadline,
         )
         self.seconds["finetuning"] += time.perf_counter() - started
         self.training = {
@@ -88,7 +104,7 @@ class AdaptRun:
             "optimizer": self.config.optimizer,
         }
         self.train_calls += 1
-        self.iters_done += iters
+        self.iters_done += done.iters
 
     def batches(self, count: int, offset: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """`count` training batches in a seeded order (offset: another order, e.g. per pruning round), each in

@@ -238,6 +238,14 @@ def add_adapt_arguments(parser: argparse.ArgumentParser, *, ratio_help: str | No
     )
     add_round_to_argument(parser, help_text="kept channels rounded to a multiple (1: off)")
     parser.add_argument(
+        "--time-budget",
+        type=number_in_range(0.0, 86400.0, above=True),
+        default=None,
+        metavar="SECONDS",
+        help="fit the adaptation into SECONDS on this host: fine-tuning's batch and iterations are chosen from a "
+        "short measured warm-up (instead of --iters), and the report says what it chose",
+    )
+    parser.add_argument(
         "--micro-batch",
         type=int_in_range(1, MAX_BATCH_SIZE),
         default=None,
@@ -328,6 +336,7 @@ def config_from_args(args: argparse.Namespace) -> AdaptConfig:
         init=args.init,
         probe=args.probe,
         recipe=args.recipe,
+        time_budget=args.time_budget,
     )
 
 

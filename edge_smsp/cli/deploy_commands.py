@@ -29,6 +29,7 @@ from edge_smsp.cli.converters import (
     out_file_arg,
 )
 from edge_smsp.cli.device_deploy import add_device_data_arguments, run_device_deploy
+from edge_smsp.cli.fleet_deploy import add_fleet_arguments, fleet_requested, run_fleet_deploy
 from edge_smsp.cli.output import print_json, show_progress
 from edge_smsp.cli.precision_output import (
     add_max_int8_drop_argument,
@@ -154,7 +155,12 @@ def register_deploy(subcommands: argparse._SubParsersAction) -> None:
         "(SHA-256 verified), benchmark it on the device, and save/print/store the report.",
     )
     parser.add_argument(
-        "--profile", required=True, metavar="P", help="profile YAML or bundled name (localhost)"
+        "--profile",
+        action="append",
+        default=None,
+        metavar="P",
+        help="profile YAML or bundled name (localhost); repeat it to deploy to a fleet (one adaptation per "
+        "distinct ratio, devices reached concurrently; exit 1 when any device failed)",
     )
     add_backbone_arguments(parser)
     add_task_arguments(
@@ -162,7 +168,8 @@ def register_deploy(subcommands: argparse._SubParsersAction) -> None:
         classes=True,
         default_classes=DEFAULT_CLASSES,
         default_image_size=None,
-        image_size_help="input resolution (default: the profile's input_size)",
+        image_size_help="input resolution (default: the profile's input_size; a fleet: one size for every "
+        "device, the first profile's)",
         default_batch_size=ADAPT_BATCH_SIZE,
     )
     add_adapt_arguments(parser, ratio_help="adapt at this ratio and skip planning (default: plan it)")
@@ -188,6 +195,7 @@ def register_deploy(subcommands: argparse._SubParsersAction) -> None:
         help="default: runs/deploy-<profile>-<timestamp>",
     )
     add_device_data_arguments(parser)
+    add_fleet_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     parser.set_defaults(handler=run_deploy)
 
@@ -217,11 +225,18 @@ def run_deploy(args: argparse.Namespace) -> int:
     from edge_smsp.devices.stack import device_opset
     from edge_smsp.pool import Pool
 
+    if fleet_requested(args):
+        return run_fleet_deploy(args)
+    args.profile = args.profile[0]
     profile = profile_from_args(args)  # a bad profile or opset fails before anything slow happens
     device_opset(args.opset, profile)
     if args.image_size is None:
         args.image_size = profile.input_size
     if args.device_data is not None:  # the task's images stay on the device: it adapts the model itself
+        if args.precision not in (None, FP32):
+            raise ExportError(
+                f"--precision {args.precision}: --device-data adapts and ships fp32 models only"
+            )
         return run_device_deploy(args, profile)
     check_task_args(args)
     bench = bench_settings_from_args(args, profile)
@@ -263,6 +278,10 @@ def run_bench(args: argparse.Namespace) -> int:
     from edge_smsp.deploy.bench import bench_model
 
     profile = profile_from_args(args)
+    if args.precision == "auto":
+        raise ExportError(
+            "bench --precision auto: bench measures the given model; name its precision or omit it"
+        )
     report = bench_model(
         profile,
         args.model,

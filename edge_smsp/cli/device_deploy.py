@@ -32,6 +32,14 @@ def add_device_data_arguments(parser: argparse.ArgumentParser) -> None:
         help="with --device-data: train the layers after the model's K-th block boundary, last first (0: the "
         "classifier alone; default 6)",
     )
+    parser.add_argument(
+        "--device-train",
+        choices=("auto", "light", "torch"),
+        default="auto",
+        help="with --device-data: the tier that adapts on the device: light (numpy + onnxruntime, the layers after "
+        "--trainable-blocks), torch (every parameter, the host's recipe; needs torch there, not edge-smsp), or "
+        "auto: torch when the device's `info` reports torch and its memory plan fits (default)",
+    )
 
 
 def run_device_deploy(args: argparse.Namespace, profile: DeviceProfile) -> int:
@@ -57,7 +65,9 @@ def run_device_deploy(args: argparse.Namespace, profile: DeviceProfile) -> int:
             pool=pool,
             config=config,
             out_dir=out,
-            data=DeviceData(path=args.device_data, trainable_blocks=args.trainable_blocks),
+            data=DeviceData(
+                path=args.device_data, trainable_blocks=args.trainable_blocks, tier=args.device_train
+            ),
             image_size=args.image_size,
             trust_new_host=args.trust_new_host,
             bench=bench,
@@ -81,9 +91,14 @@ def describe_device_deploy(report: dict[str, Any]) -> str:
         ("ratio", f"{report['ratio']:.2f} ({'planned' if report['ratio_source'] == 'plan' else 'given'})"),
         (
             "accuracy",
-            f"{100 * report['accuracy_onnxruntime']:.2f}% on the device's validation split (numpy "
+            f"{100 * report['accuracy_onnxruntime']:.2f}% on the device's validation split ({'torch' if report.get('device_train') == 'torch' else 'numpy'} "
             f"{100 * report['accuracy_numpy']:.2f}%, agreement {100 * report['agreement']:.1f}%), "
             f"{report['trainable_blocks']} trainable blocks",
+        ),
+        (
+            "tier",
+            report.get("device_train", "light")
+            + (f" ({report['device_train_note']})" if report.get("device_train_note") else ""),
         ),
         (
             f"latency {report['latency_percentile']}",

@@ -9,13 +9,11 @@ from typing import Any
 
 from edge_smsp.cli.converters import number_in_range
 from edge_smsp.core.errors import ExportError
-from edge_smsp.core.precisions import FP32
+from edge_smsp.core.precisions import DEFAULT_MAX_INT8_DROP_PT, FP32
 
 
 def add_max_int8_drop_argument(parser: argparse.ArgumentParser) -> None:
     """--max-int8-drop: the INT8 accuracy gate, on export and deploy."""
-    from edge_smsp.export.precision import DEFAULT_MAX_INT8_DROP_PT
-
     parser.add_argument(
         "--max-int8-drop",
         type=number_in_range(0.0, 100.0),

@@ -13,3 +13,6 @@ PRECISIONS: dict[str, str] = {
 DEFAULT_PRECISION = FP32
 # A profile or --precision may leave the choice to the planner (ratio and precision chosen together).
 AUTO = "auto"
+# The INT8 accuracy gate: validation accuracy points INT8 may lose against fp32 before fp32 ships instead
+# (`--max-int8-drop`; edge_smsp.export.precision).
+DEFAULT_MAX_INT8_DROP_PT = 1.0

@@ -3,7 +3,8 @@
     connect -> check (info) -> scan (class names, counts) -> plan (ratio; the adaptation's memory, before any
     upload) -> describe (the backbone's class prototypes, on the device) -> rank the pool -> probe (the top
     entries' features, on the device) -> prune with the chosen entry's mask and weights -> export the adaptable
-    bundle -> upload -> adapt (light tier, on the device) -> bench -> record -> report
+    bundle -> upload -> adapt (on the device: the light tier, or the torch tier where it has torch) -> bench ->
+    record -> report
 
 Only kilobytes come back: class names and counts, prototypes (float16), one score per probed entry, the adapt
 and bench reports. The transport counts every byte each way (`bytes_to_device`, `bytes_from_device`).
@@ -30,7 +31,7 @@ from edge_smsp.deploy import steps as stages
 from edge_smsp.deploy.bench import BenchSettings, run_bench
 from edge_smsp.deploy.report import REPORT_NAME, DeployReport, write_json_atomically
 from edge_smsp.device_runtime.adapt import DEFAULT_TRAINABLE_BLOCKS
-from edge_smsp.devices.adapt_memory import AdaptMemory, fit_adapt_memory
+from edge_smsp.devices.adapt_memory import TIERS, AdaptMemory, fit_adapt_memory
 from edge_smsp.devices.planner import cost_at_ratio, predict_latency_ms, predict_memory_bytes
 from edge_smsp.devices.profiles import MIB, DeviceProfile
 from edge_smsp.export.feature_graph import export_adaptable_bundle, export_feature_graph
@@ -88,6 +89,8 @@ class DeviceDeployReport(DeployReport):
     adapt_memory: dict[str, Any] = field(default_factory=dict)  # the plan's prediction and image cap
     trainable_blocks: int = 0
     device_adapt: dict[str, Any] = field(default_factory=dict)  # the device's adapt report
+    device_train: str = "light"  # the tier that ran: light (numpy + onnxruntime) or torch
+    device_train_note: str = ""  # why, when --device-train auto chose
 
 
 def deploy_on_device(
@@ -127,7 +130,11 @@ def deploy_on_device(
                 mean=spec.mean, std=spec.std,
             )  # fmt: skip
             blocks = _trainable_blocks(request.data, skeleton.sizes.num_cuts)
-            memory = _fit_memory(skeleton.sizes, blocks, scanned, checked, request)
+            tier, tier_note, memory = _plan_tier(
+                transport, log, skeleton.sizes, blocks, scanned, checked, request
+            )
+            if tier == "torch":
+                blocks = skeleton.sizes.num_cuts - 1  # every parameter
         with stage("describe"):
             graph = export_feature_graph(
                 request.backbone, request.out_dir / "features" / "backbone.onnx", image_size=size,
@@ -155,7 +162,7 @@ def deploy_on_device(
             adapted = device.adapt_on_device(
                 transport, remote_bundle, request.data, log, iters=chosen.iters, trainable_blocks=blocks,
                 batch_size=chosen.batch_size, lr=chosen.lr, seed=config.seed, threads=request.profile.threads,
-                max_per_class=memory.max_per_class,
+                max_per_class=memory.max_per_class, tier=tier,
             )  # fmt: skip
         remote_model = str(adapted["out_path"])
         with stage("bench"):
@@ -228,6 +235,8 @@ def deploy_on_device(
         adapt_memory={**memory.to_dict(), "peak_mib": round(memory.peak_bytes / MIB, 1)},
         trainable_blocks=blocks,
         device_adapt={key: value for key, value in adapted.items() if key not in ("classes",)},
+        device_train=tier,
+        device_train_note=tier_note,
     )  # fmt: skip
     write_json_atomically(request.out_dir / REPORT_NAME, report.to_dict())
     return report
@@ -251,6 +260,8 @@ def _check_request(request: DeviceDeployRequest) -> None:
             f"--similarity {config.similarity} runs pool models on the task's images, which stay on the device: "
             "use --similarity prototype with --device-data"
         )
+    if request.data.tier not in ("auto", *TIERS):
+        raise PlanError(f"--device-train must be auto, light or torch, got {request.data.tier}")
     if request.data.trainable_blocks is not None and request.data.trainable_blocks < 0:
         raise PlanError(f"--trainable-blocks must be >= 0, got {request.data.trainable_blocks}")
 
@@ -265,12 +276,41 @@ def _trainable_blocks(data: device.DeviceData, num_cuts: int) -> int:
     return data.trainable_blocks
 
 
+def _plan_tier(
+    transport: Any, log: device.DeviceLog, sizes: Any, blocks: int, scanned: dict[str, Any],
+    checked: stages.DeviceCheck, request: DeviceDeployRequest,
+) -> tuple[str, str, AdaptMemory]:  # fmt: skip
+    """The tier that runs (--device-train), why, and its memory plan. auto: torch when `info` found torch and its
+    plan fits the budget, else light."""
+    wanted = request.data.tier
+    version = checked.device_info.get("torch_version")
+    if wanted == "light" or (wanted == "auto" and not version):
+        note = "" if wanted == "light" else "the device has no torch"
+        return "light", note, _fit_memory(sizes, blocks, scanned, checked, request)
+    if not version:
+        raise PlanError(
+            f"--device-train torch: {checked.profile.name} has no torch (its `info` found none): install torch "
+            "there (JetPack's or PyPI's wheel), or use --device-train light"
+        )
+    torch_mib = device.torch_import_mib(transport, log)
+    try:
+        memory = _fit_memory(sizes, blocks, scanned, checked, request, tier="torch", torch_rss_mib=torch_mib)
+    except PlanError as error:
+        if wanted == "torch":
+            raise
+        note = f"torch {version} found, but {error}"
+        return "light", note, _fit_memory(sizes, blocks, scanned, checked, request)
+    return "torch", f"torch {version} on the device" if wanted == "auto" else "", memory
+
+
 def _fit_memory(
     sizes: Any,
     blocks: int,
     scanned: dict[str, Any],
     checked: stages.DeviceCheck,
     request: DeviceDeployRequest,
+    tier: str = "light",
+    torch_rss_mib: float | None = None,
 ) -> AdaptMemory:
     return fit_adapt_memory(
         sizes,
@@ -280,6 +320,8 @@ def _fit_memory(
         val_counts=[int(count) for count in scanned["val_counts"]],
         batch_size=request.config.batch_size,
         imported_rss_mib=checked.imported_rss_mib,
+        tier=tier,
+        torch_rss_mib=torch_rss_mib,
     )
 
 
@@ -299,7 +341,8 @@ def _record(
     measurement = dataclasses.replace(
         measurement,
         adapt_peak_rss_mib=None if peak is None else float(peak),
-        report={**measurement.report, "adapted_on": ADAPTED_ON_DEVICE, "trainable_blocks": adapted.get("trainable_blocks")},
+        report={**measurement.report, "adapted_on": ADAPTED_ON_DEVICE, "trainable_blocks": adapted.get("trainable_blocks"),
+                "device_train": adapted.get("tier", "light")},
     )  # fmt: skip
     return stages.Recorded(request.pool.add_measurement(measurement), None)
 

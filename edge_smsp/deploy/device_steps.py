@@ -39,6 +39,7 @@ class DeviceData:
     trainable_blocks: int | None = None  # None: the runtime's default (edge_smsp_runtime.adapt)
     sample: int = 512  # images for BN statistics and imprinting
     val_fraction: float = 0.2
+    tier: str = "auto"  # --device-train: auto (torch when the device has it), light or torch
 
 
 @dataclass
@@ -203,20 +204,23 @@ def adapt_on_device(
     seed: int,
     threads: int,
     max_per_class: int | None,
+    tier: str = "light",
 ) -> dict[str, Any]:
     """The light tier on the device: adaptive BN, imprinting, `iters` steps after cut `trainable_blocks`, one
-    verified ONNX file written under models/ (named after the bundle and the run's settings)."""
+    verified ONNX file written under models/ (named after the bundle and the run's settings); the torch tier:
+    the same, every parameter trained (`trainable_blocks` is not passed)."""
     settings = json.dumps(
         [data.path, iters, trainable_blocks, batch_size, lr, seed, max_per_class, data.sample]
+        + ([tier] if tier != "light" else [])
     )
     run_id = hashlib.sha256(settings.encode("utf-8")).hexdigest()[:8]
     out = f"models/adapted-{Path(remote_bundle).parent.name}-{run_id}.onnx"
     args = [
         "adapt", "--model", remote_bundle, "--data", data.path, "--iters", str(iters), "--out",
-        transport.remote_path(out), "--trainable-blocks", str(trainable_blocks), "--batch-size", str(batch_size),
-        "--seed", str(seed), "--sample", str(data.sample), "--val-fraction", repr(data.val_fraction),
+        transport.remote_path(out), "--batch-size", str(batch_size), "--seed", str(seed), "--sample", str(data.sample), "--val-fraction", repr(data.val_fraction),
         "--threads", str(threads),
     ]  # fmt: skip
+    args += ["--tier", "torch"] if tier == "torch" else ["--trainable-blocks", str(trainable_blocks)]
     if lr is not None:
         args += ["--lr", repr(float(lr))]
     if max_per_class is not None:
@@ -224,3 +228,15 @@ def adapt_on_device(
     transport.run([transport.python, "-c", "import os, sys; os.makedirs(sys.argv[1], exist_ok=True)",
                    transport.remote_path("models")], 60.0)  # fmt: skip
     return log.run(transport, "adapt", args)
+
+
+def torch_import_mib(transport: Transport, log: DeviceLog) -> float:
+    """The peak RSS of a device Python that imports torch (and numpy), MiB: the torch tier's runtime memory."""
+    started = time.perf_counter()
+    script = "import resource, numpy, torch; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    result = transport.run([transport.python, "-c", script], 300.0)
+    log.seconds["torch_check"] = round(time.perf_counter() - started, 3)
+    try:
+        return round(int(result.stdout.split()[-1]) / 1024.0, 1)
+    except (IndexError, ValueError):
+        raise TransportError(f"the device could not import torch: {result.stderr.strip()[-300:]}") from None

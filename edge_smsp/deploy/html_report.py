@@ -32,7 +32,7 @@ h1{font-size:20px;margin:0 0 4px} h2{font-size:17px;margin:28px 0 8px;border-bot
 h3{font-size:15px;margin:18px 0 6px} .muted{color:#667}
 table{border-collapse:collapse;margin:6px 0 12px;font-size:13px} th,td{padding:4px 8px;border-bottom:1px solid
 #e3e6ea;text-align:right} td{white-space:nowrap} th{background:#f4f6f8;vertical-align:bottom;max-width:11em} td:first-child,th:first-child{text-align:left}
-.ok{color:#1e7d32;font-weight:600} .bad{color:#b3261e;font-weight:600;white-space:normal} .plots{display:flex;flex-wrap:wrap;gap:16px}
+.ok{color:#1e7d32;font-weight:600} .bad{color:#b3261e;font-weight:600;white-space:normal;text-align:left} .plots{display:flex;flex-wrap:wrap;gap:16px}
 figure{margin:0} figcaption{font-size:12px;color:#556;text-align:center} svg text{font:11px sans-serif;fill:#333}
 """
 

@@ -12,6 +12,10 @@ The device holds, at its peak (runtime/edge_smsp_runtime/adapt.py, phase by phas
   backward pass (and its gradients).
 Sizes per image come from the bundle's graph (ONNX shape inference); the factors are measured upper bounds
 (benchmarks: the report's predicted against measured peak).
+
+The torch tier (`adapt --tier torch`, runtime/edge_smsp_runtime/torch_tier.py) holds instead: torch itself (its
+import, measured on the device), the parameters a few more times (torch's copy, gradients, SGD momentum), every
+image, and a training batch through the WHOLE graph with autograd's saved tensors and their gradients.
 """
 
 from __future__ import annotations
@@ -31,6 +35,9 @@ TRAIN_FACTOR = 5.0  # kept tensors of a train forward, their gradients and the b
 SESSION_BYTES = 24 * MIB  # onnxruntime's session arena while the written model is verified
 MARGIN = 1.15
 MIN_IMAGES_PER_CLASS = 2  # edge_smsp_runtime.imagefolder.MIN_TRAIN_IMAGES
+TIERS = ("light", "torch")
+TORCH_PARAM_COPIES = 3  # torch's tensors, their gradients, SGD's momentum (beside PARAM_COPIES)
+TORCH_TRAIN_FACTOR = 3.0  # autograd's saved tensors of a train step over every node output, and the gradients
 
 
 @dataclass(frozen=True)
@@ -77,9 +84,11 @@ def predict_adapt_memory(
     batch_size: int,
     imported_rss_mib: float | None,
     max_per_class: int | None = None,
+    tier: str = "light",
+    torch_rss_mib: float | None = None,
 ) -> AdaptMemory:
     """The adaptation's predicted peak RSS on the device with at most `max_per_class` images of each class per
-    split (None: all)."""
+    split (None: all); `tier` "torch" trains the whole graph in torch, whose import took `torch_rss_mib`."""
     if not 0 <= trainable_blocks < sizes.num_cuts:
         raise PlanError(
             f"--trainable-blocks must be from 0 to {sizes.num_cuts - 1} for this model, got {trainable_blocks}"
@@ -102,9 +111,19 @@ def predict_adapt_memory(
         (val * image + cache + train_work + momentum, train_work),
         (val * image + cache + SESSION_BYTES, SESSION_BYTES),
     )
-    peak_phase, working = max(phases)
     runtime = int((imported_rss_mib or 0.0) * MIB)
     params = PARAM_COPIES * sizes.param_bytes
+    if tier == "torch":
+        cache = 0
+        whole = batch * sizes.tail_elements[-1] * FLOAT_BYTES * TORCH_TRAIN_FACTOR
+        phases = (
+            ((train + val) * image + bn_work, bn_work),
+            ((train + val) * image + whole, whole),
+            (val * image + SESSION_BYTES, SESSION_BYTES),
+        )
+        runtime += int((torch_rss_mib or 0.0) * MIB)
+        params += TORCH_PARAM_COPIES * sizes.param_bytes
+    peak_phase, working = max(phases)
     peak = int(MARGIN * (runtime + params + peak_phase))
     return AdaptMemory(
         peak_bytes=peak,
@@ -128,6 +147,8 @@ def fit_adapt_memory(
     val_counts: list[int],
     batch_size: int,
     imported_rss_mib: float | None,
+    tier: str = "light",
+    torch_rss_mib: float | None = None,
 ) -> AdaptMemory:
     """The prediction with the most images per class that fits `budget_bytes` (every image when all fit);
     PlanError, one line, when even MIN_IMAGES_PER_CLASS do not."""
@@ -141,12 +162,21 @@ def fit_adapt_memory(
             batch_size=batch_size,
             imported_rss_mib=imported_rss_mib,
             max_per_class=cap,
+            tier=tier,
+            torch_rss_mib=torch_rss_mib,
         )
 
     full = at(None)
     if full.peak_bytes <= budget_bytes:
         return full
     smallest = at(MIN_IMAGES_PER_CLASS)
+    if smallest.peak_bytes > budget_bytes and tier == "torch":
+        raise PlanError(
+            f"the torch tier needs {smallest.peak_bytes / MIB:.1f} MiB even with {MIN_IMAGES_PER_CLASS} images per "
+            f"class (runtime with torch {smallest.runtime_bytes / MIB:.1f} MiB, model {smallest.params_bytes / MIB:.1f} "
+            f"MiB, a training batch {smallest.working_bytes / MIB:.1f} MiB), over the profile's budget of "
+            f"{budget_bytes / MIB:.1f} MiB: use --device-train light, a smaller --batch-size, or prune more (--ratio)"
+        )
     if smallest.peak_bytes > budget_bytes:
         raise PlanError(
             f"on-device adaptation needs {smallest.peak_bytes / MIB:.1f} MiB even with "

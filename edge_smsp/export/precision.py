@@ -9,8 +9,8 @@ fp32 ONNX model, both run with onnxruntime on the same held-out images:
   images): top-1 agreement with fp32 and the validation accuracy of each are reported, and the *gate* passes
   when the accuracy drops by at most `max_drop_pt` points (default DEFAULT_MAX_INT8_DROP_PT).
 * FP16 (convert_fp16, fp32 inputs and outputs): the gate passes when top-1 agreement is at least
-  FP16_MIN_AGREEMENT and the largest logit difference is within FP16_LOGIT_TOLERANCE of the logits' scale
-  (absolute up to |logit| 1, relative beyond, as fp32 parity is).
+  FP16_MIN_AGREEMENT (99 %) and the largest logit difference is within FP16_LOGIT_TOLERANCE (5 %) of the
+  logits' scale (absolute up to |logit| 1, relative beyond, as fp32 parity is).
 
 A model that fails its gate ships as fp32: the fp32 file is copied to `out` and the result says why. The
 shipped file's card (`out` with .json) records the precision, the gate and the fp32 reference.
@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from edge_smsp.core.precisions import FP16, FP32, INT8, PRECISIONS
+from edge_smsp.core.precisions import DEFAULT_MAX_INT8_DROP_PT, FP16, FP32, INT8, PRECISIONS
 from edge_smsp.export.quantize import (
     DEFAULT_CALIBRATION_IMAGES,
     QuantizationError,
@@ -40,9 +40,11 @@ from edge_smsp.export.quantize import (
     quantize_int8,
 )
 
-DEFAULT_MAX_INT8_DROP_PT = 1.0  # validation accuracy points INT8 may lose against fp32 (issue 22)
 FP16_MIN_AGREEMENT = 0.99
-FP16_LOGIT_TOLERANCE = 1e-2  # x max(1, max |fp32 logit|)
+# x max(1, max |fp32 logit|). Float16 error accumulates with depth: a pruned efficientnet_lite0 at 32 px differed
+# by up to 0.34 on logits of ~9 (3.8 %, 600 Fashion-MNIST val images, 99.7 % top-1 agreement); a 4-layer convnet
+# by 0.4 %.
+FP16_LOGIT_TOLERANCE = 5e-2
 # Held-out images for FP16's agreement when the model names no task (random inputs then: said in the result).
 FP16_RANDOM_IMAGES = 8
 
@@ -165,6 +167,7 @@ def export_precision(
             gate = int8_gate(fp32_accuracy, accuracy, max_drop_pt, agreement)
         else:
             scale = max(1.0, float(np.abs(reference).max()))
+            agreement["allowed_max_abs_logit_diff"] = FP16_LOGIT_TOLERANCE * scale
             gate = fp16_gate(fp32_accuracy, accuracy, agreement, scale)
         if gate.passed:
             _readable(candidate)
@@ -192,8 +195,8 @@ def int8_gate(
     drop = round(100.0 * (fp32_accuracy - accuracy), 4)
     passed = drop <= max_drop_pt
     reason = (
-        f"int8 accuracy {100 * accuracy:.2f}% is {drop:.2f} pt below fp32's {100 * fp32_accuracy:.2f}% "
-        f"(allowed {max_drop_pt:g} pt)"
+        f"int8 accuracy {100 * accuracy:.2f}% against fp32's {100 * fp32_accuracy:.2f}% on the val split, "
+        f"a drop of {drop:.2f} pt (allowed {max_drop_pt:g} pt)"
     )
     return PrecisionGate(
         requested=INT8,

@@ -67,8 +67,11 @@ def finetune(
     teacher: nn.Module | None = None,
     distill_weight: float = 0.5,
     micro_batch: int | None = None,
+    deadline: float | None = None,
 ) -> TrainResult:
     """Fine-tune every parameter for exactly `iters` iterations (cosine schedule); leaves the model in eval mode.
+    With a `deadline` (a time.perf_counter() value) it stops early rather than start a step that would end
+    after it.
 
     `lr=None` takes `default_lr(optimizer, batch)`. With `micro_batch`, each batch goes through the model in
     equal chunks of at most that many images (and at least 2) whose gradients add up to the batch's: the same
@@ -133,6 +136,9 @@ def finetune(
             with fast_memory_format(model) as memory_format:
                 for step, indices in enumerate(_index_stream(len(dataset), batch_size, generator)):
                     if step >= iters:
+                        break
+                    now = time.perf_counter()
+                    if deadline is not None and step and now + (now - started) / step > deadline:
                         break
                     images, labels = _fetch(dataset, indices)
                     opt.zero_grad(set_to_none=True)

@@ -1,4 +1,4 @@
-"""python -m edge_smsp_runtime {bench,infer,finetune,adapt,describe,scan,probe,info}: one JSON report on stdout, one-line errors, exit 2."""
+"""python -m edge_smsp_runtime {bench,infer,adapt,describe,scan,probe,info}: one JSON report on stdout, one-line errors, exit 2."""
 
 import argparse
 import json
@@ -121,23 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument("--top-k", type=_nonnegative_int, default=5)
     _add_session_options(infer)
 
-    finetune = commands.add_parser(
-        "finetune", help="fine-tune a pruned model on an image folder (needs torch)"
-    )
-    finetune.add_argument("--model-dir", required=True, help="directory with model.safetensors + pruned.json")
-    finetune.add_argument("--data", required=True, help="ImageFolder: one sub-directory of images per class")
-    finetune.add_argument("--iters", type=_nonnegative_int, required=True)
-    finetune.add_argument("--out", default=None, help="output directory (default MODEL_DIR/finetuned)")
-    finetune.add_argument("--batch-size", type=_batch, default=16)
-    finetune.add_argument("--lr", type=_number_in(1e-12, 100.0), default=0.01)
-    finetune.add_argument("--val-fraction", type=_number_in(0.0, 0.99), default=0.2)
-    finetune.add_argument("--max-per-class", type=_nonnegative_int, default=500)
-    finetune.add_argument("--seed", type=_seed, default=0)
-    finetune.add_argument("--bench-runs", type=_runs, default=50)
-    _add_session_options(finetune)
-
     adapt = commands.add_parser(
-        "adapt", help="adapt a bundle's model to an image folder with numpy + onnxruntime (no torch)"
+        "adapt",
+        help="adapt a bundle's model to an image folder (light: numpy + onnxruntime; torch: the whole recipe)",
+    )
+    adapt.add_argument(
+        "--tier",
+        choices=("light", "torch"),
+        default="light",
+        help="light: numpy + onnxruntime, the layers after a cut (default); torch: every parameter, the host's "
+        "recipe (needs torch >= 1.4, not edge-smsp)",
     )
     adapt.add_argument("--model", required=True, help="BUNDLE/model.onnx of an adaptable bundle (or BUNDLE)")
     adapt.add_argument(
@@ -203,9 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _info(runtime: Optional[str]) -> Dict[str, Any]:
     from .backends import get_backend
-    from .device import current_rss_mib, device_facts
+    from .device import current_rss_mib, device_facts, mem_available_mib
     from .model import import_numpy
     from .precision import device_precisions, provider_precisions
+    from .torch_tier import torch_version
 
     numpy = import_numpy()
     backend = get_backend(runtime)
@@ -225,6 +219,8 @@ def _info(runtime: Optional[str]) -> Dict[str, Any]:
         "numpy_version": numpy.__version__,
         "available_providers": backend.available_providers(),
         "imported_rss_mib": imported_rss,
+        "torch_version": torch_version(),  # read from torch/version.py: torch is not imported
+        "mem_available_mib": mem_available_mib(),
         "device": device_facts(),
     }
     report.update(backend.version_keys())
@@ -252,6 +248,18 @@ def _run_light(args: argparse.Namespace) -> Dict[str, Any]:
 
         return run_describe(
             args.model, args.data, sample=args.sample, seed=args.seed, val_fraction=args.val_fraction,
+            threads=args.threads,
+        )  # fmt: skip
+    if args.tier == "torch":
+        from .torch_tier import run_torch_adapt
+
+        if args.trainable_blocks is not None:
+            raise RuntimeToolError(
+                "--trainable-blocks is the light tier's: --tier torch trains every parameter"
+            )
+        return run_torch_adapt(
+            args.model, args.data, iters=args.iters, out_path=args.out, batch_size=args.batch_size, lr=args.lr,
+            seed=args.seed, sample=args.sample, val_fraction=args.val_fraction, max_per_class=args.max_per_class,
             threads=args.threads,
         )  # fmt: skip
     from .adapt import run_adapt
@@ -308,23 +316,7 @@ def run_command(args: argparse.Namespace) -> Dict[str, Any]:
             runtime=args.runtime,
             precision=args.precision,
         )
-    from .finetune import run_finetune
-
-    return run_finetune(
-        args.model_dir,
-        args.data,
-        iters=args.iters,
-        out_dir=args.out,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        val_fraction=args.val_fraction,
-        max_per_class=args.max_per_class,
-        seed=args.seed,
-        threads=args.threads,
-        bench_runs=args.bench_runs,
-        providers=providers,
-        runtime=args.runtime,
-    )
+    raise RuntimeToolError(f"unknown command {args.command}")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

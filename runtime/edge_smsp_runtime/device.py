@@ -77,6 +77,16 @@ def _total_ram_mib() -> Optional[float]:
         return None
 
 
+def mem_available_mib() -> Optional[float]:
+    """MemAvailable of /proc/meminfo (what a new process may take without swapping), MiB; None off Linux."""
+    text = _read_text("/proc/meminfo")
+    if text:
+        for line in text.splitlines():
+            if line.startswith("MemAvailable:"):
+                return round(float(line.split()[1]) / 1024.0, 1)
+    return None
+
+
 def _usable_cores() -> Optional[int]:
     try:
         return len(os.sched_getaffinity(0))

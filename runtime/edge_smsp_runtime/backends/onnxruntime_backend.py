@@ -48,7 +48,9 @@ class OnnxRuntimeSession(Session):
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
-    precisions = PRECISIONS  # QDQ int8 and fp16 graphs load on every provider; precision.py says which run natively
+    precisions = (
+        PRECISIONS  # QDQ int8 and fp16 graphs load on every provider; precision.py says which run natively
+    )
 
     def __init__(self, ort: Any) -> None:
         self._ort = ort

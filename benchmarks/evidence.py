@@ -1,0 +1,201 @@
+"""The evidence of issues 21 and 24 as a RESULTS.md section: does similarity choose the pool entry better than
+chance (the controls at the defaults), what `--time-budget` reaches, and how on-device adaptation (the light
+tier) compares with host adaptation, all paired on the held-out study's tasks and seeds.
+
+The runs come from `benchmarks.research.heldout --controls` / `--only "smsp, time budget N s"` and
+`benchmarks.research.light_tier` (results/heldout.jsonl and results/light_tier.jsonl in the research folder);
+this module pairs them into results/evidence.full.json and renders the section (`benchmarks.report` adds it).
+
+    python -m benchmarks.research.heldout --ratio 0.5 --seeds 3 --controls
+    python -m benchmarks.research.light_tier --ratio 0.5 --seeds 1
+    python -m benchmarks.evidence
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import DEFAULT_RESULTS_DIR, log, machine_facts, read_json, result_path, write_json
+from benchmarks.formatting import table
+
+NAME = "evidence"
+DEFAULT = "smsp (default)"
+CONTROLS = (
+    "control: random entry",
+    "control: least similar entry",
+    "control: most similar entry, no probe",
+)
+TIME_BUDGETS = tuple(f"smsp, time budget {budget} s" for budget in (10, 30, 60))
+VAL_IMAGES = (
+    600  # 3 classes x 200: accuracies are multiples of 1/600, so paired differences are exact integers
+)
+
+
+def exact_sign_flip_p(differences: Sequence[float], unit: float = 1.0 / VAL_IMAGES) -> float | None:
+    """Two-sided paired sign-flip test of mean difference 0, exact for any number of pairs: the differences,
+    in whole validation images, flipped in every combination (a convolution over the sums)."""
+    steps = [abs(round(d / unit)) for d in differences if d == d]
+    if len(steps) < 3:
+        return None
+    observed = abs(sum(round(d / unit) for d in differences if d == d))
+    total = sum(steps)
+    counts = np.zeros(2 * total + 1, dtype=np.float64)
+    counts[total] = 1.0
+    for step in steps:
+        shifted = np.zeros_like(counts)
+        if step == 0:
+            shifted = 2 * counts
+        else:
+            shifted[step:] += counts[:-step]
+            shifted[:-step] += counts[step:]
+        counts = shifted
+    sums = np.arange(-total, total + 1)
+    return float(counts[np.abs(sums) >= observed].sum() / counts.sum())
+
+
+def _research_results(name: str) -> list[dict[str, Any]]:
+    from benchmarks.research import common
+
+    path = common.ROOT / "results" / f"{name}.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def payload_from(
+    heldout_runs: Sequence[dict[str, Any]], light_runs: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """Each comparison against the defaults, paired by (size, ratio, task, seed)."""
+    runs: dict[tuple[str, int, float], dict[tuple[str, int], float]] = defaultdict(dict)
+    for run in heldout_runs:
+        if run["variant"] in (DEFAULT, *CONTROLS, *TIME_BUDGETS) and run.get("iters", 100) == 100:
+            runs[(run["variant"], run["size"], run["ratio"])][(run["task"], run["seed"])] = run[
+                "val_accuracy"
+            ]
+    for run in light_runs:
+        runs[(run["variant"], run["size"], run["ratio"])][(run["task"], run["seed"])] = run["val_accuracy"]
+    rows = []
+    for (variant, size, ratio), accuracies in sorted(
+        runs.items(), key=lambda item: (item[0][1], item[0][2], item[0][0])
+    ):
+        if variant == DEFAULT:
+            continue
+        reference = runs.get((DEFAULT, size, ratio), {})
+        keys = sorted(set(accuracies) & set(reference))
+        if not keys:
+            continue
+        differences = [accuracies[key] - reference[key] for key in keys]
+        rows.append(
+            {
+                "variant": variant,
+                "size": size,
+                "ratio": ratio,
+                "pairs": len(keys),
+                "seeds": sorted({seed for _, seed in keys}),
+                "mean": float(np.mean([accuracies[key] for key in keys])),
+                "default_mean": float(np.mean([reference[key] for key in keys])),
+                "difference": float(np.mean(differences)),
+                "better": sum(d > 0 for d in differences),
+                "worse": sum(d < 0 for d in differences),
+                "p": exact_sign_flip_p(differences),
+            }
+        )
+    extras = {
+        "light_tier": [
+            {key: run.get(key) for key in ("task", "seed", "ratio", "val_accuracy", "bytes_from_device",
+                                           "bytes_to_device", "adapt_peak_rss_mib", "trainable_blocks", "wall_s")}
+            for run in light_runs
+        ],
+        "time_budgets": [
+            {"variant": run["variant"], "task": run["task"], "seed": run["seed"], "val_accuracy": run["val_accuracy"],
+             "training": run.get("training"), "total_s": (run.get("seconds") or {}).get("total")}
+            for run in heldout_runs if run["variant"] in TIME_BUDGETS
+        ],
+    }  # fmt: skip
+    return {"benchmark": NAME, "machine": machine_facts(), "comparisons": rows, **extras}
+
+
+def _verdict(row: dict[str, Any]) -> str:
+    if row["p"] is None:
+        return "too few pairs"
+    if row["p"] >= 0.05:
+        return "level with the defaults (p >= 0.05)"
+    return "above the defaults" if row["difference"] > 0 else "below the defaults"
+
+
+def section(payload: dict[str, Any] | None) -> str | None:
+    """The RESULTS.md section, or None before any run."""
+    if not payload or not payload.get("comparisons"):
+        return None
+    rows = [
+        [
+            row["variant"],
+            f"{row['size']} px",
+            f"{row['ratio']:g}",
+            f"{row['pairs']} ({len(row['seeds'])} seed{'s' if len(row['seeds']) > 1 else ''})",
+            f"{100 * row['mean']:.2f}",
+            f"{100 * row['default_mean']:.2f}",
+            f"{100 * row['difference']:+.2f}",
+            f"{row['better']}/{row['worse']}",
+            "-" if row["p"] is None else f"{row['p']:.3f}",
+            _verdict(row),
+        ]
+        for row in payload["comparisons"]
+    ]
+    lines = [
+        "## Does similarity matter? Controls, time budgets and on-device adaptation (issues 21 and 24)",
+        "",
+        "Each row is paired with the defaults (`smsp (default)`: prototype similarity, the best-probed of the top 3 "
+        "entries' mask and weights, recipe `recover`, 100 iterations at batch 128) on the same held-out tasks, "
+        "seeds and research pools; val accuracy %, 600 validation images per task; p: exact two-sided paired "
+        "sign-flip test. Controls change only which pool entry is used. Time-budget rows use wall-clock "
+        "budgets on a machine shared with other jobs (their iterations depend on the load at the time). The light "
+        "tier is `deploy --device-data` (numpy + onnxruntime on the device) against host adaptation.",
+        "",
+        table(
+            [
+                "variant",
+                "size",
+                "r",
+                "pairs",
+                "variant %",
+                "defaults %",
+                "difference pt",
+                "better/worse",
+                "p",
+                "verdict",
+            ],
+            rows,
+        ),
+        "",
+        "Reproduce: `python -m benchmarks.research.heldout --ratio 0.5 --seeds 3 --controls`, "
+        "`python -m benchmarks.research.light_tier --ratio 0.5 --seeds 1`, then `python -m benchmarks.evidence` "
+        "and `python -m benchmarks.report`.",
+    ]
+    return "\n".join(lines)
+
+
+def read_results(results_dir: Path = DEFAULT_RESULTS_DIR) -> dict[str, Any] | None:
+    return read_json(result_path(results_dir, NAME, "full"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
+    args = parser.parse_args(argv)
+    payload = payload_from(_research_results("heldout"), _research_results("light_tier"))
+    path = write_json(result_path(args.results_dir, NAME, "full"), payload)
+    log(f"{NAME}: {len(payload['comparisons'])} comparisons -> {path}")
+    print(section(payload) or "no runs yet")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks import accuracy, adapt_time, budgets, heldout, mechanism, mutation
+from benchmarks import accuracy, adapt_time, budgets, evidence, heldout, mechanism, mutation
 from benchmarks.common import BENCHMARKS_DIR, DEFAULT_RESULTS_DIR, read_json, result_path
 from benchmarks.formatting import table
 from benchmarks.registry import BENCHMARKS, run_order
@@ -107,6 +107,8 @@ def render(found: dict[str, dict[str, Any]], plots: Path) -> str:
     ]
     parts += [text for module in BENCHMARKS if (text := module.section(found, plots))]
     # Mutation testing is a script run by hand, not a registered benchmark: its last stored result.
+    if evidence_text := evidence.section(evidence.read_results()):
+        parts.append(evidence_text)
     if mutation_text := mutation.section(mutation.read_results()):
         parts.append(mutation_text)
     missing = [module.NAME for module in BENCHMARKS if module.NAME not in found]

@@ -25,7 +25,7 @@ class TracedStep:
     stall_seconds: float = 120.0
 
     def __call__(self, backbone, task, config, progress=False):
-        from edge_smsp.adaptation import build_entry
+        from edge_smsp.pool.build import build_entry
 
         first = task.task_id not in {line.split()[0] for line in read_lines(self.markers)}
         with open(self.markers, "a") as stream:  # O_APPEND: lines of concurrent processes do not mix

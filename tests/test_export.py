@@ -253,7 +253,7 @@ def test_cli_export_bad_dir_exits_2_with_one_line(tmp_path: Path, capsys: pytest
     captured = capsys.readouterr()
     assert code == 2
     assert captured.out == ""
-    assert captured.err.count("\n") == 1 and "nope" in captured.err and "not a directory" in captured.err
+    assert captured.err.count("\n") == 1 and "nope" in captured.err and "no such directory" in captured.err
     (tmp_path / "empty").mkdir()
     code = main(["export", "--model-dir", str(tmp_path / "empty"), "--out", str(tmp_path / "m.onnx")])
     captured = capsys.readouterr()

@@ -247,4 +247,14 @@ def test_a_fleet_file_lists_profiles_and_connections_relative_to_itself(
         assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err, captured.err
     assert main(["deploy", "--out", str(tmp_path / "out")]) == 2
     assert "--profile P (repeat it for several devices) or --fleet FILE" in capsys.readouterr().err
+    # A FIFO would block the reader forever; one device listed twice would bench against itself.
+    os.mkfifo(tmp_path / "fleet.fifo")
+    assert main(["deploy", "--fleet", str(tmp_path / "fleet.fifo"), "--out", str(tmp_path / "out")]) == 2
+    assert "fleet.fifo: not a regular file" in capsys.readouterr().err
+    twice = ["deploy", "--profile", "localhost", "--profile", "localhost", "--image-size", "32"]
+    assert (
+        main([*twice, "--train-per-class", "4", "--val-per-class", "2", "--out", str(tmp_path / "out")]) == 2
+    )
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "lists device localhost twice" in err, err
     assert not (tmp_path / "out").exists()

@@ -280,7 +280,7 @@ def test_resize_and_crop_match_the_hosts_torch_preprocessing() -> None:
     np.testing.assert_array_equal(batch[0, 0], batch[0, 2])  # grey input replicated to three channels
 
 
-def test_device_python_without_torch_runs_bench_and_refuses_finetune(
+def test_device_python_without_torch_runs_bench_and_refuses_the_torch_tier(
     device_python: str, convnet: Path, tmp_path: Path
 ) -> None:
     report = json.loads(
@@ -289,17 +289,14 @@ def test_device_python_without_torch_runs_bench_and_refuses_finetune(
     assert report["runs"] >= 5
     no_torch = subprocess.run([device_python, "-c", "import torch"], capture_output=True, timeout=60)
     assert no_torch.returncode != 0
+    info = json.loads(run_runtime("info", python=device_python).stdout)
+    assert info["torch_version"] is None
     result = run_runtime(
-        "finetune",
-        "--model-dir",
-        str(tmp_path),
-        "--data",
-        str(tmp_path),
-        "--iters",
-        "1",
-        python=device_python,
-    )
+        "adapt", "--tier", "torch", "--model", str(tmp_path), "--data", str(tmp_path), "--iters", "1",
+        "--out", str(tmp_path / "adapted.onnx"), python=device_python,
+    )  # fmt: skip
     assert_one_line_error(result, "pip install torch")
+    assert not (tmp_path / "adapted.onnx").exists()
 
 
 def test_runtime_sources_parse_with_the_python_3_6_grammar() -> None:
@@ -409,39 +406,3 @@ def test_bench_and_infer_report_runtime_and_precision(convnet: Path, colors: Pat
     assert_one_line_error(
         run_runtime("bench", "--model", str(convnet), "--precision", "int8"), "fp32", "not 'int8'"
     )
-
-
-@pytest.mark.slow  # about a minute on two shared cores: torch import, pruning replay, dynamo export
-def test_finetune_adapts_a_pruned_model_then_exports_and_benchmarks(tmp_path: Path) -> None:
-    pytest.importorskip("torch")
-    PIL = pytest.importorskip("PIL.Image")
-    from edge_smsp.models import zoo
-    from edge_smsp.models.prune import prune
-    from edge_smsp.models.pruned_model import save_pruned
-
-    pruned, _ = prune(zoo.load_backbone("resnet18", num_classes=4, image_size=32), ratio=0.5)
-    save_pruned(pruned, tmp_path / "pruned", {"backbone": "resnet18", "image_size": 32, "ratio": 0.5})
-    rng = np.random.default_rng(0)
-    for name, channel in (("reds", 0), ("blues", 2)):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for index in range(5):
-            image = rng.integers(0, 60, size=(24, 24, 3), dtype=np.uint8)
-            image[:, :, channel] = 200
-            PIL.fromarray(image).save(tmp_path / "data" / name / f"{index}.png")
-
-    result = run_runtime(
-        "finetune", "--model-dir", str(tmp_path / "pruned"), "--data", str(tmp_path / "data"),
-        "--iters", "3", "--batch-size", "4", "--bench-runs", "5", "--out", str(tmp_path / "tuned"),
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
-    assert report["classes"] == ["blues", "reds"] and report["train_images"] + report["val_images"] == 10
-    assert report["export_max_abs_diff"] <= 1e-4 and np.isfinite(report["final_loss"])
-    assert (
-        report["bench"]["runs"] >= 5
-        and report["bench"]["model_sha256"]
-        == hashlib.sha256(Path(report["onnx_path"]).read_bytes()).hexdigest()
-    )
-    assert json.loads(report["bench"]["metadata"]["labels"]) == ["blues", "reds"]
-    infer = run_runtime("infer", "--model", report["onnx_path"], str(tmp_path / "data" / "reds" / "0.png"))
-    assert json.loads(infer.stdout)["results"][0]["top_k"][0]["label"] in ("blues", "reds")

@@ -32,8 +32,8 @@ def seconds_per_iter(model, size: int, memory_format, iters: int = 30, batch: in
 
 
 def main() -> None:
-    from edge_smsp.criteria import arithmetic as importance
     from edge_smsp.models import prune, zoo
+    from edge_smsp.models import unit_scores as importance
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", default="efficientnet_lite0")

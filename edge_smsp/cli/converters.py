@@ -152,7 +152,7 @@ def pool_arg(text: str) -> Path:
     return _converted(lambda value: check_pool_file(_checked_path(value)) or _checked_path(value), text)
 
 
-def quoted(text: str, limit: int = 60) -> str:
+def quoted(text: str, limit: int = 200) -> str:
     """repr() of a value for a message, cut short: an error never quotes a whole 100 KB argument."""
     return repr(text) if len(text) <= limit else repr(text[:limit]) + f"… ({len(text):,} characters)"
 

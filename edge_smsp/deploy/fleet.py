@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_smsp import adaptation as adapting
-from edge_smsp.core.errors import ExportError
+from edge_smsp.core.errors import ExportError, ProfileError
 from edge_smsp.core.fileio import checked_output_path
 from edge_smsp.deploy import steps as stages
 from edge_smsp.deploy.bench import BenchSettings, DeviceRun, run_bench
@@ -156,9 +156,18 @@ def deploy_fleet(fleet: FleetRequest, *, on_stage: Callable[[str], None] | None 
 
 
 def _devices(fleet: FleetRequest, out: Path) -> list[FleetDevice]:
-    devices, taken = [], set()
+    devices, taken, reached = [], set(), set()
     benches = fleet.benches or (fleet.request.bench,) * len(fleet.profiles)
     for profile, bench in zip(fleet.profiles, benches, strict=True):
+        # One profile twice on one connection is one device listed twice: it would bench against itself and
+        # store two measurements of one run. (Profiles of other names may share a connection on purpose.)
+        where = (profile.name, profile.connection)
+        if where in reached:
+            raise ProfileError(
+                f"the fleet lists device {profile.name} twice (same profile, same {profile.connection.transport} "
+                "connection): list each device once"
+            )
+        reached.add(where)
         base = re.sub(r"[^A-Za-z0-9._-]+", "_", profile.name).strip("._") or "device"
         name, count = base, 1
         while name in taken or name == "models":

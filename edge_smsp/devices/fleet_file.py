@@ -27,6 +27,8 @@ _ENTRY_KEYS = ("profile", "connection")
 def load_fleet(path: str | Path) -> list[DeviceProfile]:
     """The fleet file's devices, each its profile reached through its connection override when it has one."""
     path = Path(path).expanduser()
+    if path.exists() and not path.is_file():  # a FIFO or a device would block or never end
+        raise ProfileError(f"fleet file {path}: not a regular file; give a YAML file listing the devices")
     try:
         with path.open("rb") as stream:
             text = stream.read(MAX_BYTES + 1)

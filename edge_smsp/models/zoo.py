@@ -292,6 +292,9 @@ def _read_checkpoint(path: Path) -> OrderedDict[str, torch.Tensor]:
         OSError,
         ValueError,
         zipfile.BadZipFile,
+        # torch's weights-only unpickler raises these on arbitrary bytes (a text file, truncated data)
+        KeyError,
+        IndexError,
     ) as error:
         unsupported = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         if unsupported:

@@ -132,7 +132,7 @@ def _greet(link: socket.socket) -> str | None:
         return f"it did not answer the gRPC greeting within {REACH_TIMEOUT_SECONDS:g} s"
     except OSError as error:
         return f"it dropped the connection ({_first_line(error)})"
-    if len(header) == 9 and header[3] == _SETTINGS_FRAME and header[5:9] == bytes(4):
+    if len(header) >= 9 and header[3] == _SETTINGS_FRAME and header[5:9] == bytes(4):
         return None
     if not header:
         return "it closed the connection without a word"

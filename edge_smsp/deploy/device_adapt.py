@@ -14,8 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ from edge_smsp.deploy import device_steps as device
 from edge_smsp.deploy import steps as stages
 from edge_smsp.deploy.bench import BenchSettings, run_bench
 from edge_smsp.deploy.report import REPORT_NAME, DeployReport, write_json_atomically
+from edge_smsp.deploy.session import stage_timer
 from edge_smsp.device_runtime.adapt import DEFAULT_TRAINABLE_BLOCKS
 from edge_smsp.devices.adapt_memory import TIERS, AdaptMemory, fit_adapt_memory
 from edge_smsp.devices.planner import cost_at_ratio, predict_latency_ms, predict_memory_bytes
@@ -100,7 +100,7 @@ def deploy_on_device(
     the input can tell (the folder, the memory budget)."""
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    stage = _stage_timer(timings, on_stage)
+    stage = stage_timer(timings, on_stage)
     checked_output_path(request.out_dir, directory=True)
     _check_request(request)
     log = device.DeviceLog()
@@ -349,17 +349,3 @@ def _record(
 
 def _mib_to_bytes(value: Any) -> int | None:
     return None if value is None else int(float(value) * MIB)
-
-
-def _stage_timer(timings: dict[str, float], on_stage: Callable[[str], None] | None) -> Callable[[str], Any]:
-    @contextmanager
-    def stage(name: str) -> Iterator[None]:
-        if on_stage is not None:
-            on_stage(name)
-        began = time.perf_counter()
-        try:
-            yield
-        finally:
-            timings[name] = time.perf_counter() - began
-
-    return stage

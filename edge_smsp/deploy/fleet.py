@@ -33,13 +33,13 @@ from pathlib import Path
 from typing import Any
 
 from edge_smsp import adaptation as adapting
-from edge_smsp.core.errors import ExportError, ProfileError
+from edge_smsp.core.errors import ProfileError
 from edge_smsp.core.fileio import checked_output_path
 from edge_smsp.deploy import steps as stages
 from edge_smsp.deploy.bench import BenchSettings, DeviceRun, run_bench
 from edge_smsp.deploy.html_report import HTML_NAME, write_html_report
 from edge_smsp.deploy.report import REPORT_NAME, write_json_atomically
-from edge_smsp.deploy.session import _report
+from edge_smsp.deploy.session import _report, prepare_out_dir, stage_timer
 from edge_smsp.deploy.steps import DeployRequest
 from edge_smsp.devices.profiles import DeviceProfile
 
@@ -116,12 +116,12 @@ def deploy_fleet(fleet: FleetRequest, *, on_stage: Callable[[str], None] | None 
     device's failure, only for the fleet's own (an unwritable out dir, an interruption)."""
     started = time.perf_counter()
     seconds: dict[str, float] = {}
-    stage = _stage_timer(seconds, on_stage)
+    stage = stage_timer(seconds, on_stage)
     out = checked_output_path(fleet.out_dir, directory=True)
     devices = _devices(fleet, out)
     with stage("device_check"):
         _concurrently("device_check", devices, _check_device, fleet.max_connections)
-    _prepare_out_dir(out)
+    prepare_out_dir(out)
     with stage("plan"):
         for device in _alive(devices):
             _timed_step(device, "plan", lambda d=device: _plan(d))
@@ -421,27 +421,6 @@ def _timed(device: FleetDevice, name: str) -> Iterator[None]:
         yield
     finally:
         device.seconds[name] = device.seconds.get(name, 0.0) + time.perf_counter() - started
-
-
-def _stage_timer(seconds: dict[str, float], on_stage: Callable[[str], None] | None) -> Callable[[str], Any]:
-    @contextmanager
-    def stage(name: str) -> Iterator[None]:
-        if on_stage is not None:
-            on_stage(name)
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            seconds[name] = time.perf_counter() - started
-
-    return stage
-
-
-def _prepare_out_dir(out: Path) -> None:
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise ExportError(f"--out {out}: cannot create ({error.strerror or error})") from None
 
 
 def _one_line(error: BaseException | str) -> str:

@@ -40,7 +40,7 @@ def deploy(request: DeployRequest, *, on_stage: Callable[[str], None] | None = N
     record and report; `on_stage` hears each stage's name as it starts."""
     started = time.perf_counter()
     timings: dict[str, float] = {}
-    stage = _stage_timer(timings, on_stage)
+    stage = stage_timer(timings, on_stage)
     checked_output_path(request.out_dir, directory=True)  # made once the device answered: no empty out dir
     with stage("connect"):
         transport = stages.connect(request.profile, request.trust_new_host)
@@ -49,7 +49,7 @@ def deploy(request: DeployRequest, *, on_stage: Callable[[str], None] | None = N
             device = stages.check(
                 transport, request.profile, request.bench.timeout, request.opset, request.bench.runtime
             )
-        _prepare_out_dir(request.out_dir)
+        prepare_out_dir(request.out_dir)
         calibration: list[dict[str, Any]] = []
         if request.calibrate:
             with stage("calibrate"):
@@ -159,7 +159,9 @@ def _report(
     )
 
 
-def _stage_timer(timings: dict[str, float], on_stage: Callable[[str], None] | None) -> Callable[[str], Any]:
+def stage_timer(timings: dict[str, float], on_stage: Callable[[str], None] | None) -> Callable[[str], Any]:
+    """A context manager per named stage: announces it to `on_stage` and adds its wall time to `timings`."""
+
     @contextmanager
     def stage(name: str) -> Iterator[None]:
         if on_stage is not None:
@@ -173,7 +175,8 @@ def _stage_timer(timings: dict[str, float], on_stage: Callable[[str], None] | No
     return stage
 
 
-def _prepare_out_dir(out: Path) -> None:
+def prepare_out_dir(out: Path) -> None:
+    """Make the deploy's output folder (once the device answered, so a failed check leaves none)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:

@@ -267,25 +267,7 @@ def run_adapt(
     accuracy = _accuracy(numpy_logits, val_labels)
     seconds["evaluate"] += time.perf_counter() - started
 
-    started = time.perf_counter()
-    temporary = write_atomically(out_path, adapted_bytes(bundle, names))
-    seconds["write"] = time.perf_counter() - started
-    try:
-        started = time.perf_counter()
-        try:
-            ort_logits = _onnxruntime_logits(
-                temporary, val_images, threads, list(providers or ["CPUExecutionProvider"])
-            )
-        except RuntimeToolError:
-            raise
-        except Exception as error:
-            raise RuntimeToolError(f"onnxruntime cannot run the adapted model: {one_line(error)}") from None
-        seconds["verify"] = time.perf_counter() - started
-        os.replace(temporary, out_path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    ort_logits = write_verified(bundle, names, out_path, val_images, threads, providers, seconds)
     parameters = int(sum(bundle.params[name].size for name in trained))
     return {
         "command": "adapt",
@@ -321,3 +303,29 @@ def run_adapt(
         "out_sha256": file_sha256(out_path),
         "out_bytes": os.path.getsize(out_path),
     }
+
+
+def write_verified(bundle, names, out_path, val_images, threads, providers, seconds):
+    # type: (Any, List[str], str, Any, int, Optional[List[str]], Dict[str, float]) -> Any
+    """Write the bundle's model with the adapted `names` to a temp file beside `out_path`, run it in onnxruntime
+    over `val_images` (the logits are returned), and only then rename it into place; nothing is left on failure."""
+    started = time.perf_counter()
+    temporary = write_atomically(out_path, adapted_bytes(bundle, names))
+    seconds["write"] = time.perf_counter() - started
+    try:
+        started = time.perf_counter()
+        try:
+            ort_logits = _onnxruntime_logits(
+                temporary, val_images, threads, list(providers or ["CPUExecutionProvider"])
+            )
+        except RuntimeToolError:
+            raise
+        except Exception as error:
+            raise RuntimeToolError(f"onnxruntime cannot run the adapted model: {one_line(error)}") from None
+        seconds["verify"] = time.perf_counter() - started
+        os.replace(temporary, out_path)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+        raise
+    return ort_logits

@@ -22,7 +22,7 @@ import os
 import time
 from typing import Any, Dict, List, Optional, Sequence
 
-from .errors import RuntimeToolError, one_line
+from .errors import RuntimeToolError
 from .graph import SGD_MOMENTUM, SGD_WEIGHT_DECAY, default_lr
 from .model import import_numpy
 
@@ -313,8 +313,8 @@ def run_torch_adapt(
     max_per_class: Optional[int] = None,
 ) -> Dict[str, Any]:
     """The torch tier (module doc); the report has the light tier's keys, with `tier: "torch"`."""
-    from .adapt import BN_BATCH_SIZE, _accuracy, _onnxruntime_logits, check_output_path, imprint
-    from .bundle import adapted_bytes, bundle_dir, load_bundle, write_atomically
+    from .adapt import BN_BATCH_SIZE, _accuracy, check_output_path, imprint, write_verified
+    from .bundle import bundle_dir, load_bundle
     from .device import current_rss_mib, peak_rss_mib
     from .imagefolder import MIN_TRAIN_IMAGES, balanced_sample, cap_per_class, load_images, read_task
     from .model import file_sha256
@@ -388,26 +388,8 @@ def run_torch_adapt(
     accuracy = _accuracy(torch_logits, val_labels)
     seconds["evaluate"] += time.perf_counter() - started
 
-    started = time.perf_counter()
     net.write_back(bundle.params)
-    temporary = write_atomically(out_path, adapted_bytes(bundle, names))
-    seconds["write"] = time.perf_counter() - started
-    try:
-        started = time.perf_counter()
-        try:
-            ort_logits = _onnxruntime_logits(
-                temporary, val_images, threads, list(providers or ["CPUExecutionProvider"])
-            )
-        except RuntimeToolError:
-            raise
-        except Exception as error:
-            raise RuntimeToolError(f"onnxruntime cannot run the adapted model: {one_line(error)}") from None
-        seconds["verify"] = time.perf_counter() - started
-        os.replace(temporary, out_path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
+    ort_logits = write_verified(bundle, names, out_path, val_images, threads, providers, seconds)
     cuts = bundle.cuts
     return {
         "command": "adapt",

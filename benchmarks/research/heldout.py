@@ -15,7 +15,9 @@ Results: results/heldout.jsonl, resumable. Usage:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -95,22 +97,33 @@ OLD_ONLY = frozenset(RENAMED) - frozenset(VARIANTS)
 REFERENCE = "scratch@1000"
 
 
-def pool_file(size: int, ratio: float):
-    return common.pool_path(size, ratio, 1000)
+def pool_file(size: int, ratio: float, iters: int = 1000):
+    return common.pool_path(size, ratio, iters)
 
 
-def ensure_descriptors(size: int, ratio: float) -> None:
+def ensure_descriptors(size: int, ratio: float, pool_iters: int = 1000) -> None:
     """The research pools predate descriptors: `pool index` them once (the prototype similarity needs them)."""
     from edge_smsp.pool import Pool
     from edge_smsp.pool.build.tasks import index_pool
 
-    with Pool(pool_file(size, ratio)) as pool:
+    with Pool(pool_file(size, ratio, pool_iters)) as pool:
         described, already = index_pool(pool, common.backbone(size), size)
     common.log(f"pool r{ratio:g}: described {len(described)} tasks, {already} already")
 
 
+def uses_pool(name: str) -> bool:
+    """Whether a variant adapts from pool entries (SMSP and its controls) rather than the backbone alone."""
+    return VARIANTS[name].get("method", "smsp") not in ("scratch", "taylor", "magnitude", "random")
+
+
 def run(
-    name: str, classes: tuple[int, ...], size: int, ratio: float, iters: int, seed: int
+    name: str,
+    classes: tuple[int, ...],
+    size: int,
+    ratio: float,
+    iters: int,
+    seed: int,
+    pool_iters: int = 1000,
 ) -> dict[str, Any]:
     from edge_smsp.adaptation import AdaptConfig, adapt
     from edge_smsp.pool import Pool
@@ -119,7 +132,12 @@ def run(
     config = AdaptConfig(ratio=ratio, seed=seed, **fields)
     task = common.task(classes, size)
     torch.manual_seed(seed)
-    with Pool(pool_file(size, ratio), create=False) as pool:
+    with contextlib.ExitStack() as stack:
+        if uses_pool(name):
+            pool = stack.enter_context(Pool(pool_file(size, ratio, pool_iters), create=False))
+        else:  # scratch and the criteria never read the pool: an empty one spares building the research pools
+            folder = stack.enter_context(tempfile.TemporaryDirectory())
+            pool = stack.enter_context(Pool(Path(folder) / "empty.sqlite"))
         result = adapt(common.backbone(size), pool, task, config)
     report = result.to_dict()
     return {
@@ -140,6 +158,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--ratio", type=float, action="append")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--pool-iters", type=int, default=1000, help="the research pools' budget (@1000)")
+    parser.add_argument("--first-seed", type=int, default=0, help="skip the seeds below (run elsewhere)")
     parser.add_argument("--iters", type=int, action="append", help="fine-tuning iterations (default 100)")
     parser.add_argument("--only", action="append", help="variant names (default: all at 0.5, FULL otherwise)")
     parser.add_argument(
@@ -168,23 +188,26 @@ def main() -> None:
     common.single_thread()
     common.open_heldout()
     controls.register()
-    results = common.Results("heldout")
+    results = common.Results("heldout" if args.pool_iters == 1000 else f"heldout_pool{args.pool_iters}")
     done = results.load()
     if any(run["variant"] in OLD_ONLY for run in done.values()):
         raise SystemExit("stored runs still carry the names of before batch 128: run --rename first")
     for ratio in args.ratio or [0.5]:
-        ensure_descriptors(args.size, ratio)
         names = (
             list(CONTROLS) if args.controls else args.only or (list(VARIANTS) if ratio == 0.5 else list(FULL))
         )
-        grid = list(itertools.product(range(args.seeds), common.heldout_tasks(), names, args.iters or [100]))
+        if any(uses_pool(name) for name in names):
+            ensure_descriptors(args.size, ratio, args.pool_iters)
+        seeds = range(args.first_seed, args.seeds)
+        grid = list(itertools.product(seeds, common.heldout_tasks(), names, args.iters or [100]))
         for seed, classes, name, budget in reversed(grid) if args.reverse else grid:
             iters = VARIANTS[name].get("iters", budget)
-            key = f"px{args.size}|{name}|r{ratio:g}|it{iters}|{'-'.join(map(str, classes))}|s{seed}"
+            pool = "" if args.pool_iters == 1000 or not uses_pool(name) else f"|pool{args.pool_iters}"
+            key = f"px{args.size}|{name}|r{ratio:g}{pool}|it{iters}|{'-'.join(map(str, classes))}|s{seed}"
             if key in done or key in results.load():  # another process (--reverse) may have run it
                 continue
             started = time.perf_counter()
-            record = run(name, classes, args.size, ratio, iters, seed)
+            record = run(name, classes, args.size, ratio, iters, seed, args.pool_iters)
             record.update(
                 {
                     "key": key,
@@ -194,6 +217,7 @@ def main() -> None:
                     "ratio": ratio,
                     "iters": iters,
                     "seed": seed,
+                    "pool_iters": args.pool_iters,
                     "wall_s": round(time.perf_counter() - started, 1),
                 }
             )

@@ -52,7 +52,13 @@ def write_image_folder(task: Any, root: Path) -> Path:
 
 
 def run(
-    classes: tuple[int, ...], size: int, ratio: float, seed: int, blocks: int | None, tier: str
+    classes: tuple[int, ...],
+    size: int,
+    ratio: float,
+    seed: int,
+    blocks: int | None,
+    tier: str,
+    pool_iters: int = 1000,
 ) -> dict[str, Any]:
     from edge_smsp.cli import main
 
@@ -64,7 +70,7 @@ def run(
         profile.write_text(yaml.safe_dump({**PROFILE, "input_size": size}))
         out = root / "out"
         argv = [
-            "deploy", "--profile", str(profile), "--pool", str(common.pool_path(size, ratio, 1000)),
+            "deploy", "--profile", str(profile), "--pool", str(common.pool_path(size, ratio, pool_iters)),
             "--device-data", str(data), "--ratio", str(ratio), "--seed", str(seed), "--image-size", str(size),
             "--bench-runs", "5", "--bench-seconds", "0", "--out", str(out), "--device-train", tier, "--json",
         ]  # fmt: skip
@@ -101,19 +107,21 @@ def main() -> None:
         "--blocks", type=int, default=None, help="--trainable-blocks (default: the product's)"
     )
     parser.add_argument("--tier", choices=("light", "torch"), default="light", help="--device-train")
+    parser.add_argument("--pool-iters", type=int, default=1000, help="the research pools' budget (@1000)")
     args = parser.parse_args()
     common.single_thread()
     common.open_heldout()
-    results = common.Results("light_tier")
+    results = common.Results("light_tier" if args.pool_iters == 1000 else f"light_tier_pool{args.pool_iters}")
     for ratio in args.ratio or [0.5]:
         for seed in range(args.seeds):
             for classes in common.heldout_tasks():
                 name = f"{args.tier} tier" + (f", K{args.blocks}" if args.blocks is not None else "")
-                key = f"px{args.size}|{name}|r{ratio:g}|{'-'.join(map(str, classes))}|s{seed}"
+                pool = "" if args.pool_iters == 1000 else f"|pool{args.pool_iters}"
+                key = f"px{args.size}|{name}|r{ratio:g}{pool}|{'-'.join(map(str, classes))}|s{seed}"
                 if key in results.load():
                     continue
                 started = time.perf_counter()
-                record = run(classes, args.size, ratio, seed, args.blocks, args.tier)
+                record = run(classes, args.size, ratio, seed, args.blocks, args.tier, args.pool_iters)
                 record.update(
                     {
                         "key": key,
@@ -122,6 +130,7 @@ def main() -> None:
                         "size": args.size,
                         "ratio": ratio,
                         "seed": seed,
+                        "pool_iters": args.pool_iters,
                         "wall_s": round(time.perf_counter() - started, 1),
                     }
                 )

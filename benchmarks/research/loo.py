@@ -120,10 +120,8 @@ def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, ite
             optimizer=variant.optimizer,
             seed=seed * 1000 + offset,
             train_mode_bn=variant.bn_train,
-            head_lr_scale=variant.head_lr,
-            label_smoothing=variant.smoothing,
-            teacher=teacher,
-            distill_weight=variant.distill,
+            loss_fn=study_loss(variant.smoothing, teacher, variant.distill),
+            parameter_groups=head_scaled_groups(variant.head_lr),
         )
         seconds["finetune"] = seconds.get("finetune", 0.0) + time.perf_counter() - t
 
@@ -365,6 +363,53 @@ def _parse(kind: str, value: str) -> Any:
     if "bool" in kind:
         return value == "True"
     return value
+
+
+def study_loss(smoothing: float, teacher: torch.nn.Module | None, distill: float):
+    """The fine-tuning loss of a variant: cross-entropy with label smoothing, and with a teacher, (1 - distill)
+    times it plus distill times Hinton et al.'s soft-target loss at temperature 2 (times T^2, so that its
+    gradient scale matches the cross-entropy's)."""
+    import torch.nn.functional as F
+
+    from edge_smsp.training.finetune import eval_mode
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+        hard = F.cross_entropy(logits, labels, label_smoothing=smoothing)
+        if teacher is None:
+            return hard
+        temperature = 2.0
+        with torch.no_grad(), eval_mode(teacher):
+            targets = torch.softmax(teacher(images) / temperature, dim=1)
+        soft = -(targets * torch.log_softmax(logits / temperature, dim=1)).sum(dim=1).mean() * temperature**2
+        return (1 - distill) * hard + distill * soft
+
+    return loss
+
+
+def head_scaled_groups(head_lr: float):
+    """Optimizer groups with the classifier's learning rate times `head_lr` (decay as the library's)."""
+    from edge_smsp.models.units import classifier_of
+    from edge_smsp.training.finetune import weight_decay_groups
+
+    def groups(model: torch.nn.Module, weight_decay: float, lr: float) -> list[dict[str, object]]:
+        found = classifier_of(model) if head_lr != 1.0 else None
+        if found is None:
+            return weight_decay_groups(model, weight_decay, lr)
+        head = {id(parameter) for parameter in found[1].parameters()}
+        split: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                split.setdefault((parameter.ndim > 1, id(parameter) in head), []).append(parameter)
+        return [
+            {
+                "params": params,
+                "weight_decay": weight_decay if decays else 0.0,
+                "lr": lr * (head_lr if in_head else 1.0),
+            }
+            for (decays, in_head), params in split.items()
+        ]
+
+    return groups
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +35,10 @@ MICRO_BATCH_PIXELS = 128 * 64 * 64
 DEFAULT_WEIGHT_DECAY = {"sgd": 5e-5, "adamw": 0.01}
 SGD_MOMENTUM = 0.9
 
+# loss_fn(logits, labels, images) -> the batch's mean loss; parameter_groups(model, weight_decay, lr) -> groups
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+GroupsFn = Callable[[nn.Module, float, float], list[dict[str, object]]]
+
 
 @dataclass
 class TrainResult:
@@ -62,10 +66,8 @@ def finetune(
     seed: int = 0,
     progress: bool = False,
     train_mode_bn: bool = True,
-    head_lr_scale: float = 1.0,
-    label_smoothing: float = 0.0,
-    teacher: nn.Module | None = None,
-    distill_weight: float = 0.5,
+    loss_fn: LossFn | None = None,
+    parameter_groups: GroupsFn | None = None,
     micro_batch: int | None = None,
     deadline: float | None = None,
 ) -> TrainResult:
@@ -76,8 +78,8 @@ def finetune(
     `lr=None` takes `default_lr(optimizer, batch)`. With `micro_batch`, each batch goes through the model in
     equal chunks of at most that many images (and at least 2) whose gradients add up to the batch's: the same
     update in less memory, except that BatchNorm normalises each chunk on its own statistics.
-    With a `teacher` (a model with the task's outputs, kept in eval mode), the loss is (1 - distill_weight) times
-    the cross-entropy plus distill_weight times the soft-target loss against the teacher's outputs."""
+    `loss_fn(logits, labels, images)` replaces the cross-entropy (a study's label smoothing or distillation) and
+    `parameter_groups(model, weight_decay, lr)` the optimizer groups of `weight_decay_groups`."""
     optimizer = checked_optimizer(optimizer)
     if isinstance(iters, bool) or not isinstance(iters, int) or iters < 0:
         raise EdgeSmspError(f"iterations must be a non-negative integer, got {iters}")
@@ -92,10 +94,6 @@ def finetune(
         raise EdgeSmspError(f"learning rate must be positive, got {lr}")
     if weight_decay < 0:
         raise EdgeSmspError(f"weight decay must be >= 0, got {weight_decay}")
-    if not 0.0 <= label_smoothing < 1.0:
-        raise EdgeSmspError(f"label smoothing must be in [0, 1), got {label_smoothing}")
-    if not 0.0 <= distill_weight <= 1.0:
-        raise EdgeSmspError(f"distillation weight must be in [0, 1], got {distill_weight}")
     dataset = task.train
     if len(dataset) < 2:
         raise DataError(
@@ -120,7 +118,7 @@ def finetune(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # dropout / drop-path draws
         generator = torch.Generator().manual_seed(seed)
-        groups = _parameter_groups(model, weight_decay, lr, head_lr_scale)
+        groups = (parameter_groups or weight_decay_groups)(model, weight_decay, lr)
         if optimizer == "sgd":
             opt = torch.optim.SGD(groups, lr=lr, momentum=SGD_MOMENTUM)
         else:
@@ -149,13 +147,7 @@ def finetune(
                         logits = model(part_images)
                         if step == 0:
                             _check_outputs(logits, task)
-                        loss = F.cross_entropy(
-                            logits, part_labels.to(device), label_smoothing=label_smoothing
-                        )
-                        if teacher is not None:
-                            loss = (1 - distill_weight) * loss + distill_weight * _distillation_loss(
-                                logits, teacher, part_images
-                            )
+                        loss = (loss_fn or cross_entropy_loss)(logits, part_labels.to(device), part_images)
                         if not torch.isfinite(loss):
                             raise EdgeSmspError(
                                 f"fine-tuning diverged at iteration {step + 1} (loss {loss.item()}); lower the learning rate"
@@ -306,26 +298,21 @@ def _batches(dataset: Dataset, batch_size: int, count: int) -> Iterator[tuple[to
         yield _fetch(dataset, torch.arange(start, min(start + batch_size, count)))
 
 
-def _parameter_groups(
-    model: nn.Module, weight_decay: float, lr: float, head_lr_scale: float
-) -> list[dict[str, object]]:
-    """Optimizer groups: decay for matrices and kernels only (decaying norm gains and biases only hurts), and
-    the classifier's learning rate times `head_lr_scale`."""
-    from edge_smsp.models.units import classifier_of
+def cross_entropy_loss(logits: torch.Tensor, labels: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """The fine-tuning loss (a `LossFn`): the mean cross-entropy; the images are for losses that need them."""
+    return F.cross_entropy(logits, labels)
 
-    found = classifier_of(model) if head_lr_scale != 1.0 else None
-    head = {id(parameter) for parameter in found[1].parameters()} if found is not None else set()
-    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+
+def weight_decay_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict[str, object]]:
+    """Optimizer groups (a `GroupsFn`): decay for matrices and kernels only (decaying norm gains and biases only
+    hurts)."""
+    groups: dict[bool, list[nn.Parameter]] = {}
     for parameter in model.parameters():
         if parameter.requires_grad:
-            groups.setdefault((parameter.ndim > 1, id(parameter) in head), []).append(parameter)
+            groups.setdefault(parameter.ndim > 1, []).append(parameter)
     return [
-        {
-            "params": parameters,
-            "weight_decay": weight_decay if decays else 0.0,
-            "lr": lr * (head_lr_scale if in_head else 1.0),
-        }
-        for (decays, in_head), parameters in groups.items()
+        {"params": parameters, "weight_decay": weight_decay if decays else 0.0, "lr": lr}
+        for decays, parameters in groups.items()
     ]
 
 
@@ -343,26 +330,6 @@ def _check_outputs(logits: torch.Tensor, task: Task) -> None:
             f"the model has {logits.shape[-1]} outputs but task {task.task_id} has {len(task.classes)} classes; "
             "give it a new classifier first (load_backbone(num_classes=k) or prune.replace_classifier)"
         )
-
-
-@torch.no_grad()
-def _teacher_logits(teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    with eval_mode(teacher):
-        return teacher(images)
-
-
-def _distillation_loss(logits: torch.Tensor, teacher: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Hinton et al.'s soft-target loss at temperature 2 (times T^2, so its gradient scale matches the CE's)."""
-    temperature = 2.0
-    teacher_logits = _teacher_logits(teacher, images)
-    if teacher_logits.shape != logits.shape:
-        raise ModelError(
-            f"the teacher has {teacher_logits.shape[-1]} outputs but the model {logits.shape[-1]}: give the "
-            "teacher the task's classifier first"
-        )
-    targets = torch.softmax(teacher_logits / temperature, dim=1)
-    log_probs = torch.log_softmax(logits / temperature, dim=1)
-    return -(targets * log_probs).sum(dim=1).mean() * temperature**2
 
 
 def _device_of(model: nn.Module) -> torch.device:

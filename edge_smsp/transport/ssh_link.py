@@ -81,7 +81,7 @@ def connect_failure(
         return None  # no TCP connection: the OSError says why (refused, unreachable, timed out)
     if not transport.remote_version:
         text = str(error).lower()
-        if "timed out" not in text and "timeout" not in text and ("banner" in text or "protocol" in text):
+        if not _timed_out(error) and ("banner" in text or "protocol" in text):
             return (
                 f"{address} answered, but not as an SSH server (what it sent is no SSH banner); "
                 "is that the device's SSH port?"
@@ -101,6 +101,22 @@ def connect_failure(
                 "check the link and try again"
             )
     return None
+
+
+def _timed_out(error: BaseException) -> bool:
+    """Whether a timeout is behind the error; paramiko wraps its socket.timeout, whose text may be empty."""
+    seen: BaseException | None = error
+    for _ in range(8):  # a bounded walk: exception chains can loop
+        if seen is None:
+            return False
+        if (
+            isinstance(seen, TimeoutError)
+            or "timed out" in str(seen).lower()
+            or "timeout" in str(seen).lower()
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _detail(error: BaseException) -> str:

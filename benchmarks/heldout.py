@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import DEFAULT_RESULTS_DIR, log, machine_facts, result_path, write_json
+from benchmarks.common import DEFAULT_RESULTS_DIR, log, machine_facts, read_json, result_path, write_json
 from benchmarks.formatting import pyplot, save_figure, table
 from benchmarks.heldout_choices import ADOPTED, probe_choice, tried_after_probe
+from benchmarks.heldout_store import merged, stored_run
 from benchmarks.stats import sign_flip_p
 
 NAME = "heldout"
@@ -411,24 +412,7 @@ def payload_from(runs: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "estimators": estimator_hits(common.Results("heldout_rank").load().values()),
         "probe_choice": probe_choice(loo_runs, common.pool_tasks()),
         "tried_after_probe": tried_after_probe(loo_runs, common.pool_tasks()),
-        "runs": [
-            {
-                key: run[key]
-                for key in (
-                    "variant",
-                    "task",
-                    "seed",
-                    "ratio",
-                    "iters",
-                    "val_accuracy",
-                    "similar_tasks",
-                    "chosen",
-                    "wall_s",
-                )
-                if key in run
-            }
-            for run in runs
-        ],
+        "runs": [stored_run(run) for run in runs],
     }
 
 
@@ -438,11 +422,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.heldout", description=__doc__.splitlines()[0])
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="add the research folder's runs to the stored results instead of rebuilding them from it",
+    )
     args = parser.parse_args(argv)
     runs = list(common.Results("heldout").load().values())
-    payload = payload_from(runs)
-    path = write_json(result_path(args.results_dir, NAME, "full"), payload)
-    log(f"heldout: {len(runs)} runs -> {path}")
+    path = result_path(args.results_dir, NAME, "full")
+    if args.merge:
+        payload, added = merged(read_json(path), runs)
+        log(f"heldout: {added} of {len(runs)} runs added to {len(payload['runs']) - added} stored")
+    else:
+        payload = payload_from(runs)
+        log(f"heldout: {len(runs)} runs")
+    log(f"heldout -> {write_json(path, payload)}")
     return 0
 
 

@@ -93,6 +93,7 @@ def run(
         "bytes_to_device": report["bytes_to_device"],
         "device_seconds": report["device_seconds"],
         "adapt_peak_rss_mib": report["adapt_peak_rss_mib"],
+        "adapt_predicted_peak_mib": (report.get("adapt_memory") or {}).get("peak_mib"),
         "accuracy_imprinted": adapt.get("accuracy_imprinted"),
         "device_train": report.get("device_train"),
     }

@@ -17,17 +17,17 @@ import numpy as np
 import torch
 
 from benchmarks.research import common, rank
-from edge_smsp.training.recipe import Recipe
+from benchmarks.research.recipes import StudyRecipe, study_recover
 
 RECIPES = {
-    "plain": Recipe("plain", adaptive_bn=False, imprint=False),
-    "bn": Recipe("bn", imprint=False),
-    "imprint": Recipe("imprint", adaptive_bn=False),
-    "bn+imprint": Recipe("bn+imprint"),
-    "bn+probe": Recipe("bn+probe", imprint=False, linear_probe_steps=50),
-    "bn+imprint+probe": Recipe("bn+imprint+probe", linear_probe_steps=50),
-    "imprint+probe": Recipe("imprint+probe", adaptive_bn=False, linear_probe_steps=50),
-    "bn+imprint/10": Recipe("bn+imprint/10", imprint_shrink=0.1),
+    "plain": StudyRecipe("plain", adaptive_bn=False, imprint=False),
+    "bn": StudyRecipe("bn", imprint=False),
+    "imprint": StudyRecipe("imprint", adaptive_bn=False),
+    "bn+imprint": StudyRecipe("bn+imprint"),
+    "bn+probe": StudyRecipe("bn+probe", imprint=False, linear_probe_steps=50),
+    "bn+imprint+probe": StudyRecipe("bn+imprint+probe", linear_probe_steps=50),
+    "imprint+probe": StudyRecipe("imprint+probe", adaptive_bn=False, linear_probe_steps=50),
+    "bn+imprint/10": StudyRecipe("bn+imprint/10", imprint_shrink=0.1),
 }
 
 
@@ -95,7 +95,6 @@ def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, ite
     from edge_smsp.models.prune import prune
     from edge_smsp.models.unit_scores import unit_l1_norms
     from edge_smsp.training.finetune import DEFAULT_LR, evaluate, finetune
-    from edge_smsp.training.recovery import recover
     from edge_smsp.transfer.inherit import inherit
 
     seed = common.task_seed(classes)
@@ -158,7 +157,7 @@ def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, ite
             spent = round(iters * 0.2)
             train(spent, 0)
         elif variant.method == "taylor":
-            recover(model, task, recipe if recipe.needs_features else RECIPES["bn+imprint"], seed)
+            study_recover(model, task, recipe if recipe.needs_features else RECIPES["bn+imprint"], seed)
         scored = model if variant.method == "taylor" else backbone
         t = time.perf_counter()
         scores = score_units(scored, variant.method, batches=_batches(task, seed, 4), seed=seed)
@@ -181,7 +180,7 @@ def run(variant: Variant, classes: tuple[int, ...], size: int, ratio: float, ite
         info["head_rows"] = len(keep_rows)
         seconds["head"] = time.perf_counter() - t
     t = time.perf_counter()
-    recovery = recover(model, task, recipe, seed, keep_rows=keep_rows)
+    recovery = study_recover(model, task, recipe, seed, keep_rows=keep_rows)
     info["head_scale"] = recovery.head_scale
     seconds["recipe"] = time.perf_counter() - t
     info["acc_before_finetune"] = round(evaluate(model, task.val), 4)
@@ -220,10 +219,9 @@ def _teacher(variant: Variant, backbone, task, seed: int, size: int, ordered: li
     from edge_smsp import adaptation
     from edge_smsp.models.prune import replace_classifier
     from edge_smsp.pool import Pool
-    from edge_smsp.training.recovery import recover
     from edge_smsp.transfer.entry_models import entry_model
 
-    fitted = Recipe("teacher", linear_probe_steps=50, samples=1500)
+    fitted = StudyRecipe("teacher", linear_probe_steps=50, samples=1500)
     if variant.teacher == "backbone":
         members = [adaptation.with_task_head(backbone, task, seed)]
     else:
@@ -234,7 +232,7 @@ def _teacher(variant: Variant, backbone, task, seed: int, size: int, ordered: li
                 for task_id in ordered[:3]
             ]
     for member in members:
-        recover(member, task, fitted, seed)
+        study_recover(member, task, fitted, seed)
     return members[0] if len(members) == 1 else _Ensemble(members).eval()
 
 

@@ -20,7 +20,7 @@ from edge_smsp.training.recovery import recover
 from edge_smsp.training.time_budget import plan_for_budget
 from edge_smsp.transfer.entry_models import borrowed_entry_model
 from edge_smsp.transfer.entry_probe import best_probed, probe_entries
-from edge_smsp.transfer.inherit import inherit, inherit_head
+from edge_smsp.transfer.inherit import inherit
 
 
 def attach_task_head(run: AdaptRun) -> None:
@@ -116,22 +116,14 @@ def initialise_weights(run: AdaptRun) -> None:
     source = borrowed_entry_model(run.pool, top)
     inherit(run.model, run.backbone, [(source, 1.0)])
     run.init = "pool"
-    if recipe_for(run.config.recipe, run.init).entry_head:
-        run.inherited_rows = inherit_head(
-            run.model,
-            run.backbone,
-            source,
-            [(top.task.dataset, label) for label in top.task.classes],
-            [(run.task.dataset, label) for label in run.task.classes],
-        )
 
 
 def recover_after_pruning(run: AdaptRun) -> None:
     """The recipe's recovery steps for the initialisation used (edge_smsp.training.recipe)."""
     assert run.model is not None
     steps = recipe_for(run.config.recipe, run.init)
-    report = recover(run.model, run.task, steps, run.config.seed, keep_rows=run.inherited_rows)
-    run.recovery = (["entry_head"] if run.inherited_rows else []) + report.steps
+    report = recover(run.model, run.task, steps, run.config.seed)
+    run.recovery = report.steps
 
 
 def finetune_rest(run: AdaptRun) -> None:

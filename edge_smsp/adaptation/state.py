@@ -41,7 +41,6 @@ class AdaptRun:
     train_calls: int = 0  # fine-tuning runs so far: each draws its own batches
     val_accuracy: float | None = None
     init: str = "backbone"  # what the sub-network's weights came from (set by the init stage)
-    inherited_rows: list[int] = field(default_factory=list)  # classifier rows taken from the pool entry
     # the probe stage's candidates and which one it chose, for the report
     probed: list[dict[str, Any]] = field(default_factory=list)
     recovery: list[str] = field(default_factory=list)  # recovery steps that ran

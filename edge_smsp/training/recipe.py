@@ -1,8 +1,8 @@
 """Recovery recipes: which steps run between one-shot pruning (and weight initialisation) and fine-tuning.
 
-The steps (edge_smsp.training.recovery): adaptive BatchNorm (re-estimate the statistics on the task's images), weight
-imprinting (the new head from class prototypes of the penultimate features), a linear probe (LP of LP-FT), and
-for a pool initialisation the head rows of the classes the chosen entry's task shares with the new one.
+The steps (edge_smsp.training.recovery): adaptive BatchNorm (re-estimate the statistics on the task's images) and
+weight imprinting (the new head from class prototypes of the penultimate features). Steps that were tried and not
+adopted (a linear probe, a shrunk imprint, the entry's head rows) live in benchmarks/research/recipes.py.
 `RECIPES` names each recipe per initialisation: what the measurements supported (see `RECIPES`). Torch-free,
 so the CLI reads the names cheaply.
 """
@@ -27,26 +27,16 @@ class Recipe:
     name: str
     adaptive_bn: bool = True
     imprint: bool = True
-    linear_probe_steps: int = 0  # full-batch L-BFGS steps on the head alone (0: no linear probe)
-    linear_probe_l2: float = 1e-3  # L2 penalty of the probe on the head's weights
-    imprint_shrink: float = 1.0  # multiplies the fitted scale: < 1 starts the head less confident
-    entry_head: bool = False  # pool initialisation: the entry's head rows for the classes its task shares
     samples: int = 512  # class-balanced training images for BN statistics and prototypes
     bn_batch_size: int = 64
 
     def __post_init__(self) -> None:
-        if (
-            self.linear_probe_steps < 0
-            or self.samples < 2
-            or self.bn_batch_size < 2
-            or self.linear_probe_l2 < 0
-            or not self.imprint_shrink > 0
-        ):
+        if self.samples < 2 or self.bn_batch_size < 2:
             raise EdgeSmspError(f"invalid recipe {self}")
 
     @property
     def needs_features(self) -> bool:
-        return self.imprint or self.linear_probe_steps > 0
+        return self.imprint
 
 
 # Where a sub-network's weights come from (AdaptConfig.init): the backbone's, or the top pool entry's.

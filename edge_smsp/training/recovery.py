@@ -1,10 +1,9 @@
-"""The recovery steps between one-shot pruning and fine-tuning: adaptive BatchNorm, an imprinted head, a linear probe.
+"""The recovery steps between one-shot pruning and fine-tuning: adaptive BatchNorm and an imprinted head.
 
 - Adaptive BN (EagleEye, Li et al. 2020): after units are removed, and on a new domain, the stored BatchNorm
   statistics no longer describe the activations; re-estimate them on the task's own images (no gradient).
 - Weight imprinting (Qi et al. 2018): the new classifier starts from the class prototypes of the penultimate
   features instead of random rows, so the first fine-tuning steps train features, not a head.
-- Linear probe (the LP of LP-FT, Kumar et al. 2022): a few full-batch head-only steps on the cached features.
 
 Each step works on any model with BatchNorm layers and a Linear classifier; edge_smsp.training.recipe names the
 combinations.
@@ -42,7 +41,6 @@ class RecoveryReport:
     seconds: dict[str, float] = field(default_factory=dict)
     bn_layers: int = 0
     head_scale: float | None = None
-    linear_probe_loss: tuple[float, float] | None = None
 
 
 def recover(
@@ -71,13 +69,8 @@ def recover(
             report.steps.append("head skipped: the features do not separate the classes")
         else:
             if recipe.imprint:
-                report.head_scale = imprint_head(model, features, labels, recipe.imprint_shrink, keep_rows)
+                report.head_scale = imprint_head(model, features, labels, keep_rows=keep_rows)
                 report.steps.append("imprint")
-            if recipe.linear_probe_steps:
-                report.linear_probe_loss = linear_probe(
-                    model, features, labels, recipe.linear_probe_steps, recipe.linear_probe_l2
-                )
-                report.steps.append("probe")
         report.seconds["head"] = time.perf_counter() - started
     report.seconds = {name: round(value, 3) for name, value in report.seconds.items()}
     return report
@@ -146,45 +139,6 @@ def imprint_head(
     if head.bias is not None:
         head.bias[fresh] = (-scale * directions[fresh] @ centre).to(head.bias.dtype)
     return scale
-
-
-def linear_probe(
-    model: nn.Module, features: torch.Tensor, labels: torch.Tensor, steps: int, l2: float = 1e-3
-) -> tuple[float, float]:
-    """Full-batch L-BFGS on the classifier alone (features fixed); returns the loss before and after."""
-    head = classifier(model)
-    weight = head.weight.detach().clone().to(torch.float64).requires_grad_(True)
-    bias = (
-        head.bias.detach().clone().to(torch.float64)
-        if head.bias is not None
-        else torch.zeros(head.out_features, dtype=torch.float64)
-    ).requires_grad_(head.bias is not None)
-    inputs = features.to(torch.float64)
-    targets = labels.to(torch.int64)
-
-    def loss_value() -> torch.Tensor:
-        return F.cross_entropy(inputs @ weight.T + bias, targets) + l2 * weight.pow(2).sum()
-
-    params = [weight] + ([bias] if head.bias is not None else [])
-    optimizer = torch.optim.LBFGS(params, max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure() -> torch.Tensor:
-        optimizer.zero_grad()
-        loss = loss_value()
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        before = float(loss_value().detach())
-        optimizer.step(closure)
-        after = float(loss_value().detach())
-    if not math.isfinite(after):
-        raise EdgeSmspError("the linear probe diverged")
-    with torch.no_grad():
-        head.weight.copy_(weight.to(head.weight.dtype))
-        if head.bias is not None:
-            head.bias.copy_(bias.to(head.bias.dtype))
-    return before, after
 
 
 def _separates_classes(features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> bool:

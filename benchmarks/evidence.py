@@ -122,6 +122,135 @@ def payload_from(
     return {"benchmark": NAME, "machine": machine_facts(), "comparisons": rows, **extras}
 
 
+def device_study(
+    host_runs: Sequence[dict[str, Any]], device_runs: Sequence[dict[str, Any]]
+) -> dict[str, Any]:
+    """On-device adaptation against host adaptation from the same pool (the pool-@100 runs): per tier and count
+    of trained blocks, paired accuracy, the accuracy after BN + imprint alone, bytes and seconds per device stage,
+    and the measured adaptation peak against the predicted one."""
+    host = {
+        (run["size"], run["ratio"], run["task"], run["seed"]): run["val_accuracy"]
+        for run in host_runs
+        if run["variant"] == DEFAULT
+    }
+    groups: dict[tuple[int, float, str], list[dict[str, Any]]] = defaultdict(list)
+    for run in device_runs:
+        groups[(run["size"], run["ratio"], run["variant"])].append(run)
+    rows = []
+    for (size, ratio, variant), runs in sorted(
+        groups.items(), key=lambda item: (item[0][0], item[0][1], item[0][2])
+    ):
+        paired = [run for run in runs if (size, ratio, run["task"], run["seed"]) in host]
+        differences = [run["val_accuracy"] - host[(size, ratio, run["task"], run["seed"])] for run in paired]
+        stages: dict[str, list[float]] = defaultdict(list)
+        for run in runs:
+            for stage, seconds in (run.get("device_seconds") or {}).items():
+                stages[stage].append(seconds)
+        memory = [
+            (run["adapt_peak_rss_mib"], run["adapt_predicted_peak_mib"])
+            for run in runs
+            if run.get("adapt_peak_rss_mib") is not None and run.get("adapt_predicted_peak_mib") is not None
+        ]
+        imprinted = [run["accuracy_imprinted"] for run in paired if run.get("accuracy_imprinted") is not None]
+        rows.append(
+            {
+                "variant": variant,
+                "size": size,
+                "ratio": ratio,
+                "classes": sorted({len(run["task"].split("-")) for run in runs}),
+                "runs": len(runs),
+                "pairs": len(paired),
+                "mean": float(np.mean([run["val_accuracy"] for run in paired])) if paired else None,
+                "host_mean": float(np.mean([host[(size, ratio, r["task"], r["seed"])] for r in paired]))
+                if paired
+                else None,
+                "imprinted_mean": float(np.mean(imprinted)) if imprinted else None,
+                "difference": float(np.mean(differences)) if differences else None,
+                "better": sum(d > 0 for d in differences),
+                "worse": sum(d < 0 for d in differences),
+                "p": exact_sign_flip_p(differences),
+                "bytes_from_device": int(max(run["bytes_from_device"] for run in runs)),
+                "describe_bytes": max(
+                    (run.get("device_bytes_from") or {}).get("describe", 0) for run in runs
+                ),
+                "device_seconds": {stage: float(np.median(values)) for stage, values in stages.items()},
+                "peak_mib": max((measured for measured, _ in memory), default=None),
+                "peak_within_prediction": all(measured <= predicted for measured, predicted in memory)
+                if memory
+                else None,
+                "peak_over_predicted": max((m / p for m, p in memory), default=None),
+            }
+        )
+    return {"rows": rows}
+
+
+def device_section(study: dict[str, Any] | None) -> list[str]:
+    """The on-device study's lines of the section (none before it ran)."""
+    if not study or not study.get("rows"):
+        return []
+    rows = []
+    for row in study["rows"]:
+        paired = row["pairs"] > 0
+        stages = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in row["device_seconds"].items())
+        rows.append(
+            [
+                row["variant"],
+                f"{row['size']} px",
+                f"{row['ratio']:g}",
+                "/".join(map(str, row["classes"])),
+                f"{row['pairs']}" if paired else f"0 ({row['runs']} runs)",
+                f"{100 * row['imprinted_mean']:.2f}" if row["imprinted_mean"] is not None else "-",
+                f"{100 * row['mean']:.2f}" if paired else "-",
+                f"{100 * row['host_mean']:.2f}" if paired else "-",
+                f"{100 * row['difference']:+.2f}" if paired else "-",
+                f"{row['better']}/{row['worse']}" if paired else "-",
+                "-" if row["p"] is None else f"{row['p']:.3f}",
+                f"{row['describe_bytes'] / 1024:.1f} / {row['bytes_from_device'] / 1024:.1f}",
+                "-"
+                if row["peak_mib"] is None
+                else f"{row['peak_mib']:.0f} ({100 * row['peak_over_predicted']:.0f} %)",
+                stages,
+            ]
+        )
+    header = [
+        "device adaptation", "size", "r", "classes", "pairs", "after BN + imprint %", "final %", "host %",
+        "difference pt", "better/worse", "p", "KiB back: similarity / all", "peak MiB (of predicted)",
+        "median s per device stage",
+    ]  # fmt: skip
+    return [
+        "",
+        "**On-device adaptation, step by step** (issue 21; pool: the 12 pool tasks pruned from scratch @100 at "
+        "r = 0.5, seed 0, `deploy --device-data` through the local transport, one thread). Host: `adapt`'s defaults "
+        "on the same pool. *light tier, K n* trains after the bundle's n-th cut (0: the classifier alone; no K: the "
+        "default, 6); *after BN + imprint* is the device's accuracy before its first SGD step. KiB back: the "
+        "descriptor and probe replies (the similarity step) and everything the device sent. Peak: the largest "
+        "measured RSS of the adaptation, and its share of the host's prediction.",
+        "",
+        table(header, rows),
+        "",
+        "Reproduce: `python -m benchmarks.research.build_pools --size 32 --pool 0.5:100`, "
+        '`python -m benchmarks.research.heldout --pool-iters 100 --only "smsp (default)" --seeds 1`, '
+        "`python -m benchmarks.research.light_tier --pool-iters 100 --seeds 1 [--blocks K] [--tier torch] "
+        "[--ten-class]`, then `python -m benchmarks.evidence`.",
+    ]
+
+
+def merged(stored: dict[str, Any] | None, fresh: dict[str, Any]) -> dict[str, Any]:
+    """The fresh comparisons over the stored ones (by variant, size and ratio): the research folder that gave
+    the stored ones may be gone, and a later run may hold only some of the variants."""
+    if not stored:
+        return fresh
+    key = lambda row: (row["variant"], row["size"], row["ratio"])  # noqa: E731
+    rows = {key(row): row for row in stored.get("comparisons", [])}
+    rows.update({key(row): row for row in fresh["comparisons"]})
+    ordered = sorted(rows.values(), key=lambda row: (row["size"], row["ratio"], row["variant"]))
+    return {
+        **stored,
+        **{name: value for name, value in fresh.items() if value or name not in stored},
+        "comparisons": ordered,
+    }
+
+
 def _verdict(row: dict[str, Any]) -> str:
     if row["p"] is None:
         return "too few pairs"
@@ -178,6 +307,7 @@ def section(payload: dict[str, Any] | None) -> str | None:
         "Reproduce: `python -m benchmarks.research.heldout --ratio 0.5 --seeds 3 --controls`, "
         "`python -m benchmarks.research.light_tier --ratio 0.5 --seeds 1`, then `python -m benchmarks.evidence` "
         "and `python -m benchmarks.report`.",
+        *device_section(payload.get("device_study")),
     ]
     return "\n".join(lines)
 
@@ -190,8 +320,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--results-dir", type=Path, default=DEFAULT_RESULTS_DIR)
     args = parser.parse_args(argv)
-    payload = payload_from(_research_results("heldout"), _research_results("light_tier"))
-    path = write_json(result_path(args.results_dir, NAME, "full"), payload)
+    path = result_path(args.results_dir, NAME, "full")
+    payload = merged(
+        read_json(path), payload_from(_research_results("heldout"), _research_results("light_tier"))
+    )
+    study = device_study(_research_results("heldout_pool100"), _research_results("light_tier_pool100"))
+    if study["rows"]:
+        payload["device_study"] = study
+    path = write_json(path, payload)
     log(f"{NAME}: {len(payload['comparisons'])} comparisons -> {path}")
     print(section(payload) or "no runs yet")
     return 0

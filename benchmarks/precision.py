@@ -330,6 +330,8 @@ def section(found: Mapping[str, dict[str, Any]], plots: Path) -> str | None:
         parts.append("Combined against unpruned fp32: " + "; ".join(targets) + ".")
     if why := _lite0_bottleneck():
         parts.append(why)
+    if drops := _heldout_drops():
+        parts.append(drops)
     image = plot(payload, plots / "precision_speedup.png")
     parts.append(f"![INT8 and pruning speedups]({image.parent.name}/{image.name})")
     planner = payload.get("planner")
@@ -338,6 +340,40 @@ def section(found: Mapping[str, dict[str, Any]], plots: Path) -> str | None:
 
         parts.append(planner_section(planner))
     return "\n\n".join(parts)
+
+
+def _heldout_drops() -> str | None:
+    """INT8's accuracy drop per held-out task after the defaults (research/int8_heldout), at each image size."""
+    from benchmarks.common import DEFAULT_RESULTS_DIR
+
+    study = read_json(DEFAULT_RESULTS_DIR / "int8_heldout.json") or {}
+    if not study.get("sizes"):
+        return None
+    rows, verdicts = [], []
+    for size, group in study["sizes"].items():
+        for row in group["rows"]:
+            rows.append(
+                [f"{size} px", row["task"], f"{100 * row['fp32_val']:.2f} → {100 * row['int8_val']:.2f}",
+                 f"{100 * (row['fp32_test'] - row['int8_test']):+.2f}", row["shipped"],
+                 f"{row['fp32_bytes'] / 1024:.0f} → {row['int8_bytes'] / 1024:.0f}"]
+            )  # fmt: skip
+        worst = group["shipped_max_test_drop_pt"]
+        verdicts.append(
+            f"{size} px: mean drop {group['mean_test_drop_pt']:+.2f} pt on the test images (largest "
+            f"{group['max_test_drop_pt']:+.2f}); INT8 shipped on {group['int8_shipped']} of {group['tasks']} tasks"
+            + ("" if worst is None else f", largest drop where shipped {worst:+.2f} pt (target ≤ 1.0: "
+               f"{'met' if worst <= 1.0 else 'MISSED'})")
+        )  # fmt: skip
+    return "\n\n".join(
+        [
+            f"**INT8 on the held-out tasks** (`benchmarks/research/int8_heldout.py`; r = {study['ratio']:g}, "
+            f"`adapt`'s defaults from a pool of {study['pool']}, then `export_precision` as `deploy --precision "
+            "int8` runs it: calibrated on 32 training images, gated at 1.0 pt on the 600 val images). Drop: fp32 "
+            "minus INT8 on all 3,000 test images of the task's classes (Fashion-MNIST's test split, of which the "
+            "val images are 600); positive is a loss. " + "; ".join(verdicts) + ".",
+            table(["size", "task", "val % fp32 → INT8 (the gate's)", "test drop pt", "shipped", "KiB"], rows),
+        ]
+    )
 
 
 def _lite0_bottleneck() -> str | None:

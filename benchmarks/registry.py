@@ -13,6 +13,7 @@ from benchmarks import (
     accuracy,
     adapt_time,
     budgets,
+    fleet,
     mechanism,
     planner_check,
     precision,
@@ -33,6 +34,7 @@ BENCHMARKS: tuple[ModuleType, ...] = (
     planner_check,
     precision,
     similarity_scale,
+    fleet,
 )
 
 

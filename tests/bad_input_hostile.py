@@ -21,6 +21,7 @@ from onnx import TensorProto, helper
 
 from tests.bad_input_case import Case
 from tests.boards import small_board_profile
+from tests.tiny_onnx import tiny_convnet
 
 LONG = "n" * 300  # one name over NAME_MAX (255 bytes)
 ESC = "\x1b[2J\x1b[31m"  # clear screen, red: must never reach the terminal raw
@@ -34,6 +35,7 @@ BENCH = ("bench", "--model", "{w}/tiny.onnx", "--bench-runs", "3", "--bench-seco
 LOCAL_BENCH = (*BENCH, "--profile", "{w}/local.yaml")
 RT_BENCH = ("bench", "--model", "{w}/tiny.onnx", "--runs", "3", "--min-seconds", "0")
 RT_INFER = ("infer", "--model", "{w}/tiny.onnx")
+DEPLOY_POOL = ("--pool", "{w}/deploy-pool.sqlite", "--ratio", "0.5")  # a pool that exists: a plan reads it
 RT_TORCH_ADAPT = ("adapt", "--tier", "torch", "--model", "{w}/model", "--data", "{w}/adir", "--out", "{w}/adapted.onnx", "--iters", "1")  # fmt: skip
 
 PROFILE_VARIANTS = {  # file stem -> YAML lines replacing the base profile's
@@ -245,6 +247,18 @@ HOSTILE_CASES = [
             ("size-huge", "input_size"), ("size-negative", "input_size"), ("labels-deep", "labels"),
         )
     ],
+    # --- 5. the sweep's last unclean ends: nothing half-written, checks before uploads, messages that say why ---
+    Case("hostile-device-data-over-budget-leaves-no-out", (*DEPLOY, *DEPLOY_POOL, "--profile", "{w}/tight.yaml", "--device-data", "{w}/device-images", "--device-train", "light", "--out", "{s}/out"), "on-device adaptation needs"),
+    Case("hostile-time-budget-too-small-leaves-no-out", (*DEPLOY, *DEPLOY_POOL, "--profile", "{w}/local.yaml", "--time-budget", "0.001", "--out", "{s}/out"), "time budget 0.001 s leaves no time"),
+    Case("hostile-bench-python-cannot-run", ("bench", "--profile", "{w}/python-false.yaml", "--model", "{w}/tiny.onnx"), "Python '/bin/false' could not run"),
+    Case("hostile-bench-profile-twice", (*LOCAL_BENCH, "--profile", "{w}/wrong-python.yaml"), "--profile: given more than once"),
+    Case("hostile-bench-opset-newer-than-the-device-runs", ("bench", "--profile", "{w}/local.yaml", "--model", "{w}/opset-40.onnx"), "the model would be opset 40"),
+    Case("hostile-adapt-one-class-named", (*ADAPT, "--classes", "7"), "but only class 7 was named"),
+    Case("hostile-deploy-profile-is-a-directory", (*DEPLOY, "--profile", "{w}/adir", "--out", "{s}/out"), "adir is a directory"),
+    Case("hostile-connection-is-a-directory", (*LOCAL_BENCH, "--connection", "{w}/adir"), "adir is a directory"),
+    Case("hostile-runtime-adapt-params-truncated", ("adapt", "--model", "{w}/bundle-cut", "--data", "{w}/device-images", "--iters", "1", "--out", "{s}/a.onnx"), "params.npz is truncated or corrupt", runtime=True),
+    Case("hostile-runtime-adapt-out-under-a-file", ("adapt", "--model", "{w}/bundle-cut", "--data", "{w}/device-images", "--iters", "1", "--out", "{w}/afile/a.onnx"), "afile is a file, not a folder", runtime=True),
+    Case("hostile-runtime-infer-a-directory", (*RT_INFER, "{w}/adir"), "adir is a directory, not an image", runtime=True),
 ]  # fmt: skip
 
 
@@ -286,6 +300,7 @@ def hostile_inputs(world: Path, ssh: dict, local: dict) -> None:
     _pool_variants(world)
     _fashion_variants(world)
     _runtime_inputs(world)
+    _last_sweep_inputs(world, local)
 
 
 def _profile_lines(local: dict, changes: dict[str, str] | None = None) -> str:
@@ -404,3 +419,26 @@ def _runtime_inputs(world: Path) -> None:
     onnx.save(
         helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(world / "no-inputs.onnx")
     )
+
+
+def _last_sweep_inputs(world: Path, local: dict) -> None:
+    """The section 5 rows' files: a task's images on the device, a budget too small to adapt there, a python
+    that cannot run, a model of an opset no onnxruntime runs yet, and an adaptable bundle whose params.npz was
+    cut short in a copy."""
+    from edge_smsp.export.adaptable import bundle_from_onnx
+    from tests.light_adapt_helpers import export_unfused, image_folder, tiny_model
+
+    image_folder(world / "device-images", [0, 2, 4], 5, fmt="pgm", split=True)
+    (world / "tight.yaml").write_text(_profile_lines(local, {"memory_budget": "40MiB"}))
+    small_board_profile(
+        world / "python-false.yaml", "hostile-python-false", {**local, "python": "/bin/false"}
+    )
+    tiny_convnet(world / "opset-40.onnx", opset=40)
+    shutil.copy(world / "good.sqlite", world / "deploy-pool.sqlite")
+    unfused = export_unfused(tiny_model(), world / "unfused.onnx")
+    labels = ["tshirt", "pullover", "coat"]
+    bundle_from_onnx(
+        unfused, world / "bundle-cut", labels=labels, mean=[0.5] * 3, std=[0.25] * 3, input_size=32
+    )
+    params = world / "bundle-cut" / "params.npz"
+    params.write_bytes(params.read_bytes()[: params.stat().st_size // 2])

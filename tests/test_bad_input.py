@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
+from onnx import numpy_helper
 
 from tests.bad_input_case import Case
 from tests.bad_input_hostile import HOSTILE_CASES, hostile_inputs
@@ -95,7 +97,7 @@ CASES = [
     Case("range-adapt-iters-negative", (*ADAPT, "--classes", "0,1", "--iters", "-5"), "--iters"),
     Case("range-adapt-batch-size-zero", (*ADAPT, "--classes", "0,1", "--batch-size", "0"), "--batch-size"),
     Case("range-adapt-batch-size-negative", (*ADAPT, "--classes", "0,1", "--batch-size", "-2"), "--batch-size"),
-    Case("range-adapt-top-k-zero", (*ADAPT, "--classes", "0,1", "--top-k", "0"), "--top-k"),
+    Case("range-adapt-top-k-zero", (*ADAPT, "--classes", "0,1", "--top-k", "0"), "--top-k: must be an integer from 1 to 100,000"),
     Case("range-adapt-lr-nan", (*ADAPT, "--classes", "0,1", "--lr", "nan"), "--lr"),
     Case("range-adapt-lr-negative", (*ADAPT, "--classes", "0,1", "--lr", "-1"), "--lr"),
     Case("range-adapt-lr-inf", (*ADAPT, "--classes", "0,1", "--lr", "inf"), "--lr"),
@@ -180,7 +182,7 @@ CASES = [
     Case("profile-unknown-bundled-name", (*DEPLOY, "--profile", "no_such_board"), "no_such_board"),
     Case("profile-malformed-yaml", (*DEPLOY, "--profile", "{w}/malformed.yaml"), "malformed YAML"),
     Case("profile-with-password", (*DEPLOY, "--profile", "{w}/password.yaml"), "password"),
-    Case("profile-bench-is-a-dir", ("bench", "--profile", "{w}/adir", "--model", "{w}/tiny.onnx"), "adir"),
+    Case("profile-bench-is-a-dir", ("bench", "--profile", "{w}/adir", "--model", "{w}/tiny.onnx"), "adir is a directory"),
     # --- the device: unreachable, refused, misconfigured ------------------------------------------------------
     Case("device-deploy-unreachable", (*DEPLOY, "--profile", "{w}/unreachable.yaml", "--out", "{s}/out"), "cannot connect"),
     Case("device-bench-unreachable", ("bench", "--profile", "{w}/unreachable.yaml", "--model", "{w}/tiny.onnx"), "cannot connect"),
@@ -211,7 +213,7 @@ CASES = [
     Case("runtime-infer-garbage-pgm", ("infer", "--model", "{w}/tiny.onnx", "{w}/garbage.pgm"), "garbage.pgm", runtime=True),
     Case("runtime-infer-text-file", ("infer", "--model", "{w}/tiny.onnx", "{w}/text.txt"), "text.txt", runtime=True),
     Case("runtime-infer-top-k-negative", ("infer", "--model", "{w}/tiny.onnx", "--top-k", "-1", "{w}/image.npy"), "--top-k", runtime=True),
-    Case("runtime-infer-top-k-zero", ("infer", "--model", "{w}/tiny.onnx", "--top-k", "0", "{w}/image.npy"), "--top-k", runtime=True),
+    Case("runtime-infer-top-k-zero", ("infer", "--model", "{w}/tiny.onnx", "--top-k", "0", "{w}/image.npy"), "--top-k: expected an integer from 1 to 1,000,000", runtime=True),
     Case("runtime-adapt-iters-negative", ("adapt", "--model", "{w}/model", "--data", "{w}/adir", "--iters", "-1", "--out", "{w}/adapted.onnx"), "--iters", runtime=True),
     Case("runtime-adapt-torch-without-torch", ("adapt", "--tier", "torch", "--model", "{w}/model", "--data", "{w}/adir", "--iters", "1", "--out", "{w}/adapted.onnx"), "torch", runtime=True),
 ]  # fmt: skip
@@ -521,3 +523,123 @@ def test_the_table_is_large_and_its_cases_distinct() -> None:
     assert len({(case.runtime, case.argv, tuple(case.env.items()), case.stdout) for case in CASES}) == len(
         CASES
     )
+
+
+# --- the sweep's last findings that a row cannot show: help texts, warnings, import cost, what is removed ----------
+
+
+def test_top_k_help_states_the_range_its_error_states(
+    device_python: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from edge_smsp.cli import main
+
+    assert main(["adapt", "--help"]) == 0
+    host_help = " ".join(capsys.readouterr().out.split())
+    assert "--top-k TOP_K pool tasks whose masks are summed, 1 to 100,000" in host_help
+    assert main(["adapt", "--classes", "0,1", "--ratio", "0.5", "--out", str(tmp_path), "--top-k", "0"]) == 2
+    assert "from 1 to 100,000" in capsys.readouterr().err
+    runtime = [device_python, "-m", "edge_smsp_runtime", "infer", "--model", "m.onnx"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "runtime")}
+    device_help = subprocess.run(
+        [*runtime[:4], "--help"], capture_output=True, text=True, env=env, check=True
+    )
+    assert "--top-k TOP_K labels per image, 1 to 1,000,000" in " ".join(device_help.stdout.split())
+    refused = subprocess.run([*runtime, "--top-k", "0", "x.npy"], capture_output=True, text=True, env=env)
+    assert refused.returncode == 2 and "from 1 to 1,000,000, got 0" in refused.stderr
+
+
+def test_fp16_export_warns_nothing_and_counts_what_it_truncated(
+    world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import warnings
+
+    from safetensors.numpy import load_file, save_file
+
+    from edge_smsp.cli import main
+    from edge_smsp.export.quantize import convert_fp16
+    from tests.tiny_onnx import tiny_convnet
+
+    # The converter clips 3 planted values of one tensor (and warns about each bound, per tensor).
+    model = onnx.load(str(tiny_convnet(tmp_path / "tiny.onnx")))
+    weights = model.graph.initializer[0]
+    planted = numpy_helper.to_array(weights).copy()
+    planted.flat[:3] = (5e4, -3e-9, 1e-12)
+    weights.CopyFrom(numpy_helper.from_array(planted, weights.name))
+    onnx.save(model, str(tmp_path / "planted.onnx"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        details = convert_fp16(tmp_path / "planted.onnx", tmp_path / "planted.fp16.onnx")
+    assert [str(warning.message) for warning in caught] == []
+    assert (details["truncated_values"], details["truncated_tensors"]) == (3, 1)
+    # Through the CLI: one JSON object, nothing on stderr, no warning; the count is in the result.
+    saved = tmp_path / "model"
+    shutil.copytree(world / "model", saved)
+    tensors = load_file(saved / "model.safetensors")
+    name = next(key for key, value in tensors.items() if value.ndim == 4)  # a convolution's weights
+    tensors[name].flat[0] = 1e-9
+    save_file(tensors, saved / "model.safetensors")
+    argv = ["export", "--model-dir", str(saved), "--out", str(tmp_path / "m.onnx"), "--precision", "fp16"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main([*argv, "--json"]) == 0
+    captured = capsys.readouterr()
+    assert [str(w.message) for w in caught if "truncated" in str(w.message)] == [] and captured.err == ""
+    assert json.loads(captured.out)["truncated_values"] >= 1
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert text.count("truncated to it") == 1 and "float16's range" in text
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ("deploy", "--profile", "{w}/malformed.yaml", "--out", "{s}/out"),
+        ("deploy", "--profile", "{w}/local.yaml", "--data-dir", "{w}/nothing", "--out", "{s}/out"),
+        ("adapt", "--classes", "0,1", "--ratio", "0.5", "--data-dir", "{w}/nothing", "--out", "{s}/out"),
+        ("adapt", "--classes", "0,1", "--ratio", "0.5", "--pool", "{s}/no-pool.sqlite", "--out", "{s}/out"),
+    ],
+    ids=["bad-profile", "deploy-missing-data", "adapt-missing-data", "adapt-missing-pool"],
+)
+def test_fast_refusals_do_not_load_torch(argv: tuple[str, ...], world: Path, tmp_path: Path) -> None:
+    """Refused from the arguments and small files alone: in well under a second, never after torch's seconds."""
+    values = {"w": str(world), "s": str(tmp_path)}
+    code = (
+        "import sys\nfrom edge_smsp.cli import main\n"
+        f"code = main({[part.format(**values) for part in argv]!r})\n"
+        "sys.stderr.write('torch loaded: %s\\n' % ('torch' in sys.modules))\nsys.exit(code)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=_environment(tmp_path / "home")
+    )
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2 and len(lines) == 2 and lines[0].startswith("edge-smsp: error: "), done.stderr
+    assert lines[1] == "torch loaded: False"
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_block_removes_only_what_it_made(tmp_path: Path) -> None:
+    from edge_smsp.core.fileio import removed_on_failure
+
+    existing = tmp_path / "existing"
+    (existing / "kept").mkdir(parents=True)
+    (existing / "old.json").write_text("{}")
+    with pytest.raises(KeyboardInterrupt), removed_on_failure(existing) as undo:
+        (undo.path / "skeleton").mkdir()
+        (undo.path / "skeleton" / "params.npz").write_bytes(b"x")
+        # An entry that was there is the user's: it stays (rewritten), the new ones go.
+        (undo.path / "old.json").write_text('{"rewritten": true}')
+        (undo.path / "report.json").write_text("{}")
+        raise KeyboardInterrupt
+    assert sorted(os.listdir(existing)) == ["kept", "old.json"]
+    with pytest.raises(RuntimeError), removed_on_failure(tmp_path / "new" / "deeper" / "out") as undo:
+        undo.path.mkdir(parents=True)
+        raise RuntimeError
+    assert sorted(os.listdir(tmp_path)) == ["existing"]
+    with removed_on_failure(tmp_path / "kept-on-success") as undo:
+        undo.path.mkdir()
+    with pytest.raises(RuntimeError), removed_on_failure(tmp_path / "kept-once-whole") as undo:
+        (undo.path / "model.onnx").parent.mkdir()
+        (undo.path / "model.onnx").write_bytes(b"a whole model")
+        undo.keep()  # a later failure (the upload) leaves it
+        raise RuntimeError
+    assert sorted(os.listdir(tmp_path)) == ["existing", "kept-on-success", "kept-once-whole"]

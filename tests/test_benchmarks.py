@@ -8,6 +8,7 @@ from benchmarks import (
     accuracy,
     adapt_time,
     budgets,
+    fleet,
     heldout,
     heldout_choices,
     mechanism,
@@ -34,6 +35,7 @@ from benchmarks.study import (
 from benchmarks.workers import (
     group_sizes,
 )
+from tests.sshd_fixture import SSHD
 
 SMOKE = SETTINGS["smoke"]
 
@@ -187,6 +189,25 @@ def test_planner_check_compares_every_prediction_with_the_device(results_dir):
             assert row["predicted_memory_fitted_mib"] >= row["peak_rss_mib"]
     assert rows[0]["macs"] > rows[-1]["macs"]
     assert group["held_out_abs_error_calibrated"]["median"] is not None
+
+
+@pytest.mark.skipif(not SSHD.exists(), reason="the SSH curve needs /usr/sbin/sshd (openssh-server)")
+def test_fleet_counts_shared_passes_and_splits_host_from_device_work(results_dir, tmp_path):
+    payload = run_cli(fleet, results_dir)
+    (record,) = payload["comparison"]
+    shared = record["fleet"]["shared"]
+    assert (shared["similarity_passes"], shared["scoring_passes"], shared["deployed"]) == (1, 1, 3)
+    assert [run["similarity_passes"] for run in record["separate"]] == [1, 1, 1]
+    ratios = [device["ratio"] for device in record["fleet"]["devices"]]
+    assert ratios == [run["ratio"] for run in record["separate"]] and ratios[1] == ratios[2] != ratios[0]
+    assert shared["adaptations"] == shared["exports"] == 2 and payload["ratio_wall"][0] > 0
+    curve = payload["curve"]
+    assert [row["devices"] for row in curve] == list(fleet.SETTINGS["smoke"].ssh_devices)
+    for row in curve:
+        assert row["deployed"] == row["devices"] and row["shared"]["adaptations"] == 1
+        assert row["device_cpu_s"] > 0 and row["per_device_parts_mean_s"]["bench"] > 0
+    text = fleet.section({"fleet": payload}, tmp_path)
+    assert "| 1 | 1 fleet deploy |" in text and (tmp_path / "fleet_ssh.png").stat().st_size > 1000
 
 
 def test_report_writes_markdown_with_verdicts_and_plots(results_dir):

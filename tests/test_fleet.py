@@ -102,6 +102,14 @@ def test_fleet_with_an_impossible_device_and_a_cut_link_deploys_the_others_with_
     assert (shared["adaptations"], shared["exports"], shared["deployed"], shared["failed"]) == (1, 1, 2, 2)
     for stage in ("device_check", "plan", "adapt", "export", "ship", "total"):
         assert fleet["seconds"][stage] >= 0
+    # board-a and board-b run on this machine: their benches took turns, so neither measured the other's load
+    assert "board-b" in a["extra"]["fleet"]["shares_machine_with"]
+    assert "board-a" in b["extra"]["fleet"]["shares_machine_with"]
+    (a_start, a_end), (b_start, b_end) = (
+        a["extra"]["fleet"]["bench_window_s"],
+        b["extra"]["fleet"]["bench_window_s"],
+    )
+    assert a_start < a_end and b_start < b_end and (a_end <= b_start or b_end <= a_start)
     for device in (a, b):
         assert json.loads((out / device["profile"] / "deploy_report.json").read_text()) == device
         assert device["measured"]["model_sha256"] == device["onnx_sha256"] and device["measurement_id"]

@@ -63,7 +63,13 @@ def run(classes: tuple[int, ...], size: int) -> dict[str, Any]:
     test_x, test_y = (t.numpy() for t in test.val.batch(list(range(len(test.val)))))
     with tempfile.TemporaryDirectory(prefix="int8-heldout-") as folder:
         fp32 = Path(folder) / "model.onnx"
-        metadata = {"labels": list(task.class_names), "mean": list(spec.mean), "std": list(spec.std)}
+        metadata = {
+            "labels": list(task.class_names),
+            "mean": list(spec.mean),
+            "std": list(spec.std),
+            "backbone": common.BACKBONE,
+            "ratio": RATIO,
+        }
         export_onnx(result.model, fp32, image_size=size, metadata=metadata)
         started = time.perf_counter()
         shipped = export_precision(fp32, Path(folder) / "model.int8.onnx", "int8", **task_images(task))

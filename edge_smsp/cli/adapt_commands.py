@@ -44,15 +44,15 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 
 def run_adapt(args: argparse.Namespace) -> int:
-    from edge_smsp import adaptation
-    from edge_smsp.pool import build as pool_build
-
-    config = config_from_args(args)
-    check_task_args(args)  # bad input fails here, before torch loads
-    pool = open_pool_for(args, config.method)
+    check_task_args(args)  # bad input (the classes, the data's files, the pool) fails before torch loads
+    pool = open_pool_for(args, args.method)
     try:
         if args.add_to_pool and pool is not None:
             pool.check_writable()  # a read-only pool refuses now, before the work and before --out is written
+        from edge_smsp import adaptation
+        from edge_smsp.pool import build as pool_build
+
+        config = config_from_args(args)
         backbone = backbone_from_args(args)
         _check_host_memory(args, config, backbone)  # before the task's images are loaded at that size
         task = task_from_args(args, backbone)

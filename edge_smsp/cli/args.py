@@ -222,7 +222,7 @@ def add_adapt_arguments(parser: argparse.ArgumentParser, *, ratio_help: str | No
         "--top-k",
         type=int_in_range(1, MAX_TASKS),
         default=None,
-        help="pool tasks whose masks are summed (default 1 with --init pool, else 5)",
+        help=f"pool tasks whose masks are summed, 1 to {MAX_TASKS:,} (default 1 with --init pool, else 5)",
     )
     parser.add_argument(
         "--weighting",

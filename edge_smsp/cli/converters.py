@@ -172,3 +172,19 @@ def _converted(convert: Callable[[str], T], text: str) -> T:
         return convert(text)
     except EdgeSmspError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
+
+
+class GivenOnce(argparse.Action):
+    """action= for an option that takes one value: given twice, it is refused (argparse would keep the last
+    silently); the option's `help` need not say so."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values, option=None):
+        seen = getattr(namespace, "_given_once", set())
+        if self.dest in seen:
+            raise argparse.ArgumentError(
+                self,
+                f"given more than once ({quoted(str(getattr(namespace, self.dest)), 80)}, then "
+                f"{quoted(str(values), 80)}); give it once",
+            )
+        namespace._given_once = seen | {self.dest}
+        setattr(namespace, self.dest, values)

@@ -22,6 +22,7 @@ from edge_smsp.cli.args import (
     task_from_args,
 )
 from edge_smsp.cli.converters import (
+    GivenOnce,
     model_dir_arg,
     onnx_file_arg,
     opset_arg,
@@ -36,6 +37,7 @@ from edge_smsp.cli.precision_output import (
     describe_precision,
     describe_precision_export,
     export_task_images,
+    truncation,
 )
 from edge_smsp.core.errors import ExportError
 from edge_smsp.core.precisions import FP32, INT8, PRECISIONS
@@ -129,6 +131,7 @@ def run_export(args: argparse.Namespace) -> int:
                 accuracy=checked.accuracy,
                 agreement=checked.agreement,
                 fp32_onnx_path=str(fp32_result.onnx_path),
+                **truncation(checked.details),
             )
         print_json(payload)
     elif checked is None:
@@ -209,7 +212,11 @@ def register_bench(subcommands: argparse._SubParsersAction) -> None:
         "runtime's benchmark with the profile's threads and execution providers.",
     )
     parser.add_argument(
-        "--profile", required=True, metavar="P", help="profile YAML or bundled name (localhost)"
+        "--profile",
+        required=True,
+        action=GivenOnce,
+        metavar="P",
+        help="profile YAML or bundled name (localhost); one device per bench",
     )
     parser.add_argument("--model", required=True, type=onnx_file_arg, help="ONNX file")
     add_device_arguments(parser)
@@ -221,14 +228,13 @@ def run_deploy(args: argparse.Namespace) -> int:
     """Handler of `edge-smsp deploy`."""
     import sys
 
-    from edge_smsp.deploy.session import DeployRequest, deploy
     from edge_smsp.devices.stack import device_opset
     from edge_smsp.pool import Pool
 
     if fleet_requested(args):
         return run_fleet_deploy(args)
     args.profile = args.profile[0]
-    profile = profile_from_args(args)  # a bad profile or opset fails before anything slow happens
+    profile = profile_from_args(args)  # a bad profile, opset or task fails before torch loads
     device_opset(args.opset, profile)
     if args.image_size is None:
         args.image_size = profile.input_size
@@ -240,6 +246,8 @@ def run_deploy(args: argparse.Namespace) -> int:
         return run_device_deploy(args, profile)
     check_task_args(args)
     bench = bench_settings_from_args(args, profile)
+    from edge_smsp.deploy.session import DeployRequest, deploy
+
     config = config_from_args(args)
     out = args.out or Path("runs") / f"deploy-{profile.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     progress = show_progress(args)

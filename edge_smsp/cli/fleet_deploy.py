@@ -72,14 +72,15 @@ def fleet_profiles(args: argparse.Namespace) -> list[DeviceProfile]:
 
 def run_fleet_deploy(args: argparse.Namespace) -> int:
     """The fleet branch of `edge-smsp deploy`."""
-    from edge_smsp.deploy.fleet import FleetRequest, deploy_fleet
-    from edge_smsp.deploy.steps import DeployRequest
     from edge_smsp.pool import Pool
 
     profiles = fleet_profiles(args)
     if args.image_size is None:  # one size for the fleet: one adaptation serves several devices
         args.image_size = profiles[0].input_size
-    check_task_args(args)
+    check_task_args(args)  # bad profiles and tasks fail before torch loads
+    from edge_smsp.deploy.fleet import FleetRequest, deploy_fleet
+    from edge_smsp.deploy.steps import DeployRequest
+
     config = config_from_args(args)
     out = args.out or Path("runs") / f"deploy-fleet-{time.strftime('%Y%m%d-%H%M%S')}"
     progress = show_progress(args)

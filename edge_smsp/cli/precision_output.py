@@ -58,12 +58,24 @@ def describe_precision_export(result: Any, checked: Any, fp32: Any) -> str:
         if checked.accuracy is not None and checked.fp32_accuracy is not None
         else ""
     )
+    clipped = truncation(checked.details)
+    note = (
+        f"\n  {clipped['truncated_values']:,} weights in {clipped['truncated_tensors']} tensors were outside "
+        "float16's range and truncated to it"
+        if clipped.get("truncated_values")
+        else ""
+    )
     return (
         f"exported {result.onnx_path} in {checked.precision} ({result.size_bytes / 1024**2:.2f} MiB; fp32 "
         f"{fp32.size_bytes / 1024**2:.2f} MiB at {fp32.onnx_path}) and card {result.card_path}\n"
         f"  {checked.requested} check: top-1 agreement {100 * agreement['top1_agreement']:.1f}% on "
-        f"{agreement['images']} {agreement['inputs']} images{accuracy}; gate {gate.reason}"
+        f"{agreement['images']} {agreement['inputs']} images{accuracy}; gate {gate.reason}{note}"
     )
+
+
+def truncation(details: dict[str, Any]) -> dict[str, int]:
+    """The fp16 conversion's count of weights truncated to float16's range (none for other precisions)."""
+    return {key: details[key] for key in ("truncated_values", "truncated_tensors") if key in details}
 
 
 def describe_precision(report: dict[str, Any]) -> str:

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from edge_smsp.core.errors import OutputPathError, PathError
@@ -83,3 +85,53 @@ def checked_output_path(path: str | os.PathLike[str], *, directory: bool) -> Pat
             f"cannot write {target}: nothing can be created in {existing} ({error.strerror or error})"
         ) from None
     return target
+
+
+class Undo:
+    """What `removed_on_failure` removes when its block fails; `keep()` once the output is whole on its own."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.armed = True
+
+    def keep(self) -> None:
+        """From here on a failure leaves what was made (a finished model, say, that the user can still use)."""
+        self.armed = False
+
+
+@contextlib.contextmanager
+def removed_on_failure(directory: str | os.PathLike[str]) -> Iterator[Undo]:
+    """A block that makes `directory` (and its missing parents) and writes into it: when the block fails (an
+    error, Ctrl-C) before it calls keep(), what it made is removed, so that nothing half-written is left. A
+    folder that was not there goes with everything in it (and the missing parents made for it); in one that was,
+    only the new entries."""
+    undo = Undo(Path(directory))
+    top = None  # the outermost folder of the directory that is not there yet
+    probe = undo.path
+    while not os.path.lexists(probe) and probe != probe.parent:
+        top, probe = probe, probe.parent
+    before = None if top is not None else set(_names(undo.path))
+    try:
+        yield undo
+    except BaseException:
+        if undo.armed and top is not None:
+            shutil.rmtree(top, ignore_errors=True)
+        elif undo.armed and before is not None:
+            for name in set(_names(undo.path)) - before:
+                _remove_entry(undo.path / name)
+        raise
+
+
+def _names(directory: Path) -> list[str]:
+    try:
+        return os.listdir(directory)
+    except OSError:
+        return []
+
+
+def _remove_entry(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()

@@ -91,7 +91,10 @@ def check_classes(classes: Sequence[int], total: int, dataset: str) -> tuple[int
         raise DataError(f"class ids must be integers, got {_ids(values)}")
     values = tuple(int(c) for c in values)
     if len(values) < 2:
-        raise DataError(f"a task needs at least 2 classes, got {_ids(values)}")
+        named = f"only class {values[0]}" if values else "no class"
+        raise DataError(
+            f"a task needs at least 2 classes, but {named} was named: name two or more, such as 0,3,5"
+        )
     duplicated = sorted(value for value, count in Counter(values).items() if count > 1)
     if duplicated:
         raise DataError(f"class ids repeat: {_ids(duplicated)}")
@@ -113,7 +116,9 @@ def generate_tasks(
     if isinstance(n_tasks, bool) or not isinstance(n_tasks, int) or n_tasks < 1:
         raise DataError(f"number of tasks must be a positive integer, got {n_tasks}")
     if isinstance(classes_per_task, bool) or not isinstance(classes_per_task, int) or classes_per_task < 2:
-        raise DataError(f"a task needs at least 2 classes, got {classes_per_task}")
+        raise DataError(
+            f"a task needs at least 2 classes: classes per task must be 2 or more, got {classes_per_task}"
+        )
     if classes_per_task > total:
         raise DataError(f"{dataset} has {total} classes; cannot make tasks of {classes_per_task}")
     possible = math.comb(total, classes_per_task)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from edge_smsp.core.errors import TransportError
 from edge_smsp.device_runtime.model import read_opsets
 from edge_smsp.devices.profiles import DeviceProfile, load_profile
+from edge_smsp.devices.stack import check_device_stack
 from edge_smsp.pool.measurements import DEFAULT_PRECISION, DEFAULT_RUNTIME
 from edge_smsp.transport.base import Transport, sha256_file
 
@@ -133,15 +134,20 @@ def bench_model(
     trust_new_host: bool = False,
     bench: BenchSettings | None = None,
 ) -> dict[str, Any]:
-    """Upload any ONNX file to the profile's device (verified) and return the runtime's bench report."""
+    """Upload any ONNX file to the profile's device (verified) and return the runtime's bench report. The
+    device's runtime is asked first (`info`) whether it runs the model's opset: a model it cannot run is
+    refused before it is uploaded."""
     from edge_smsp.transport import open_transport
 
     profile = profile if isinstance(profile, DeviceProfile) else load_profile(profile)
     bench = bench or BenchSettings()
     path = Path(model_path)
     check_onnx_file(path)
+    opset = int(read_opsets(str(path))["opset"])
     digest = sha256_file(path)
     with open_transport(profile.connection, trust_new_host=trust_new_host) as transport:
+        info = transport.run_runtime(["info", "--runtime", bench.runtime], timeout=bench.timeout)
+        check_device_stack(info, profile, opset)
         remote = transport.upload(path, f"models/{digest[:16]}.onnx")
         report = transport.run_runtime(bench.runtime_args(remote, profile), timeout=bench.timeout)
     if report.get("model_sha256") != digest:

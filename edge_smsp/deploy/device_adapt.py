@@ -23,7 +23,7 @@ from torch import nn
 
 from edge_smsp import adaptation
 from edge_smsp.core.errors import PlanError, PruneError
-from edge_smsp.core.fileio import checked_output_path
+from edge_smsp.core.fileio import checked_output_path, removed_on_failure
 from edge_smsp.core.precisions import DEFAULT_PRECISION
 from edge_smsp.deploy import device_steps as device
 from edge_smsp.deploy import steps as stages
@@ -97,12 +97,19 @@ def deploy_on_device(
     request: DeviceDeployRequest, *, on_stage: Callable[[str], None] | None = None
 ) -> DeviceDeployReport:
     """The whole flow (module doc); one-line errors (typed) for bad input, before anything is uploaded where
-    the input can tell (the folder, the memory budget)."""
+    the input can tell (the folder, the memory budget); a deploy that fails leaves nothing new in --out."""
+    checked_output_path(request.out_dir, directory=True)
+    _check_request(request)
+    with removed_on_failure(request.out_dir):
+        return _deploy_on_device(request, on_stage)
+
+
+def _deploy_on_device(
+    request: DeviceDeployRequest, on_stage: Callable[[str], None] | None
+) -> DeviceDeployReport:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     stage = stage_timer(timings, on_stage)
-    checked_output_path(request.out_dir, directory=True)
-    _check_request(request)
     log = device.DeviceLog()
     config, size, spec = request.config, request.image_size, backbone_spec(request.backbone)
     with stage("connect"):

@@ -18,15 +18,11 @@ in flight is stopped on the device, temporaries removed, the connection closed),
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import dataclasses
-import os
 import re
-import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +37,7 @@ from edge_smsp.deploy.html_report import HTML_NAME, write_html_report
 from edge_smsp.deploy.report import REPORT_NAME, write_json_atomically
 from edge_smsp.deploy.session import _report, prepare_out_dir, stage_timer
 from edge_smsp.deploy.steps import DeployRequest
+from edge_smsp.deploy.workers import run_concurrently
 from edge_smsp.devices.profiles import DeviceProfile
 
 FLEET_REPORT_NAME = "fleet_report.json"
@@ -74,6 +71,9 @@ class FleetDevice:
     scoring_reused: bool = False  # its adaptation reused another ratio's selection and score mask
     remote_model: str | None = None
     run: DeviceRun | None = None
+    bench_lock: threading.Lock | None = None  # held while benching: shared by the devices on one machine
+    shares_machine_with: list[str] = field(default_factory=list)
+    bench_window: tuple[float, float] | None = None  # seconds after the fleet started
     stage: str | None = None
     error: str | None = None
 
@@ -120,7 +120,7 @@ def deploy_fleet(fleet: FleetRequest, *, on_stage: Callable[[str], None] | None 
     out = checked_output_path(fleet.out_dir, directory=True)
     devices = _devices(fleet, out)
     with stage("device_check"):
-        _concurrently("device_check", devices, _check_device, fleet.max_connections)
+        run_concurrently("device_check", devices, _check_device, fleet.max_connections)
     prepare_out_dir(out)
     with stage("plan"):
         for device in _alive(devices):
@@ -131,9 +131,12 @@ def deploy_fleet(fleet: FleetRequest, *, on_stage: Callable[[str], None] | None 
     with stage("export"):
         exports = _export_each(_alive(devices), adaptations, out)
     with stage("ship"):
-        _concurrently("ship", _alive(devices), lambda device: _ship(device, exports), fleet.max_connections)
+        _share_bench_locks(_alive(devices))
+        run_concurrently(
+            "ship", _alive(devices), lambda device: _ship(device, exports), fleet.max_connections
+        )
     with stage("record"):
-        reports = [_device_report(device, adaptations, exports) for device in devices]
+        reports = [_device_report(device, adaptations, exports, started) for device in devices]
     seconds["total"] = time.perf_counter() - started
     shared = {
         **cache.to_dict(),
@@ -289,16 +292,37 @@ def _ship(device: FleetDevice, exports: dict[Any, Any]) -> None:
         if device.remote_model is None:
             return
         bench = dataclasses.replace(request.bench, precision=exported.shipped_precision)
-        with _timed(device, "bench"):
+        waited = time.perf_counter()
+        with device.bench_lock or contextlib.nullcontext():
+            begun = time.perf_counter()
+            device.seconds["bench_wait"] = begun - waited
             device.run = _guarded(
                 device,
                 "bench",
                 lambda: run_bench(transport, device.remote_model, exported.onnx, request.profile, bench),
             )
+            ended = time.perf_counter()
+        device.bench_window = (begun, ended)
+        device.seconds["bench"] = ended - begun
+
+
+def _share_bench_locks(devices: Sequence[FleetDevice]) -> None:
+    """One lock for the devices that run on one machine (the same kernel: the device's boot id), so that their
+    benches take turns: benched at once, they would measure each other's load, and the pool would keep it."""
+    by_machine: dict[str, list[FleetDevice]] = {}
+    for device in devices:
+        facts = (device.check.device_info.get("device") or {}) if device.check else {}
+        if facts.get("boot_id"):
+            by_machine.setdefault(str(facts["boot_id"]), []).append(device)
+    for group in by_machine.values():
+        lock = threading.Lock()
+        for device in group:
+            device.bench_lock = lock
+            device.shares_machine_with = [other.name for other in group if other is not device]
 
 
 def _device_report(
-    device: FleetDevice, adaptations: dict[Any, Any], exports: dict[Any, Any]
+    device: FleetDevice, adaptations: dict[Any, Any], exports: dict[Any, Any], started: float
 ) -> dict[str, Any]:
     """The device's deploy report (recorded in the pool first), or what failed where."""
     seconds = {key: round(value, 3) for key, value in device.seconds.items()}
@@ -322,6 +346,9 @@ def _device_report(
             "adaptation": _key_name(device.adaptation_key),
             "export": _key_name(device.export_key),
             "scoring_reused": device.scoring_reused,
+            # benched in turn with these devices (one machine), within this window of the fleet's run
+            "shares_machine_with": device.shares_machine_with,
+            "bench_window_s": [round(moment - started, 3) for moment in device.bench_window or ()],
         }
         payload = report.to_dict()
         met = payload["meets_latency_target"] is not False and payload["meets_memory_budget"] is not False
@@ -343,61 +370,6 @@ def _key_name(key: tuple[Any, ...] | None) -> str:
 
 
 # --- running device work concurrently, and stopping it ----------------------------------------------------
-
-
-def _concurrently(
-    stage: str, devices: Sequence[FleetDevice], work: Callable[[FleetDevice], None], bound: int
-) -> None:
-    """work(device) for every device, at most `bound` at once. An interruption of the calling thread (Ctrl-C,
-    SIGTERM) interrupts every worker where it is, waits for them to unwind (their transports stop the device
-    work and close), and is raised again."""
-    if not devices:
-        return
-    working: dict[int, int] = {}  # thread ident -> native id, while a worker runs a device's work
-    lock = threading.Lock()
-
-    def guarded(device: FleetDevice) -> None:
-        with lock:
-            working[threading.get_ident()] = threading.get_native_id()
-        try:
-            work(device)
-        except Exception as error:  # noqa: BLE001 (closing this device's link failed: its failure alone)
-            device.fail(stage, error)
-        finally:
-            with lock:
-                working.pop(threading.get_ident(), None)
-
-    executor = ThreadPoolExecutor(max_workers=max(1, bound), thread_name_prefix="edge-smsp-device")
-    futures = [executor.submit(guarded, device) for device in devices]
-    try:
-        for future in futures:
-            future.result()
-    except BaseException:
-        for future in futures:
-            future.cancel()
-        with lock:
-            for ident, native_id in working.items():
-                _interrupt_thread(ident, native_id)
-        executor.shutdown(wait=True)
-        raise
-    executor.shutdown(wait=True)
-
-
-def _interrupt_thread(ident: int, native_id: int) -> None:
-    """Raise KeyboardInterrupt in a worker thread at its next Python instruction, and stop the local device
-    commands it is waiting on (each its own process group: the local transport starts them in a new session),
-    so that a wait in C returns and the interruption is handled where the transport expects it."""
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), ctypes.py_object(KeyboardInterrupt))
-    try:
-        children = Path(f"/proc/self/task/{native_id}/children").read_text().split()
-    except OSError:
-        return
-    for pid in map(int, children):
-        with contextlib.suppress(OSError):
-            if os.getpgid(pid) == pid:
-                os.killpg(pid, signal.SIGTERM)
-            else:
-                os.kill(pid, signal.SIGTERM)
 
 
 def _guarded(device: FleetDevice, stage: str, step: Callable[[], Any]) -> Any:

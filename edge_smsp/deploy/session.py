@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_smsp.core.errors import ExportError
-from edge_smsp.core.fileio import checked_output_path
+from edge_smsp.core.fileio import Undo, checked_output_path, removed_on_failure
 from edge_smsp.deploy import steps as stages
 from edge_smsp.deploy.bench import BenchSettings, DeviceRun, bench_model, run_bench
 from edge_smsp.deploy.calibration import calibrate
@@ -37,11 +37,17 @@ __all__ = [
 
 def deploy(request: DeployRequest, *, on_stage: Callable[[str], None] | None = None) -> DeployReport:
     """Connect, check the device, plan the ratio (unless the config gives one), adapt, export, ship, bench,
-    record and report; `on_stage` hears each stage's name as it starts."""
+    record and report; `on_stage` hears each stage's name as it starts. A deploy that fails before its model is
+    exported leaves no out dir (nor anything new in an existing one); after, the exported model stays there."""
+    checked_output_path(request.out_dir, directory=True)  # made once the device answered: no empty out dir
+    with removed_on_failure(request.out_dir) as undo:
+        return _deploy(request, on_stage, undo)
+
+
+def _deploy(request: DeployRequest, on_stage: Callable[[str], None] | None, undo: Undo) -> DeployReport:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     stage = stage_timer(timings, on_stage)
-    checked_output_path(request.out_dir, directory=True)  # made once the device answered: no empty out dir
     with stage("connect"):
         transport = stages.connect(request.profile, request.trust_new_host)
     with transport:
@@ -63,6 +69,7 @@ def deploy(request: DeployRequest, *, on_stage: Callable[[str], None] | None = N
         )
         with stage("export"):
             exported = stages.export(request, adaptation, device, choice)
+        undo.keep()  # a whole model and its card: a failed upload or bench leaves them for `edge-smsp bench`
         with stage("upload"):
             remote_model = stages.upload(transport, exported.onnx)
         with stage("bench"):

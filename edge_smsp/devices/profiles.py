@@ -164,9 +164,16 @@ def resolve_profile_path(name_or_path: str | Path) -> Path:
         stem = text[: -len(".yaml")] if text.endswith(".yaml") else text
         if stem in bundled:
             return bundled[stem]
+        _refuse_directory(path, text)
         names = ", ".join(bundled) or "none found"
         raise ProfileError(f"profile {text!r}: no such file and not a bundled profile (bundled: {names})")
-    raise ProfileError(f"profile {text}: no such file")
+    _refuse_directory(path, text)
+    raise ProfileError(f"profile {short(text)}: no such file")
+
+
+def _refuse_directory(path: Path, text: str) -> None:
+    if path.is_dir():
+        raise ProfileError(f"profile {short(text)} is a directory: name the profile's YAML file in it")
 
 
 def load_profile(name_or_path: str | Path) -> DeviceProfile:
@@ -253,6 +260,8 @@ def load_connection_override(text: str) -> tuple[dict[str, Any], Path]:
         path: Path | None = expand_user(text)
     except EdgeSmspError:  # not a path (an inline mapping is longer than a file name may be)
         path = None
+    if path is not None and path.is_dir():
+        raise ProfileError(f"connection override {short(str(path))} is a directory: name a YAML file")
     if path is not None and path.is_file():
         try:
             document = load_yaml(_read_text(path))

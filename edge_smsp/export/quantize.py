@@ -19,6 +19,7 @@ import onnx
 
 from edge_smsp.core.errors import ExportError
 from edge_smsp.core.precisions import FP16, FP32, INT8, PRECISIONS
+from edge_smsp.export import fp16_range
 
 __all__ = ["FP16", "FP32", "INT8", "PRECISIONS", "QuantizationError", "quantize_int8", "convert_fp16"]
 # Name -> onnxruntime CalibrationMethod member. The default is chosen by benchmarks/research/int8_choices.py.
@@ -182,9 +183,11 @@ def convert_fp16(
     started = time.perf_counter()
     kwargs = {} if op_block_list is None else {"op_block_list": list(op_block_list)}
     try:
-        model = float16.convert_float_to_float16(
-            onnx.load(str(fp32_path)), keep_io_types=keep_io_types, **kwargs
-        )
+        with fp16_range.quiet():  # one warning per clipped tensor: counted below instead
+            model = float16.convert_float_to_float16(
+                onnx.load(str(fp32_path)), keep_io_types=keep_io_types, min_positive_val=fp16_range.MIN_POSITIVE,
+                max_finite_val=fp16_range.MAX_FINITE, **kwargs,
+            )  # fmt: skip
     except Exception as error:  # the converter raises bare exceptions on graphs it does not handle
         raise QuantizationError(
             f"onnxconverter-common could not convert {fp32_path}: {_first_line(error)}"
@@ -197,6 +200,7 @@ def convert_fp16(
         "keep_io_types": keep_io_types,
         "input_types": [_elem_type(v) for v in model.graph.input],
         "output_types": [_elem_type(v) for v in model.graph.output],
+        **fp16_range.truncated(source, model),
         "fp32_size_bytes": fp32_path.stat().st_size,
         "size_bytes": out_path.stat().st_size,
         "seconds": round(time.perf_counter() - started, 3),

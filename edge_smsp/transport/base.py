@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
-from edge_smsp.core.errors import TransportError
+from edge_smsp.core.errors import DeviceStackError, TransportError
 from edge_smsp.devices.profiles import ConnectionSpec
 from edge_smsp.transport.temps import HOST_ID, STALE_TEMP_SECONDS, TEMP_PREFIX, abandoned_here, temp_name
 
@@ -87,6 +87,7 @@ for i in range(0, len(args), 2):
 print(json.dumps({"present": present}))
 """
 
+_PYTHON_MARK = "edge-smsp: python runs"
 _RUN_RUNTIME = (
     "import runpy, sys; sys.path.insert(0, sys.argv.pop(1)); "
     "runpy.run_module('edge_smsp_runtime', run_name='__main__', alter_sys=True)"
@@ -298,19 +299,21 @@ class Transport(ABC):
             [self.python, "-c", python_snippet(_VERIFY_AND_RENAME), *verify_args],
             DEFAULT_TIMEOUT + total_bytes / VERIFY_BYTES_PER_SECOND,
         )
-        self._temp_paths.difference_update(verify_args[0::3])
         report = self._json_or_none(result.stdout)
         if result.rc == 3 and report and report.get("mismatches"):
+            self._temp_paths.difference_update(verify_args[0::3])  # renamed, or removed by the script
             first = report["mismatches"][0]
             raise TransportError(
                 f"upload of {first['path']} corrupted: SHA-256 on the device is {first['actual'][:16]}…, "
                 f"expected {first['expected'][:16]}… (temporary file removed; retry the upload)"
             )
-        if result.rc != 0 or report is None:
+        if result.rc != 0 or report is None:  # the temporaries stay listed: cleanup removes them
+            self._check_python_runs(result)
             raise TransportError(
                 f"verifying the upload on the device failed (exit {result.rc}): "
                 f"{self._failure_reason(result)}"
             )
+        self._temp_paths.difference_update(verify_args[0::3])
         return [final_path for _, final_path, _ in plan]
 
     def push_runtime(self) -> str:
@@ -325,12 +328,31 @@ class Transport(ABC):
             self.push_runtime() if not self._runtime_pushed else posixpath.join(self.workdir, "runtime")
         )
         result = self.run([self.python, "-c", _RUN_RUNTIME, runtime_dir, *args], timeout, cwd=self.workdir)
+        report = self._json_or_none(result.stdout) if result.rc == 0 else None
+        if not isinstance(report, dict):
+            self._check_python_runs(result)
         if result.rc != 0:
             raise TransportError(f"device runtime failed (exit {result.rc}): {self._failure_reason(result)}")
-        report = self._json_or_none(result.stdout)
         if not isinstance(report, dict):
             raise TransportError(f"device runtime printed no JSON report: {result.stdout.strip()[:120]!r}")
         return report
+
+    def _check_python_runs(self, failed: RemoteResult) -> None:
+        """After a Python script on the device failed without a word of its own: DeviceStackError naming the
+        interpreter when it cannot run even `print` (/bin/false, a shell, a missing file), so that the message
+        says what to fix rather than how the first script failed."""
+        if failed.stderr.strip() and failed.rc != 127:  # a Python that ran and said why it failed
+            return
+        probe = self.run([self.python, "-c", f"print({_PYTHON_MARK!r})"], DEFAULT_TIMEOUT)
+        if probe.rc == 0 and probe.stdout.strip() == _PYTHON_MARK:
+            return
+        said = last_line(failed.stderr) or last_line(failed.stdout)
+        raise DeviceStackError(
+            f"the device's Python {self.python!r} could not run (exit {failed.rc}"
+            + (f": {said}" if said else ", no output")
+            + "): set connection.python in the profile (or --connection) to the device's Python 3.6+ "
+            "interpreter, such as /usr/bin/python3"
+        )
 
     def _failure_reason(self, result: RemoteResult) -> str:
         reason = last_line(result.stderr) or last_line(result.stdout) or "no output"

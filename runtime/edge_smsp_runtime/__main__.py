@@ -118,7 +118,9 @@ def build_parser() -> argparse.ArgumentParser:
     infer.add_argument(
         "images", nargs="+", metavar="IMAGE", help="image files (.npy/.pgm/.ppm; more with Pillow)"
     )
-    infer.add_argument("--top-k", type=_nonnegative_int, default=5)
+    infer.add_argument(
+        "--top-k", type=_positive_int, default=5, help="labels per image, 1 to 1,000,000 (default 5)"
+    )
     _add_session_options(infer)
 
     adapt = commands.add_parser(

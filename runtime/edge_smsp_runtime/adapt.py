@@ -40,6 +40,13 @@ def check_output_path(out_path: str, bundle_directory: str) -> None:
     directory = os.path.dirname(os.path.abspath(out_path))
     if os.path.isdir(out_path):
         raise RuntimeToolError(f"--out {out_path} is a directory; give the ONNX file to write")
+    existing = directory
+    while not os.path.exists(existing) and os.path.dirname(existing) != existing:
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise RuntimeToolError(
+            f"--out {out_path}: {existing} is a file, not a folder; name a file in a folder"
+        )
     if not os.path.isdir(directory):
         raise RuntimeToolError(f"--out: directory {directory} does not exist")
     if os.path.abspath(out_path) == os.path.abspath(os.path.join(bundle_directory, "model.onnx")):

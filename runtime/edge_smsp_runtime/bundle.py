@@ -30,6 +30,8 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
+import zlib
 from typing import Any, Dict, List, Optional, Tuple
 
 from .errors import RuntimeToolError, one_line
@@ -96,6 +98,11 @@ def load_bundle(model_path: str) -> Bundle:
     try:
         with np.load(paths["params.npz"], allow_pickle=False) as archive:
             params = {name: np.array(archive[entry["key"]]) for name, entry in spec["params"].items()}
+    except (zipfile.BadZipFile, EOFError, zlib.error) as error:  # cut short in a copy, or damaged
+        raise RuntimeToolError(
+            f"{paths['params.npz']} is truncated or corrupt ({one_line(error)}): upload the bundle again (a "
+            "deploy --device-data does) or export it again on the host"
+        ) from None
     except (OSError, ValueError, KeyError) as error:
         raise RuntimeToolError(f"cannot read {paths['params.npz']}: {one_line(error)}") from None
     for name, entry in spec["writeback"].items():

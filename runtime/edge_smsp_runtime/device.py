@@ -106,4 +106,6 @@ def device_facts() -> Dict[str, Any]:
         "machine": platform.machine(),
         "system": platform.system(),
         "release": platform.release(),
+        # the running kernel: devices that report one boot id share the hardware (a fleet benches them in turn)
+        "boot_id": (_read_text("/proc/sys/kernel/random/boot_id") or "").strip() or None,
     }

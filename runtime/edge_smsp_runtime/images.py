@@ -144,6 +144,8 @@ def _read_pillow(path: str) -> Any:
 def load_image(path: str, use_pillow: bool = True) -> Any:
     """An image as float32 HxWxC in [0, 1] (C = 1 or 3)."""
     import_numpy()  # a missing numpy says so in one line
+    if os.path.isdir(path):
+        raise RuntimeToolError(f"{path} is a directory, not an image: name the image files in it")
     if not os.path.isfile(path):
         raise RuntimeToolError(f"image not found: {path}")
     if path.lower().endswith(".npy"):

@@ -240,7 +240,16 @@ def test_the_cli_flow_reports_and_stores_the_adaptation_peak(
     assert main([*argv[:-1], str(tmp_path / "out2")]) == 2
     line = capsys.readouterr().err.strip()
     assert "\n" not in line and "on-device adaptation needs" in line and "budget of 40.0 MiB" in line
+    assert "adapt_memory_budget" in line
     assert sorted(os.listdir(tmp_path / "w2")) == ["runtime"]
+    # What the adaptation may use is its own key when the profile has one: here it, not the 1 GiB, refuses.
+    tight.update(memory_budget="1GiB", adapt_memory_budget="48MiB")
+    tight["connection"]["workdir"] = str(tmp_path / "w3")
+    profile.write_text(yaml.safe_dump(tight))
+    assert main([*argv[:-1], str(tmp_path / "out3")]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "on-device adaptation needs" in line and "budget of 48.0 MiB" in line
+    assert not (tmp_path / "out3").exists()
 
 
 def _bad_folder(kind: str, root: Path, images: Path) -> Path:

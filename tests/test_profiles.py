@@ -100,6 +100,11 @@ def test_bundled_profiles_carry_their_devices_software_stack(name: str) -> None:
             "5 gigs",
             "memory_budget: cannot parse '5 gigs' (use 512MiB, 2GiB or a MiB integer)",
         ),
+        (
+            ("adapt_memory_budget",),
+            "lots",
+            "adapt_memory_budget: cannot parse 'lots' (use 512MiB, 2GiB or a MiB integer)",
+        ),
         (("threads",), "four", "threads: must be an integer"),
         (("threads",), 0, "threads: must be 1-256"),
         (("input_size",), 22.5, "input_size: must be an integer"),
@@ -144,6 +149,17 @@ def test_invalid_field_names_its_path(
     assert message in text
     assert "\n" not in text
     assert str(tmp_path / "device.yaml") in text
+
+
+def test_adaptation_budget_is_its_own_key_or_the_inference_budget(tmp_path: Path) -> None:
+    document = _document()
+    plain = load_profile(_write(tmp_path, document))
+    assert plain.adapt_memory_budget_bytes is None
+    assert plain.adaptation_budget_bytes == plain.memory_budget_bytes
+    document["adapt_memory_budget"] = "768MiB"
+    roomy = load_profile(_write(tmp_path, document))
+    assert roomy.adaptation_budget_bytes == 768 * 2**20 != roomy.memory_budget_bytes
+    assert roomy.to_dict()["adapt_memory_budget_bytes"] == 768 * 2**20
 
 
 @pytest.mark.parametrize("missing", ["name", "memory_budget", "providers", "connection", "latency_target_ms"])

@@ -321,7 +321,7 @@ def _fit_memory(
 ) -> AdaptMemory:
     return fit_adapt_memory(
         sizes,
-        checked.profile.memory_budget_bytes,
+        checked.profile.adaptation_budget_bytes,
         trainable_blocks=blocks,
         train_counts=[int(count) for count in scanned["train_counts"]],
         val_counts=[int(count) for count in scanned["val_counts"]],

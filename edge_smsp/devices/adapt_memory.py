@@ -178,7 +178,8 @@ def fit_adapt_memory(
             f"the torch tier needs {smallest.peak_bytes / MIB:.1f} MiB even with {MIN_IMAGES_PER_CLASS} images per "
             f"class (runtime with torch {smallest.runtime_bytes / MIB:.1f} MiB, model {smallest.params_bytes / MIB:.1f} "
             f"MiB, a training batch {smallest.working_bytes / MIB:.1f} MiB), over the profile's budget of "
-            f"{budget_bytes / MIB:.1f} MiB: use --device-train light, a smaller --batch-size, or prune more (--ratio)"
+            f"{budget_bytes / MIB:.1f} MiB: use --device-train light, a smaller --batch-size, prune more (--ratio), "
+            "or raise the profile's adapt_memory_budget"
         )
     if smallest.peak_bytes > budget_bytes:
         raise PlanError(
@@ -186,7 +187,8 @@ def fit_adapt_memory(
             f"{MIN_IMAGES_PER_CLASS} images per class (runtime {smallest.runtime_bytes / MIB:.1f} MiB, model "
             f"{smallest.params_bytes / MIB:.1f} MiB, working set {smallest.working_bytes / MIB:.1f} MiB at "
             f"--trainable-blocks {trainable_blocks}), over the profile's budget of {budget_bytes / MIB:.1f} MiB: "
-            "train fewer blocks, prune more (--ratio), or adapt on the host"
+            "train fewer blocks, prune more (--ratio), raise the profile's adapt_memory_budget (what adaptation "
+            "may use, default memory_budget), or adapt on the host"
         )
     low, high = MIN_IMAGES_PER_CLASS, max([*train_counts, *val_counts])
     while low < high:  # the largest cap that fits

@@ -82,11 +82,19 @@ class DeviceProfile:
     max_opset: int | None = None
     runtime: str = DEFAULT_BACKEND  # the device runtime's inference engine (edge_smsp_runtime.backends)
     precision: str = DEFAULT_PRECISION  # fp32 | int8 | fp16, or auto: the planner chooses with the ratio
+    # Peak resident memory of an on-device adaptation (deploy --device-data), a one-off run while the app is not
+    # running; None: the inference budget.
+    adapt_memory_budget_bytes: int | None = None
     source: Path | None = field(default=None, compare=False)
 
     @property
     def memory_budget_mib(self) -> float:
         return self.memory_budget_bytes / MIB
+
+    @property
+    def adaptation_budget_bytes(self) -> int:
+        """What an on-device adaptation may use: adapt_memory_budget, or the inference budget without one."""
+        return self.adapt_memory_budget_bytes or self.memory_budget_bytes
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able view (paths as strings, memory in bytes)."""
@@ -110,6 +118,7 @@ class DeviceProfile:
             "max_opset": self.max_opset,
             "runtime": self.runtime,
             "precision": self.precision,
+            "adapt_memory_budget_bytes": self.adapt_memory_budget_bytes,
             "connection": connection,
             "source": None if self.source is None else str(self.source),
         }
@@ -201,6 +210,7 @@ def profile_from_dict(
     _reject_unknown(document, _TOP_LEVEL_KEYS, "")
     _require(document, _REQUIRED_KEYS, "")
     overhead = document.get("runtime_overhead")
+    adapt_budget = document.get("adapt_memory_budget")
     return DeviceProfile(
         name=_name(document["name"], "name"),
         description=_string(document.get("description", ""), "description", allow_empty=True),
@@ -220,6 +230,9 @@ def profile_from_dict(
         max_opset=_max_opset(document.get("max_opset")),
         runtime=_choice(document.get("runtime", DEFAULT_BACKEND), tuple(backend_names()), "runtime"),
         precision=_choice(document.get("precision", DEFAULT_PRECISION), (*PRECISIONS, AUTO), "precision"),
+        adapt_memory_budget_bytes=None
+        if adapt_budget is None
+        else parse_memory(adapt_budget, "adapt_memory_budget"),
         connection=_connection(document["connection"], base_dir),
         source=source,
     )
@@ -311,6 +324,7 @@ _TOP_LEVEL_KEYS = (
     "max_opset",
     "runtime",
     "precision",
+    "adapt_memory_budget",
 )
 
 

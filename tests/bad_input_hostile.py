@@ -36,6 +36,7 @@ LOCAL_BENCH = (*BENCH, "--profile", "{w}/local.yaml")
 RT_BENCH = ("bench", "--model", "{w}/tiny.onnx", "--runs", "3", "--min-seconds", "0")
 RT_INFER = ("infer", "--model", "{w}/tiny.onnx")
 DEPLOY_POOL = ("--pool", "{w}/deploy-pool.sqlite", "--ratio", "0.5")  # a pool that exists: a plan reads it
+RT_ADAPT = ("adapt", "--model", "{w}/bundle", "--data", "{w}/device-images", "--iters", "1")
 RT_TORCH_ADAPT = ("adapt", "--tier", "torch", "--model", "{w}/model", "--data", "{w}/adir", "--out", "{w}/adapted.onnx", "--iters", "1")  # fmt: skip
 
 PROFILE_VARIANTS = {  # file stem -> YAML lines replacing the base profile's
@@ -69,6 +70,9 @@ CONNECTION_VARIANTS = {
     "known-hosts-fifo": {"known_hosts": "{w}/fifo"},
     "known-hosts-loop": {"known_hosts": "{w}/loop-a"},
     "not-ssh": {"port": "{not_ssh}"},
+    "known-hosts-utf-16": {"known_hosts": "{w}/utf-16.yaml"},
+    "known-hosts-under-a-file": {"known_hosts": "{w}/afile/known_hosts"},
+    "python-false": {"python": "/usr/bin/false"},
 }
 PRUNED_JSON_VARIANTS = {  # saved-model copies whose pruned.json is broken one way
     "classes-huge": lambda meta: {**meta, "num_classes": 10**12},
@@ -78,6 +82,7 @@ PRUNED_JSON_VARIANTS = {  # saved-model copies whose pruned.json is broken one w
     "size-huge": lambda meta: {**meta, "image_size": 10**9},
     "backbone-list": lambda meta: {**meta, "backbone": ["resnet18"]},
     "kept-list": lambda meta: {**meta, "kept_indices": [1, 2]},
+    "version-newer": lambda meta: {**meta, "version": 99},
 }
 ONNX_METADATA_VARIANTS = {  # tiny.onnx copies with one metadata value broken
     "mean-nan": {"mean": "[NaN, 0.5, 0.5]"},
@@ -249,7 +254,7 @@ HOSTILE_CASES = [
     ],
     # --- 5. the sweep's last unclean ends: nothing half-written, checks before uploads, messages that say why ---
     Case("hostile-device-data-over-budget-leaves-no-out", (*DEPLOY, *DEPLOY_POOL, "--profile", "{w}/tight.yaml", "--device-data", "{w}/device-images", "--device-train", "light", "--out", "{s}/out"), "on-device adaptation needs"),
-    Case("hostile-time-budget-too-small-leaves-no-out", (*DEPLOY, *DEPLOY_POOL, "--profile", "{w}/local.yaml", "--time-budget", "0.001", "--out", "{s}/out"), "time budget 0.001 s leaves no time"),
+    Case("hostile-time-budget-too-small-leaves-no-out", (*DEPLOY, *DEPLOY_POOL, "--profile", "{w}/local.yaml", "--time-budget", "0.001", "--out", "{s}/out"), "time budget 0.001 s leaves no time", fresh_process=True),
     Case("hostile-bench-python-cannot-run", ("bench", "--profile", "{w}/python-false.yaml", "--model", "{w}/tiny.onnx"), "Python '/bin/false' could not run"),
     Case("hostile-bench-profile-twice", (*LOCAL_BENCH, "--profile", "{w}/wrong-python.yaml"), "--profile: given more than once"),
     Case("hostile-bench-opset-newer-than-the-device-runs", ("bench", "--profile", "{w}/local.yaml", "--model", "{w}/opset-40.onnx"), "the model would be opset 40"),
@@ -259,6 +264,45 @@ HOSTILE_CASES = [
     Case("hostile-runtime-adapt-params-truncated", ("adapt", "--model", "{w}/bundle-cut", "--data", "{w}/device-images", "--iters", "1", "--out", "{s}/a.onnx"), "params.npz is truncated or corrupt", runtime=True),
     Case("hostile-runtime-adapt-out-under-a-file", ("adapt", "--model", "{w}/bundle-cut", "--data", "{w}/device-images", "--iters", "1", "--out", "{w}/afile/a.onnx"), "afile is a file, not a folder", runtime=True),
     Case("hostile-runtime-infer-a-directory", (*RT_INFER, "{w}/adir"), "adir is a directory, not an image", runtime=True),
+    # --- 6. the runtime's last sweep: special files as outputs and inputs, garbage models, what infer can score ---
+    Case("hostile-runtime-adapt-out-fifo", (*RT_ADAPT, "--out", "{w}/fifo"), "fifo is a FIFO, not a regular file: refusing to replace it", runtime=True),
+    Case("hostile-runtime-adapt-out-symlink-loop", (*RT_ADAPT, "--out", "{w}/loop-a"), "loop-a is a symlink loop", runtime=True),
+    Case("hostile-runtime-adapt-out-empty", (*RT_ADAPT, "--out", ""), "--out: expected a file name", runtime=True),
+    Case("hostile-runtime-bench-zero-filled", (*RT_BENCH[:2], "{w}/zeros.onnx", *RT_BENCH[3:]), r"zeros.onnx: not an ONNX model \(a field number of 0\)", runtime=True),
+    Case("hostile-runtime-bench-over-2-gib", (*RT_BENCH[:2], "{w}/sparse-3g.onnx", *RT_BENCH[3:]), "not an ONNX model .*over protobuf's 2 GiB limit", runtime=True),
+    Case("hostile-runtime-bench-model-a-directory", (*RT_BENCH[:2], "{w}/adir", *RT_BENCH[3:]), "adir is a directory, not a regular file", runtime=True),
+    Case("hostile-runtime-bench-model-fifo", (*RT_BENCH[:2], "{w}/fifo", *RT_BENCH[3:]), "fifo is a FIFO, not a regular file", runtime=True),
+    Case("hostile-runtime-bench-model-symlink-loop", (*RT_BENCH[:2], "{w}/loop-a", *RT_BENCH[3:]), "loop-a is a symlink loop", runtime=True),
+    Case("hostile-runtime-bench-empty-graph", (*RT_BENCH[:2], "{w}/empty-graph.onnx", *RT_BENCH[3:]), "cannot load model", runtime=True),
+    Case("hostile-runtime-infer-image-fifo", (*RT_INFER, "{w}/fifo"), "fifo is a FIFO, not a regular file", runtime=True),
+    Case("hostile-runtime-infer-not-a-classifier", ("infer", "--model", "{w}/identity.onnx", "{w}/image.npy"), r"shape \[1, 3, 8, 8\]; infer needs \(batch, classes\)", runtime=True),
+    Case("hostile-runtime-scan-data-a-file", ("scan", "--data", "{w}/afile"), "afile is a file where a folder is expected", runtime=True),
+    Case("hostile-runtime-scan-train-without-val", ("scan", "--data", "{w}/train-only"), "train-only has train/ but no val/", runtime=True),
+    # --- 7. the host's last sweep: sizes no budget holds, providers the device lacks, empty strings, conflicts ---
+    Case("hostile-deploy-image-size-over-the-memory-budget", (*DEPLOY, *DEPLOY_POOL, "--profile", "{w}/tight.yaml", "--image-size", "4096", "--out", "{s}/out"), r"input tensor alone \(1 x 3 x 4096 x 4096 x 4 bytes = 192\.0 MiB\) exceeds .*use a smaller --image-size"),
+    Case("hostile-deploy-device-has-none-of-the-providers", (*DEPLOY, *DEPLOY_POOL, "--profile", "{w}/cuda-only.yaml", "--out", "{s}/out"), r"none of its profile's providers \(CUDAExecutionProvider\); it has .*CPUExecutionProvider"),
+    Case("hostile-deploy-profile-empty", (*DEPLOY, "--profile", "", "--out", "{s}/out"), "--profile: must not be empty"),
+    Case("hostile-bench-profile-empty", ("bench", "--profile", "", "--model", "{w}/tiny.onnx"), "--profile: must not be empty"),
+    Case("hostile-connection-empty", (*LOCAL_BENCH, "--connection", ""), "connection override is empty"),
+    Case("hostile-deploy-device-data-empty", (*DEPLOY, "--profile", "{w}/local.yaml", "--device-data", "", "--out", "{s}/out"), "--device-data: must not be empty"),
+    Case("hostile-profile-symlink-loop", ("bench", "--profile", "{w}/loop-a", "--model", "{w}/tiny.onnx"), "loop-a is a symlink loop"),
+    Case("hostile-profile-fifo", ("bench", "--profile", "{w}/fifo", "--model", "{w}/tiny.onnx"), "fifo is a FIFO, not a regular file"),
+    Case("hostile-profile-dev-null", ("bench", "--profile", "/dev/null", "--model", "{w}/tiny.onnx"), "/dev/null is a character device, not a regular file"),
+    Case("hostile-profile-dev-zero", (*DEPLOY, "--profile", "/dev/zero", "--out", "{s}/out"), "/dev/zero is a character device, not a regular file"),
+    Case("hostile-profile-latin-1", ("bench", "--profile", "{w}/latin-1.yaml", "--model", "{w}/tiny.onnx"), "not UTF-8 text.*save it as UTF-8"),
+    Case("hostile-profile-utf-16", ("bench", "--profile", "{w}/utf-16.yaml", "--model", "{w}/tiny.onnx"), "not UTF-8 text.*save it as UTF-8"),
+    Case("hostile-connection-utf-16", (*LOCAL_BENCH, "--connection", "{w}/utf-16.yaml"), "not UTF-8 text.*save it as UTF-8"),
+    Case("hostile-connection-fifo", (*LOCAL_BENCH, "--connection", "{w}/fifo"), "fifo is a FIFO, not a regular file"),
+    Case("hostile-ssh-known-hosts-utf-16", ("bench", "--profile", "{w}/ssh-known-hosts-utf-16.yaml", "--model", "{w}/tiny.onnx"), "is not UTF-8 text .*save it as UTF-8"),
+    Case("hostile-deploy-trainable-blocks-without-device-data", (*DEPLOY, "--profile", "{w}/local.yaml", "--trainable-blocks", "3", "--out", "{s}/out"), "--trainable-blocks acts on --device-data only"),
+    Case("hostile-deploy-device-train-without-device-data", (*DEPLOY, "--profile", "{w}/local.yaml", "--device-train", "torch", "--out", "{s}/out"), "--device-train acts on --device-data only"),
+    Case("hostile-deploy-classes-with-device-data", (*DEPLOY, "--profile", "{w}/local.yaml", "--device-data", "{w}/device-images", "--classes", "0,2,4", "--out", "{s}/out"), "--classes: with --device-data the device's class folders are the task"),
+    Case("hostile-prune-round-to-huge", (*PRUNE, "--round-to", "100000", "--out", "{s}/o"), "--round-to: must be an integer from 1 to 1,024"),
+    Case("hostile-build-rounds-over-iters", ("pool", "build", "--tasks", "2", "--ratio", "0.5", "--iters", "1", "--rounds", "50", "--pool", "{s}/p.sqlite", "--image-size", "32"), "--rounds 50 is more than --iters 1"),
+    Case("hostile-export-pruned-json-newer-version", ("export", "--model-dir", "{w}/model-version-newer", "--out", "{s}/m.onnx"), "format version 99, newer than this edge-smsp reads"),
+    Case("hostile-local-workdir-a-file", ("bench", "--profile", "{w}/workdir-a-file.yaml", "--model", "{w}/tiny.onnx"), "afile is a file, not a folder"),
+    Case("hostile-trust-known-hosts-under-a-file", ("bench", "--profile", "{w}/ssh-known-hosts-under-a-file.yaml", "--model", "{w}/tiny.onnx", "--trust-new-host"), "afile is a file, not a folder"),
+    Case("hostile-ssh-python-cannot-run", ("bench", "--profile", "{w}/ssh-python-false.yaml", "--model", "{w}/tiny.onnx"), "the device's Python '/usr/bin/false' could not run .*set connection.python"),
 ]  # fmt: skip
 
 
@@ -419,6 +463,21 @@ def _runtime_inputs(world: Path) -> None:
     onnx.save(
         helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(world / "no-inputs.onnx")
     )
+    (world / "zeros.onnx").write_bytes(bytes(1 << 20))
+    with open(world / "sparse-3g.onnx", "wb") as stream:  # sparse: no disk, but 3 GiB of zeros to a reader
+        stream.truncate(3 << 30)
+    opset = [helper.make_opsetid("", 17)]
+    onnx.save(
+        helper.make_model(helper.make_graph([], "empty", [], []), opset_imports=opset),
+        str(world / "empty-graph.onnx"),
+    )
+    image = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    same = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])
+    identity = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [image], [same])
+    onnx.save(helper.make_model(identity, opset_imports=opset), str(world / "identity.onnx"))
+    for split_class in ("a", "b"):
+        (world / "train-only" / "train" / split_class).mkdir(parents=True)
+        np.save(world / "train-only" / "train" / split_class / "0.npy", np.zeros((8, 8), dtype=np.uint8))
 
 
 def _last_sweep_inputs(world: Path, local: dict) -> None:
@@ -430,6 +489,12 @@ def _last_sweep_inputs(world: Path, local: dict) -> None:
 
     image_folder(world / "device-images", [0, 2, 4], 5, fmt="pgm", split=True)
     (world / "tight.yaml").write_text(_profile_lines(local, {"memory_budget": "40MiB"}))
+    (world / "cuda-only.yaml").write_text(_profile_lines(local, {"providers": "[CUDAExecutionProvider]"}))
+    (world / "latin-1.yaml").write_bytes(_profile_lines(local, {"name": "caf\xe9"}).encode("latin-1"))
+    (world / "utf-16.yaml").write_bytes(_profile_lines(local).encode("utf-16"))
+    small_board_profile(
+        world / "workdir-a-file.yaml", "hostile-workdir-file", {**local, "workdir": str(world / "afile")}
+    )
     small_board_profile(
         world / "python-false.yaml", "hostile-python-false", {**local, "python": "/bin/false"}
     )
@@ -440,5 +505,8 @@ def _last_sweep_inputs(world: Path, local: dict) -> None:
     bundle_from_onnx(
         unfused, world / "bundle-cut", labels=labels, mean=[0.5] * 3, std=[0.25] * 3, input_size=32
     )
+    shutil.copytree(
+        world / "bundle-cut", world / "bundle"
+    )  # a whole bundle; bundle-cut's params are cut below
     params = world / "bundle-cut" / "params.npz"
     params.write_bytes(params.read_bytes()[: params.stat().st_size // 2])

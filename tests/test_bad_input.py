@@ -415,6 +415,21 @@ def run_case(
         except subprocess.TimeoutExpired:
             return Ending(None, "", "")
         return Ending(done.returncode, done.stdout, done.stderr)
+    if case.fresh_process:
+        try:
+            done = subprocess.run(
+                [sys.executable, "-m", "edge_smsp", *argv],
+                cwd=sandbox / "cwd",
+                # Python's bytecode cache is not the case's output (a fork inherits this setting from the suite)
+                env={**_environment(sandbox / "home", case.env), "PYTHONDONTWRITEBYTECODE": "1"},
+                capture_output=True,
+                text=True,
+                timeout=CASE_TIMEOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        except subprocess.TimeoutExpired:
+            return Ending(None, "", "")
+        return Ending(done.returncode, done.stdout, done.stderr)
     from edge_smsp.cli import main
 
     stdout_path = case.stdout.format(**values) if case.stdout else None
@@ -643,3 +658,22 @@ def test_a_failed_block_removes_only_what_it_made(tmp_path: Path) -> None:
         undo.keep()  # a later failure (the upload) leaves it
         raise RuntimeError
     assert sorted(os.listdir(tmp_path)) == ["existing", "kept-on-success", "kept-once-whole"]
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["-m", "edge_smsp_runtime", "info"], ["-m", "edge_smsp", "models"]],
+    ids=["runtime-info", "host-models"],
+)
+def test_closed_stdout_is_one_line_exit_2(argv: list[str], tmp_path: Path) -> None:
+    """Started with stdout closed (`>&-`), Python sets sys.stdout to None: said in one line, not a traceback."""
+    done = subprocess.run(
+        [sys.executable, *argv],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_environment(tmp_path / "home"),
+        preexec_fn=lambda: os.close(1),
+    )
+    lines = done.stderr.splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "stdout is closed" in lines[0], done.stderr

@@ -134,6 +134,33 @@ def test_device_that_cannot_run_the_model_fails_in_one_line(
     assert "\n" not in str(caught.value) and str(caught.value).startswith(device.name)
 
 
+def test_a_device_with_none_of_the_profiles_providers_is_refused(host_info: dict[str, Any]) -> None:
+    document = _profile_without_opset().to_dict()
+    cuda_only = profile_from_dict(
+        {
+            key: value
+            for key, value in document.items()
+            if key in ("name", "latency_target_ms", "latency_percentile", "input_size", "threads")
+        }
+        | {
+            "memory_budget": document["memory_budget_bytes"] // 1024**2,
+            "throughput_gmacs": document["throughput_gmacs"],
+            "providers": ["CUDAExecutionProvider"],
+            "connection": {"transport": "local"},
+        }
+    )
+    with pytest.raises(DeviceStackError) as caught:
+        check_device_stack(_as_if(host_info, available_providers=["CPUExecutionProvider"]), cuda_only, 18)
+    assert str(caught.value).startswith(cuda_only.name) and "\n" not in str(caught.value)
+    assert "none of its profile's providers (CUDAExecutionProvider); it has CPUExecutionProvider" in str(
+        caught.value
+    )
+    # One available provider in the list is enough, wherever it stands (the Jetson Nano's CPU after TensorRT/CUDA).
+    check_device_stack(
+        _as_if(host_info, available_providers=["CPUExecutionProvider"]), load_profile("jetson_nano"), 15
+    )
+
+
 def test_report_of_an_older_runtime_is_named(host_info: dict[str, Any]) -> None:
     old = {key: value for key, value in host_info.items() if key not in ("max_opset", "engine_version")}
     with pytest.raises(

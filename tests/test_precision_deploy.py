@@ -104,6 +104,7 @@ def test_fp16_export_loads_in_onnxruntime_and_agrees_within_the_stated_tolerance
     fp32_logits = predict_logits(report["fp32_onnx_path"], _val_images(adapted)[:20])
     allowed = agreement["allowed_max_abs_logit_diff"]  # FP16_LOGIT_TOLERANCE x the largest |fp32 logit| seen
     assert agreement["max_abs_logit_diff"] <= allowed >= FP16_LOGIT_TOLERANCE
+    assert agreement["mean_abs_logit_diff"] <= agreement["allowed_mean_abs_logit_diff"]
     fp16_logits = predict_logits(out, _val_images(adapted)[:20])  # loads and runs in onnxruntime
     assert abs(fp16_logits - fp32_logits).max() <= allowed
     assert (fp16_logits.argmax(1) == fp32_logits.argmax(1)).mean() >= 0.95

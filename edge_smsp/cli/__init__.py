@@ -36,6 +36,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # --help, --version, or a usage error already printed as one line
         return int(stop.code or 0)
+    if sys.stdout is None:  # started with stdout closed: say so before any work, not in a traceback after it
+        print("edge-smsp: error: stdout is closed; run it with stdout open", file=sys.stderr)
+        return 2
     # SIGTERM unwinds like Ctrl-C, so that every `finally` runs: device work is stopped, temporaries removed.
     with terminate_on_sigterm():
         try:

@@ -236,7 +236,7 @@ def add_adapt_arguments(parser: argparse.ArgumentParser, *, ratio_help: str | No
         default="masks",
         help="sum the entries' binary masks (the paper) or their real-valued unit scores",
     )
-    add_round_to_argument(parser, help_text="kept channels rounded to a multiple (1: off)")
+    add_round_to_argument(parser, help_text="kept channels rounded to a multiple, 1 to 1,024 (1: off)")
     parser.add_argument(
         "--time-budget",
         type=number_in_range(0.0, 86400.0, above=True),
@@ -311,7 +311,7 @@ def add_recovery_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_round_to_argument(parser: argparse.ArgumentParser, help_text: str | None = None) -> None:
     """--round-to N (prune's channel rounding)."""
-    parser.add_argument("--round-to", type=int_at_least(1), default=8, help=help_text)
+    parser.add_argument("--round-to", type=int_in_range(1, 1024), default=8, help=help_text)
 
 
 def config_from_args(args: argparse.Namespace) -> AdaptConfig:

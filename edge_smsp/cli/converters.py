@@ -50,6 +50,13 @@ def int_in_range(minimum: int, maximum: int) -> Callable[[str], int]:
     return parse
 
 
+def nonempty_arg(text: str) -> str:
+    """A name that must not be empty ('' would mean the working directory, or nothing at all)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty: name a file, folder or bundled profile")
+    return text
+
+
 def int_at_least(minimum: int) -> Callable[[str], int]:
     """A converter for integers >= minimum (and below a bound no command gets near)."""
     return int_in_range(minimum, 2**63 - 1)

@@ -23,13 +23,15 @@ from edge_smsp.cli.args import (
 )
 from edge_smsp.cli.converters import (
     GivenOnce,
+    classes_arg,
     model_dir_arg,
+    nonempty_arg,
     onnx_file_arg,
     opset_arg,
     out_dir_arg,
     out_file_arg,
 )
-from edge_smsp.cli.device_deploy import add_device_data_arguments, run_device_deploy
+from edge_smsp.cli.device_deploy import add_device_data_arguments, check_device_data_args, run_device_deploy
 from edge_smsp.cli.fleet_deploy import add_fleet_arguments, fleet_requested, run_fleet_deploy
 from edge_smsp.cli.output import print_json, show_progress
 from edge_smsp.cli.precision_output import (
@@ -159,6 +161,7 @@ def register_deploy(subcommands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--profile",
+        type=nonempty_arg,
         action="append",
         default=None,
         metavar="P",
@@ -200,7 +203,8 @@ def register_deploy(subcommands: argparse._SubParsersAction) -> None:
     add_device_data_arguments(parser)
     add_fleet_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
-    parser.set_defaults(handler=run_deploy)
+    # classes None: not given (DEFAULT_CLASSES, unless --device-data, whose folders name the classes).
+    parser.set_defaults(handler=run_deploy, classes=None)
 
 
 def register_bench(subcommands: argparse._SubParsersAction) -> None:
@@ -213,6 +217,7 @@ def register_bench(subcommands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--profile",
+        type=nonempty_arg,
         required=True,
         action=GivenOnce,
         metavar="P",
@@ -228,9 +233,13 @@ def run_deploy(args: argparse.Namespace) -> int:
     """Handler of `edge-smsp deploy`."""
     import sys
 
+    from edge_smsp.devices.profiles import check_input_fits
     from edge_smsp.devices.stack import device_opset
     from edge_smsp.pool import Pool
 
+    check_device_data_args(args)
+    if args.device_data is None and args.classes is None:
+        args.classes = classes_arg(DEFAULT_CLASSES)
     if fleet_requested(args):
         return run_fleet_deploy(args)
     args.profile = args.profile[0]
@@ -238,6 +247,7 @@ def run_deploy(args: argparse.Namespace) -> int:
     device_opset(args.opset, profile)
     if args.image_size is None:
         args.image_size = profile.input_size
+    check_input_fits(profile, args.image_size)  # before data, torch or a forward pass at that size
     if args.device_data is not None:  # the task's images stay on the device: it adapts the model itself
         if args.precision not in (None, FP32):
             raise ExportError(

@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from edge_smsp.cli.args import backbone_from_args, bench_settings_from_args, config_from_args, pool_path
-from edge_smsp.cli.converters import int_in_range
+from edge_smsp.cli.converters import int_in_range, nonempty_arg
 from edge_smsp.cli.output import print_json, show_progress
+from edge_smsp.core.errors import DataError
 from edge_smsp.devices.profiles import DeviceProfile
 
 
@@ -19,6 +20,7 @@ def add_device_data_arguments(parser: argparse.ArgumentParser) -> None:
     """--device-data DIR and the light tier's knobs."""
     parser.add_argument(
         "--device-data",
+        type=nonempty_arg,
         default=None,
         metavar="DIR",
         help="an ImageFolder ON THE DEVICE (train/ and val/, or class folders): the device describes the task, "
@@ -40,6 +42,28 @@ def add_device_data_arguments(parser: argparse.ArgumentParser) -> None:
         "--trainable-blocks), torch (every parameter, the host's recipe; needs torch there, not edge-smsp), or "
         "auto: torch when the device's `info` reports torch and its memory plan fits (default)",
     )
+
+
+def check_device_data_args(args: argparse.Namespace) -> None:
+    """--trainable-blocks and --device-train act with --device-data only; with it, the device's folders name the
+    classes, so --classes would be ignored: each refused in one line rather than silently dropped."""
+    if args.device_data is None:
+        given = [
+            flag
+            for flag, value in (
+                ("--trainable-blocks", args.trainable_blocks),
+                ("--device-train", args.device_train),
+            )
+            if value not in (None, "auto")
+        ]
+        if given:
+            raise DataError(
+                f"{given[0]} acts on --device-data only: add --device-data DIR or drop {given[0]}"
+            )
+    elif args.classes is not None:
+        raise DataError(
+            "--classes: with --device-data the device's class folders are the task; drop --classes"
+        )
 
 
 def run_device_deploy(args: argparse.Namespace, profile: DeviceProfile) -> int:

@@ -42,7 +42,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
         required=True,
         help="how units are scored (--method: its old name, kept for one release)",
     )
-    add_round_to_argument(prune, help_text="round kept channel counts to a multiple (1: off)")
+    add_round_to_argument(prune, help_text="round kept channel counts to a multiple, 1 to 1,024 (1: off)")
     add_seed_argument(prune, help_text="seed of the random method")
     prune.add_argument(
         "--out", required=True, type=out_dir_arg, help="directory for model.safetensors and pruned.json"

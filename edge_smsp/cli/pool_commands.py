@@ -18,10 +18,11 @@ from edge_smsp.cli.args import (
 )
 from edge_smsp.cli.converters import MAX_ITERS, MAX_TASKS, int_in_range, path_arg, ratio_arg
 from edge_smsp.cli.output import print_json, show_progress
-from edge_smsp.core.errors import NoPoolEntriesError
+from edge_smsp.core.errors import NoPoolEntriesError, PruneError
 from edge_smsp.criteria import SCRATCH, criterion_names
 from edge_smsp.pool import Pool, check_pool_file
 
+DEFAULT_ROUNDS = 4  # pool build's pruning rounds unless --rounds says
 LOCAL_RAY = "local"  # --ray without an address: start a local Ray cluster for this build
 
 
@@ -58,7 +59,10 @@ def register_build(verbs: argparse._SubParsersAction) -> None:
         "--iters", type=int_in_range(0, MAX_ITERS), default=1000, help="iterations per task over all rounds"
     )
     parser.add_argument(
-        "--rounds", type=int_in_range(1, 1000), default=4, help="pruning rounds (fine-tuning between them)"
+        "--rounds",
+        type=int_in_range(1, 1000),
+        default=None,
+        help="pruning rounds (fine-tuning between them), at most --iters (default 4)",
     )
     parser.add_argument(
         "--criterion",
@@ -93,6 +97,12 @@ def run_build(args: argparse.Namespace) -> int:
     )
     for classes in class_sets:
         check_task_args(args, classes)
+    if args.rounds is not None and args.rounds > args.iters:
+        raise PruneError(
+            f"--rounds {args.rounds} is more than --iters {args.iters}: every round needs fine-tuning "
+            f"iterations after it; use --rounds {max(args.iters, 1)} or more --iters"
+        )
+    args.rounds = args.rounds or DEFAULT_ROUNDS
     if args.ray is not None:  # before anything is loaded or written: a missing Ray or cluster is one line
         from edge_smsp.pool.build.ray_build import check_reachable, import_ray
 

@@ -35,7 +35,7 @@ from edge_smsp.devices.planner import (
     run_macs,
 )
 from edge_smsp.devices.precision_plan import JointPlan, plan_joint, precision_models
-from edge_smsp.devices.profiles import DeviceProfile
+from edge_smsp.devices.profiles import DeviceProfile, check_input_fits
 from edge_smsp.devices.stack import DeviceStack, check_device_stack, device_opset
 from edge_smsp.export.metadata import metadata_from_pruned
 from edge_smsp.export.onnx_export import ExportResult, export_onnx
@@ -192,6 +192,7 @@ def plan_ratio(
     """The smallest ratio that fits the device (unless the request gives one), and its latency model; with
     precision auto, the most accurate (ratio, precision) that fits (edge_smsp.devices.precision_plan)."""
     profile, size, config = device.profile, request.image_size, request.config
+    check_input_fits(profile, size)  # before any forward pass measures a cost at this size
     shipped_shape = with_untrained_head(request.backbone, request.task)
     requested = request.precision_requested
     precisions = device.precisions() if requested == AUTO else [requested]

@@ -37,7 +37,7 @@ from edge_smsp.devices.memory_model import (
     record_reader,
     runtime_overhead,
 )
-from edge_smsp.devices.profiles import DeviceProfile, format_bytes
+from edge_smsp.devices.profiles import DeviceProfile, check_input_fits, format_bytes
 from edge_smsp.models.cost import ModelCost, measure_cost
 
 __all__ = [  # the memory model's names are the planner's too
@@ -325,6 +325,7 @@ def plan(
     if search not in SEARCHES:
         raise PlanError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
     size = int(input_size or profile.input_size)
+    check_input_fits(profile, size)  # before any forward pass at this size
     grid = sorted(
         {
             canonical_ratio(ratio, error=PlanError, what="ratios")

@@ -186,4 +186,6 @@ def _read_text(path: Path) -> str:
 
 
 def _reason(error: BaseException) -> str:
+    if isinstance(error, UnicodeDecodeError):  # UTF-16, Latin-1 or binary
+        return f"not UTF-8 text: byte 0x{error.object[error.start]:02x} at offset {error.start}; save it as UTF-8"
     return (error.strerror if isinstance(error, OSError) else None) or type(error).__name__

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import re
+import stat
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from edge_smsp.core.documents import DocumentError, load_yaml, shown
-from edge_smsp.core.errors import EdgeSmspError, ProfileError
-from edge_smsp.core.paths import expand_user, short
+from edge_smsp.core.errors import EdgeSmspError, PathError, PlanError, ProfileError
+from edge_smsp.core.paths import expand_user, kind, short, status
 from edge_smsp.core.precisions import AUTO, DEFAULT_PRECISION, PRECISIONS
 from edge_smsp.data.catalog import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from edge_smsp.device_runtime.backends import DEFAULT_BACKEND, backend_names
@@ -180,9 +181,19 @@ def resolve_profile_path(name_or_path: str | Path) -> Path:
     raise ProfileError(f"profile {short(text)}: no such file")
 
 
-def _refuse_directory(path: Path, text: str) -> None:
-    if path.is_dir():
-        raise ProfileError(f"profile {short(text)} is a directory: name the profile's YAML file in it")
+def _refuse_directory(path: Path, text: str, what: str = "profile") -> None:
+    """A directory, a symlink loop or a special file (a FIFO, /dev/null: never opened) in one line."""
+    try:
+        found = status(path)
+    except PathError as error:
+        if "symlink loop" not in str(error):
+            return  # too long a name, say: the caller's own "no such file" (or an inline mapping) follows
+        raise ProfileError(f"{what} {short(text)} is a symlink loop: name the YAML file itself") from None
+    if found is None or stat.S_ISREG(found.st_mode):
+        return
+    if stat.S_ISDIR(found.st_mode):
+        raise ProfileError(f"{what} {short(text)} is a directory: name the {what}'s YAML file in it")
+    raise ProfileError(f"{what} {short(text)} is {kind(found.st_mode)}, not a regular file: name a YAML file")
 
 
 def load_profile(name_or_path: str | Path) -> DeviceProfile:
@@ -269,12 +280,14 @@ def with_connection(
 def load_connection_override(text: str) -> tuple[dict[str, Any], Path]:
     """A connection override: a YAML file of connection keys, or such a mapping inline ('{port: 2222}'); with
     the directory its relative paths resolve against (the file's, else the working directory)."""
+    if not text.strip():
+        raise ProfileError("connection override is empty: name a YAML file or give an inline mapping")
     try:
         path: Path | None = expand_user(text)
     except EdgeSmspError:  # not a path (an inline mapping is longer than a file name may be)
         path = None
-    if path is not None and path.is_dir():
-        raise ProfileError(f"connection override {short(str(path))} is a directory: name a YAML file")
+    if path is not None:
+        _refuse_directory(path, str(path), "connection override")
     if path is not None and path.is_file():
         try:
             document = load_yaml(_read_text(path))
@@ -354,4 +367,29 @@ def _connection(value: Any, base_dir: Path | None) -> ConnectionSpec:
         known_hosts=_host_path(value.get("known_hosts"), "connection.known_hosts", base_dir),
         python=_optional_string(value.get("python"), "connection.python"),
         workdir=_optional_string(value.get("workdir"), "connection.workdir") or defaults.workdir,
+    )
+
+
+def check_input_fits(profile: DeviceProfile, input_size: int) -> None:
+    """PlanError before any forward pass when the input tensor alone (batch x 3 x size x size float32), plus the
+    profile's own runtime_overhead where it states one, exceeds the memory budget: no ratio can make it fit."""
+    size, batch = int(input_size), profile.batch_size
+    tensor = batch * 3 * size * size * 4
+    overhead = profile.runtime_overhead_bytes or 0
+    if tensor + overhead <= profile.memory_budget_bytes:
+        return
+    largest = (
+        int(((profile.memory_budget_bytes - overhead) / (batch * 3 * 4)) ** 0.5)
+        if overhead < profile.memory_budget_bytes
+        else 0
+    )
+    with_overhead = f" plus its runtime_overhead {overhead / MIB:.1f} MiB" if overhead else ""
+    raise PlanError(
+        f"the input tensor alone ({batch} x 3 x {size} x {size} x 4 bytes = {tensor / MIB:.1f} MiB){with_overhead} "
+        f"exceeds {profile.name}'s memory_budget {profile.memory_budget_bytes / MIB:.1f} MiB: "
+        + (
+            f"use a smaller --image-size (at most {largest})"
+            if largest >= 1
+            else "raise memory_budget in the profile"
+        )
     )

@@ -39,6 +39,7 @@ class StackPromise(Protocol):
     name: str
     python_version: str | None
     max_opset: int | None
+    providers: tuple[str, ...]  # ONNX Runtime execution providers, in order of preference
 
 
 def opset_problem(value: Any, newest: int = NEWEST_KNOWN_OPSET) -> str | None:
@@ -115,6 +116,16 @@ def check_device_stack(info: Mapping[str, Any], profile: StackPromise, opset: in
         raise DeviceStackError(
             f"{where} runs Python {stack.python_version}, older than its profile's python_version "
             f"{profile.python_version}: correct python_version in the profile"
+        )
+    available = info.get("available_providers")
+    if (
+        isinstance(available, list)
+        and profile.providers
+        and not set(profile.providers) & set(map(str, available))
+    ):
+        raise DeviceStackError(
+            f"{where} has none of its profile's providers ({', '.join(profile.providers)}); it has "
+            f"{', '.join(map(str, available)) or 'none'}: list one of those under providers in the profile"
         )
     if stack.max_opset is not None:
         if profile.max_opset is not None and stack.max_opset < profile.max_opset:

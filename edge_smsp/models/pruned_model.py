@@ -116,6 +116,14 @@ def checked_meta(data: bytes, meta_name: str) -> dict[str, Any]:
         raise PruneError(f"corrupt {meta_name}: {error}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT_NAME:
         raise PruneError(f"{meta_name} is not an edge-smsp pruned-model description")
+    version = meta.get("version", FORMAT_VERSION)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise PruneError(f"{meta_name}: version must be a positive integer, got {shown(version)}")
+    if version > FORMAT_VERSION:
+        raise PruneError(
+            f"{meta_name} is format version {version}, newer than this edge-smsp reads ({FORMAT_VERSION}): "
+            "upgrade edge-smsp or save the model again with this one"
+        )
     missing = [key for key in ("backbone", "image_size", "num_classes", "kept_indices") if key not in meta]
     if missing:
         raise PruneError(f"{meta_name} lacks {', '.join(missing)}")

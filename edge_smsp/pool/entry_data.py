@@ -85,9 +85,15 @@ def decode_arrays(blob: bytes, what: str, path: Path) -> dict[str, np.ndarray]:
     """The arrays of an .npz BLOB (no pickle); PoolError naming the damage otherwise. Every array's header is
     checked against its stored size before anything is allocated: a 1 KB row claiming a 1e12-element shape is
     damage, not an allocation."""
+    if not isinstance(blob, (bytes, bytearray, memoryview)):
+        # A row edited by hand (text or a number where .npz bytes belong) is damage too, not a TypeError.
+        raise PoolError(
+            f"pool {path}: {what} are stored as {type(blob).__name__}, not .npz bytes; the database is damaged"
+            " (corrupt): rebuild that entry or the pool"
+        )
     try:
         check_npz_shapes(blob)
-        with np.load(io.BytesIO(blob), allow_pickle=False) as archive:
+        with np.load(io.BytesIO(bytes(blob)), allow_pickle=False) as archive:
             return {key: archive[key] for key in archive.files}
     # Found by fuzzing (tests/test_fuzz_inputs.py): an encrypted-member flag (RuntimeError), an unknown compression
     # method (NotImplementedError), a truncated header (struct.error, IndexError).
@@ -105,7 +111,8 @@ def decode_arrays(blob: bytes, what: str, path: Path) -> dict[str, np.ndarray]:
     ) as error:
         detail = " ".join(str(error).split())[:200]
         raise PoolError(
-            f"pool {path}: {what} cannot be decoded ({detail}); the database is damaged"
+            f"pool {path}: {what} cannot be decoded ({detail}); the database is damaged (corrupt):"
+            " rebuild that entry or the pool"
         ) from None
 
 

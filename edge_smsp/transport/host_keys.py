@@ -51,6 +51,9 @@ def record_host_key(known_hosts: Path, hostname: str, key: paramiko.PKey) -> Non
             write_atomically(target, (existing + line).encode("utf-8"), mode=0o600)
     except (OSError, EdgeSmspError) as error:
         detail = error if isinstance(error, EdgeSmspError) else (error.strerror or error)
+        blocking = next((part for part in Path(known_hosts).parents if part.is_file()), None)
+        if blocking is not None:  # "File exists" / "Not a directory" say less than this
+            detail = f"{blocking} is a file, not a folder; set connection.known_hosts to a file in a folder"
         raise TransportError(f"cannot record the host key of {hostname} in {known_hosts}: {detail}") from None
 
 

@@ -41,6 +41,12 @@ class LocalTransport(Transport):
         try:
             workdir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
+            blocking = next((part for part in (workdir, *workdir.parents) if part.is_file()), None)
+            if blocking is not None:  # "File exists" / "Not a directory" say less than this
+                raise TransportError(
+                    f"cannot create work dir {workdir}: {blocking} is a file, not a folder; set connection.workdir"
+                    " to a folder"
+                ) from None
             raise TransportError(f"cannot create work dir {workdir}: {error.strerror or error}") from None
         return str(workdir.resolve())
 

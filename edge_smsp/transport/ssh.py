@@ -122,6 +122,11 @@ class SshTransport(Transport):
         if self.known_hosts.is_file():
             try:
                 client.get_host_keys().load(str(self.known_hosts))
+            except UnicodeDecodeError as error:
+                raise TransportError(
+                    f"known_hosts file {self.known_hosts} is not UTF-8 text (byte 0x{error.object[error.start]:02x}"
+                    f" at offset {error.start}): save it as UTF-8"
+                ) from None
             except (OSError, paramiko.SSHException, paramiko.hostkeys.InvalidHostKey, ValueError) as error:
                 raise TransportError(
                     f"cannot read known_hosts file {self.known_hosts}: {_one_line(error)}"
@@ -258,6 +263,7 @@ class SshTransport(Transport):
         except ValueError:
             path = None
         if not isinstance(path, str):
+            self._check_python_runs(result)  # /usr/bin/false: the same hint as the local transport's
             detail = result.stderr.strip().splitlines()[-1] if result.stderr.strip() else f"exit {result.rc}"
             if result.rc == 127:
                 detail += f" (is {self.python!r} the device's python?)"

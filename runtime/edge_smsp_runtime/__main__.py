@@ -65,6 +65,13 @@ def _number_in(low: float, high: float) -> Callable[[str], float]:
 _seconds = _number_in(0.0, 3600.0)  # MAX_BENCH_SECONDS
 
 
+def _out_file(text: str) -> str:
+    """A file to write: an empty name is refused before any work."""
+    if not text:
+        raise argparse.ArgumentTypeError("expected a file name, got an empty one")
+    return text
+
+
 def _add_runtime_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runtime",
@@ -141,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument(
         "--iters", type=_nonnegative_int, required=True, help="SGD steps after BN and imprinting"
     )
-    adapt.add_argument("--out", required=True, help="the adapted ONNX file to write")
+    adapt.add_argument("--out", required=True, type=_out_file, help="the adapted ONNX file to write")
     adapt.add_argument(
         "--trainable-blocks",
         type=_nonnegative_int,
@@ -324,6 +331,9 @@ def run_command(args: argparse.Namespace) -> Dict[str, Any]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse, run, print one JSON report; any error is one line on stderr and exit 2."""
     args = build_parser().parse_args(argv)
+    if not _stdout_open():  # checked before any work: the report would have nowhere to go
+        sys.stderr.write(f"{PROG} {args.command}: error: stdout is closed; run it with stdout open\n")
+        return 2
     try:
         report = run_command(args)
     except RuntimeToolError as error:
@@ -339,9 +349,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             raise
         sys.stderr.write(f"{PROG} {args.command}: error: {type(error).__name__}: {one_line(error)}\n")
         return 2
-    sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
-    sys.stdout.flush()
+    try:
+        sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
+        sys.stdout.flush()
+    except OSError as error:  # a full disk or a closed pipe behind stdout
+        sys.stderr.write(
+            f"{PROG} {args.command}: error: cannot write the report to stdout: {one_line(error)}\n"
+        )
+        return 2
     return 0
+
+
+def _stdout_open() -> bool:
+    """False when the process was started with stdout closed (Python then sets sys.stdout to None)."""
+    if sys.stdout is None:
+        return False
+    try:
+        os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -22,6 +22,7 @@ from .errors import RuntimeToolError, one_line
 from .graph import SGD, cosine_lr, cross_entropy, default_lr
 from .imagefolder import MIN_TRAIN_IMAGES, balanced_sample, cap_per_class, load_images, read_task
 from .model import file_sha256, import_numpy
+from .paths import check_replaceable
 
 BN_BATCH_SIZE = 64  # edge_smsp.recipe.Recipe.bn_batch_size
 SAMPLE_SIZE = 512  # edge_smsp.recipe.Recipe.samples
@@ -40,6 +41,7 @@ def check_output_path(out_path: str, bundle_directory: str) -> None:
     directory = os.path.dirname(os.path.abspath(out_path))
     if os.path.isdir(out_path):
         raise RuntimeToolError(f"--out {out_path} is a directory; give the ONNX file to write")
+    check_replaceable(out_path, "--out")  # a device, FIFO or socket: the rename would replace the node itself
     existing = directory
     while not os.path.exists(existing) and os.path.dirname(existing) != existing:
         existing = os.path.dirname(existing)

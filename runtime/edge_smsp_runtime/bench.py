@@ -11,11 +11,11 @@ from .device import current_rss_mib, device_facts, now_ns, peak_rss_mib
 from .errors import RuntimeToolError, one_line
 from .model import (
     check_model_path,
+    check_onnx_model,
     file_sha256,
     import_numpy,
     metadata_input_size,
     open_model,
-    read_opsets,
     seeded_feeds,
 )
 from .precision import device_precisions, fallback
@@ -81,10 +81,10 @@ def run_bench(
         raise RuntimeToolError("--batch-size must be at least 1")
     np = import_numpy()
     check_model_path(model_path)
+    opsets = check_onnx_model(model_path)  # garbage is refused before the file is hashed
     requested = list(providers or ["CPUExecutionProvider"])
     size_bytes = os.path.getsize(model_path)
     sha256 = file_sha256(model_path)
-    opsets = read_opsets(model_path)
     baseline_rss = current_rss_mib()
     # The engine imported, no session yet: the device's runtime footprint, as `info` reports it; the host's
     # memory model is fitted to what a model adds on top of it.

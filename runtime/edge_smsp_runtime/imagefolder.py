@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Tuple
 from .errors import RuntimeToolError
 from .images import load_image, preprocess
 from .model import import_numpy
+from .paths import require_folder
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".npy")
 MIN_TRAIN_IMAGES = 2  # per class: train-mode BatchNorm and a stratified split need two
@@ -16,8 +17,7 @@ Samples = List[Tuple[str, int]]
 
 def _class_folders(root: str, what: str) -> Dict[str, List[str]]:
     """Class name -> its image files (sorted) of one ImageFolder level; hidden entries are ignored."""
-    if not os.path.isdir(root):
-        raise RuntimeToolError(f"{what} not found: {root}")
+    require_folder(root, what)
     classes = {}
     for name in sorted(os.listdir(root)):
         directory = os.path.join(root, name)
@@ -53,8 +53,7 @@ def read_task(root: str, val_fraction: float, seed: int) -> Tuple[List[str], Sam
     class's images are shuffled with `seed` and round(n * val_fraction) of them (at least 1, at most n - 1)
     go to validation."""
     np = import_numpy()
-    if not os.path.isdir(root):
-        raise RuntimeToolError(f"image folder not found: {root}")
+    require_folder(root, "image folder")
     train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "val")
     if os.path.isdir(train_dir) and os.path.isdir(val_dir):
         train, val = _class_folders(train_dir, "train folder"), _class_folders(val_dir, "val folder")
@@ -72,6 +71,12 @@ def read_task(root: str, val_fraction: float, seed: int) -> Tuple[List[str], Sam
             names,
             [(path, label) for label, name in enumerate(names) for path in train[name]],
             [(path, label) for label, name in enumerate(names) for path in val[name]],
+        )
+    if os.path.isdir(train_dir) or os.path.isdir(val_dir):  # one split alone: never read as a class folder
+        present, absent = ("train", "val") if os.path.isdir(train_dir) else ("val", "train")
+        raise RuntimeToolError(
+            f"{root} has {present}/ but no {absent}/: give both train/ and val/ of class folders, "
+            "or class folders alone (the runtime splits them)"
         )
     if not 0.0 < val_fraction < 1.0:
         raise RuntimeToolError(f"--val-fraction must be in (0, 1) to split {root}, got {val_fraction}")

@@ -1,10 +1,10 @@
 """Image decoding and preprocessing: Pillow when installed, else .npy and binary PGM/PPM in pure numpy."""
 
-import os
 from typing import Any, List, Tuple
 
 from .errors import RuntimeToolError, one_line
 from .model import import_numpy
+from .paths import path_kind, require_file
 
 PILLOW_HINT = "pip install pillow"
 # Decompression bombs: an 83-byte PNG may claim 100,000 x 100,000 pixels. Checked on the header, before decoding.
@@ -144,10 +144,10 @@ def _read_pillow(path: str) -> Any:
 def load_image(path: str, use_pillow: bool = True) -> Any:
     """An image as float32 HxWxC in [0, 1] (C = 1 or 3)."""
     import_numpy()  # a missing numpy says so in one line
-    if os.path.isdir(path):
+    kind = path_kind(path)
+    if kind == "a directory":
         raise RuntimeToolError(f"{path} is a directory, not an image: name the image files in it")
-    if not os.path.isfile(path):
-        raise RuntimeToolError(f"image not found: {path}")
+    require_file(path, "image")
     if path.lower().endswith(".npy"):
         image = _scale_to_unit(_to_hwc(_read_npy(path), path), path)
     else:

@@ -40,6 +40,24 @@ def _softmax(logits: Any) -> Any:
     return exp / exp.sum()
 
 
+def _check_scores_output(outputs: List[Dict[str, Any]], labels: Optional[List[str]]) -> None:
+    """Refuse, before any image is read, a model whose first output is not (batch, classes) class scores."""
+    if not outputs:
+        raise RuntimeToolError("the model has no outputs: infer needs (batch, classes) class scores")
+    output = outputs[0]
+    shape = output["shape"]
+    if len(shape) != 2:
+        raise RuntimeToolError(
+            f"output {output['name']!r} has shape {shape}; infer needs (batch, classes) class scores: "
+            "give a classifier"
+        )
+    classes = shape[1]
+    if labels is not None and isinstance(classes, int) and classes > 0 and classes != len(labels):
+        raise RuntimeToolError(
+            f"output {output['name']!r} has {classes} classes but the model's metadata lists {len(labels)} labels"
+        )
+
+
 def run_infer(
     model_path: str,
     images: List[str],
@@ -90,6 +108,7 @@ def run_infer(
         raise RuntimeToolError("model metadata 'labels' must be a JSON list of strings")
     if labels is None:
         notes.append("no 'labels' metadata: labels are class indices")
+    _check_scores_output(session.outputs(), labels)
 
     results = []
     for path in images:
@@ -102,7 +121,13 @@ def run_infer(
             latency_ms = (now_ns() - started) / 1e6
         except Exception as error:  # the engine's own exception types
             raise RuntimeToolError(f"inference failed on {path}: {one_line(error)}") from None
-        logits = np.asarray(outputs[0], dtype=np.float64).reshape(-1)
+        scores = np.asarray(outputs[0], dtype=np.float64)
+        if scores.ndim != 2 or scores.shape[0] != 1:
+            raise RuntimeToolError(
+                f"the model's output has shape {list(scores.shape)} on {path}; infer needs (batch, classes) "
+                "class scores: give a classifier"
+            )
+        logits = scores.reshape(-1)
         if not np.all(np.isfinite(logits)):  # NaN probabilities would be invalid JSON and a silent exit 0
             raise RuntimeToolError(f"the model gave NaN or infinite outputs on {path}")
         if labels is not None and len(labels) != logits.size:

@@ -6,7 +6,8 @@ import os
 from typing import Any, Dict, List, Optional, Tuple
 
 from .backends import Backend, Session, get_backend
-from .errors import RuntimeToolError
+from .errors import RuntimeToolError, one_line
+from .paths import require_file
 from .precision import model_precision
 
 DEFAULT_PROVIDERS = ("CPUExecutionProvider",)
@@ -35,8 +36,7 @@ def import_numpy() -> Any:
 
 def check_model_path(path: str) -> None:
     """Fail early and clearly when the model file is missing."""
-    if not os.path.isfile(path):
-        raise RuntimeToolError(f"model file not found: {path}")
+    require_file(path, "model file")
 
 
 def file_sha256(path: str) -> str:
@@ -93,19 +93,31 @@ def _parse_opset_entry(payload: bytes) -> Tuple[str, int]:
             raise ValueError("unknown wire type")
 
 
+MAX_PROTOBUF_BYTES = 2**31 - 1  # protobuf's limit on one message: a bigger .onnx file cannot be a ModelProto
+MAX_TOP_LEVEL_FIELDS = 100000  # a ModelProto has a few dozen (metadata included); garbage could have millions
+
+
 def read_opsets(path: str) -> Dict[str, Any]:
     """ir_version and opset imports from the ModelProto's top-level fields, without the onnx package.
 
     Only field headers are read; the graph is skipped by its length, so this costs a few reads even for big models.
+    `problem` says why the file cannot be a ModelProto (field number 0, over 2 GiB, a field past the end, too
+    many fields), found in bounded work: garbage is refused at once, never scanned to its end.
     """
-    facts = {"ir_version": None, "opset": None, "opset_imports": {}}  # type: Dict[str, Any]
+    facts = {"ir_version": None, "opset": None, "opset_imports": {}, "problem": None}  # type: Dict[str, Any]
     try:
+        size = os.path.getsize(path)
+        if size > MAX_PROTOBUF_BYTES:
+            facts["problem"] = f"{size:,} bytes, over protobuf's 2 GiB limit on one message"
+            return facts
         with open(path, "rb") as handle:
-            while True:
+            for _ in range(MAX_TOP_LEVEL_FIELDS):
                 key = _read_varint(handle)
                 if key is None:
                     break
                 field, wire = key >> 3, key & 7
+                if field == 0:
+                    raise ValueError("a field number of 0")
                 if wire == 0:
                     value = _read_varint(handle)
                     if field == 1:
@@ -114,21 +126,33 @@ def read_opsets(path: str) -> Dict[str, Any]:
                     length = _read_varint(handle)
                     if length is None:
                         raise ValueError("truncated field")
+                    if length > size - handle.tell():
+                        raise ValueError(f"field {field} runs past the end of the file")
                     if field == 8:
                         domain, version = _parse_opset_entry(handle.read(length))
                         facts["opset_imports"][domain or "ai.onnx"] = version
                     else:
                         handle.seek(length, os.SEEK_CUR)
-                elif wire == 1:
-                    handle.seek(8, os.SEEK_CUR)
-                elif wire == 5:
-                    handle.seek(4, os.SEEK_CUR)
+                elif wire in (1, 5):
+                    handle.seek(8 if wire == 1 else 4, os.SEEK_CUR)
                 else:
-                    raise ValueError("unknown wire type")
-    except (ValueError, OSError):
-        # Not a readable ModelProto; onnxruntime will say why when it loads the file.
-        return {"ir_version": None, "opset": None, "opset_imports": {}}
+                    raise ValueError(f"unknown wire type {wire}")
+            else:
+                raise ValueError(f"over {MAX_TOP_LEVEL_FIELDS:,} top-level fields")
+    except (ValueError, OSError) as error:
+        # Not a readable ModelProto; `problem` says why.
+        return {"ir_version": None, "opset": None, "opset_imports": {}, "problem": one_line(error)}
     facts["opset"] = facts["opset_imports"].get("ai.onnx")
+    return facts
+
+
+def check_onnx_model(path: str) -> Dict[str, Any]:
+    """The model's opset facts (read_opsets), or a one-line error when the file cannot be an ONNX model."""
+    facts = read_opsets(path)
+    if facts["problem"]:
+        raise RuntimeToolError(
+            f"cannot load model {path}: not an ONNX model ({facts['problem']}); export one with edge-smsp export"
+        )
     return facts
 
 
@@ -152,7 +176,7 @@ def open_model(
     """
     backend = get_backend(runtime)
     check_model_path(path)
-    opset, max_opset = read_opsets(path)["opset"], backend.max_opset()
+    opset, max_opset = check_onnx_model(path)["opset"], backend.max_opset()
     if opset is not None and max_opset is not None and opset > max_opset:
         raise RuntimeToolError(
             f"{path} is opset {opset}, newer than {backend.name} {backend.version()} runs (opset {max_opset} at "

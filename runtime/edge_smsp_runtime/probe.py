@@ -19,6 +19,7 @@ from .errors import RuntimeToolError, one_line
 from .imagefolder import balanced_sample, load_images, read_task
 from .images import load_image
 from .model import file_sha256, import_numpy, open_model
+from .paths import require_file
 
 PROBE_SAMPLES = 512  # edge_smsp.transfer.entry_probe.probe_entries' samples
 
@@ -96,8 +97,7 @@ def run_probe(
     np = import_numpy()
     started = time.perf_counter()
     for path in model_paths:
-        if not os.path.isfile(path):
-            raise RuntimeToolError(f"model not found: {path}")
+        require_file(path, "model")
     names, train, _ = read_task(data_dir, val_fraction, seed)
     labels = np.asarray([label for _, label in train], dtype=np.int64)
     picked = balanced_sample(labels, sample, seed)

@@ -16,8 +16,9 @@ def import_onnxruntime() -> Any:
         raise RuntimeToolError(
             "onnxruntime is not installed: pip install onnxruntime (onnxruntime-gpu on CUDA devices)"
         ) from None
-    # Warnings on stderr would be mistaken by the host for the command's error line.
-    onnxruntime.set_default_logger_severity(3)
+    # Warnings and errors on stderr would be mistaken by the host for the command's error line: a load failure
+    # is logged at ERROR (3) before it is raised, and the raised message is the one line we print. 4 = FATAL.
+    onnxruntime.set_default_logger_severity(4)
     return onnxruntime
 
 
@@ -105,7 +106,7 @@ class OnnxRuntimeBackend(Backend):
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3
+        options.log_severity_level = 4  # FATAL only: the raised error is reported in one line
         try:
             session = ort.InferenceSession(
                 path, sess_options=options, providers=provider_options(usable, precision, workdir)

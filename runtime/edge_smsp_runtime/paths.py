@@ -1,0 +1,62 @@
+"""What a path is, in words, for one-line errors. Only stat is used: a FIFO is never opened (that would block)."""
+
+import errno
+import os
+import stat
+from typing import Optional
+
+from .errors import RuntimeToolError
+
+
+def path_kind(path: str) -> Optional[str]:
+    """None for a regular file (through symlinks); else 'missing', 'a symlink loop', 'a directory', 'a FIFO',
+    'a socket', 'a device' or 'not a regular file'."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as error:
+        return "a symlink loop" if error.errno == errno.ELOOP else "missing"
+    except ValueError:  # an embedded NUL byte
+        return "missing"
+    if stat.S_ISREG(mode):
+        return None
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a regular file"
+
+
+def require_file(path: str, what: str) -> None:
+    """A RuntimeToolError naming what `path` is unless it is a regular file: `what` is 'model file', 'image'..."""
+    kind = path_kind(path)
+    if kind == "missing":
+        raise RuntimeToolError(f"{what} not found: {path}")
+    if kind is not None:
+        raise RuntimeToolError(f"{path} is {kind}, not a regular file; give the {what} to read")
+
+
+def require_folder(path: str, what: str) -> None:
+    """A RuntimeToolError naming what `path` is unless it is a folder (through symlinks)."""
+    kind = path_kind(path)
+    if kind == "missing":
+        raise RuntimeToolError(f"{what} not found: {path}")
+    if kind is None:
+        raise RuntimeToolError(f"{path} is a file where a folder is expected; give the {what}")
+    if kind != "a directory":
+        raise RuntimeToolError(f"{path} is {kind}, not a folder; give the {what}")
+
+
+def check_replaceable(path: str, option: str) -> None:
+    """Refuse an output that exists and is not a regular file (a device, FIFO, socket, directory, symlink loop):
+    an atomic rename would replace the node itself with a file."""
+    kind = path_kind(path)
+    if kind is not None and kind != "missing":
+        raise RuntimeToolError(
+            f"{option} {path} is {kind}, not a regular file: refusing to replace it; name a regular file"
+        )
+    if kind == "missing" and os.path.islink(path):
+        raise RuntimeToolError(f"{option} {path} is a dangling symlink; name a regular file")

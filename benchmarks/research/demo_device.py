@@ -24,7 +24,7 @@ CLASSES = (0, 2, 4)
 SIZE = 64
 POOL = REPO_ROOT / "runs" / "demo" / "pool.sqlite"
 SUMMARY = REPO_ROOT / "benchmarks" / "results" / "demo_device.json"
-COMMON = ["--profile", "localhost", "--pool", str(POOL), "--bench-runs", "20", "--json"]
+COMMON = ["deploy", "--profile", "localhost", "--pool", str(POOL), "--bench-runs", "20", "--json"]
 
 
 def deploy(argv: list[str]) -> dict[str, Any]:
@@ -54,13 +54,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="demo-device-") as scratch:
         root = Path(scratch)
         data = write_image_folder(task, root / "data")
-        host = deploy(["deploy", "--classes", "0,2,4", "--iters", "100", "--train-per-class", "200",
+        host = deploy(["--classes", "0,2,4", "--iters", "100", "--train-per-class", "200",
                        "--val-per-class", "100", "--out", str(root / "host")])  # fmt: skip
         rows.append({"where": "host", "accuracy": host["val_accuracy"], "ratio": host["ratio"],
                      "wall_s": host["wall_s"], "seconds": host["seconds"]})  # fmt: skip
         for tier in ("light", "torch"):
             try:
-                device = deploy(["deploy", "--device-data", str(data), "--device-train", tier, "--ratio",
+                device = deploy(["--device-data", str(data), "--device-train", tier, "--ratio",
                                  str(host["ratio"]), "--out", str(root / tier)])  # fmt: skip
             except SystemExit as error:
                 rows.append({"where": f"device, {tier} tier", "error": str(error)})

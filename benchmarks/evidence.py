@@ -135,7 +135,9 @@ def device_study(
     }
     groups: dict[tuple[int, float, str], list[dict[str, Any]]] = defaultdict(list)
     for run in device_runs:
-        groups[(run["size"], run["ratio"], run["variant"])].append(run)
+        classes = len(run["task"].split("-"))
+        variant = run["variant"] if classes == 3 else f"{run['variant']}, {classes} classes"
+        groups[(run["size"], run["ratio"], variant)].append(run)
     rows = []
     for (size, ratio, variant), runs in sorted(
         groups.items(), key=lambda item: (item[0][0], item[0][1], item[0][2])
@@ -159,6 +161,7 @@ def device_study(
                 "ratio": ratio,
                 "classes": sorted({len(run["task"].split("-")) for run in runs}),
                 "runs": len(runs),
+                "all_mean": float(np.mean([run["val_accuracy"] for run in runs])),
                 "pairs": len(paired),
                 "mean": float(np.mean([run["val_accuracy"] for run in paired])) if paired else None,
                 "host_mean": float(np.mean([host[(size, ratio, r["task"], r["seed"])] for r in paired]))
@@ -200,7 +203,7 @@ def device_section(study: dict[str, Any] | None) -> list[str]:
                 "/".join(map(str, row["classes"])),
                 f"{row['pairs']}" if paired else f"0 ({row['runs']} runs)",
                 f"{100 * row['imprinted_mean']:.2f}" if row["imprinted_mean"] is not None else "-",
-                f"{100 * row['mean']:.2f}" if paired else "-",
+                f"{100 * (row['mean'] if paired else row['all_mean']):.2f}",
                 f"{100 * row['host_mean']:.2f}" if paired else "-",
                 f"{100 * row['difference']:+.2f}" if paired else "-",
                 f"{row['better']}/{row['worse']}" if paired else "-",

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import copy
 import functools
+from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
 from edge_smsp.models import zoo
 from edge_smsp.models.units import UnitGroup, dependency_graph, full_channel_group, group_layouts
+from edge_smsp.pool import BackboneRecord, Pool, TaskRecord
 
 FIRST_CLASS = ("resnet18", "resnet50", "deit_small_patch16_224", "efficientnet_lite0")
 IMAGE_SIZE = 32
@@ -79,3 +82,27 @@ def images(count: int = 2, image_size: int = IMAGE_SIZE, dtype: torch.dtype = to
     """A seeded batch of random images."""
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(count, 3, image_size, image_size, generator=generator).to(dtype)
+
+
+def add_tiny_entry(pool: Pool, **fields: Any) -> Any:
+    """One pool entry of a 3-class Fashion-MNIST task on a stand-in resnet18 record (a 4-unit mask): rows for
+    tests that read or damage the pool's storage, not its models. `fields` add to or replace add_entry's."""
+    task = TaskRecord(
+        task_key="fashion-mnist:0,1,2",
+        dataset="fashion-mnist",
+        classes=(0, 1, 2),
+        class_names=("a", "b", "c"),
+        seed=0,
+        n_train=8,
+        n_val=4,
+    )
+    values = {
+        "task": task,
+        "backbone": BackboneRecord(name="resnet18", weights_hash="a" * 64, image_size=32),
+        "ratio": 0.5,
+        "method": "taylor",
+        "iters": 2,
+        "val_accuracy": 0.5,
+        "masks": {"layer1": np.array([1, 0, 1, 1], dtype=bool)},
+    }
+    return pool.add_entry(**{**values, **fields})

@@ -224,28 +224,12 @@ CASES += HOSTILE_CASES  # issue 25's hostile sweep, by cause (tests/bad_input_ho
 
 
 def _pools(world: Path) -> None:
-    from edge_smsp.pool import BackboneRecord, Pool, TaskRecord
+    from edge_smsp.pool import Pool
+    from tests.pruning_helpers import add_tiny_entry
 
     good = world / "good.sqlite"
     with Pool(good) as pool:
-        pool.add_entry(
-            task=TaskRecord(
-                task_key="fashion-mnist:0,1,2",
-                dataset="fashion-mnist",
-                classes=(0, 1, 2),
-                class_names=("a", "b", "c"),
-                seed=0,
-                n_train=8,
-                n_val=4,
-            ),
-            backbone=BackboneRecord(name="resnet18", weights_hash="a" * 64, image_size=32),
-            ratio=0.5,
-            method="taylor",
-            iters=2,
-            val_accuracy=0.5,
-            masks={"layer1": np.array([1, 0, 1, 1], dtype=bool)},
-            extra={"note": "fine"},
-        )
+        add_tiny_entry(pool, extra={"note": "fine"})
     for name, statement in (
         ("bad-extra", "UPDATE entries SET extra = '{not json'"),
         ("bad-classes", "UPDATE tasks SET classes = '[1,'"),

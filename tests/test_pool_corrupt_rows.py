@@ -10,29 +10,13 @@ import numpy as np
 import pytest
 
 from edge_smsp.core.errors import PoolError
-from edge_smsp.pool import BackboneRecord, Pool, TaskRecord
+from edge_smsp.pool import Pool
+from tests.pruning_helpers import add_tiny_entry
 
 
 def _tiny_pool(path: Path) -> int:
     with Pool(path) as pool:
-        pool.add_entry(
-            task=TaskRecord(
-                task_key="fashion-mnist:0,1,2",
-                dataset="fashion-mnist",
-                classes=(0, 1, 2),
-                class_names=("a", "b", "c"),
-                seed=0,
-                n_train=8,
-                n_val=4,
-            ),
-            backbone=BackboneRecord(name="resnet18", weights_hash="a" * 64, image_size=32),
-            ratio=0.5,
-            method="taylor",
-            iters=2,
-            val_accuracy=0.5,
-            masks={"layer1": np.array([1, 0, 1, 1], dtype=bool)},
-            scores={"layer1": np.array([0.1, 0.2, 0.3, 0.4])},
-        )
+        add_tiny_entry(pool, scores={"layer1": np.array([0.1, 0.2, 0.3, 0.4])})
     connection = sqlite3.connect(path)
     try:
         return int(connection.execute("SELECT id FROM entries").fetchone()[0])

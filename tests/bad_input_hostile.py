@@ -275,6 +275,10 @@ HOSTILE_CASES = [
     Case("hostile-runtime-bench-model-symlink-loop", (*RT_BENCH[:2], "{w}/loop-a", *RT_BENCH[3:]), "loop-a is a symlink loop", runtime=True),
     Case("hostile-runtime-bench-empty-graph", (*RT_BENCH[:2], "{w}/empty-graph.onnx", *RT_BENCH[3:]), "cannot load model", runtime=True),
     Case("hostile-runtime-infer-image-fifo", (*RT_INFER, "{w}/fifo"), "fifo is a FIFO, not a regular file", runtime=True),
+    Case("hostile-runtime-bench-model-without-inputs", (*RT_BENCH[:2], "{w}/noin.onnx", *RT_BENCH[3:]), "noin.onnx has no inputs", runtime=True),
+    Case("hostile-runtime-probe-model-without-inputs", ("probe", "--models", "{w}/noin.onnx", "--data", "{w}/device-images"), "noin.onnx has no inputs", runtime=True),
+    Case("hostile-runtime-adapt-bundle-without-cuts", (*RT_ADAPT[:2], "{w}/bundle-no-cuts", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"graph.json: no cuts", runtime=True),
+    Case("hostile-runtime-adapt-bundle-zero-input-size", (*RT_ADAPT[:2], "{w}/bundle-zero-size", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"input_size must be two positive integers", runtime=True),
     Case("hostile-runtime-infer-not-a-classifier", ("infer", "--model", "{w}/identity.onnx", "{w}/image.npy"), r"shape \[1, 3, 8, 8\]; infer needs \(batch, classes\)", runtime=True),
     Case("hostile-runtime-scan-data-a-file", ("scan", "--data", "{w}/afile"), "afile is a file where a folder is expected", runtime=True),
     Case("hostile-runtime-scan-train-without-val", ("scan", "--data", "{w}/train-only"), "train-only has train/ but no val/", runtime=True),
@@ -510,3 +514,20 @@ def _last_sweep_inputs(world: Path, local: dict) -> None:
     )  # a whole bundle; bundle-cut's params are cut below
     params = world / "bundle-cut" / "params.npz"
     params.write_bytes(params.read_bytes()[: params.stat().st_size // 2])
+    for name, change in (("no-cuts", {"cuts": []}), ("zero-size", {"input_size": [0, 0]})):
+        shutil.copytree(world / "bundle", world / f"bundle-{name}")
+        spec_path = world / f"bundle-{name}" / "graph.json"
+        spec = json.loads(spec_path.read_text())
+        if "cuts" in change:
+            spec["cuts"] = change["cuts"]
+        else:
+            spec["preprocessing"]["input_size"] = change["input_size"]
+        spec_path.write_text(json.dumps(spec))
+    constant = helper.make_node(
+        "Constant", [], ["y"], value=helper.make_tensor("c", TensorProto.FLOAT, [1, 3], [0.0] * 3)
+    )
+    output = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])
+    no_inputs = helper.make_graph([constant], "no-inputs", [], [output])
+    onnx.save(
+        helper.make_model(no_inputs, opset_imports=[helper.make_opsetid("", 17)]), str(world / "noin.onnx")
+    )

@@ -96,6 +96,10 @@ def run_bench(
     session_creation_ns = now_ns() - started
 
     metadata = session.metadata()
+    if not session.inputs():
+        raise RuntimeToolError(
+            f"{model_path} has no inputs: there is nothing to feed it; bench a model that takes one"
+        )
     feeds = seeded_feeds(session, seed, metadata_input_size(metadata), batch_size)
     # The batch actually run: the first dimension of the first input (a fixed batch when none was asked for).
     shapes = [feed.shape for feed in feeds.values()]

@@ -91,6 +91,9 @@ def load_bundle(model_path: str) -> Bundle:
         or spec.get("version") != BUNDLE_VERSION
     ):
         raise RuntimeToolError(f"{paths['graph.json']}: not a version {BUNDLE_VERSION} {BUNDLE_FORMAT} spec")
+    problem = _spec_problem(spec)
+    if problem:
+        raise RuntimeToolError(f"{paths['graph.json']}: {problem}; export the bundle again on the host")
     with open(paths["model.onnx"], "rb") as handle:
         model_bytes = handle.read()
     if hashlib.sha256(model_bytes).hexdigest() != spec.get("model_sha256"):
@@ -117,6 +120,21 @@ def load_bundle(model_path: str) -> Bundle:
         if model_bytes[start : start + entry["nbytes"]] != array.astype("<f4").tobytes():
             raise RuntimeToolError(f"{paths['model.onnx']}: {name!r} is not at its writeback offset")
     return Bundle(directory, spec, params, model_bytes)
+
+
+def _spec_problem(spec: Dict[str, Any]) -> Optional[str]:
+    """What makes a graph.json unusable before any image is read (None: nothing found)."""
+    cuts = spec.get("cuts")
+    if not isinstance(cuts, list) or not cuts:
+        return "no cuts (block boundaries to train after)"
+    size = (spec.get("preprocessing") or {}).get("input_size")
+    if (
+        not isinstance(size, list)
+        or len(size) != 2
+        or not all(isinstance(side, int) and not isinstance(side, bool) and side > 0 for side in size)
+    ):
+        return f"preprocessing.input_size must be two positive integers [h, w], got {size!r}"
+    return None
 
 
 def adapted_bytes(bundle: Bundle, labels: Optional[List[str]] = None) -> bytes:

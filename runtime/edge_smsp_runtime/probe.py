@@ -104,6 +104,8 @@ def run_probe(
     images, preprocessing, scores = None, None, []
     for path in model_paths:
         _, session, _ = open_model(path, "onnxruntime", list(providers or ["CPUExecutionProvider"]), threads)
+        if not session.inputs():
+            raise RuntimeToolError(f"{path} has no inputs: probe needs feature graphs that take images")
         wanted = _preprocessing(session)
         if images is None:
             images, labels = load_images([train[i] for i in picked], wanted)

@@ -279,6 +279,7 @@ HOSTILE_CASES = [
     Case("hostile-runtime-probe-model-without-inputs", ("probe", "--models", "{w}/noin.onnx", "--data", "{w}/device-images"), "noin.onnx has no inputs", runtime=True),
     Case("hostile-runtime-adapt-bundle-without-cuts", (*RT_ADAPT[:2], "{w}/bundle-no-cuts", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"graph.json: no cuts", runtime=True),
     Case("hostile-runtime-adapt-bundle-zero-input-size", (*RT_ADAPT[:2], "{w}/bundle-zero-size", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"input_size must be two positive integers", runtime=True),
+    Case("hostile-runtime-infer-empty-providers", ("infer", "--model", "{w}/tiny.onnx", "--providers", "", "{w}/image.npy"), "give at least one execution provider", runtime=True),
     Case("hostile-runtime-infer-not-a-classifier", ("infer", "--model", "{w}/identity.onnx", "{w}/image.npy"), r"shape \[1, 3, 8, 8\]; infer needs \(batch, classes\)", runtime=True),
     Case("hostile-runtime-scan-data-a-file", ("scan", "--data", "{w}/afile"), "afile is a file where a folder is expected", runtime=True),
     Case("hostile-runtime-scan-train-without-val", ("scan", "--data", "{w}/train-only"), "train-only has train/ but no val/", runtime=True),

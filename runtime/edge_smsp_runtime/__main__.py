@@ -72,6 +72,13 @@ def _out_file(text: str) -> str:
     return text
 
 
+def _providers_text(text: str) -> str:
+    """Comma-separated provider names: an empty list is refused rather than read as the default."""
+    if not any(name.strip() for name in text.split(",")):
+        raise argparse.ArgumentTypeError("give at least one execution provider, such as CPUExecutionProvider")
+    return text
+
+
 def _add_runtime_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--runtime",
@@ -91,6 +98,7 @@ def _add_session_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=_threads, default=0, help="intra-op threads (0 = default)")
     parser.add_argument(
         "--providers",
+        type=_providers_text,
         default="CPUExecutionProvider",
         help="execution providers in order, comma-separated (those missing here are skipped and reported)",
     )

@@ -22,7 +22,7 @@ from edge_smsp.deploy.html_report import HTML_NAME, write_html_report
 from edge_smsp.deploy.report import REPORT_NAME, DeployReport, write_json_atomically
 from edge_smsp.deploy.steps import CALIBRATION_RATIOS, DeployRequest
 from edge_smsp.devices.planner import predict_latency_ms, predict_memory_bytes
-from edge_smsp.devices.profiles import MIB, check_input_fits
+from edge_smsp.devices.profiles import MIB
 
 __all__ = [
     "CALIBRATION_RATIOS",
@@ -39,7 +39,6 @@ def deploy(request: DeployRequest, *, on_stage: Callable[[str], None] | None = N
     """Connect, check the device, plan the ratio (unless the config gives one), adapt, export, ship, bench,
     record and report; `on_stage` hears each stage's name as it starts. A deploy that fails before its model is
     exported leaves no out dir (nor anything new in an existing one); after, the exported model stays there."""
-    check_input_fits(request.profile, request.image_size)  # before any forward pass measures a cost
     checked_output_path(request.out_dir, directory=True)  # made once the device answered: no empty out dir
     with removed_on_failure(request.out_dir) as undo:
         return _deploy(request, on_stage, undo)

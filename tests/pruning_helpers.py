@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import functools
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -106,3 +108,13 @@ def add_tiny_entry(pool: Pool, **fields: Any) -> Any:
         "masks": {"layer1": np.array([1, 0, 1, 1], dtype=bool)},
     }
     return pool.add_entry(**{**values, **fields})
+
+
+def sql(path: Path, statement: str) -> None:
+    """One hand edit of a pool file, as a user with the sqlite3 shell would make it."""
+    connection = sqlite3.connect(path)
+    try:
+        connection.execute(statement)
+        connection.commit()
+    finally:
+        connection.close()

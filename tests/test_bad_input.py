@@ -18,7 +18,6 @@ import resource
 import select
 import shutil
 import signal
-import sqlite3
 import stat
 import subprocess
 import sys
@@ -164,6 +163,8 @@ CASES = [
     Case("pool-list-truncated", ("pool", "list", "--pool", "{w}/truncated.sqlite"), "corrupt|unreadable|malformed|damaged"),
     Case("pool-list-malformed-extra", ("pool", "list", "--pool", "{w}/bad-extra.sqlite"), "damaged"),
     Case("pool-list-malformed-classes", ("pool", "list", "--pool", "{w}/bad-classes.sqlite"), "damaged"),
+    Case("pool-list-classes-beyond-the-dataset", ("pool", "list", "--pool", "{w}/classes-beyond.sqlite"), r"lists classes \[0, 1, 99\], not distinct fashion-mnist class ids from 0 to 9.*rebuild"),
+    Case("pool-list-without-entries-table", ("pool", "list", "--pool", "{w}/no-entries-table.sqlite"), r"not a whole edge-smsp pool \(no such table: entries"),
     Case("pool-list-malformed-extra-json", ("pool", "list", "--json", "--pool", "{w}/bad-extra.sqlite"), "damaged"),
     Case("pool-list-foreign-database", ("pool", "list", "--pool", "{w}/foreign.sqlite"), "not an edge-smsp pool"),
     Case("pool-list-newer-schema", ("pool", "list", "--pool", "{w}/newer.sqlite"), "newer"),
@@ -184,8 +185,8 @@ CASES = [
     Case("profile-with-password", (*DEPLOY, "--profile", "{w}/password.yaml"), "password"),
     Case("profile-bench-is-a-dir", ("bench", "--profile", "{w}/adir", "--model", "{w}/tiny.onnx"), "adir is a directory"),
     # --- the device: unreachable, refused, misconfigured ------------------------------------------------------
-    Case("device-deploy-unreachable", (*DEPLOY, "--profile", "{w}/unreachable.yaml", "--out", "{s}/out"), "cannot connect"),
-    Case("device-bench-unreachable", ("bench", "--profile", "{w}/unreachable.yaml", "--model", "{w}/tiny.onnx"), "cannot connect"),
+    Case("device-deploy-unreachable", (*DEPLOY, "--profile", "{w}/unreachable.yaml", "--out", "{s}/out"), "cannot connect.*connection refused.*sshd runs"),
+    Case("device-bench-unreachable", ("bench", "--profile", "{w}/unreachable.yaml", "--model", "{w}/tiny.onnx"), "cannot connect.*host and port"),
     Case("device-bench-bad-known-hosts", ("bench", "--profile", "{w}/bad-known-hosts.yaml", "--model", "{w}/tiny.onnx"), "known_hosts"),
     Case("device-bench-missing-key", ("bench", "--profile", "{w}/missing-key.yaml", "--model", "{w}/tiny.onnx"), "key file"),
     Case("device-bench-local-wrong-python", ("bench", "--profile", "{w}/wrong-python.yaml", "--model", "{w}/tiny.onnx"), "python"),
@@ -225,7 +226,7 @@ CASES += HOSTILE_CASES  # issue 25's hostile sweep, by cause (tests/bad_input_ho
 
 def _pools(world: Path) -> None:
     from edge_smsp.pool import Pool
-    from tests.pruning_helpers import add_tiny_entry
+    from tests.pruning_helpers import add_tiny_entry, sql
 
     good = world / "good.sqlite"
     with Pool(good) as pool:
@@ -233,22 +234,15 @@ def _pools(world: Path) -> None:
     for name, statement in (
         ("bad-extra", "UPDATE entries SET extra = '{not json'"),
         ("bad-classes", "UPDATE tasks SET classes = '[1,'"),
+        ("classes-beyond", "UPDATE tasks SET classes = '[0, 1, 99]'"),
+        ("no-entries-table", "DROP TABLE entries"),
         ("newer", "UPDATE schema_version SET version = 999"),
     ):
         shutil.copy(good, world / f"{name}.sqlite")
-        _sql(world / f"{name}.sqlite", statement)
+        sql(world / f"{name}.sqlite", statement)
     data = good.read_bytes()
     (world / "truncated.sqlite").write_bytes(data[: len(data) // 3])
-    _sql(world / "foreign.sqlite", "CREATE TABLE recipes (name TEXT)")
-
-
-def _sql(path: Path, statement: str) -> None:
-    connection = sqlite3.connect(path)
-    try:
-        connection.execute(statement)
-        connection.commit()
-    finally:
-        connection.close()
+    sql(world / "foreign.sqlite", "CREATE TABLE recipes (name TEXT)")
 
 
 def _models(world: Path) -> None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from edge_smsp.core.errors import PruneError
+from edge_smsp.core.errors import PruneError, error_text
 from edge_smsp.criteria import score_units
 from edge_smsp.models.prune import keep_count, kept_indices, kept_mask, prune, replace_classifier
 from edge_smsp.models.pruned_model import load_pruned, save_pruned
@@ -268,8 +268,35 @@ def test_loading_missing_or_corrupt_files_raises(tmp_path):
         load_pruned(out)
     full = {group.key: list(range(group.size)) for group in unit_groups(model)}
     (out / "pruned.json").write_text(json.dumps({**meta, "kept_indices": full}))
-    with pytest.raises(PruneError, match="does not match"):
+    # The message names the tensors and both shapes, not torch's heading alone.
+    with pytest.raises(
+        PruneError,
+        match=r"does not match the pruned architecture: shape mismatch: conv1\.weight "
+        r"\(file \[32, 3, 7, 7\], model \[64, 3, 7, 7\]\), .* \(\+\d+ more\)$",
+    ):
         load_pruned(out)
+
+
+def test_error_text_keeps_what_a_dependencys_first_line_leaves_out() -> None:
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+    state = model.state_dict()
+    state["0.weight"] = torch.zeros(5, 3)
+    del state["1.bias"]
+    state["extra"] = torch.zeros(1)
+    with pytest.raises(RuntimeError) as raised:
+        model.load_state_dict(state)
+    assert (
+        error_text(raised.value)
+        == "missing: 1.bias; unexpected: extra; shape mismatch: 0.weight (file [5, 3], model [4, 3])"
+    )
+    lines = RuntimeError(
+        "\x1b[31m[ONNXRuntimeError] : 1 : FAIL :\nFatal error: ai.onnx:Foo is not a registered op"
+    )
+    assert (
+        error_text(lines) == "[ONNXRuntimeError] : 1 : FAIL : Fatal error: ai.onnx:Foo is not a registered op"
+    )
+    assert error_text(RuntimeError("x" * 400)) == "x" * 299 + "…"
+    assert error_text(RuntimeError()) == "RuntimeError"
 
 
 def test_vit_macs_include_the_attention_matmuls():

@@ -162,9 +162,11 @@ def test_unauthorised_key_and_unreachable_port_fail_fast(sshd: SshdServer, tmp_p
     with pytest.raises(TransportError, match="authentication failed"):
         open_transport(sshd.connection(key_file=stranger))
     started = time.monotonic()
-    with pytest.raises(TransportError, match=r"cannot connect to .*:\d+"):
+    with pytest.raises(TransportError, match=r"cannot connect to .*:\d+: connection refused .*check the"):
         open_transport(sshd.connection(port=free_port()), connect_timeout=3)
     assert time.monotonic() - started < 5
+    with pytest.raises(TransportError, match=r"the host name does not resolve .*check its spelling"):
+        open_transport(replace(sshd.connection(), host="no-such-host.invalid"), connect_timeout=3)
 
 
 def _wait_for(path: Path, seconds: float = 10.0) -> None:

@@ -33,6 +33,7 @@ class DatasetSource:
 
     name: ClassVar[str]
     aliases: ClassVar[tuple[str, ...]] = ()  # other spellings --dataset accepts (lower case, "-" for "_")
+    class_count: ClassVar[int | None] = None  # known without its files (None: counted in them, as a folder's)
 
     def default_root(self) -> Path:
         """Where the files are without --data-dir; DataError when the dataset has no default place."""

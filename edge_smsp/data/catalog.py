@@ -58,6 +58,14 @@ def num_classes(dataset: str, data_dir: str | os.PathLike | None = None) -> int:
     return len(dataset_source(name).class_names(dataset_root(name, data_dir)))
 
 
+def known_class_count(dataset: str) -> int | None:
+    """A dataset's number of classes when it is known without its files (a catalog dataset), else None."""
+    try:
+        return dataset_source(dataset_name(dataset)).class_count
+    except DataError:
+        return None  # an image folder's task ("imagefolder[name]") or a dataset this version does not know
+
+
 def check_task_request(
     dataset: str,
     classes: Sequence[int],

@@ -15,6 +15,7 @@ CIFAR100_CLASSES = 100
 class Cifar100(DatasetSource):
     name = "cifar100"
     aliases = ("cifar-100",)
+    class_count = CIFAR100_CLASSES
 
     def check_files(self, root: Path) -> None:
         cifar100_folder(root)

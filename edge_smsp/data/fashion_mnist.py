@@ -35,6 +35,7 @@ FASHION_FILES = {
 class FashionMnist(DatasetSource):
     name = "fashion-mnist"
     aliases = ("fashionmnist",)
+    class_count = len(FASHION_MNIST_CLASSES)
 
     def default_root(self) -> Path:
         return FASHION_MNIST_DIR

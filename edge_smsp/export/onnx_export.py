@@ -28,7 +28,7 @@ import onnx
 import torch
 from torch import nn
 
-from edge_smsp.core.errors import ExportError, OutputPathError
+from edge_smsp.core.errors import ExportError, OutputPathError, error_text
 from edge_smsp.core.fileio import checked_output_path, write_atomically
 from edge_smsp.data.catalog import image_size_problem
 from edge_smsp.devices.stack import DEFAULT_OPSET, NEWEST_KNOWN_OPSET, onnxruntime_max_opset, opset_problem
@@ -134,7 +134,7 @@ def export_onnx(
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as error:  # checker and shape inference raise several types
-        raise ExportError(f"exported ONNX graph fails onnx.checker: {_first_line(error)}") from None
+        raise ExportError(f"exported ONNX graph fails onnx.checker: {error_text(error)}") from None
     payload = proto.SerializeToString()
     max_abs_diff = _parity(payload, inputs.detach().cpu().numpy(), reference, dynamic_batch)
     # float32 error grows with the outputs' scale (an imprinted head gives logits of ~10-100), so the tolerance
@@ -221,13 +221,13 @@ def load_onnx_checked(path: str | os.PathLike[str]) -> onnx.ModelProto:
     try:
         proto = onnx.load(str(path))
     except Exception as error:  # protobuf raises DecodeError, RuntimeError or ValueError on corrupt bytes
-        raise ExportError(f"{path}: not a readable ONNX model ({_first_line(error)})") from None
+        raise ExportError(f"{path}: not a readable ONNX model ({error_text(error)})") from None
     if not proto.graph.node:
         raise ExportError(f"{path}: not an ONNX model (empty graph)")
     try:
         onnx.checker.check_model(proto, full_check=True)
     except Exception as error:  # checker and shape inference raise several types
-        raise ExportError(f"{path}: invalid ONNX model ({_first_line(error)})") from None
+        raise ExportError(f"{path}: invalid ONNX model ({error_text(error)})") from None
     return proto
 
 
@@ -280,7 +280,7 @@ def _export(
                 proto = onnx.load_from_string(buffer.getvalue())
     except Exception as error:  # the exporters raise many unrelated types for unsupported graphs
         raise ExportError(
-            f"ONNX export of {backbone} at opset {opset} failed ({exporter} exporter): {_first_line(error)}"
+            f"ONNX export of {backbone} at opset {opset} failed ({exporter} exporter): {error_text(error)}"
         ) from None
     written = _onnx_opset(proto)
     if written != opset:  # an exporter that silently kept another opset
@@ -326,7 +326,7 @@ def _parity(payload: bytes, inputs: np.ndarray, reference: np.ndarray, dynamic_b
                 ]
             )
     except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise ExportError(f"onnxruntime cannot run the exported model: {_first_line(error)}") from None
+        raise ExportError(f"onnxruntime cannot run the exported model: {error_text(error)}") from None
     if outputs.shape != reference.shape:
         raise ExportError(f"onnxruntime output shape {outputs.shape} differs from torch {reference.shape}")
     if not np.isfinite(outputs).all():
@@ -376,8 +376,3 @@ def _write_atomically(path: Path, payload: bytes) -> None:
         write_atomically(path, payload)
     except OSError as error:
         raise ExportError(f"cannot write {path}: {error}") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from edge_smsp.core.errors import ExportError
+from edge_smsp.core.errors import ExportError, error_text
 from edge_smsp.core.precisions import FP16, FP32, INT8, PRECISIONS
 from edge_smsp.export import fp16_range
 
@@ -103,7 +103,7 @@ def quantize_int8(
                 Exception
             ) as error:  # onnxruntime's optimizer raises its own types; fall back to the graph as is
                 model_in = fp32_path
-                preprocess_note = f"pre-processing skipped: {_first_line(error)}"
+                preprocess_note = f"pre-processing skipped: {error_text(error)}"
             else:
                 preprocess_note = "shape inference and onnxruntime's basic optimizations"
         else:
@@ -138,7 +138,7 @@ def quantize_int8(
             raise
         except Exception as error:  # onnxruntime.quantization raises bare Exception/ValueError/RuntimeError
             raise QuantizationError(
-                f"onnxruntime could not quantize {fp32_path}: {_first_line(error)}"
+                f"onnxruntime could not quantize {fp32_path}: {error_text(error)}"
             ) from None
         model = onnx.load(str(quantized))
         _drop_unused_opsets(model)
@@ -190,7 +190,7 @@ def convert_fp16(
             )  # fmt: skip
     except Exception as error:  # the converter raises bare exceptions on graphs it does not handle
         raise QuantizationError(
-            f"onnxconverter-common could not convert {fp32_path}: {_first_line(error)}"
+            f"onnxconverter-common could not convert {fp32_path}: {error_text(error)}"
         ) from None
     _stamp(model, source, FP16)
     _save_atomically(model, out_path)
@@ -375,7 +375,7 @@ def _load(path: str | os.PathLike[str]) -> onnx.ModelProto:
     try:
         return onnx.load(str(path))
     except Exception as error:  # protobuf's DecodeError and friends
-        raise QuantizationError(f"{path} is not a readable ONNX model: {_first_line(error)}") from None
+        raise QuantizationError(f"{path} is not a readable ONNX model: {error_text(error)}") from None
 
 
 def _drop_unused_opsets(model: onnx.ModelProto) -> None:
@@ -417,7 +417,7 @@ def _session(path: str | os.PathLike[str], threads: int) -> Any:
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
     except Exception as error:  # onnxruntime's own load failures
-        raise QuantizationError(f"onnxruntime cannot load {path}: {_first_line(error)}") from None
+        raise QuantizationError(f"onnxruntime cannot load {path}: {error_text(error)}") from None
 
 
 def _op_counts(graph: onnx.GraphProto) -> dict[str, int]:
@@ -429,7 +429,3 @@ def _op_counts(graph: onnx.GraphProto) -> dict[str, int]:
 
 def _elem_type(value: onnx.ValueInfoProto) -> str:
     return onnx.TensorProto.DataType.Name(value.type.tensor_type.elem_type).lower()
-
-
-def _first_line(error: BaseException) -> str:
-    return " ".join(str(error).split())[:300] or type(error).__name__

@@ -19,7 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import FlopCounterMode, flop_registry
 
-from edge_smsp.core.errors import PlanError
+from edge_smsp.core.errors import PlanError, error_text
 
 FP32_BYTES = 4
 
@@ -54,9 +54,7 @@ def measure_cost(model: nn.Module, input_size: int, ratio: float = 0.0) -> Model
             output = model(image)
             tracer.track_output(output)
     except RuntimeError as error:
-        raise PlanError(
-            f"the model does not run at input size {input_size}: {str(error).splitlines()[0]}"
-        ) from None
+        raise PlanError(f"the model does not run at input size {input_size}: {error_text(error)}") from None
     finally:
         model.train(was_training)
     return ModelCost(

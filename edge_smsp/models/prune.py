@@ -14,7 +14,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
-from edge_smsp.core.errors import PlanError, PruneError
+from edge_smsp.core.errors import PlanError, PruneError, error_text
 from edge_smsp.core.ratio import checked_ratio
 from edge_smsp.models.cost import measure_cost
 from edge_smsp.models.unit_scores import unit_l1_norms
@@ -123,7 +123,7 @@ def prune(
     try:
         macs_after, params_after = _count(pruned, size_px)
     except RuntimeError as error:
-        raise PruneError(f"the pruned model does not run: {error}".splitlines()[0]) from error
+        raise PruneError(f"the pruned model does not run: {error_text(error)}") from error
     summary = PruneSummary(
         ratio=ratio,
         params_before=params_before,

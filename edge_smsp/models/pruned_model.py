@@ -21,7 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from edge_smsp.core.documents import DocumentError, load_json, shown
-from edge_smsp.core.errors import PruneError
+from edge_smsp.core.errors import PruneError, error_text
 from edge_smsp.data.catalog import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from edge_smsp.models import template as templates
 from edge_smsp.models.prune import apply_kept_indices, checked_indices, kept_indices, replace_classifier
@@ -169,7 +169,7 @@ def pruned_from_files(files: Mapping[str, bytes], where: str) -> tuple[nn.Module
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise PruneError(
-            f"{weights_name} does not match the pruned architecture: {error}".splitlines()[0]
+            f"{weights_name} does not match the pruned architecture: {error_text(error)}"
         ) from error
     spec_fields = meta.get("backbone_spec")
     spec = getattr(model, "backbone_spec", None)

@@ -13,7 +13,7 @@ import torch_pruning as tp
 from timm.layers import Attention, Mlp
 from torch import nn
 
-from edge_smsp.core.errors import PruneError
+from edge_smsp.core.errors import PruneError, error_text
 
 KINDS = ("channels", "heads", "ffn")
 DEFAULT_IMAGE_SIZE = 224
@@ -113,8 +113,7 @@ def dependency_graph(model: nn.Module, image_size: int | None = None) -> tp.Depe
                 )
         except (RuntimeError, ValueError, AssertionError) as error:
             last_error = error
-    reason = str(last_error).strip().splitlines()[0] if str(last_error).strip() else type(last_error).__name__
-    raise PruneError(f"cannot trace the model to find its prunable units: {reason}")
+    raise PruneError(f"cannot trace the model to find its prunable units: {error_text(last_error)}")
 
 
 def group_layouts(model: nn.Module, graph: tp.DependencyGraph | None = None) -> tuple[UnitGroup, ...]:

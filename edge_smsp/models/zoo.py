@@ -25,7 +25,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
-from edge_smsp.core.errors import ModelError
+from edge_smsp.core.errors import ModelError, error_text
 from edge_smsp.data.catalog import image_size_problem
 
 
@@ -213,7 +213,7 @@ def _create(name: str, image_size: int | None, **kwargs) -> nn.Module:
     except ModelError:
         raise
     except Exception as error:
-        raise ModelError(f"cannot build {name}: {_first_line(error)}") from error
+        raise ModelError(f"cannot build {name}: {error_text(error)}") from error
 
 
 def _num_outputs(model: nn.Module) -> int | None:
@@ -398,15 +398,10 @@ def _unreachable_reason(cfg) -> str | None:
         with socket.create_connection((host, port), timeout=_HUB_PROBE_TIMEOUT_S):
             return None
     except OSError as error:
-        return f"{host}:{port} unreachable ({_first_line(error)})"
-
-
-def _first_line(error: BaseException) -> str:
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip().splitlines()
-    return text[0][:200] if text else type(error).__name__
+        return f"{host}:{port} unreachable ({error_text(error)})"
 
 
 def _load_failure(error: BaseException) -> str:
     # torch's weights-only refusal is a page of advice; the cause is the line after "WeightsUnpickler error".
     cause = re.search(r"WeightsUnpickler error:\s*(.+)", str(error))
-    return cause.group(1).strip()[:200] if cause else _first_line(error)
+    return cause.group(1).strip()[:200] if cause else error_text(error)

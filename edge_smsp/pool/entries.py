@@ -13,6 +13,7 @@ import numpy as np
 
 from edge_smsp.core.errors import PoolError
 from edge_smsp.core.fileio import write_atomically
+from edge_smsp.data.catalog import known_class_count
 from edge_smsp.pool.entry_data import NewEntry, check_plain_name, decode_arrays, new_entry
 from edge_smsp.pool.records import BackboneRecord, BuildKey, TaskRecord, entry_ratio
 from edge_smsp.pool.store import PoolStore, now
@@ -323,7 +324,7 @@ class EntryStore(PoolStore):
                 task=TaskRecord(
                     task_key=row[7],
                     dataset=row[8],
-                    classes=tuple(self._loads(row[9], f"the classes of task {row[7]}", list)),
+                    classes=self._stored_classes(row[9], task_key=row[7], dataset=row[8]),
                     class_names=tuple(self._loads(row[10], f"the class names of task {row[7]}", list)),
                     seed=row[11],
                     n_train=row[12],
@@ -336,6 +337,26 @@ class EntryStore(PoolStore):
             )
             for row in rows
         ]
+
+    def _stored_classes(self, text: str, task_key: str, dataset: str) -> tuple[int, ...]:
+        """A task row's class ids: distinct ids within its dataset, else PoolError (a damaged or hand-edited row)."""
+        classes = self._loads(text, f"the classes of task {task_key}", list)
+        total = known_class_count(dataset)
+        if (
+            not classes
+            or not all(
+                isinstance(value, int) and not isinstance(value, bool) and value >= 0 for value in classes
+            )
+            or len(set(classes)) != len(classes)
+            or (total is not None and max(classes) >= total)
+        ):
+            shown = json.dumps(classes)[:80]
+            within = f" from 0 to {total - 1}" if total is not None else ""
+            raise PoolError(
+                f"pool {self.path}: task {task_key} lists classes {shown}, not distinct {dataset} class ids{within}; "
+                f"the database is damaged; {self._fix_hint()}"
+            )
+        return tuple(classes)
 
     def _entry_blob(self, entry_id: int, column: str) -> bytes | None:
         with self._errors():

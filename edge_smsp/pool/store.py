@@ -170,6 +170,11 @@ class PoolStore:
                 raise PoolError(
                     f"pool {self.path} stayed locked by another process for {BUSY_TIMEOUT_MS // 1000} s; try again"
                 ) from None
+            if "no such table" in str(error) or "no such column" in str(error):
+                raise PoolError(
+                    f"pool {self.path} is not a whole edge-smsp pool ({error}: damaged, or made by another tool); "
+                    f"{self._fix_hint()}"
+                ) from None
             raise PoolError(f"pool {self.path}: {error}") from None
         except sqlite3.IntegrityError as error:
             raise PoolError(f"pool {self.path} refused the write: {error}") from None

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 import paramiko
 
-from edge_smsp.core.errors import TransportError
+from edge_smsp.core.errors import TransportError, error_text
 from edge_smsp.devices.profiles import ConnectionSpec
 from edge_smsp.transport.base import RemoteResult, Transport, timed
 from edge_smsp.transport.host_keys import _HostKeyPolicy, _UnknownHostKey, fingerprint
@@ -76,10 +76,6 @@ def _pid_of(stdout: bytearray) -> int | None:
     return int(line) if newline and line.strip().isdigit() else None
 
 
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
-
-
 class SshTransport(Transport):
     """A device over SSH. Connection drops are retried `retries` times with exponential backoff."""
 
@@ -129,7 +125,7 @@ class SshTransport(Transport):
                 ) from None
             except (OSError, paramiko.SSHException, paramiko.hostkeys.InvalidHostKey, ValueError) as error:
                 raise TransportError(
-                    f"cannot read known_hosts file {self.known_hosts}: {_one_line(error)}"
+                    f"cannot read known_hosts file {self.known_hosts}: {error_text(error)}"
                 ) from None
         client.set_missing_host_key_policy(_HostKeyPolicy(self.known_hosts, self.trust_new_host))
         key_file = self.connection.key_file
@@ -184,7 +180,7 @@ class SshTransport(Transport):
                 raise TransportError(
                     f"SSH authentication failed for {self.address} with {how}: {error}"
                 ) from None
-            reason = link_failure or f"cannot connect to {self.address}: {_one_line(error)}"
+            reason = link_failure or f"cannot connect to {self.address}: {error_text(error)}"
             if not initial:
                 raise _ConnectionLost(reason) from None
             raise TransportError(reason) from None
@@ -234,13 +230,13 @@ class SshTransport(Transport):
                     paramiko.SSHException,
                     ConnectionError,
                 ) as error:
-                    causes.append(self._lost_reason(_one_line(error)))
+                    causes.append(self._lost_reason(error_text(error)))
                 except OSError as error:
                     if self._connected():  # the link is fine: the file operation itself failed
                         raise TransportError(
-                            f"{action} failed on {self.address}: {_one_line(error)}"
+                            f"{action} failed on {self.address}: {error_text(error)}"
                         ) from None
-                    causes.append(self._lost_reason(_one_line(error)))
+                    causes.append(self._lost_reason(error_text(error)))
                 self._drop()
                 if attempt < attempts:
                     time.sleep(self.backoff * 2 ** (attempt - 1))

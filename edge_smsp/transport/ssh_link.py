@@ -13,10 +13,13 @@ on the link (a channel read, an SFTP write, an exit status) then fails at once i
 from __future__ import annotations
 
 import contextlib
+import socket
 import threading
 import time
 
 import paramiko
+
+from edge_smsp.core.errors import error_text
 
 PING_REQUEST = "keepalive@openssh.com"
 PING_INTERVAL = 5.0  # seconds between pings
@@ -78,7 +81,7 @@ def connect_failure(
     """What a failed client.connect() means, when paramiko's own message would mislead; None otherwise."""
     transport = client.get_transport()
     if transport is None:
-        return None  # no TCP connection: the OSError says why (refused, unreachable, timed out)
+        return _no_connection(error, address, timeout)
     if not transport.remote_version:
         text = str(error).lower()
         if not _timed_out(error) and ("banner" in text or "protocol" in text):
@@ -91,16 +94,35 @@ def connect_failure(
             "(is sshd running there, and is nothing in between swallowing the traffic?)"
         )
     if not transport.initial_kex_done:
-        return f"the link to {address} dropped during the SSH key exchange ({_detail(error)})"
+        return f"the link to {address} dropped during the SSH key exchange ({error_text(error)})"
     if isinstance(error, paramiko.AuthenticationException):
         if not transport.is_active():
-            return f"the link to {address} dropped during authentication ({_detail(error)}); try again"
+            return f"the link to {address} dropped during authentication ({error_text(error)}); try again"
         if "timeout" in str(error).lower():
             return (
                 f"{address} stopped answering during authentication (no reply within {timeout:g} s); "
                 "check the link and try again"
             )
     return None
+
+
+def _no_connection(error: BaseException, address: str, timeout: float) -> str:
+    """Why no TCP connection was made, and what to check: paramiko's 'Unable to connect to port N' names neither."""
+    errors = getattr(error, "errors", None)  # NoValidConnectionsError: one OSError per address tried
+    causes = list(errors.values()) if isinstance(errors, dict) and errors else [error]
+    if all(isinstance(cause, ConnectionRefusedError) for cause in causes):
+        return (
+            f"cannot connect to {address}: connection refused (nothing listens on that port); check the "
+            "connection's host and port, and that sshd runs on the device"
+        )
+    if isinstance(error, socket.gaierror):
+        return f"cannot connect to {address}: the host name does not resolve ({error_text(error)}); check its spelling"
+    if any(_timed_out(cause) for cause in causes):
+        return (
+            f"cannot connect to {address}: no answer within {timeout:g} s; check that the device is on and "
+            "reachable from here (network, VPN, firewall)"
+        )
+    return f"cannot connect to {address}: {error_text(error)}; check the connection's host and port"
 
 
 def _timed_out(error: BaseException) -> bool:
@@ -117,7 +139,3 @@ def _timed_out(error: BaseException) -> bool:
             return True
         seen = seen.__cause__ or seen.__context__
     return False
-
-
-def _detail(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__

@@ -231,7 +231,7 @@ HOSTILE_CASES = [
     Case("hostile-runtime-adapt-batch-huge", ("adapt", "--model", "{w}/tiny.onnx", "--data", "{w}/adir", "--out", "{s}/a.onnx", "--iters", "1", "--batch-size", "100000"), "--batch-size", runtime=True),
     Case("hostile-runtime-torch-adapt-batch-zero", (*RT_TORCH_ADAPT, "--batch-size", "0"), "--batch-size", runtime=True),
     Case("hostile-runtime-torch-adapt-trainable-blocks", (*RT_TORCH_ADAPT, "--trainable-blocks", "2"), "--trainable-blocks", runtime=True),
-    Case("hostile-runtime-torch-adapt-out-is-a-directory", (*RT_TORCH_ADAPT, "--out", "{w}/model"), "--out", runtime=True),
+    Case("hostile-runtime-torch-adapt-out-is-a-directory", (*RT_TORCH_ADAPT, "--out", "{w}/adir.onnx"), "--out .*adir.onnx is a directory", runtime=True),
     Case("hostile-runtime-torch-adapt-seed-negative", (*RT_TORCH_ADAPT, "--seed", "-1"), "--seed", runtime=True),
     Case("hostile-runtime-torch-adapt-iters-huge", (*RT_TORCH_ADAPT[:-1], "1000000000000"), "--iters", runtime=True),
     Case("hostile-runtime-infer-nan-pixels", (*RT_INFER, "{w}/nan.npy"), "NaN", runtime=True),
@@ -265,8 +265,8 @@ HOSTILE_CASES = [
     Case("hostile-runtime-adapt-out-under-a-file", ("adapt", "--model", "{w}/bundle-cut", "--data", "{w}/device-images", "--iters", "1", "--out", "{w}/afile/a.onnx"), "afile is a file, not a folder", runtime=True),
     Case("hostile-runtime-infer-a-directory", (*RT_INFER, "{w}/adir"), "adir is a directory, not an image", runtime=True),
     # --- 6. the runtime's last sweep: special files as outputs and inputs, garbage models, what infer can score ---
-    Case("hostile-runtime-adapt-out-fifo", (*RT_ADAPT, "--out", "{w}/fifo"), "fifo is a FIFO, not a regular file: refusing to replace it", runtime=True),
-    Case("hostile-runtime-adapt-out-symlink-loop", (*RT_ADAPT, "--out", "{w}/loop-a"), "loop-a is a symlink loop", runtime=True),
+    Case("hostile-runtime-adapt-out-fifo", (*RT_ADAPT, "--out", "{w}/fifo.onnx"), "fifo.onnx is a FIFO, not a regular file: refusing to replace it", runtime=True),
+    Case("hostile-runtime-adapt-out-symlink-loop", (*RT_ADAPT, "--out", "{w}/loop-a.onnx"), "loop-a.onnx is a symlink loop", runtime=True),
     Case("hostile-runtime-adapt-out-empty", (*RT_ADAPT, "--out", ""), "--out: expected a file name", runtime=True),
     Case("hostile-runtime-bench-zero-filled", (*RT_BENCH[:2], "{w}/zeros.onnx", *RT_BENCH[3:]), r"zeros.onnx: not an ONNX model \(a field number of 0\)", runtime=True),
     Case("hostile-runtime-bench-over-2-gib", (*RT_BENCH[:2], "{w}/sparse-3g.onnx", *RT_BENCH[3:]), "not an ONNX model .*over protobuf's 2 GiB limit", runtime=True),
@@ -283,6 +283,17 @@ HOSTILE_CASES = [
     Case("hostile-runtime-infer-not-a-classifier", ("infer", "--model", "{w}/identity.onnx", "{w}/image.npy"), r"shape \[1, 3, 8, 8\]; infer needs \(batch, classes\)", runtime=True),
     Case("hostile-runtime-scan-data-a-file", ("scan", "--data", "{w}/afile"), "afile is a file where a folder is expected", runtime=True),
     Case("hostile-runtime-scan-train-without-val", ("scan", "--data", "{w}/train-only"), "train-only has train/ but no val/", runtime=True),
+    # --- 6b. a hand-corrupted bundle, an output that is no .onnx file, a class folder that links back above ---
+    Case("hostile-runtime-adapt-bundle-param-shape", (*RT_ADAPT[:2], "{w}/bundle-param-shape", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"bundle-param-shape/graph\.json: parameter 'classifier\.weight' has shape \[3, 7\] but params\.npz holds \[3, \d+\]; export the bundle again", runtime=True),
+    Case("hostile-runtime-adapt-bundle-classifier-weight", (*RT_ADAPT[:2], "{w}/bundle-classifier-weight", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"graph\.json: classifier\.weight is 'nope' but its Gemm \(node \d+\) has 'classifier\.weight'; export the bundle again", runtime=True),
+    Case("hostile-runtime-adapt-bundle-classifier-features-missing", (*RT_ADAPT[:2], "{w}/bundle-classifier-no-features", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"graph\.json: classifier\.features is missing \(the Gemm's is '[^']+'\)", runtime=True),
+    Case("hostile-runtime-adapt-bundle-node-without-inputs", (*RT_ADAPT[:2], "{w}/bundle-node-no-inputs", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"graph\.json: node 1 '[^']+' \(BatchNormalization\): field 'inputs' must be a list of tensor names, got None", runtime=True),
+    Case("hostile-runtime-adapt-bundle-node-bad-strides", (*RT_ADAPT[:2], "{w}/bundle-node-strides", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"graph\.json: node 0 '[^']+' \(Conv\): attribute 'strides' must be 2 integers of at least 1, got 'x'", runtime=True),
+    Case("hostile-runtime-adapt-bundle-params-nan", (*RT_ADAPT[:2], "{w}/bundle-params-nan", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"bundle-params-nan/params\.npz: parameter '[^']+' holds 1 NaN or infinite value\(s\) of \d+; export the bundle again", runtime=True),
+    Case("hostile-runtime-adapt-bundle-params-inf", (*RT_ADAPT[:2], "{w}/bundle-params-inf", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"bundle-params-inf/params\.npz: parameter 'stem\.0\.1\.weight' holds 1 NaN or infinite value", runtime=True),
+    Case("hostile-runtime-adapt-out-not-onnx", (*RT_ADAPT, "--out", "{s}/a.txt"), r"argument --out: must name an \.onnx file, got '.*a\.txt'", runtime=True),
+    Case("hostile-runtime-torch-adapt-out-not-onnx", (*RT_TORCH_ADAPT, "--out", "{w}/model"), r"argument --out: must name an \.onnx file, got '.*model'", runtime=True),
+    Case("hostile-runtime-scan-class-folder-links-back", ("scan", "--data", "{w}/cycle-images"), r"cycle-images/coat/again links back to .*cycle-images/coat, a folder above it \(a symlink cycle\)", runtime=True),
     # --- 7. the host's last sweep: sizes no budget holds, providers the device lacks, empty strings, conflicts ---
     Case("hostile-deploy-image-size-over-the-memory-budget", (*DEPLOY, *DEPLOY_POOL, "--profile", "{w}/tight.yaml", "--image-size", "4096", "--out", "{s}/out"), r"input tensor alone \(1 x 3 x 4096 x 4096 x 4 bytes = 192\.0 MiB\) exceeds .*use a smaller --image-size"),
     Case("hostile-deploy-device-has-none-of-the-providers", (*DEPLOY, *DEPLOY_POOL, "--profile", "{w}/cuda-only.yaml", "--out", "{s}/out"), r"none of its profile's providers \(CUDAExecutionProvider\); it has .*CPUExecutionProvider"),
@@ -336,6 +347,10 @@ def hostile_inputs(world: Path, ssh: dict, local: dict) -> None:
     (world / "loop-a").symlink_to(world / "loop-b")
     (world / "loop-b").symlink_to(world / "loop-a")
     (world / "link-to-fifo").symlink_to(world / "fifo")
+    os.mkfifo(world / "fifo.onnx")  # adapt's --out must be an .onnx name before anything else is checked
+    (world / "loop-a.onnx").symlink_to(world / "loop-b.onnx")
+    (world / "loop-b.onnx").symlink_to(world / "loop-a.onnx")
+    (world / "adir.onnx").mkdir()
     for stem, change in CONNECTION_VARIANTS.items():
         values = {
             key: (value.format(w=world, not_ssh=not_ssh) if isinstance(value, str) else value)
@@ -524,6 +539,7 @@ def _last_sweep_inputs(world: Path, local: dict) -> None:
         else:
             spec["preprocessing"]["input_size"] = change["input_size"]
         spec_path.write_text(json.dumps(spec))
+    _corrupt_bundles(world)
     constant = helper.make_node(
         "Constant", [], ["y"], value=helper.make_tensor("c", TensorProto.FLOAT, [1, 3], [0.0] * 3)
     )
@@ -532,3 +548,50 @@ def _last_sweep_inputs(world: Path, local: dict) -> None:
     onnx.save(
         helper.make_model(no_inputs, opset_imports=[helper.make_opsetid("", 17)]), str(world / "noin.onnx")
     )
+
+
+def _corrupt_bundles(world: Path) -> None:
+    """Copies of the whole bundle, each hand-corrupted one way (graph.json or params.npz), and an image folder
+    whose class folder holds a symlink back to itself."""
+
+    def param_shape(spec: dict) -> None:
+        spec["params"]["classifier.weight"]["shape"] = [3, 7]
+
+    def classifier_weight(spec: dict) -> None:
+        spec["classifier"]["weight"] = "nope"
+
+    def classifier_no_features(spec: dict) -> None:
+        del spec["classifier"]["features"]
+
+    def node_no_inputs(spec: dict) -> None:
+        del spec["nodes"][1]["inputs"]
+
+    def node_strides(spec: dict) -> None:
+        spec["nodes"][0]["attrs"]["strides"] = "x"
+
+    spec_changes = {
+        "param-shape": param_shape,
+        "classifier-weight": classifier_weight,
+        "classifier-no-features": classifier_no_features,
+        "node-no-inputs": node_no_inputs,
+        "node-strides": node_strides,
+    }
+    for name, change in spec_changes.items():
+        shutil.copytree(world / "bundle", world / f"bundle-{name}")
+        spec_path = world / f"bundle-{name}" / "graph.json"
+        spec = json.loads(spec_path.read_text())
+        change(spec)
+        spec_path.write_text(json.dumps(spec))
+    for name, value in (("params-nan", np.nan), ("params-inf", np.inf)):
+        shutil.copytree(world / "bundle", world / f"bundle-{name}")
+        path = world / f"bundle-{name}" / "params.npz"
+        with np.load(path) as archive:
+            arrays = {key: np.array(archive[key]) for key in archive.files}
+        arrays["p1"].flat[0] = value  # the stem's BN scale: model.onnx keeps its finite value
+        np.savez(path, **arrays)
+    for name in ("coat", "pullover"):
+        folder = world / "cycle-images" / name
+        folder.mkdir(parents=True)
+        for number in range(2):
+            np.save(folder / f"{number}.npy", np.zeros((8, 8), dtype=np.uint8))
+    (world / "cycle-images" / "coat" / "again").symlink_to(world / "cycle-images" / "coat")

@@ -256,7 +256,9 @@ def test_bad_data_is_one_line_and_writes_nothing(
     assert os.listdir(out_dir) == []
 
 
-@pytest.mark.parametrize("kind", ["unwritable", "no such directory", "a directory", "too many blocks"])
+@pytest.mark.parametrize(
+    "kind", ["unwritable", "no such directory", "a directory", "not an .onnx name", "too many blocks"]
+)
 def test_bad_output_or_option_is_one_line_and_writes_nothing(
     kind: str, bundle_dir: Path, images: Path, tmp_path: Path
 ) -> None:
@@ -269,7 +271,10 @@ def test_bad_output_or_option_is_one_line_and_writes_nothing(
     elif kind == "no such directory":
         out, fragment = tmp_path / "nowhere" / "m.onnx", "does not exist"
     elif kind == "a directory":
-        out, fragment = tmp_path, "is a directory"
+        out, fragment = tmp_path / "d.onnx", "is a directory"
+        out.mkdir()
+    elif kind == "not an .onnx name":  # refused before the bundle is even read
+        out, fragment = tmp_path / "m.txt", "argument --out: must name an .onnx file, got"
     else:
         out, fragment, extra = (
             tmp_path / "m.onnx",
@@ -283,6 +288,45 @@ def test_bad_output_or_option_is_one_line_and_writes_nothing(
     )  # fmt: skip
     _one_line_error(result, fragment)
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def test_images_in_sub_folders_of_a_class_folder_are_read_by_scan_and_adapt_alike(
+    bundle_dir: Path, images: Path, tmp_path: Path
+) -> None:
+    """An image one (or two) folders below its class folder belongs to that class, as in the host's
+    ImageFolder and torchvision's: scan counts it, adapt trains and validates on it, in path order."""
+    data = tmp_path / "data"
+    for split in ("train", "val"):
+        for name in ("coat", "pullover", "tshirt"):
+            (data / split / name).mkdir(parents=True)
+    for name in ("coat", "pullover", "tshirt"):
+        sources = sorted((images / name).iterdir())
+        for number, source in enumerate(sources[:6]):  # 2 at the top, 2 one deeper, 2 two deeper
+            depth = ("", "sub", "sub/deeper")[number // 2]
+            folder = data / "train" / name / depth
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / source.name).write_bytes(source.read_bytes())
+        (data / "val" / name / "nested").mkdir()
+        for source in sources[6:8]:
+            (data / "val" / name / "nested" / source.name).write_bytes(source.read_bytes())
+    scan = run_runtime("scan", "--data", str(data))
+    assert scan.returncode == 0, scan.stderr
+    report = json.loads(scan.stdout)
+    assert (report["train_counts"], report["val_counts"]) == ([6, 6, 6], [2, 2, 2]), report
+
+    from edge_smsp_runtime.imagefolder import read_task
+
+    names, train, val = read_task(str(data), 0.2, 0)
+    assert (len(train), len(val)) == (18, 6)
+    coat = [path for path, label in train if label == names.index("coat")]
+    assert coat == sorted(coat) and sum("/sub/" in path for path in coat) == 4
+    out = tmp_path / "adapted.onnx"
+    adapt = run_runtime(
+        "adapt", "--model", str(bundle_dir / "model.onnx"), "--data", str(data), "--iters", "1",
+        "--trainable-blocks", "0", "--out", str(out),
+    )  # fmt: skip
+    assert adapt.returncode == 0, adapt.stderr
+    assert (json.loads(adapt.stdout)["train_images"], json.loads(adapt.stdout)["val_images"]) == (18, 6)
 
 
 class Features(nn.Module):

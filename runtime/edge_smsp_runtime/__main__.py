@@ -72,6 +72,17 @@ def _out_file(text: str) -> str:
     return text
 
 
+def _onnx_out_file(text: str) -> str:
+    """adapt's output: an .onnx name (checked before any work), so that no ONNX model lands in a .txt file."""
+    _out_file(text)
+    if os.path.splitext(os.path.basename(text))[1].lower() != ".onnx":
+        shown = text if len(text) <= 200 else text[:200] + "..."
+        raise argparse.ArgumentTypeError(
+            f"must name an .onnx file, got {shown!r}; name the adapted model like adapted.onnx"
+        )
+    return text
+
+
 def _providers_text(text: str) -> str:
     """Comma-separated provider names: an empty list is refused rather than read as the default."""
     if not any(name.strip() for name in text.split(",")):
@@ -156,7 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     adapt.add_argument(
         "--iters", type=_nonnegative_int, required=True, help="SGD steps after BN and imprinting"
     )
-    adapt.add_argument("--out", required=True, type=_out_file, help="the adapted ONNX file to write")
+    adapt.add_argument("--out", required=True, type=_onnx_out_file, help="the adapted .onnx file to write")
     adapt.add_argument(
         "--trainable-blocks",
         type=_nonnegative_int,

@@ -9,7 +9,7 @@ after it are the *tail*, trained on the cut's cached values; the nodes up to it 
 import math
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from .errors import RuntimeToolError
+from .errors import RuntimeToolError, one_line
 from .model import import_numpy
 from .ops import OPS, PARAMETER_INPUTS, STATISTIC_INPUTS
 
@@ -20,15 +20,125 @@ SGD_MOMENTUM = 0.9
 SGD_WEIGHT_DECAY = 5e-5
 
 
+# Inputs each operator takes (at least the first `low` of them non-empty), and its attributes' kinds.
+INPUT_COUNTS = {
+    "Conv": (2, 3), "BatchNormalization": (5, 5), "Relu": (1, 1), "Clip": (1, 3), "Sigmoid": (1, 1),
+    "Add": (2, 2), "Mul": (2, 2), "GlobalAveragePool": (1, 1), "Flatten": (1, 1), "Reshape": (2, 2),
+    "Identity": (1, 1), "Dropout": (1, 3), "Gemm": (2, 3), "MatMul": (2, 2), "MaxPool": (1, 1),
+}  # fmt: skip
+# (length, minimum) of integer-list attributes; (minimum, maximum) of integer ones.
+_INT_LIST_ATTRS = {"kernel_shape": (2, 1), "strides": (2, 1), "dilations": (2, 1), "pads": (4, 0)}
+_INT_ATTRS = {"group": (1, None), "transA": (0, 1), "transB": (0, 1), "allowzero": (0, 1), "ceil_mode": (0, 1),
+              "axis": (None, None)}  # fmt: skip
+_NUMBER_ATTRS = ("epsilon", "momentum", "alpha", "beta", "min", "max")
+
+
+def node_label(index: int, node: Any) -> str:
+    """'node 3 'name' (Conv)' for messages: where in graph.json's nodes a problem lies."""
+    name = node.get("name") if isinstance(node, dict) else None
+    op = node.get("op") if isinstance(node, dict) else None
+    return (
+        f"node {index}"
+        + (f" {name!r}" if isinstance(name, str) and name else "")
+        + (f" ({op})" if isinstance(op, str) and op else "")
+    )
+
+
+def _shape_text(shape: Iterable[int]) -> str:
+    return "[" + ", ".join(str(side) for side in shape) + "]"
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _is_int(value: Any, low: Optional[int] = None, high: Optional[int] = None) -> bool:
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and (low is None or value >= low)
+        and (high is None or value <= high)
+    )
+
+
+def _attrs_problem(node: Dict[str, Any]) -> Optional[str]:
+    """What is wrong with a node's attributes as the numpy engine reads them (None: nothing)."""
+    attrs = node.get("attrs", {})
+    if not isinstance(attrs, dict):
+        return f"field 'attrs' must be an object, got {_shown(attrs)}"
+    for name, value in attrs.items():
+        if name in _INT_LIST_ATTRS:
+            length, low = _INT_LIST_ATTRS[name]
+            if not isinstance(value, list) or len(value) != length or not all(_is_int(v, low) for v in value):
+                return f"attribute {name!r} must be {length} integers of at least {low}, got {_shown(value)}"
+        elif name in _INT_ATTRS:
+            low, high = _INT_ATTRS[name]
+            if not _is_int(value, low, high):
+                bounds = (
+                    ""
+                    if low is None
+                    else (f" from {low} to {high}" if high is not None else f" of at least {low}")
+                )
+                return f"attribute {name!r} must be an integer{bounds}, got {_shown(value)}"
+        elif name in _NUMBER_ATTRS and (
+            not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value)
+        ):
+            return f"attribute {name!r} must be a number, got {_shown(value)}"
+    if node["op"] == "MaxPool" and "kernel_shape" not in attrs:
+        return "attribute 'kernel_shape' is missing"
+    return None
+
+
+def nodes_problem(nodes: Any, params: Dict[str, Any], input_name: str) -> Optional[str]:
+    """What makes graph.json's `nodes` unusable by the numpy engine (None: nothing found): each node's fields
+    and attributes, its input count, and every tensor it reads computed before it or a parameter."""
+    if not isinstance(nodes, list) or not nodes:
+        return f"'nodes' must be a non-empty list of nodes, got {_shown(nodes)}"
+    for index, node in enumerate(nodes):
+        label = node_label(index, node)
+        if not isinstance(node, dict):
+            return f"{label} must be an object with op, inputs, outputs and attrs, got {_shown(node)}"
+        if not isinstance(node.get("op"), str) or not node.get("op"):
+            return f"{label}: field 'op' must be an operator name, got {_shown(node.get('op'))}"
+        for key in ("inputs", "outputs"):
+            value = node.get(key)
+            if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+                return f"{label}: field {key!r} must be a list of tensor names, got {_shown(value)}"
+        if not node["outputs"] or not node["outputs"][0]:
+            return f"{label}: field 'outputs' names no tensor"
+    unknown = sorted({node["op"] for node in nodes} - set(OPS))
+    if unknown:
+        return f"the graph has operators the numpy engine lacks: {', '.join(unknown)}"
+    available = {input_name} | set(params)
+    for index, node in enumerate(nodes):
+        label = node_label(index, node)
+        low, high = INPUT_COUNTS[node["op"]]
+        inputs = node["inputs"]
+        if not low <= len(inputs) <= high:
+            takes = str(low) if low == high else f"{low} to {high}"
+            return f"{label}: field 'inputs' has {len(inputs)} tensor(s); {node['op']} takes {takes}"
+        problem = _attrs_problem(node)
+        if problem:
+            return f"{label}: {problem}"
+        for position, name in enumerate(inputs):
+            if not name and position < low:
+                return f"{label}: input {position} is empty; {node['op']} needs it"
+            if name and name not in available:
+                return f"{label} reads {name!r}, which no node before it computes and no parameter holds"
+        available.update(node["outputs"])
+    return None
+
+
 class Graph:
     """Nodes in topological order, their parameters, one image input and one logits output."""
 
     def __init__(
         self, nodes: List[Dict[str, Any]], params: Dict[str, Any], input_name: str, output_name: str
     ):
-        unknown = sorted({node["op"] for node in nodes} - set(OPS))
-        if unknown:
-            raise RuntimeToolError(f"the graph has operators the numpy engine lacks: {', '.join(unknown)}")
+        problem = nodes_problem(nodes, params, input_name)
+        if problem:
+            raise RuntimeToolError(problem)
         self.nodes = nodes
         self.params = params
         self.input_name = input_name
@@ -41,6 +151,28 @@ class Graph:
             raise RuntimeToolError(f"no node produces the graph output {output_name!r}")
 
     # -- structure ------------------------------------------------------------------------------------------
+
+    def first_failure(self, x: Any) -> Tuple[Optional[str], Any]:
+        """Run every node in eval mode on the input `x`: (what the first node that cannot run says, None), or
+        (None, the output) when all ran. A bundle is tried on a blank image before any image is read."""
+        env = {self.input_name: x}
+        last_use = self._last_use(range(len(self.nodes)), self.output_name)
+        with np.errstate(all="ignore"):
+            for index, node in enumerate(self.nodes):
+                inputs = []  # type: List[Any]
+                try:
+                    inputs = [self._value(name, env) for name in node["inputs"]]
+                    outputs, _ = OPS[node["op"]][0](node, inputs, False)
+                except Exception as error:  # a shape or attribute graph.json got wrong: name the node
+                    shapes = ", ".join(_shape_text(np.shape(value)) for value in inputs)
+                    problem = f"{node_label(index, node)} cannot run on inputs of shape {shapes}"
+                    return f"{problem}: {one_line(error)}", None
+                for name, value in zip(node["outputs"], outputs):
+                    env[name] = value
+                for name in node["inputs"]:
+                    if last_use.get(name) == index and name != self.output_name:
+                        env.pop(name, None)
+        return None, env[self.output_name]
 
     def split(self, cut: str) -> Tuple[List[int], List[int]]:
         """(front, tail) node indices for a cut tensor; an error when the tail needs anything else of the front."""

@@ -4,7 +4,7 @@ folders split here, seeded and stratified), checked up front with one-line error
 import os
 from typing import Any, Dict, List, Tuple
 
-from .errors import RuntimeToolError
+from .errors import RuntimeToolError, one_line
 from .images import load_image, preprocess
 from .model import import_numpy
 from .paths import require_folder
@@ -15,23 +15,45 @@ MIN_TRAIN_IMAGES = 2  # per class: train-mode BatchNorm and a stratified split n
 Samples = List[Tuple[str, int]]
 
 
+def _image_files(folder: str) -> List[str]:
+    """The image files of a class folder and of its sub-folders at any depth (as the host's ImageFolder and
+    torchvision's read them), not yet sorted; hidden entries are ignored, anything else must be an image."""
+    files = []  # type: List[str]
+    pending = [(folder, ())]  # type: List[Tuple[str, Tuple[str, ...]]]
+    while pending:  # no recursion: a folder nested thousands deep is read like any other
+        directory, ancestors = pending.pop()
+        real = os.path.realpath(directory)
+        if real in ancestors:  # a symlink back to a folder above: walking it would never end
+            raise RuntimeToolError(
+                f"{directory} links back to {real}, a folder above it (a symlink cycle); remove the link"
+            )
+        try:
+            items = sorted(os.listdir(directory))
+        except OSError as error:
+            raise RuntimeToolError(f"cannot read folder {directory}: {one_line(error)}") from None
+        for item in items:
+            path = os.path.join(directory, item)
+            if item.startswith("."):
+                continue
+            if os.path.isdir(path):
+                pending.append((path, ancestors + (real,)))
+            elif not item.lower().endswith(IMAGE_SUFFIXES):
+                raise RuntimeToolError(f"not an image file: {path} (expected {', '.join(IMAGE_SUFFIXES)})")
+            else:
+                files.append(path)
+    return files
+
+
 def _class_folders(root: str, what: str) -> Dict[str, List[str]]:
-    """Class name -> its image files (sorted) of one ImageFolder level; hidden entries are ignored."""
+    """Class name -> its image files of one ImageFolder level, those in sub-folders of a class folder included,
+    sorted by path (as the host's ImageFolder); hidden entries are ignored."""
     require_folder(root, what)
     classes = {}
     for name in sorted(os.listdir(root)):
         directory = os.path.join(root, name)
         if name.startswith(".") or not os.path.isdir(directory):
             continue
-        files = []
-        for item in sorted(os.listdir(directory)):
-            path = os.path.join(directory, item)
-            if item.startswith(".") or os.path.isdir(path):
-                continue
-            if not item.lower().endswith(IMAGE_SUFFIXES):
-                raise RuntimeToolError(f"not an image file: {path} (expected {', '.join(IMAGE_SUFFIXES)})")
-            files.append(path)
-        classes[name] = files
+        classes[name] = sorted(_image_files(directory))
     if len(classes) < 2:
         found = ", ".join(classes) or "none"
         raise RuntimeToolError(f"{root}: need at least two class folders (ImageFolder layout), found {found}")

@@ -254,6 +254,15 @@ def merged(stored: dict[str, Any] | None, fresh: dict[str, Any]) -> dict[str, An
     }
 
 
+def merged_study(stored: dict[str, Any] | None, fresh: dict[str, Any]) -> dict[str, Any]:
+    """The fresh device-study rows over the stored ones (by variant, size and ratio), as `merged` does for the
+    comparisons: a session that reruns some rows keeps the others."""
+    key = lambda row: (row["variant"], row["size"], row["ratio"])  # noqa: E731
+    rows = {key(row): row for row in (stored or {}).get("rows", [])}
+    rows.update({key(row): row for row in fresh["rows"]})
+    return {"rows": sorted(rows.values(), key=lambda row: (row["size"], row["ratio"], row["variant"]))}
+
+
 def _verdict(row: dict[str, Any]) -> str:
     if row["p"] is None:
         return "too few pairs"
@@ -328,8 +337,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         read_json(path), payload_from(_research_results("heldout"), _research_results("light_tier"))
     )
     study = device_study(_research_results("heldout_pool100"), _research_results("light_tier_pool100"))
-    if study["rows"]:
-        payload["device_study"] = study
+    payload["device_study"] = merged_study(payload.get("device_study"), study)
     path = write_json(path, payload)
     log(f"{NAME}: {len(payload['comparisons'])} comparisons -> {path}")
     print(section(payload) or "no runs yet")

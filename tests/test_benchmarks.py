@@ -324,3 +324,24 @@ def test_stored_heldout_runs_take_todays_names_once(tmp_path):
     assert set(results.load()) == set(renamed)
     assert set(driver.RENAMED.values()) <= set(driver.VARIANTS)
     assert "smsp (default), batch 128" in driver.OLD_ONLY and "smsp (default)" not in driver.OLD_ONLY
+
+
+def test_evidence_keeps_the_stored_rows_a_later_run_did_not_redo():
+    from benchmarks import evidence
+
+    def row(variant, pairs):
+        return {"variant": variant, "size": 32, "ratio": 0.5, "pairs": pairs}
+
+    stored = {"rows": [row("light tier", 8), row("light tier, K0", 8)]}
+    study = evidence.merged_study(stored, {"rows": [row("light tier", 24), row("torch tier", 24)]})
+    assert [(r["variant"], r["pairs"]) for r in study["rows"]] == [
+        ("light tier", 24),
+        ("light tier, K0", 8),
+        ("torch tier", 24),
+    ]
+    comparisons = evidence.merged(
+        {"comparisons": [row("control: random entry", 24)], "light_tier": [1]},
+        {"comparisons": [row("light tier", 24)], "light_tier": []},
+    )
+    assert [r["variant"] for r in comparisons["comparisons"]] == ["control: random entry", "light tier"]
+    assert comparisons["light_tier"] == [1]  # an empty fresh list keeps the stored one

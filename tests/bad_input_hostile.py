@@ -6,6 +6,7 @@ options, NaN and integer pixels, decompression bombs, bad ONNX metadata, a port 
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import shutil
@@ -13,6 +14,7 @@ import socket
 import sqlite3
 import struct
 import threading
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -284,11 +286,14 @@ HOSTILE_CASES = [
     Case("hostile-runtime-scan-data-a-file", ("scan", "--data", "{w}/afile"), "afile is a file where a folder is expected", runtime=True),
     Case("hostile-runtime-scan-train-without-val", ("scan", "--data", "{w}/train-only"), "train-only has train/ but no val/", runtime=True),
     # --- 6b. a hand-corrupted bundle, an output that is no .onnx file, a class folder that links back above ---
-    Case("hostile-runtime-adapt-bundle-param-shape", (*RT_ADAPT[:2], "{w}/bundle-param-shape", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"bundle-param-shape/graph\.json: parameter 'classifier\.weight' has shape \[3, 7\] but params\.npz holds \[3, \d+\]; export the bundle again", runtime=True),
+    Case("hostile-runtime-adapt-bundle-param-shape", (*RT_ADAPT[:2], "{w}/bundle-param-shape", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"bundle-param-shape/params\.npz: parameter 'classifier\.weight' is \[3, \d+\] float32 in params\.npz, but graph\.json says \[3, 7\] float32; export the bundle again", runtime=True),
+    Case("hostile-runtime-adapt-bundle-param-huge", (*RT_ADAPT[:2], "{w}/bundle-param-huge", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"graph\.json declares 6,400,\d+,\d+ bytes of parameters, more than model\.onnx holds", runtime=True),
+    Case("hostile-runtime-adapt-bundle-params-bomb", (*RT_ADAPT[:2], "{w}/bundle-params-bomb", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"parameter 'classifier\.weight' is \[40000, 40000\] float32 in params\.npz, but graph\.json says \[3, \d+\]", runtime=True),
     Case("hostile-runtime-adapt-bundle-classifier-weight", (*RT_ADAPT[:2], "{w}/bundle-classifier-weight", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"graph\.json: classifier\.weight is 'nope' but its Gemm \(node \d+\) has 'classifier\.weight'; export the bundle again", runtime=True),
     Case("hostile-runtime-adapt-bundle-classifier-features-missing", (*RT_ADAPT[:2], "{w}/bundle-classifier-no-features", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"graph\.json: classifier\.features is missing \(the Gemm's is '[^']+'\)", runtime=True),
     Case("hostile-runtime-adapt-bundle-node-without-inputs", (*RT_ADAPT[:2], "{w}/bundle-node-no-inputs", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"graph\.json: node 1 '[^']+' \(BatchNormalization\): field 'inputs' must be a list of tensor names, got None", runtime=True),
     Case("hostile-runtime-adapt-bundle-node-bad-strides", (*RT_ADAPT[:2], "{w}/bundle-node-strides", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"graph\.json: node 0 '[^']+' \(Conv\): attribute 'strides' must be 2 integers of at least 1, got 'x'", runtime=True),
+    Case("hostile-runtime-adapt-bundle-node-negative-epsilon", (*RT_ADAPT[:2], "{w}/bundle-node-epsilon", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"graph\.json: node \d+ '[^']+' \(BatchNormalization\): attribute 'epsilon' must be a small positive number, got -1\.0", runtime=True),
     Case("hostile-runtime-adapt-bundle-params-nan", (*RT_ADAPT[:2], "{w}/bundle-params-nan", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"bundle-params-nan/params\.npz: parameter '[^']+' holds 1 NaN or infinite value\(s\) of \d+; export the bundle again", runtime=True),
     Case("hostile-runtime-adapt-bundle-params-inf", (*RT_ADAPT[:2], "{w}/bundle-params-inf", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"bundle-params-inf/params\.npz: parameter 'stem\.0\.1\.weight' holds 1 NaN or infinite value", runtime=True),
     Case("hostile-runtime-adapt-out-not-onnx", (*RT_ADAPT, "--out", "{s}/a.txt"), r"argument --out: must name an \.onnx file, got '.*a\.txt'", runtime=True),
@@ -569,12 +574,20 @@ def _corrupt_bundles(world: Path) -> None:
     def node_strides(spec: dict) -> None:
         spec["nodes"][0]["attrs"]["strides"] = "x"
 
+    def node_epsilon(spec: dict) -> None:
+        next(node for node in spec["nodes"] if node["op"] == "BatchNormalization")["attrs"]["epsilon"] = -1.0
+
+    def param_huge(spec: dict) -> None:
+        spec["params"]["classifier.weight"]["shape"] = [40000, 40000]
+
     spec_changes = {
         "param-shape": param_shape,
         "classifier-weight": classifier_weight,
         "classifier-no-features": classifier_no_features,
         "node-no-inputs": node_no_inputs,
         "node-strides": node_strides,
+        "node-epsilon": node_epsilon,
+        "param-huge": param_huge,
     }
     for name, change in spec_changes.items():
         shutil.copytree(world / "bundle", world / f"bundle-{name}")
@@ -589,6 +602,21 @@ def _corrupt_bundles(world: Path) -> None:
             arrays = {key: np.array(archive[key]) for key in archive.files}
         arrays["p1"].flat[0] = value  # the stem's BN scale: model.onnx keeps its finite value
         np.savez(path, **arrays)
+    # An archive whose classifier.weight header claims 40000 x 40000 floats (6 GB) over a few bytes of data.
+    shutil.copytree(world / "bundle", world / "bundle-params-bomb")
+    path = world / "bundle-params-bomb" / "params.npz"
+    spec = json.loads((world / "bundle" / "graph.json").read_text())
+    key = spec["params"]["classifier.weight"]["key"]
+    with zipfile.ZipFile(path) as archive:
+        members = {member: archive.read(member) for member in archive.namelist()}
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "<f4", "fortran_order": False, "shape": (40000, 40000)}
+    )
+    members[f"{key}.npy"] = b"\x93NUMPY\x01\x00" + header.getvalue()[8:] + b"\x00" * 64
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for member, data in members.items():
+            archive.writestr(member, data)
     for name in ("coat", "pullover"):
         folder = world / "cycle-images" / name
         folder.mkdir(parents=True)

@@ -191,6 +191,7 @@ CASES = [
     Case("device-bench-missing-key", ("bench", "--profile", "{w}/missing-key.yaml", "--model", "{w}/tiny.onnx"), "key file"),
     Case("device-bench-local-wrong-python", ("bench", "--profile", "{w}/wrong-python.yaml", "--model", "{w}/tiny.onnx"), "python"),
     Case("device-bench-ssh-wrong-python", ("bench", "--profile", "{w}/ssh-wrong-python.yaml", "--model", "{w}/tiny.onnx"), "python"),
+    Case("device-deploy-nan-report", (*DEPLOY, "--profile", "{w}/nan-python.yaml", "--out", "{s}/out"), r"no valid JSON report \(NaN, Infinity"),
     Case("device-deploy-local-wrong-python", (*DEPLOY, "--profile", "{w}/wrong-python.yaml", "--out", "{s}/out"), "python"),
     # --- the device runtime (python -m edge_smsp_runtime, no torch) -------------------------------------------
     Case("runtime-no-command", (), "required", runtime=True),
@@ -285,6 +286,15 @@ def world(tmp_path_factory: pytest.TempPathFactory, sshd: SshdServer) -> Path:
         "workdir": str(world / "device-wrong"),
     }
     small_board_profile(world / "wrong-python.yaml", "bad-input-wrong-python", wrong_python)
+    nan_python = world / "nan-python"  # a device whose runtime reports a NaN (a broken or foreign runtime)
+    nan_python.write_text(
+        f'#!/bin/sh\nout=$("{sys.executable}" "$@"); rc=$?\n'
+        'printf "%s\\n" "$out" | sed -E \'s/"imported_rss_mib": [0-9.e+-]+/"imported_rss_mib": NaN/\'\nexit $rc\n'
+    )
+    nan_python.chmod(0o755)
+    small_board_profile(
+        world / "nan-python.yaml", "bad-input-nan-python", {**local, "python": str(nan_python)}
+    )
     ssh = {
         "transport": "ssh",
         "host": "127.0.0.1",

@@ -51,6 +51,12 @@ def test_override_replaces_only_the_keys_it_names(tmp_path: Path) -> None:
         ("{hostname: x}", "connection override: connection.hostname: unknown field"),
         ("{password: hunter2}", "connection override: connection.password: passwords are not allowed"),
         ("{transport: telnet}", "connection override: connection.transport: must be one of ssh, local"),
+        (
+            "{host: a..b}",
+            "connection override: connection.host: 'a..b' is neither an IP address nor a host name",
+        ),
+        (f"{{host: {'x' * 64}.lan}}", "labels of 1 to 63 characters"),
+        ("{host: -bad.lan}", "is neither an IP address nor a host name"),
         ("no-such-file.yaml", "no such file, and not an inline YAML mapping"),
     ],
 )

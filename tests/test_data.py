@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -196,3 +197,40 @@ def test_corrupt_idx_file_and_empty_class_folder(tmp_path):
     Image.new("RGB", (4, 4)).save(folder / "a" / "x.png")
     with pytest.raises(DataError, match="no images in"):
         data.load_task("imagefolder", [0, 1], data_dir=folder)
+
+
+@pytest.mark.parametrize(
+    "side", [7100, 9500]
+)  # past the 50 M-pixel limit, then past Pillow's own warning (89 M)
+def test_an_image_folder_with_a_decompression_bomb_is_one_data_error(tmp_path, side):
+    folder = tmp_path / "images"
+    for name in ("a", "b"):
+        (folder / name).mkdir(parents=True)
+        for number in range(2):
+            Image.new("RGB", (4, 4)).save(folder / name / f"small{number}.png")
+    Image.new("1", (side, side)).save(folder / "a" / "bomb.png")  # a few KiB on disk
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is printed: no warning escapes either
+        with pytest.raises(DataError, match=r"bomb\.png has more than 50,000,000 pixels .*remove it"):
+            data.load_task("imagefolder", [0, 1], data_dir=folder, image_size=8)
+
+
+def test_an_image_folder_thousands_of_folders_deep_is_walked_without_recursion(tmp_path):
+    folder = tmp_path / "f"
+    for name in ("a", "b"):
+        for number in range(2):
+            (folder / name).mkdir(parents=True, exist_ok=True)
+            Image.new("RGB", (4, 4)).save(folder / name / f"{number}.png")
+    levels = [folder / "a" / "d"]
+    for _ in range(1200):  # deeper than Python's recursion limit (os.makedirs and shutil.rmtree recurse)
+        levels.append(levels[-1] / "d")
+    for level in levels:
+        level.mkdir()
+    try:
+        Image.new("RGB", (4, 4), "white").save(levels[-1] / "deep.png")
+        task = data.load_task("imagefolder", [0, 1], data_dir=folder, image_size=8, val_per_class=1)
+        assert len(task.train) + len(task.val) == 5  # the deep image counts for class a
+    finally:  # bottom-up, so that pytest's recursive clean-up of old temporary folders never meets the tree
+        (levels[-1] / "deep.png").unlink(missing_ok=True)
+        for level in reversed(levels):
+            level.rmdir()

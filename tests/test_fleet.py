@@ -240,10 +240,13 @@ def test_a_fleet_file_lists_profiles_and_connections_relative_to_itself(
         "10.0.0.9",
     )
     assert lab.connection.port == 2222 and line.connection.user == "pi" and host.name == "localhost"
+    os.mkfifo(tmp_path / "lab.fifo")
     for document, message in (
         ("{profile: a.yaml}", "must be a non-empty list of devices"),
         ("- {profile: profiles/nano.yaml, password: x}", "[0]: unknown key 'password'"),
         ("- {profile: nowhere.yaml}", "[0]: profile 'nowhere.yaml': no such file"),
+        ("- {profile: profiles}", "[0]: profile " + str(tmp_path / "profiles") + " is a directory"),
+        ("- {profile: profiles/nano.yaml, connection: lab.fifo}", "lab.fifo is a FIFO, not a regular file"),
         (
             "- {profile: profiles/nano.yaml, connection: {port: 99999}}",
             "[0]: connection override: connection.port",

@@ -12,6 +12,7 @@ import stat
 import struct
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -367,6 +368,12 @@ def test_integer_pixels_are_scaled_by_their_range(
         (np.full((4, 4), np.inf, dtype=np.float64), "NaN or infinite"),
         (np.full((4, 4), 70000, dtype=np.int64), "integer pixels"),
         (np.full((4, 4), -1, dtype=np.int16), "integer pixels"),
+        (
+            np.full((4, 4), 200.0, dtype=np.float32),
+            r"float pixels must be scaled to \[0, 1\], got 200 to 200",
+        ),
+        (np.full((4, 4), 1e30, dtype=np.float32), r"float pixels must be scaled to \[0, 1\], got 1e\+30"),
+        (np.full((4, 4), -0.5, dtype=np.float64), r"float pixels must be scaled to \[0, 1\], got -0.5"),
     ],
 )
 def test_non_finite_and_out_of_range_pixels_are_refused(
@@ -392,3 +399,13 @@ def test_resize_and_crop_still_matches_the_full_resize_then_crop() -> None:
     window = resize_antialiased(image, 52, 32, 10, 0, crop=(32, 32))
     assert np.allclose(full[10:42], window, atol=1e-4)
     assert resize_and_crop(image / 255, 32, 32).shape == (32, 32, 3)
+
+
+def test_the_runtime_refuses_a_png_bomb_in_one_line_with_no_pillow_warning(tmp_path: Path) -> None:
+    from PIL import Image
+
+    Image.new("1", (9500, 9500)).save(tmp_path / "bomb.png")  # past Pillow's warning (89 M pixels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(RuntimeToolError, match=r"9500 x 9500 pixels, more than the 50,000,000"):
+            load_image(str(tmp_path / "bomb.png"))

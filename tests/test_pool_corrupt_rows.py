@@ -3,6 +3,8 @@ the entry and calls the pool corrupt, never a TypeError from the decoder."""
 
 from __future__ import annotations
 
+import json
+import re
 import sqlite3
 from pathlib import Path
 
@@ -81,3 +83,62 @@ def test_a_pool_without_its_entries_table_is_named_incomplete(tmp_path: Path) ->
         pool.entry_dicts()
     assert "is not a whole edge-smsp pool (no such table: entries" in str(caught.value)
     assert "rebuild" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("statement", "what"),
+    [
+        (
+            "UPDATE task_descriptors SET data = x'00'",
+            r"the descriptor of task \S+ is 1 bytes, not a whole number",
+        ),
+        (
+            "UPDATE task_descriptors SET data = x'0000'",
+            r"the descriptor of task \S+ holds 1 values, not 3 x 8",
+        ),
+        ("UPDATE task_descriptors SET data = 'text'", r"the descriptor of task \S+ is str, not bytes"),
+        (
+            "UPDATE task_descriptors SET sketch = x'0000'",
+            r"the sketch of task \S+ holds 1 values, not 3 x 128",
+        ),
+        ("UPDATE descriptor_sums SET total = zeroblob(8 * 7 + 3)", r"the descriptors' sum is 59 bytes"),
+        (
+            "UPDATE descriptor_sums SET total = x'000000000000f07f'",
+            r"the descriptors' sum holds NaN or infinite",
+        ),
+    ],
+)
+def test_a_hand_edited_descriptor_is_a_damaged_pool_not_a_numpy_error(
+    tmp_path: Path, statement: str, what: str
+) -> None:
+    path = tmp_path / "p.sqlite"
+    _tiny_pool(path)
+    with Pool(path) as pool:
+        entry = pool.entries()[0]
+        pool.put_descriptor(entry.task, entry.backbone, np.ones((3, 8)), samples=10, seed=0)
+    sql(path, statement)
+    with Pool(path, create=False) as pool, pytest.raises(PoolError) as caught:
+        entries = pool.entries()
+        pool.entry_descriptors(entries)
+        pool.sketch_rows(entries[0].backbone)
+        pool.descriptor_centre(entries[0].backbone)
+    assert (
+        re.search(what, str(caught.value))
+        and "damaged" in str(caught.value)
+        and "rebuild" in str(caught.value)
+    )
+
+
+def test_an_escape_code_stored_in_a_row_never_reaches_the_terminal_raw(tmp_path: Path, capsys) -> None:
+    from edge_smsp.cli import main
+
+    path = tmp_path / "p.sqlite"
+    _tiny_pool(path)
+    sql(path, "UPDATE tasks SET task_key = char(27) || '[2J' || char(27) || '[31mEVIL'")
+    sql(path, "UPDATE entries SET method = 'taylor' || char(7) || char(9) || 'x'")
+    assert main(["pool", "list", "--pool", str(path)]) == 0
+    listed = capsys.readouterr().out
+    assert "\x1b" not in listed and "\x07" not in listed
+    assert "\\x1b[2J\\x1b[31mEVIL" in listed and "taylor\\x07\tx" in listed  # shown, tabs kept
+    assert main(["pool", "list", "--pool", str(path), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[0]["task_id"] == "\x1b[2J\x1b[31mEVIL"  # JSON keeps the value

@@ -253,6 +253,20 @@ def test_missing_corrupt_and_mismatched_checkpoints(tmp_path):
     torch.save(zoo.load_backbone("resnet18").state_dict(), other)
     with pytest.raises(ModelError, match="does not match resnet50"):
         zoo.load_backbone("resnet50", checkpoint=other)
+    state = zoo.load_backbone("resnet18").state_dict()
+    poisoned = tmp_path / "poisoned.pth"
+    torch.save({**state, "bn1.running_var": torch.full_like(state["bn1.running_var"], float("nan")),
+                "fc.weight": state["fc.weight"].to(torch.int64)}, poisoned)  # fmt: skip
+    with pytest.raises(ModelError, match=r"not floating point: fc\.weight torch\.int64 vs torch\.float32; "
+                       r"NaN or infinite values: bn1\.running_var$"):  # fmt: skip
+        zoo.load_backbone("resnet18", checkpoint=poisoned)
+    half = tmp_path / "half.pth"
+    torch.save(
+        {key: value.half() if value.is_floating_point() else value for key, value in state.items()}, half
+    )
+    assert (
+        zoo.load_backbone("resnet18", checkpoint=half).fc.weight.dtype == torch.float32
+    )  # fp16 weights load
     not_tensors = tmp_path / "numbers.pth"
     torch.save({"a": 1}, not_tensors)
     with pytest.raises(ModelError, match="no state dict"):

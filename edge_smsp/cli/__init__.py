@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 from edge_smsp.cli import adapt_commands, deploy_commands, model_commands, pool_commands
 from edge_smsp.cli.args import OneLineParser
-from edge_smsp.cli.output import Terminated, one_line, terminate_on_sigterm
+from edge_smsp.cli.output import Terminated, escaped_stdout, one_line, unwind_on_signals
 from edge_smsp.core.errors import EdgeSmspError
 from edge_smsp.core.version import __version__
 
@@ -40,22 +40,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("edge-smsp: error: stdout is closed; run it with stdout open", file=sys.stderr)
         return 2
     # SIGTERM unwinds like Ctrl-C, so that every `finally` runs: device work is stopped, temporaries removed.
-    with terminate_on_sigterm():
+    with unwind_on_signals() as received, escaped_stdout():
         try:
             code = int(args.handler(args) or 0)
             sys.stdout.flush()  # a full device or a closed pipe fails here, not in the interpreter's exit
             return code
-        except EdgeSmspError as error:
-            # One line whatever the library or a dependency (paramiko, onnx) put in the message.
-            print(f"edge-smsp: error: {one_line(str(error))}", file=sys.stderr)
-            return error.exit_code
-        except OSError as error:  # the disk filled, stdout is /dev/full or a closed pipe: said in one line
-            print(f"edge-smsp: error: {one_line(os_error_line(error))}", file=sys.stderr)
-            return 2
-        except KeyboardInterrupt as stop:
-            terminated = isinstance(stop, Terminated)
-            print(f"edge-smsp: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
-            return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+        except BaseException as error:
+            if received or isinstance(error, KeyboardInterrupt):
+                terminated = isinstance(error, Terminated) or signal.SIGTERM in received
+                print(f"edge-smsp: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+                return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+            if isinstance(error, EdgeSmspError):
+                # One line whatever the library or a dependency (paramiko, onnx) put in the message.
+                print(f"edge-smsp: error: {one_line(str(error))}", file=sys.stderr)
+                return error.exit_code
+            if isinstance(error, OSError):  # the disk filled, stdout is /dev/full or a closed pipe: one line
+                print(f"edge-smsp: error: {one_line(os_error_line(error))}", file=sys.stderr)
+                return 2
+            raise
 
 
 def os_error_line(error: OSError) -> str:

@@ -79,15 +79,30 @@ def _class_files(folder: Path, names: tuple[str, ...], classes: tuple[int, ...])
         class_dir = folder / names[class_id]
         if not class_dir.is_dir():
             raise DataError(f"{folder} has no sub-folder {names[class_id]} (class {class_id})")
-        paths = sorted(
-            str(path)
-            for path in class_dir.rglob("*")
-            if path.is_file() and path.suffix.lower() in IMG_EXTENSIONS
-        )
+        paths = _image_files(class_dir, IMG_EXTENSIONS)
         if not paths:
             raise DataError(f"no images in {class_dir} (expected {', '.join(IMG_EXTENSIONS)})")
         files[class_id] = paths
     return files
+
+
+def _image_files(class_dir: Path, extensions: tuple[str, ...]) -> list[str]:
+    """The images anywhere under a class folder, sorted. A loop with a stack, not Path.rglob or os.walk (both
+    recurse in Python 3.11): a tree thousands of folders deep is walked; symlinked folders are not (no cycles)."""
+    found: list[str] = []
+    pending = [str(class_dir)]
+    while pending:
+        folder = pending.pop()
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        pending.append(entry.path)
+                    elif os.path.splitext(entry.name)[1].lower() in extensions and entry.is_file():
+                        found.append(entry.path)
+        except OSError as error:
+            raise DataError(f"cannot read folder {folder}: {error.strerror or error}") from None
+    return sorted(found)
 
 
 def _files_split(files: dict[int, list[str]]) -> Split:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch.utils.data import Dataset
 
-from edge_smsp.core.errors import DataError
+from edge_smsp.core.errors import DataError, error_text
 from edge_smsp.data import dataset_source
 from edge_smsp.data.base import Split
 from edge_smsp.data.catalog import (
@@ -32,6 +33,7 @@ __all__ = ["ImageTensorDataset", "Task", "generate_tasks", "load_task", "num_cla
 DEFAULT_TRAIN_PER_CLASS = 500
 DEFAULT_VAL_PER_CLASS = 200
 _RESIZE_CHUNK = 2048
+MAX_IMAGE_PIXELS = 50_000_000  # an image folder's image, decoded: as the device runtime's images.MAX_PIXELS
 
 
 class ImageTensorDataset(Dataset):
@@ -220,9 +222,20 @@ def _read_image_files(paths: Sequence[str], size: int) -> torch.Tensor:
     images = []
     for path in paths:
         try:
-            with Image.open(path) as image:
-                pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+            with warnings.catch_warnings():
+                # PIL warns from 89 M pixels and refuses from 179 M; the limit here is the device runtime's.
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    width, height = image.size
+                    if width * height > MAX_IMAGE_PIXELS:
+                        raise Image.DecompressionBombError(f"{width} x {height} pixels")
+                    pixels = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+            raise DataError(
+                f"image {path} has more than {MAX_IMAGE_PIXELS:,} pixels (a decompression bomb?); "
+                "resize it or remove it from the folder"
+            ) from None
         except (OSError, UnidentifiedImageError) as error:
-            raise DataError(f"cannot read image {path}: {error}") from error
+            raise DataError(f"cannot read image {path}: {error_text(error)}") from error
         images.append(_resize_crop(torch.from_numpy(pixels.copy()).permute(2, 0, 1).unsqueeze(0), size))
     return torch.cat(images)

@@ -61,16 +61,25 @@ def _entry(item: Any, index: int, base: Path, path: Path) -> DeviceProfile:
         raise ProfileError(f"{where}.profile: required, a profile file or a bundled profile name")
     relative = base / name
     try:
-        profile = load_profile(relative if relative.is_file() else name)
+        # Anything at the relative path (a directory or a FIFO too) is meant: load_profile names what is wrong.
+        profile = load_profile(relative if _present(relative) else name)
         connection = item.get("connection")
         if connection is None:
             return profile
         if isinstance(connection, str):
             target = base / connection
             overrides, overrides_base = load_connection_override(
-                str(target if target.is_file() else connection)
+                str(target if _present(target) else connection)
             )
             return with_connection(profile, overrides, overrides_base)
         return with_connection(profile, connection, base)
     except ProfileError as error:
         raise ProfileError(f"{where}: {error}") from None
+
+
+def _present(path: Path) -> bool:
+    """Whether something is at `path`: a file, a directory, a FIFO, or a symlink (even a dangling one)."""
+    try:
+        return path.exists() or path.is_symlink()
+    except OSError:  # a name too long, say: then it is not a relative file either
+        return False

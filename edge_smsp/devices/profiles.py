@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import stat
 from dataclasses import dataclass, field, replace
@@ -349,7 +350,7 @@ def _connection(value: Any, base_dir: Path | None) -> ConnectionSpec:
     _require(value, ("transport",), "connection.")
     transport = _choice(value["transport"], TRANSPORTS, "connection.transport")
     defaults = ConnectionSpec(transport=transport)
-    host = _optional_string(value.get("host"), "connection.host") or defaults.host
+    host = _host_name(_optional_string(value.get("host"), "connection.host") or defaults.host)
     user = _optional_string(value.get("user"), "connection.user")
     port = value.get("port")
     port = defaults.port if port is None else _port(port)
@@ -393,3 +394,20 @@ def check_input_fits(profile: DeviceProfile, input_size: int) -> None:
             else "raise memory_budget in the profile"
         )
     )
+
+
+def _host_name(host: str) -> str:
+    """An IP address or a DNS name (labels of 1 to 63 characters, 253 in all): `a..b` is said to be the host's
+    fault here, not found later as an encoding error that paramiko's key loading would blame on the key file."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        return host
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    if len(host) > 253 or not all(re.fullmatch(r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)", label) for label in labels):
+        raise ProfileError(
+            f"connection.host: {short(host, 80)!r} is neither an IP address nor a host name (letters, digits and "
+            "hyphens in dot-separated labels of 1 to 63 characters)"
+        )
+    return host

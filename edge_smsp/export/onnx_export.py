@@ -13,14 +13,18 @@ runs the opset also reads the file (onnxruntime 1.14 runs opset 18 but only IR 8
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import signal
+import threading
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -68,6 +72,36 @@ class ExportResult:
         return payload
 
 
+@contextlib.contextmanager
+def _interruptions_kept() -> Iterator[None]:
+    """Ctrl-C during the export is raised once it has returned (a second one at once): a KeyboardInterrupt raised
+    inside torch's exporter, onnxsim or a lazy import is caught there, reported as an export failure, or leaves a
+    module half-initialised, so that the export failed with a traceback or finished as if nothing had happened."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    interrupted: list[int] = []
+    previous = signal.getsignal(signal.SIGINT)
+    if previous in (signal.SIG_IGN, None):  # Ctrl-C ignored (a background job) or not set from Python
+        yield
+        return
+
+    def interrupt(signum: int, frame: FrameType | None) -> None:
+        interrupted.append(signum)
+        if len(interrupted) > 1:  # a second Ctrl-C acts at once
+            handler = previous if callable(previous) else signal.default_int_handler
+            handler(signum, frame)
+
+    signal.signal(signal.SIGINT, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if interrupted:
+            raise KeyboardInterrupt from None
+
+
+@_interruptions_kept()
 def export_onnx(
     model: nn.Module,
     out_path: str | os.PathLike[str],

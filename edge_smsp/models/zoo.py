@@ -353,8 +353,26 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> N
         for key in expected
         if key in state and state[key].shape != expected[key].shape
     ]
+    # load_state_dict casts silently: integer or complex weights would load as something else, and a NaN or an
+    # infinity would surface later as NaN unit scores, far from its cause.
+    wrong_type = [
+        f"{key} {state[key].dtype} vs {expected[key].dtype}"
+        for key in expected
+        if key in state and expected[key].is_floating_point() and not state[key].is_floating_point()
+    ]
+    not_finite = [
+        key
+        for key in expected
+        if key in state and state[key].is_floating_point() and not bool(torch.isfinite(state[key]).all())
+    ]
     problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", wrong_shape)):
+    for label, keys in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("shape mismatch", wrong_shape),
+        ("not floating point", wrong_type),
+        ("NaN or infinite values", not_finite),
+    ):
         if keys:
             more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""
             problems.append(f"{label}: {', '.join(keys[:3])}{more}")

@@ -54,7 +54,11 @@ class DescriptorStore(EntryStore):
                 (task_id, backbone_id),
             ).fetchone()
             if old is not None:
-                total -= _decoded(old[2], old[0], old[1]).astype(np.float64).sum(axis=0)
+                total -= (
+                    self._stored(old[2], DESCRIPTOR_DTYPE, "a task descriptor", (old[0], old[1]))
+                    .astype(np.float64)
+                    .sum(axis=0)
+                )
                 count -= old[0]
             total += rows.astype(np.float64).sum(axis=0)
             count += rows.shape[0]
@@ -110,7 +114,9 @@ class DescriptorStore(EntryStore):
                 ).fetchall()
                 for task_key, weights, size, count, width, data in rows:
                     for entry_id in wanted.get((task_key, weights, size), ()):
-                        found[entry_id] = _decoded(data, count, width)
+                        found[entry_id] = self._stored(
+                            data, DESCRIPTOR_DTYPE, f"the descriptor of task {task_key}", (count, width)
+                        )
         return found
 
     def descriptor_centre(self, backbone: BackboneRecord) -> np.ndarray | None:
@@ -123,7 +129,7 @@ class DescriptorStore(EntryStore):
             ).fetchone()
         if row is None or row[0] == 0:
             return None
-        return np.frombuffer(row[1], dtype=np.float64) / row[0]
+        return self._stored(row[1], np.float64, "the descriptors' sum") / row[0]
 
     def sketch_rows(self, backbone: BackboneRecord) -> SketchRows:
         """Every described task's sketch for this backbone, for the search stage."""
@@ -136,11 +142,16 @@ class DescriptorStore(EntryStore):
             ).fetchall()
         if not rows:
             return SketchRows((), (), np.zeros((0, SKETCH_WIDTH), dtype=DESCRIPTOR_DTYPE), (0, 0))
-        sketches = np.frombuffer(b"".join(row[2] for row in rows), dtype=DESCRIPTOR_DTYPE)
+        sketches = [
+            self._stored(
+                row[2], DESCRIPTOR_DTYPE, f"the sketch of task {row[0]}", (int(row[1]), SKETCH_WIDTH)
+            )
+            for row in rows
+        ]
         return SketchRows(
             task_keys=tuple(row[0] for row in rows),
             rows=tuple(int(row[1]) for row in rows),
-            sketches=sketches.reshape(-1, SKETCH_WIDTH),
+            sketches=np.concatenate(sketches),
             version=(len(rows), int(rows[-1][3])),
         )
 
@@ -154,22 +165,33 @@ class DescriptorStore(EntryStore):
             ).fetchone()
         return int(row[0]), int(row[1])
 
+    def _stored(
+        self, data: object, dtype: type, what: str, shape: tuple[int, ...] | None = None
+    ) -> np.ndarray:
+        """A stored array column as numbers; PoolError when its bytes are not that (a damaged or hand-edited row)."""
+        size = np.dtype(dtype).itemsize
+        if not isinstance(data, bytes):
+            problem = f"is {type(data).__name__}, not bytes"
+        elif len(data) % size:
+            problem = f"is {len(data)} bytes, not a whole number of {np.dtype(dtype).name} values"
+        elif shape is not None and len(data) // size != int(np.prod(shape)):
+            problem = f"holds {len(data) // size} values, not {' x '.join(map(str, shape))}"
+        else:
+            array = np.frombuffer(data, dtype=dtype)
+            if np.isfinite(array).all():
+                return array if shape is None else array.reshape(shape)
+            problem = "holds NaN or infinite values"
+        raise PoolError(f"pool {self.path}: {what} {problem}; the database is damaged; {self._fix_hint()}")
+
     def _sum(self, backbone_id: int, width: int) -> tuple[np.ndarray, int]:
         row = self._db.execute(
             "SELECT rows, total FROM descriptor_sums WHERE backbone_id = ?", (backbone_id,)
         ).fetchone()
         if row is None:
             return np.zeros(width, dtype=np.float64), 0
-        total = np.frombuffer(row[1], dtype=np.float64).copy()
+        total = self._stored(row[1], np.float64, "the descriptors' sum").copy()
         if len(total) != width:
             raise PoolError(
                 f"pool {self.path}: descriptors of width {width} cannot join stored ones of width {len(total)}"
             )
         return total, int(row[0])
-
-
-def _decoded(data: bytes, rows: int, width: int) -> np.ndarray:
-    array = np.frombuffer(data, dtype=DESCRIPTOR_DTYPE)
-    if array.size != rows * width:
-        raise PoolError(f"a stored task descriptor has {array.size} values, not {rows} x {width}")
-    return array.reshape(rows, width)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import importlib.util
-import json
 import posixpath
 import time
 from abc import ABC, abstractmethod
@@ -14,7 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
+from edge_smsp.core.documents import DocumentError, load_json
 from edge_smsp.core.errors import DeviceStackError, TransportError
+from edge_smsp.core.paths import safe_text
 from edge_smsp.devices.profiles import ConnectionSpec
 from edge_smsp.transport.temps import HOST_ID, STALE_TEMP_SECONDS, TEMP_PREFIX, abandoned_here, temp_name
 
@@ -334,7 +335,10 @@ class Transport(ABC):
         if result.rc != 0:
             raise TransportError(f"device runtime failed (exit {result.rc}): {self._failure_reason(result)}")
         if not isinstance(report, dict):
-            raise TransportError(f"device runtime printed no JSON report: {result.stdout.strip()[:120]!r}")
+            raise TransportError(
+                f"device runtime printed no valid JSON report (NaN, Infinity and duplicate keys are refused): "
+                f"{safe_text(result.stdout.strip()[:120])!r}"
+            )
         return report
 
     def _check_python_runs(self, failed: RemoteResult) -> None:
@@ -383,9 +387,11 @@ class Transport(ABC):
 
     @staticmethod
     def _json_or_none(text: str) -> Any:
+        """The device's JSON reply, or None: a reply with NaN or Infinity (no JSON), duplicate keys or absurd
+        nesting is no reply; numbers from the device feed the memory and latency models."""
         try:
-            return json.loads(text)
-        except ValueError:
+            return load_json(text)
+        except DocumentError:
             return None
 
     def __enter__(self) -> Self:

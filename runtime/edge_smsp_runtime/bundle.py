@@ -41,6 +41,7 @@ from .model import MAX_INPUT_SIZE, import_numpy
 
 BUNDLE_FORMAT = "edge-smsp-adaptable-bundle"
 BUNDLE_VERSION = 1
+PARAMS_SLACK_BYTES = 1 << 20  # params.npz's arrays are model.onnx's initializers: never more bytes than it
 _METADATA_FIELD = 14  # ModelProto.metadata_props (StringStringEntryProto: key = 1, value = 2)
 
 
@@ -100,6 +101,11 @@ def load_bundle(model_path: str) -> Bundle:
     if hashlib.sha256(model_bytes).hexdigest() != spec.get("model_sha256"):
         raise RuntimeToolError(f"{paths['model.onnx']} does not match its graph.json (SHA-256 differs)")
     try:
+        problem = _declared_params_problem(spec, len(model_bytes)) or _archive_headers_problem(
+            paths["params.npz"], spec
+        )
+        if problem:
+            raise RuntimeToolError(f"{paths['params.npz']}: {problem}; export the bundle again on the host")
         with np.load(paths["params.npz"], allow_pickle=False) as archive:
             params = {name: np.array(archive[entry["key"]]) for name, entry in spec["params"].items()}
     except (zipfile.BadZipFile, EOFError, zlib.error) as error:  # cut short in a copy, or damaged
@@ -270,6 +276,47 @@ def _classifier_problem(spec: Dict[str, Any]) -> Optional[str]:
     classes = head.get("num_classes")
     if not _is_int(classes, 1) or classes != len(spec["labels"]):
         return f"classifier.num_classes must be the number of labels ({len(spec['labels'])}), got {_shown(classes)}"
+    return None
+
+
+def _declared_params_problem(spec: Dict[str, Any], model_bytes: int) -> Optional[str]:
+    """Parameters that graph.json declares larger than model.onnx, whose initializers they are: a bundle that would
+    make the runtime allocate gigabytes from a few compressed megabytes."""
+    np = import_numpy()
+    declared = 0
+    for entry in spec["params"].values():
+        try:
+            declared += int(np.prod(entry["shape"], dtype=np.float64)) * np.dtype(entry["dtype"]).itemsize
+        except TypeError:
+            return "graph.json names a dtype numpy does not know"
+    if declared > model_bytes + PARAMS_SLACK_BYTES:
+        return f"graph.json declares {declared:,} bytes of parameters, more than model.onnx holds ({model_bytes:,})"
+    return None
+
+
+def _archive_headers_problem(path: str, spec: Dict[str, Any]) -> Optional[str]:
+    """Each array's shape and dtype read from its .npy header inside the archive, before any array is inflated:
+    numpy allocates what the header says, so a 16 MB archive may claim 40000 x 40000 floats."""
+    np = import_numpy()
+    with zipfile.ZipFile(path) as archive:
+        for name, entry in spec["params"].items():
+            try:
+                handle = archive.open(entry["key"] + ".npy")
+            except KeyError:
+                return f"holds no array {entry['key']!r} (parameter {name!r})"
+            with handle:
+                version = np.lib.format.read_magic(handle)
+                read_header = (
+                    np.lib.format.read_array_header_1_0
+                    if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0
+                )
+                shape, _, dtype = read_header(handle)
+            if list(shape) != entry["shape"] or str(dtype) != entry["dtype"]:
+                return (
+                    f"parameter {name!r} is {_shape_text(shape)} {dtype} in params.npz, but graph.json says "
+                    f"{_shape_text(entry['shape'])} {entry['dtype']}"
+                )
     return None
 
 

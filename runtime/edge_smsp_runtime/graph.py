@@ -85,6 +85,8 @@ def _attrs_problem(node: Dict[str, Any]) -> Optional[str]:
             not isinstance(value, (int, float)) or isinstance(value, bool) or math.isnan(value)
         ):
             return f"attribute {name!r} must be a number, got {_shown(value)}"
+        elif name == "epsilon" and not (0 < value < 1):  # BatchNorm divides by sqrt(var + epsilon)
+            return f"attribute 'epsilon' must be a small positive number, got {_shown(value)}"
     if node["op"] == "MaxPool" and "kernel_shape" not in attrs:
         return "attribute 'kernel_shape' is missing"
     return None

@@ -1,5 +1,6 @@
 """Image decoding and preprocessing: Pillow when installed, else .npy and binary PGM/PPM in pure numpy."""
 
+import warnings
 from typing import Any, List, Tuple
 
 from .errors import RuntimeToolError, one_line
@@ -9,6 +10,7 @@ from .paths import path_kind, require_file
 PILLOW_HINT = "pip install pillow"
 # Decompression bombs: an 83-byte PNG may claim 100,000 x 100,000 pixels. Checked on the header, before decoding.
 MAX_PIXELS = 50000000
+FLOAT_SLACK = 1e-3  # float pixels a little outside [0, 1] (rounding in a user's own scaling) are clipped
 CHUNK_VALUES = 1 << 22  # float32 values a resize step gathers at once (16 MiB)
 
 
@@ -40,7 +42,13 @@ def _scale_to_unit(array: Any, path: str = "image") -> Any:
     if array.dtype.kind == "f":
         if not np.all(np.isfinite(array)):
             raise RuntimeToolError(f"{path}: the image holds NaN or infinite pixels")
-        return array.astype(np.float32)
+        low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+        if low < -FLOAT_SLACK or high > 1.0 + FLOAT_SLACK:
+            raise RuntimeToolError(
+                f"{path}: float pixels must be scaled to [0, 1], got {low:g} to {high:g}; "
+                "divide by 255 (or save 8-bit levels as uint8)"
+            )
+        return np.clip(array, 0.0, 1.0).astype(np.float32)
     raise RuntimeToolError(f"{path}: unsupported pixel type {array.dtype}")
 
 
@@ -130,7 +138,11 @@ def _read_pillow(path: str) -> Any:
     from PIL import Image
 
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():
+            # Pillow warns of a large image on opening; check_pixels refuses one from its header in one line.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)
+        with image:
             check_pixels(image.size[1], image.size[0], path)
             if image.mode in ("I;16", "I;16B", "I;16L"):
                 return np.asarray(image, dtype=np.float32)[:, :, None] / 65535.0

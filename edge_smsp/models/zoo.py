@@ -13,6 +13,7 @@ import pickle
 import re
 import socket
 import urllib.parse
+import warnings
 import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass, replace
@@ -282,7 +283,9 @@ def _read_checkpoint(path: Path) -> OrderedDict[str, torch.Tensor]:
             raw = load_file(str(path))
         else:
             # timm training checkpoints carry their argparse arguments; allow that one plain class, nothing else.
-            with torch.serialization.safe_globals([argparse.Namespace]):
+            # torch warns of odd pickle protocols before refusing them: the refusal alone is the message.
+            with torch.serialization.safe_globals([argparse.Namespace]), warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
                 raw = torch.load(path, map_location="cpu", weights_only=True)
     except (
         pickle.UnpicklingError,
@@ -378,7 +381,8 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> N
             problems.append(f"{label}: {', '.join(keys[:3])}{more}")
     if problems:
         arch = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
-        raise ModelError(f"{what} does not match {arch}: {'; '.join(problems)}")
+        verb = "does not match" if missing or unexpected or wrong_shape else "has values unusable for"
+        raise ModelError(f"{what} {verb} {arch}: {'; '.join(problems)}")
     model.load_state_dict(state, strict=True)
 
 

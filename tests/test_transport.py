@@ -156,6 +156,27 @@ def test_wrong_host_key_is_refused_even_when_trusting_new_hosts(sshd: SshdServer
     assert known_hosts.read_text().count("\n") == 1
 
 
+def test_openssh_marker_lines_are_read_cert_authorities_skipped_revoked_keys_refused(
+    sshd: SshdServer, tmp_path: Path
+) -> None:
+    authority = write_ed25519_key(tmp_path / "ca_key").split()
+    line = sshd.known_hosts_line()
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"# comment\n@cert-authority *.corp.example {authority[0]} {authority[1]}\n{line}")
+    with open_transport(sshd.connection(known_hosts=known_hosts)) as transport:
+        assert transport.run(["true"], timeout=10).rc == 0
+    host_key = line.split(None, 1)[1]
+    for listed in ("", line):  # revoked and unknown (even with --trust-new-host), revoked and listed too
+        known_hosts.write_text(f"@revoked * {host_key}{listed}")
+        for trust in (False, True):
+            with pytest.raises(TransportError, match=r"is marked @revoked in .*known_hosts"):
+                open_transport(sshd.connection(known_hosts=known_hosts), trust_new_host=trust)
+        assert known_hosts.read_text() == f"@revoked * {host_key}{listed}"  # nothing recorded
+    known_hosts.write_text(f"@bogus * {host_key}")
+    with pytest.raises(TransportError, match=r"line 1: unknown marker '@bogus'"):
+        open_transport(sshd.connection(known_hosts=known_hosts))
+
+
 def test_unauthorised_key_and_unreachable_port_fail_fast(sshd: SshdServer, tmp_path: Path) -> None:
     stranger = tmp_path / "stranger_key"
     write_ed25519_key(stranger)

@@ -6,12 +6,42 @@ import base64
 import fcntl
 import hashlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import paramiko
 
-from edge_smsp.core.errors import EdgeSmspError, TransportError
+from edge_smsp.core.errors import EdgeSmspError, TransportError, error_text
 from edge_smsp.core.fileio import replaceable_target, write_atomically
+
+
+def load_known_hosts(path: Path) -> tuple[list[paramiko.hostkeys.HostKeyEntry], list[paramiko.PKey]]:
+    """A known_hosts file's entries, and the keys its @revoked lines name. paramiko reads neither OpenSSH marker:
+    @cert-authority lines are skipped (host certificates are not used here), @revoked keys are refused."""
+    entries: list[paramiko.hostkeys.HostKeyEntry] = []
+    revoked: list[paramiko.PKey] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        text = line.strip()
+        if not text or text.startswith("#"):
+            continue
+        marker, rest = text.split(None, 1) if text.startswith("@") and " " in text else ("", text)
+        if marker == "@cert-authority":
+            continue
+        if marker not in ("", "@revoked"):
+            raise ValueError(
+                f"line {number}: unknown marker {marker[:40]!r} (OpenSSH knows @cert-authority and @revoked)"
+            )
+        try:
+            entry = paramiko.hostkeys.HostKeyEntry.from_line(rest, number)
+        except (paramiko.SSHException, paramiko.hostkeys.InvalidHostKey, ValueError) as error:
+            raise ValueError(f"line {number}: {error_text(error)}") from None
+        if entry is None or entry.key is None:
+            continue  # a key type paramiko does not know: it can match no server key either
+        if marker:
+            revoked.append(entry.key)
+        else:
+            entries.append(entry)
+    return entries, revoked
 
 
 class _UnknownHostKey(paramiko.SSHException):
@@ -60,11 +90,18 @@ def record_host_key(known_hosts: Path, hostname: str, key: paramiko.PKey) -> Non
 class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
     """Refuse hosts missing from known_hosts, or, when trusting new hosts, accept and record them."""
 
-    def __init__(self, known_hosts: Path, trust_new_host: bool) -> None:
+    def __init__(
+        self, known_hosts: Path, trust_new_host: bool, revoked: Sequence[paramiko.PKey] = ()
+    ) -> None:
         self.known_hosts = known_hosts
         self.trust_new_host = trust_new_host
+        self.revoked = list(revoked)
 
     def missing_host_key(self, client: paramiko.SSHClient, hostname: str, key: paramiko.PKey) -> None:
+        if any(key == bad for bad in self.revoked):  # never recorded, --trust-new-host or not
+            raise TransportError(
+                f"host key of {hostname} ({fingerprint(key)}) is marked @revoked in {self.known_hosts}: refused"
+            )
         if not self.trust_new_host:
             raise _UnknownHostKey(hostname, key)
         client.get_host_keys().add(hostname, key.get_name(), key)

@@ -18,7 +18,7 @@ import paramiko
 from edge_smsp.core.errors import TransportError, error_text
 from edge_smsp.devices.profiles import ConnectionSpec
 from edge_smsp.transport.base import RemoteResult, Transport, timed
-from edge_smsp.transport.host_keys import _HostKeyPolicy, _UnknownHostKey, fingerprint
+from edge_smsp.transport.host_keys import _HostKeyPolicy, _UnknownHostKey, fingerprint, load_known_hosts
 from edge_smsp.transport.host_keys import record_host_key as record_host_key
 from edge_smsp.transport.ssh_link import Liveness, connect_failure
 
@@ -115,9 +115,13 @@ class SshTransport(Transport):
 
     def _connect(self, initial: bool) -> None:
         client = paramiko.SSHClient()
+        revoked: list[paramiko.PKey] = []
         if self.known_hosts.is_file():
             try:
-                client.get_host_keys().load(str(self.known_hosts))
+                entries, revoked = load_known_hosts(self.known_hosts)
+                for entry in entries:
+                    for hostname in entry.hostnames:
+                        client.get_host_keys().add(hostname, entry.key.get_name(), entry.key)
             except UnicodeDecodeError as error:
                 raise TransportError(
                     f"known_hosts file {self.known_hosts} is not UTF-8 text (byte 0x{error.object[error.start]:02x}"
@@ -127,7 +131,7 @@ class SshTransport(Transport):
                 raise TransportError(
                     f"cannot read known_hosts file {self.known_hosts}: {error_text(error)}"
                 ) from None
-        client.set_missing_host_key_policy(_HostKeyPolicy(self.known_hosts, self.trust_new_host))
+        client.set_missing_host_key_policy(_HostKeyPolicy(self.known_hosts, self.trust_new_host, revoked))
         key_file = self.connection.key_file
         if key_file is not None and not Path(key_file).expanduser().is_file():
             raise TransportError(f"SSH key file not found: {key_file}")
@@ -185,6 +189,13 @@ class SshTransport(Transport):
                 raise _ConnectionLost(reason) from None
             raise TransportError(reason) from None
         transport = client.get_transport()
+        server_key = transport.get_remote_server_key() if transport is not None else None
+        if server_key is not None and any(server_key == key for key in revoked):
+            client.close()
+            raise TransportError(
+                f"host key of {self.address} ({fingerprint(server_key)}) is marked @revoked in {self.known_hosts}: "
+                "refused; if the device got a new key, remove the revoked line's host entry and check the new key"
+            )
         self._liveness = Liveness(transport) if transport is not None else None
         self._client = client
         self._sftp = None

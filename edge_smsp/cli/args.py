@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from edge_smsp.cli.converters import (
     MAX_BATCH_SIZE,
@@ -16,6 +16,7 @@ from edge_smsp.cli.converters import (
     MAX_PER_CLASS,
     MAX_TASKS,
     SEED_RANGE,
+    GivenOnce,
     classes_arg,
     image_size_arg,
     input_file_arg,
@@ -54,6 +55,13 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # An option that stores one value is refused when given twice (argparse would keep the last silently:
+        # `--out a ... --out b`). Registered, so that argument groups, which share the registry, do the same.
+        self.register("action", None, GivenOnce)
+        self.register("action", "store", GivenOnce)
 
 
 # --- the backbone -------------------------------------------------------------------------------------------

@@ -223,7 +223,8 @@ def device_section(study: dict[str, Any] | None) -> list[str]:
     return [
         "",
         "**On-device adaptation, step by step** (issue 21; pool: the 12 pool tasks pruned from scratch @100 at "
-        "r = 0.5, seed 0, `deploy --device-data` through the local transport, one thread). Host: `adapt`'s defaults "
+        "r = 0.5 (and r = 0.7 where listed); seeds 0-2 (24 pairs) or seed 0 (8); `deploy --device-data` through "
+        "the local transport, one thread). Host: `adapt`'s defaults "
         "on the same pool. *light tier, K n* trains after the bundle's n-th cut (0: the classifier alone; no K: the "
         "default, 6); *after BN + imprint* is the device's accuracy before its first SGD step. KiB back: the "
         "descriptor and probe replies (the similarity step) and everything the device sent. Peak: the largest "
@@ -231,10 +232,13 @@ def device_section(study: dict[str, Any] | None) -> list[str]:
         "",
         table(header, rows),
         "",
+        *demo_lines(),
         "Reproduce: `python -m benchmarks.research.build_pools --size 32 --pool 0.5:100`, "
-        '`python -m benchmarks.research.heldout --pool-iters 100 --only "smsp (default)" --seeds 1`, '
-        "`python -m benchmarks.research.light_tier --pool-iters 100 --seeds 1 [--blocks K] [--tier torch] "
-        "[--ten-class]`, then `python -m benchmarks.evidence`.",
+        '`python -m benchmarks.research.heldout --pool-iters 100 --only "smsp (default)" --seeds 3 [--ratio R]`, '
+        "`python -m benchmarks.research.light_tier --pool-iters 100 --seeds 3 [--ratio R] [--tier torch]` (the K "
+        "sweep and the 10-class task: `--seeds 1 [--blocks K] [--ten-class]`), then `python -m benchmarks.evidence`. "
+        "The demo's task at 64 px: `bash scripts/demo.sh`, then `python -m benchmarks.research.demo_device` "
+        "(benchmarks/results/demo_device.json).",
     ]
 
 
@@ -252,6 +256,34 @@ def merged(stored: dict[str, Any] | None, fresh: dict[str, Any]) -> dict[str, An
         **{name: value for name, value in fresh.items() if value or name not in stored},
         "comparisons": ordered,
     }
+
+
+def demo_lines(path: Path = DEFAULT_RESULTS_DIR / "demo_device.json") -> list[str]:
+    """The demo's task at 64 px, adapted on the host and on the device (benchmarks.research.demo_device)."""
+    demo = read_json(path)
+    if not demo or not demo.get("rows"):
+        return []
+    parts = []
+    for row in demo["rows"]:
+        if "accuracy" not in row:
+            parts.append(f"{row['where']}: not run ({row.get('error', 'failed')})")
+            continue
+        text = f"{row['where']} {100 * row['accuracy']:.2f} %"
+        if row.get("accuracy_imprinted") is not None:
+            text += f" (after BN + imprint {100 * row['accuracy_imprinted']:.2f} %)"
+        if row.get("adapt_peak_rss_mib") is not None and row.get("adapt_predicted_peak_mib"):
+            text += f", adaptation peak {row['adapt_peak_rss_mib']:.0f} of {row['adapt_predicted_peak_mib']:.0f} MiB predicted"
+        if (row.get("device_seconds") or {}).get("adapt") is not None:
+            text += f", {row['device_seconds']['adapt']:.0f} s adapting"
+        if row.get("note"):
+            text += f" ({row['note']})"
+        parts.append(text)
+    ratio = next((row["ratio"] for row in demo["rows"] if "ratio" in row), None)
+    return [
+        f"The demo's task at {demo['image_size']} px ({demo['task']}, the demo's pool, r = {ratio}, the bundled "
+        f"`localhost` profile, one thread): " + "; ".join(parts) + ".",
+        "",
+    ]
 
 
 def merged_study(stored: dict[str, Any] | None, fresh: dict[str, Any]) -> dict[str, Any]:

@@ -35,12 +35,14 @@ TORCH_ADAPT_BUDGET = "4GiB"
 def deploy(argv: list[str], profile: str = "localhost") -> dict[str, Any]:
     from edge_smsp.cli import main
 
-    printed = io.StringIO()
+    printed, errors = io.StringIO(), io.StringIO()
     started = time.perf_counter()
-    with contextlib.redirect_stdout(printed):
+    with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(errors):
         code = main([*COMMON, "--profile", profile, *argv])
     if code != 0:
-        raise SystemExit(f"deploy {' '.join(argv)} failed ({code})")
+        raise SystemExit(
+            errors.getvalue().strip().splitlines()[-1] if errors.getvalue().strip() else f"exit {code}"
+        )
     return {**json.loads(printed.getvalue()), "wall_s": round(time.perf_counter() - started, 1)}
 
 

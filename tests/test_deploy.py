@@ -44,7 +44,8 @@ from tests.sshd_fixture import SshdServer, write_ed25519_key
 from tests.tiny_onnx import tiny_convnet
 
 # Tiny planning, adaptation and bench settings: the whole file runs in a few minutes on two shared cores.
-TINY = ["--image-size", "32", "--iters", "2", "--train-per-class", "16", "--val-per-class", "8"]
+TINY_TASK = ["--image-size", "32", "--train-per-class", "16", "--val-per-class", "8"]
+TINY = [*TINY_TASK, "--iters", "2"]
 QUICK_BENCH = ["--bench-runs", "20", "--bench-seconds", "0.2"]
 BACKBONE = "efficientnet_lite0"
 
@@ -293,7 +294,7 @@ def test_corrupted_upload_is_caught_by_the_checksum(
                 "deploy",
                 "--profile",
                 str(profile),
-                *TINY,
+                *TINY_TASK,
                 "--iters",
                 "0",
                 "--ratio",

@@ -29,6 +29,7 @@ from tests.test_deploy import (
     BACKBONE,
     QUICK_BENCH,
     TINY,
+    TINY_TASK,
     local_connection,
     smsp_pool,  # noqa: F401 (the fixture)
     ssh_connection,
@@ -188,7 +189,7 @@ def test_interrupting_a_fleet_stops_every_devices_benchmark(request: pytest.Fixt
         "edge_smsp",
         "deploy",
         *(w for p in profiles for w in ("--profile", p)),
-        *TINY,
+        *TINY_TASK,
     ]
     argv += ["--method", "magnitude", "--ratio", "0.5", "--iters", "0", "--recipe", "plain"]
     argv += ["--bench-runs", "100000", "--bench-seconds", "3600", "--out", str(tmp_path / "out")]

@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from edge_smsp.cli import adapt_commands, deploy_commands, model_commands, pool_commands
-from edge_smsp.cli.args import OneLineParser
+from edge_smsp.cli.converters import OneLineParser
 from edge_smsp.cli.output import Terminated, escaped_stdout, one_line, unwind_on_signals
 from edge_smsp.core.errors import EdgeSmspError
 from edge_smsp.core.version import __version__

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING
 
 from edge_smsp.cli.converters import (
     MAX_BATCH_SIZE,
@@ -16,7 +16,6 @@ from edge_smsp.cli.converters import (
     MAX_PER_CLASS,
     MAX_TASKS,
     SEED_RANGE,
-    GivenOnce,
     classes_arg,
     image_size_arg,
     input_file_arg,
@@ -28,7 +27,6 @@ from edge_smsp.cli.converters import (
     ratio_arg,
     seconds_arg,
 )
-from edge_smsp.cli.output import one_line
 from edge_smsp.core.errors import DataError, EdgeSmspError
 from edge_smsp.core.precisions import AUTO, PRECISIONS
 from edge_smsp.criteria import method_names, needs_pool
@@ -48,20 +46,6 @@ if TYPE_CHECKING:  # torch loads only when a command runs
     from edge_smsp.data.tasks import Task
     from edge_smsp.deploy.bench import BenchSettings
     from edge_smsp.devices.profiles import DeviceProfile
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one line on stderr and exit 2, like every other error."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        # An option that stores one value is refused when given twice (argparse would keep the last silently:
-        # `--out a ... --out b`). Registered, so that argument groups, which share the registry, do the same.
-        self.register("action", None, GivenOnce)
-        self.register("action", "store", GivenOnce)
 
 
 # --- the backbone -------------------------------------------------------------------------------------------

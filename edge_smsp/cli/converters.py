@@ -7,8 +7,9 @@ import argparse
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, NoReturn, TypeVar
 
+from edge_smsp.cli.output import one_line
 from edge_smsp.core.errors import EdgeSmspError
 from edge_smsp.core.fileio import checked_output_path
 from edge_smsp.core.paths import expand_user, status
@@ -195,3 +196,17 @@ class GivenOnce(argparse.Action):
             )
         namespace._given_once = seen | {self.dest}
         setattr(namespace, self.dest, values)
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line on stderr and exit 2, like every other error."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # An option that stores one value is refused when given twice (argparse would keep the last silently:
+        # `--out a ... --out b`). Registered, so that argument groups, which share the registry, do the same.
+        self.register("action", None, GivenOnce)
+        self.register("action", "store", GivenOnce)
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")

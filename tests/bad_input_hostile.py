@@ -23,7 +23,7 @@ from onnx import TensorProto, helper
 
 from tests.bad_input_case import Case
 from tests.boards import small_board_profile
-from tests.tiny_onnx import tiny_convnet
+from tests.tiny_onnx import endless_loop, tiny_convnet
 
 LONG = "n" * 300  # one name over NAME_MAX (255 bytes)
 ESC = "\x1b[2J\x1b[31m"  # clear screen, red: must never reach the terminal raw
@@ -69,6 +69,9 @@ CONNECTION_VARIANTS = {
     "known-hosts-nouser": {"known_hosts": f"{NOUSER}/known_hosts"},
     "key-long": {"key_file": f"/tmp/{LONG}"},
     "key-garbage": {"key_file": "{w}/random.bin"},
+    "key-a-folder": {"key_file": "{w}/adir.onnx"},
+    "key-fifo": {"key_file": "{w}/fifo"},
+    "key-loop": {"key_file": "{w}/loop-a"},
     "known-hosts-fifo": {"known_hosts": "{w}/fifo"},
     "known-hosts-loop": {"known_hosts": "{w}/loop-a"},
     "not-ssh": {"port": "{not_ssh}"},
@@ -85,6 +88,10 @@ PRUNED_JSON_VARIANTS = {  # saved-model copies whose pruned.json is broken one w
     "backbone-list": lambda meta: {**meta, "backbone": ["resnet18"]},
     "kept-list": lambda meta: {**meta, "kept_indices": [1, 2]},
     "version-newer": lambda meta: {**meta, "version": 99},
+    "class-names-short": lambda meta: {**meta, "class_names": ["only-one"]},
+    "class-names-numbers": lambda meta: {**meta, "class_names": list(range(meta["num_classes"]))},
+    "std-zero": lambda meta: {**meta, "backbone_spec": {**meta["backbone_spec"], "std": [0, 0, 0]}},
+    "mean-text": lambda meta: {**meta, "backbone_spec": {**meta["backbone_spec"], "mean": "grey"}},
 }
 ONNX_METADATA_VARIANTS = {  # tiny.onnx copies with one metadata value broken
     "mean-nan": {"mean": "[NaN, 0.5, 0.5]"},
@@ -199,7 +206,11 @@ HOSTILE_CASES = [
         for stem, expect in (
             ("classes-huge", "num_classes"), ("classes-text", "num_classes"), ("classes-bool", "num_classes"),
             ("size-float", "image_size"), ("size-huge", "image_size"), ("backbone-list", "backbone"),
-            ("kept-list", "kept_indices"), ("deep", "nested"), ("nan", "finite|NaN"), ("duplicate", "duplicate"),
+            ("kept-list", "kept_indices"), ("deep", "nested"),
+            ("class-names-short", r"pruned\.json: class_names has 1 entries but num_classes is \d+; give one name per class"),
+            ("class-names-numbers", r"pruned\.json: class_names must be a list of strings"),
+            ("std-zero", r"pruned\.json: backbone_spec\.std must be 1 or 3 positive numbers \(one per channel\), got \[0, 0, 0\]"),
+            ("mean-text", r"pruned\.json: backbone_spec\.mean must be 1 or 3 finite numbers"), ("nan", "finite|NaN"), ("duplicate", "duplicate"),
         )
     ],
     Case("hostile-export-card-over-pruned-json", ("export", "--model-dir", "{w}/model", "--out", "{w}/model/pruned.onnx"), "pruned.json"),
@@ -284,8 +295,14 @@ HOSTILE_CASES = [
     Case("hostile-runtime-adapt-bundle-without-cuts", (*RT_ADAPT[:2], "{w}/bundle-no-cuts", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"graph.json: no cuts", runtime=True),
     Case("hostile-runtime-adapt-bundle-zero-input-size", (*RT_ADAPT[:2], "{w}/bundle-zero-size", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"input_size must be two positive integers", runtime=True),
     Case("hostile-runtime-infer-empty-providers", ("infer", "--model", "{w}/tiny.onnx", "--providers", "", "{w}/image.npy"), "give at least one execution provider", runtime=True),
+    Case("hostile-runtime-bench-endless-loop", (*RT_BENCH[:2], "{w}/endless-loop.onnx", *RT_BENCH[3:], "--run-timeout", "0.2"), r"endless-loop\.onnx: the first inference ran over 1 s and was stopped \(--run-timeout 0\.2", runtime=True),
+    Case("hostile-runtime-infer-endless-loop", ("infer", "--model", "{w}/endless-loop.onnx", "--run-timeout", "0.2", "{w}/image.npy"), r"the first inference ran over 1 s and was stopped", runtime=True),
+    Case("hostile-runtime-bench-run-timeout-zero", (*RT_BENCH, "--run-timeout", "0"), r"--run-timeout: expected a number from 0\.1 to 86400, got '0'", runtime=True),
+    Case("hostile-runtime-bench-input-too-large-to-make", (*RT_BENCH[:2], "{w}/huge-input.onnx", *RT_BENCH[3:]), r"input 'x' of 1 x 3 x 1000000 x 1000000 values needs [\d,]+ MiB to make, more than the [\d,]+ MiB this device has available", runtime=True),
+    Case("hostile-runtime-infer-feature-graph", ("infer", "--model", "{w}/features.onnx", "{w}/image.npy"), r"the model's output is 'features' \(a feature graph, without labels\), not class scores", runtime=True),
     Case("hostile-runtime-infer-not-a-classifier", ("infer", "--model", "{w}/identity.onnx", "{w}/image.npy"), r"shape \[1, 3, 8, 8\]; infer needs \(batch, classes\)", runtime=True),
     Case("hostile-runtime-scan-data-a-file", ("scan", "--data", "{w}/afile"), "afile is a file where a folder is expected", runtime=True),
+    Case("hostile-runtime-scan-relative-folder-missing", ("scan", "--data", "no-such-relative-folder"), r"image folder not found: no-such-relative-folder \(looked up in /\S*, the runtime's working folder\)$", runtime=True),
     Case("hostile-runtime-scan-train-without-val", ("scan", "--data", "{w}/train-only"), "train-only has train/ but no val/", runtime=True),
     # --- 6b. a hand-corrupted bundle, an output that is no .onnx file, a class folder that links back above ---
     Case("hostile-runtime-adapt-bundle-param-shape", (*RT_ADAPT[:2], "{w}/bundle-param-shape", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"bundle-param-shape/params\.npz: parameter 'classifier\.weight' is \[3, \d+\] float32 in params\.npz, but graph\.json says \[3, 7\] float32; export the bundle again", runtime=True),
@@ -298,6 +315,8 @@ HOSTILE_CASES = [
     Case("hostile-runtime-adapt-bundle-node-negative-epsilon", (*RT_ADAPT[:2], "{w}/bundle-node-epsilon", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"graph\.json: node \d+ '[^']+' \(BatchNormalization\): attribute 'epsilon' must be a small positive number, got -1\.0", runtime=True),
     Case("hostile-runtime-adapt-bundle-params-nan", (*RT_ADAPT[:2], "{w}/bundle-params-nan", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"bundle-params-nan/params\.npz: parameter '[^']+' holds 1 NaN or infinite value\(s\) of \d+; export the bundle again", runtime=True),
     Case("hostile-runtime-adapt-bundle-params-inf", (*RT_ADAPT[:2], "{w}/bundle-params-inf", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"bundle-params-inf/params\.npz: parameter 'stem\.0\.1\.weight' holds 1 NaN or infinite value", runtime=True),
+    Case("hostile-runtime-adapt-bundle-spec-bigint", (*RT_ADAPT[:2], "{w}/bundle-bigint", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"bundle-bigint/graph\.json: an integer of 5001 digits, larger than any shape or count", runtime=True),
+    Case("hostile-runtime-adapt-bundle-spec-deep", (*RT_ADAPT[:2], "{w}/bundle-deep", *RT_ADAPT[3:], "--out", "{s}/a.onnx"), r"bundle-deep/graph\.json: nested too deeply to be a bundle's spec", runtime=True),
     Case("hostile-runtime-adapt-out-not-onnx", (*RT_ADAPT, "--out", "{s}/a.txt"), r"argument --out: must name an \.onnx file, got '.*a\.txt'", runtime=True),
     Case("hostile-runtime-torch-adapt-out-not-onnx", (*RT_TORCH_ADAPT, "--out", "{w}/model"), r"argument --out: must name an \.onnx file, got '.*model'", runtime=True),
     Case("hostile-runtime-scan-class-folder-links-back", ("scan", "--data", "{w}/cycle-images"), r"cycle-images/coat/again links back to .*cycle-images/coat, a folder above it \(a symlink cycle\)", runtime=True),
@@ -322,9 +341,22 @@ HOSTILE_CASES = [
     Case("hostile-deploy-classes-with-device-data", (*DEPLOY, "--profile", "{w}/local.yaml", "--device-data", "{w}/device-images", "--classes", "0,2,4", "--out", "{s}/out"), "--classes: with --device-data the device's class folders are the task"),
     Case("hostile-prune-round-to-huge", (*PRUNE, "--round-to", "100000", "--out", "{s}/o"), "--round-to: must be an integer from 1 to 1,024"),
     Case("hostile-build-rounds-over-iters", ("pool", "build", "--tasks", "2", "--ratio", "0.5", "--iters", "1", "--rounds", "50", "--pool", "{s}/p.sqlite", "--image-size", "32"), "--rounds 50 is more than --iters 1"),
+    Case("hostile-export-saved-weights-nan", ("export", "--model-dir", "{w}/model-weights-nan", "--out", "{s}/m.onnx"), r"model-weights-nan/model\.safetensors holds NaN or infinite values in \S+: the saved model cannot run; prune it again"),
+    Case("hostile-export-saved-weights-inf", ("export", "--model-dir", "{w}/model-weights-inf", "--out", "{s}/m.onnx"), r"model-weights-inf/model\.safetensors holds NaN or infinite values in \S+"),
     Case("hostile-export-pruned-json-newer-version", ("export", "--model-dir", "{w}/model-version-newer", "--out", "{s}/m.onnx"), "format version 99, newer than this edge-smsp reads"),
     Case("hostile-local-workdir-a-file", ("bench", "--profile", "{w}/workdir-a-file.yaml", "--model", "{w}/tiny.onnx"), "afile is a file, not a folder"),
     Case("hostile-trust-known-hosts-under-a-file", ("bench", "--profile", "{w}/ssh-known-hosts-under-a-file.yaml", "--model", "{w}/tiny.onnx", "--trust-new-host"), "afile is a file, not a folder"),
+    Case("hostile-ssh-key-file-a-folder", ("bench", "--profile", "{w}/ssh-key-a-folder.yaml", "--model", "{w}/tiny.onnx"), r"SSH key file .*adir\.onnx is a directory, not a regular file: name the private key file itself"),
+    Case("hostile-ssh-key-file-a-fifo", ("bench", "--profile", "{w}/ssh-key-fifo.yaml", "--model", "{w}/tiny.onnx"), r"SSH key file .*fifo is a FIFO, not a regular file"),
+    Case("hostile-ssh-key-file-a-symlink-loop", ("bench", "--profile", "{w}/ssh-key-loop.yaml", "--model", "{w}/tiny.onnx"), r"SSH key file .*loop-a: a symlink loop; name the private key file itself"),
+    Case("hostile-connection-workdir-root", (*LOCAL_BENCH, "--connection", "{{workdir: /}}"), r"connection\.workdir: '/' is the device's root folder"),
+    Case("hostile-connection-workdir-root-dots", (*LOCAL_BENCH, "--connection", "{{workdir: //./}}"), r"connection\.workdir: '//\./' is the device's root folder"),
+    Case("hostile-adapt-top-k-without-pool-method", (*ADAPT, "--top-k", "3"), r"--top-k acts on the pool's methods \(smsp, smsp-random\), not --method magnitude: drop it"),
+    Case("hostile-adapt-weighting-without-pool-method", (*ADAPT, "--weighting", "similarity"), r"--weighting acts on the pool's methods"),
+    Case("hostile-deploy-mask-source-without-pool-method", (*DEPLOY, "--profile", "{w}/local.yaml", "--mask-source", "scores", "--out", "{s}/out"), r"--mask-source acts on the pool's methods .*not --method magnitude"),
+    Case("hostile-build-iters-zero", ("pool", "build", "--tasks", "1", "--ratio", "0.5", "--iters", "0", "--pool", "{s}/p.sqlite"), r"argument --iters: must be an integer from 1 to 1,000,000, got '0'"),
+    Case("hostile-bench-model-with-external-data", ("bench", "--profile", "{w}/local.yaml", "--model", "{w}/external-data.onnx"), r"external-data\.onnx keeps its weights in 1 separate file\(s\) \(external-data\.bin\), and bench uploads the one \.onnx file"),
+    Case("hostile-connection-field-glued-to-its-value", (*LOCAL_BENCH, "--connection", "{{workdir:/tmp/x}}"), r"connection\.workdir:/tmp/x: unknown field \(allowed: .*\); write 'workdir: \.\.\.' with a space after the colon"),
     Case("hostile-ssh-python-cannot-run", ("bench", "--profile", "{w}/ssh-python-false.yaml", "--model", "{w}/tiny.onnx"), "the device's Python '/usr/bin/false' could not run .*set connection.python"),
 ]  # fmt: skip
 
@@ -417,6 +449,17 @@ def _pruned_json_variants(world: Path) -> None:
         directory.mkdir()
         os.link(world / "model" / "model.safetensors", directory / "model.safetensors")
         (directory / "pruned.json").write_text(text)
+    from safetensors.numpy import load_file, save_file
+
+    weights = load_file(str(world / "model" / "model.safetensors"))
+    for stem, value in (("weights-nan", np.nan), ("weights-inf", np.inf)):
+        directory = world / f"model-{stem}"
+        directory.mkdir()
+        shutil.copy(world / "model" / "pruned.json", directory / "pruned.json")
+        broken = {key: array.copy() for key, array in weights.items()}
+        first = next(key for key, array in broken.items() if array.dtype.kind == "f")
+        broken[first].flat[0] = value
+        save_file(broken, str(directory / "model.safetensors"))
 
 
 def _pool_variants(world: Path) -> None:
@@ -490,6 +533,9 @@ def _runtime_inputs(world: Path) -> None:
     onnx.save(
         helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(world / "no-inputs.onnx")
     )
+    endless_loop(world / "endless-loop.onnx")
+    onnx.save(model, str(world / "external-data.onnx"), save_as_external_data=True, location="external-data.bin",
+              size_threshold=0)  # fmt: skip
     (world / "zeros.onnx").write_bytes(bytes(1 << 20))
     with open(world / "sparse-3g.onnx", "wb") as stream:  # sparse: no disk, but 3 GiB of zeros to a reader
         stream.truncate(3 << 30)
@@ -502,6 +548,18 @@ def _runtime_inputs(world: Path) -> None:
     same = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])
     identity = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [image], [same])
     onnx.save(helper.make_model(identity, opset_imports=opset), str(world / "identity.onnx"))
+    pooled = [helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["features"])]
+    features = helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 3])
+    feature_graph = helper.make_graph(pooled, "features", [image], [features])
+    onnx.save(helper.make_model(feature_graph, opset_imports=opset), str(world / "features.onnx"))
+    huge = [1, 3, 1000000, 1000000]  # 3e12 values: no device has the 22 TiB to make it
+    huge_identity = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "huge",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, huge)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, huge)],
+    )
+    onnx.save(helper.make_model(huge_identity, opset_imports=opset), str(world / "huge-input.onnx"))
     for split_class in ("a", "b"):
         (world / "train-only" / "train" / split_class).mkdir(parents=True)
         np.save(world / "train-only" / "train" / split_class / "0.npy", np.zeros((8, 8), dtype=np.uint8))
@@ -597,6 +655,9 @@ def _corrupt_bundles(world: Path) -> None:
         spec = json.loads(spec_path.read_text())
         change(spec)
         spec_path.write_text(json.dumps(spec))
+    for name, text in (("bigint", '{"version": 1' + "9" * 5000 + "}"), ("deep", "[" * 100000 + "]" * 100000)):
+        shutil.copytree(world / "bundle", world / f"bundle-{name}")
+        (world / f"bundle-{name}" / "graph.json").write_text(text)
     for name, value in (("params-nan", np.nan), ("params-inf", np.inf)):
         shutil.copytree(world / "bundle", world / f"bundle-{name}")
         path = world / f"bundle-{name}" / "params.npz"

@@ -307,7 +307,12 @@ def test_corrupted_upload_is_caught_by_the_checksum(
         )
         == 2
     )
-    assert "corrupted: SHA-256 on the device" in one_line_error(capsys)
+    error = one_line_error(capsys)
+    assert "corrupted: SHA-256 on the device" in error
+    # The one line says what was kept and how to measure it again.
+    kept = tmp_path / "out" / "model.onnx"
+    assert error.endswith(f"; the exported model stays in {kept}: edge-smsp bench --model with the same --profile "
+                          "measures it again")  # fmt: skip
     work = tmp_path / "device-work"
     assert not list(work.rglob("*.onnx")) and not list(work.glob(f"{TEMP_PREFIX}*"))
     assert (tmp_path / "out" / "model.onnx").is_file() and not (

@@ -106,6 +106,8 @@ def test_a_pool_without_its_entries_table_is_named_incomplete(tmp_path: Path) ->
             "UPDATE descriptor_sums SET total = x'000000000000f07f'",
             r"the descriptors' sum holds NaN or infinite",
         ),
+        ("UPDATE descriptor_sums SET rows = 0", r"the descriptors' sum counts 0 rows but 3 are stored"),
+        ("UPDATE descriptor_sums SET rows = 'x'", r"the descriptors' sum counts 'x' rows but 3 are stored"),
     ],
 )
 def test_a_hand_edited_descriptor_is_a_damaged_pool_not_a_numpy_error(

@@ -120,6 +120,19 @@ def test_command_timeout_kills_the_remote_process(transport: Transport, tmp_path
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
+def test_a_device_command_flooding_stdout_is_stopped_and_stderr_is_bounded(
+    transport: Transport, tmp_path: Path
+) -> None:
+    # 80 MiB on stdout, more than any runtime reply: the host stops reading and stops the command.
+    flood = "import sys\nwhile True: sys.stdout.buffer.write(b'a' * (1 << 20))"
+    with pytest.raises(TransportError, match=r"printed over 64 MiB on .*, more than any edge-smsp reply"):
+        transport.run([transport.python, "-c", flood], timeout=60)
+    # 3 MiB on stderr, then an exit: the result keeps the first MiB, the line a message is taken from.
+    noisy = "import sys; sys.stderr.write('first line\\n' + 'e' * (3 << 20)); sys.exit(3)"
+    result = transport.run([transport.python, "-c", noisy], timeout=60)
+    assert result.rc == 3 and result.stderr.startswith("first line\n") and len(result.stderr) == 1 << 20
+
+
 def test_cleanup_removes_stale_temporaries_but_not_fresh_ones(transport: Transport) -> None:
     workdir = Path(transport.workdir)
     stale = workdir / f"{TEMP_PREFIX}abandoned-model.onnx"

@@ -82,3 +82,40 @@ def color_classifier(path: Path, image_size: int = 16) -> Path:
         [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])],
     )
     return _save(graph, path, metadata_props(COLOR_LABELS, image_size, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]))
+
+
+def endless_loop(path: Path, image_size: int = 8, trips: int = 10**12) -> Path:
+    """A classifier whose Loop adds 1 to its logits `trips` times: at 10^12 it never finishes."""
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+            helper.make_node("Add", ["logits_in", "one"], ["logits_out"]),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("iteration", TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("logits_in", TensorProto.FLOAT, [1, 3]),
+        ],
+        [
+            helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+            helper.make_tensor_value_info("logits_out", TensorProto.FLOAT, [1, 3]),
+        ],
+        [numpy_helper.from_array(np.ones((1, 3), np.float32), "one")],
+    )
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["image"], ["pooled"]),
+        helper.make_node("Flatten", ["pooled"], ["start"]),
+        helper.make_node("Loop", ["trips", "keep_going", "start"], ["logits"], body=body),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "endless_loop",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, image_size, image_size])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])],
+        [
+            numpy_helper.from_array(np.array(trips, np.int64), "trips"),
+            numpy_helper.from_array(np.array(True), "keep_going"),
+        ],
+    )
+    return _save(graph, path, metadata_props(COLOR_LABELS, image_size, [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]))

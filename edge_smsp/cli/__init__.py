@@ -52,7 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
             if isinstance(error, EdgeSmspError):
                 # One line whatever the library or a dependency (paramiko, onnx) put in the message.
-                print(f"edge-smsp: error: {one_line(str(error))}", file=sys.stderr)
+                # A note (add_note) says what was kept, e.g. deploy's model when only the bench failed.
+                message = "; ".join([str(error), *getattr(error, "__notes__", ())])
+                print(f"edge-smsp: error: {one_line(message)}", file=sys.stderr)
                 return error.exit_code
             if isinstance(error, OSError):  # the disk filled, stdout is /dev/full or a closed pipe: one line
                 print(f"edge-smsp: error: {one_line(os_error_line(error))}", file=sys.stderr)

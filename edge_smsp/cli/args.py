@@ -1,7 +1,6 @@
 """Argument groups shared by several commands, each beside the converter that turns it into library objects.
 
-Parsing stays torch-free (--help answers at once); converters import the heavy modules when they run. Bad
-values fail inside argparse: one line on stderr, exit code 2.
+Parsing stays torch-free (quick --help); converters import heavy modules when run; bad values fail in argparse.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ from edge_smsp.cli.converters import (
 )
 from edge_smsp.core.errors import DataError, EdgeSmspError
 from edge_smsp.core.precisions import AUTO, PRECISIONS
-from edge_smsp.criteria import method_names, needs_pool
+from edge_smsp.criteria import method_names, needs_pool, pool_source_names
 from edge_smsp.criteria.pool_masks import MASK_SOURCES, WEIGHTING_ALIASES, WEIGHTINGS
 from edge_smsp.data import DATASETS
 from edge_smsp.data.catalog import check_task_request
@@ -310,6 +309,15 @@ def config_from_args(args: argparse.Namespace) -> AdaptConfig:
     """The AdaptConfig of adapt/deploy's flags (ratio None: deploy plans it)."""
     from edge_smsp.adaptation import AdaptConfig
 
+    pool_only = (("--top-k", args.top_k is not None), ("--weighting", args.weighting != "uniform"))
+    given = [
+        flag for flag, set_here in (*pool_only, ("--mask-source", args.mask_source != "masks")) if set_here
+    ]
+    if given and not needs_pool(args.method):
+        sources = ", ".join(pool_source_names())
+        raise DataError(
+            f"{given[0]} acts on the pool's methods ({sources}), not --method {args.method}: drop it"
+        )
     return AdaptConfig(
         ratio=args.ratio,
         iters=args.iters,

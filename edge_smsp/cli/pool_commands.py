@@ -56,7 +56,10 @@ def register_build(verbs: argparse._SubParsersAction) -> None:
     parser.add_argument("--classes-per-task", type=int_in_range(2, MAX_TASKS), default=3, metavar="K")
     parser.add_argument("--ratio", type=ratio_arg, required=True)
     parser.add_argument(
-        "--iters", type=int_in_range(0, MAX_ITERS), default=1000, help="iterations per task over all rounds"
+        "--iters",
+        type=int_in_range(1, MAX_ITERS),  # an entry never fine-tuned would hold a random head
+        default=1000,
+        help="iterations per task over all rounds",
     )
     parser.add_argument(
         "--rounds",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_smsp.core.errors import TransportError
+from edge_smsp.core.errors import TransportError, error_text
 from edge_smsp.device_runtime.model import read_opsets
 from edge_smsp.devices.profiles import DeviceProfile, load_profile
 from edge_smsp.devices.stack import check_device_stack
@@ -120,6 +120,29 @@ def check_onnx_file(path: Path) -> None:
         raise TransportError(
             f"{path} is not an ONNX model (no ai.onnx opset in it); export one with edge-smsp export"
         )
+    external = external_data_files(path)
+    if external:
+        raise TransportError(
+            f"{path} keeps its weights in {len(external)} separate file(s) ({', '.join(external[:3])}), and bench "
+            "uploads the one .onnx file: save the model as one file (onnx.save without save_as_external_data) and "
+            "bench that"
+        )
+
+
+def external_data_files(path: Path) -> list[str]:
+    """The files an ONNX model's initializers are stored in beside it (ONNX external data), sorted."""
+    import onnx
+    from onnx.external_data_helper import uses_external_data
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as error:  # protobuf's DecodeError and onnx's own types
+        raise TransportError(f"{path} is not a readable ONNX model: {error_text(error)}") from None
+    locations = set()
+    for tensor in model.graph.initializer:
+        if uses_external_data(tensor):
+            locations.update(entry.value for entry in tensor.external_data if entry.key == "location")
+    return sorted(locations)
 
 
 def fallback_providers(measured: dict[str, Any]) -> list[str]:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from edge_smsp.core.errors import ExportError
+from edge_smsp.core.errors import EdgeSmspError, ExportError
 from edge_smsp.core.fileio import Undo, checked_output_path, removed_on_failure
 from edge_smsp.deploy import steps as stages
 from edge_smsp.deploy.bench import BenchSettings, DeviceRun, bench_model, run_bench
@@ -70,12 +70,19 @@ def _deploy(request: DeployRequest, on_stage: Callable[[str], None] | None, undo
         with stage("export"):
             exported = stages.export(request, adaptation, device, choice)
         undo.keep()  # a whole model and its card: a failed upload or bench leaves them for `edge-smsp bench`
-        with stage("upload"):
-            remote_model = stages.upload(transport, exported.onnx)
-        with stage("bench"):
-            # Benched in the precision that shipped (fp32 when the INT8 gate failed), so it is stored under it.
-            bench = dataclasses.replace(request.bench, precision=exported.shipped_precision)
-            run = run_bench(transport, remote_model, exported.onnx, device.profile, bench)
+        try:
+            with stage("upload"):
+                remote_model = stages.upload(transport, exported.onnx)
+            with stage("bench"):
+                # Benched in the precision that shipped (fp32 when the INT8 gate failed): stored under it.
+                bench = dataclasses.replace(request.bench, precision=exported.shipped_precision)
+                run = run_bench(transport, remote_model, exported.onnx, device.profile, bench)
+        except EdgeSmspError as error:
+            error.add_note(
+                f"the exported model stays in {exported.onnx.onnx_path}: edge-smsp bench --model with the same "
+                "--profile measures it again"
+            )
+            raise
     recorded = stages.record(
         request.pool, device.profile, request.backbone_name, choice.ratio, exported.cost, run, request.task
     )

@@ -420,7 +420,8 @@ def _nothing_fits_message(
         changes.append(f"raise memory_budget above {format_bytes(best.memory_bytes)}")
     if not fastest.fits_latency:
         changes.append(f"raise latency_target_ms above {fastest.predicted_latency_ms:.1f}")
-    changes.append(f"lower input_size (now {size})")
+    # The size comes from --image-size when given, else from the profile's input_size: name both.
+    changes.append(f"use a smaller input (now {size} px: --image-size, or the profile's input_size)")
     changes.append("pick a smaller backbone")
     if grid[-1] < 0.9:
         changes.append(f"allow ratios above {grid[-1]:.2f}")

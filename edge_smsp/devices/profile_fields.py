@@ -43,7 +43,10 @@ def _reject_unknown(mapping: dict, allowed: tuple[str, ...], prefix: str) -> Non
     for key in mapping:
         if key not in allowed:
             named = short(key, 60) if isinstance(key, str) else shown(key)
-            raise ProfileError(f"{prefix}{named}: unknown field (allowed: {', '.join(allowed)})")
+            # YAML reads 'workdir:/tmp/x' as one key: a known field glued to its value lacks a space.
+            glued = isinstance(key, str) and key.partition(":")[0] in allowed and ":" in key
+            hint = f"; write '{key.partition(':')[0]}: ...' with a space after the colon" if glued else ""
+            raise ProfileError(f"{prefix}{named}: unknown field (allowed: {', '.join(allowed)}){hint}")
 
 
 def _require(mapping: dict, required: tuple[str, ...], prefix: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import posixpath
 import re
 import stat
 from dataclasses import dataclass, field, replace
@@ -367,8 +368,19 @@ def _connection(value: Any, base_dir: Path | None) -> ConnectionSpec:
         key_file=_host_path(value.get("key_file"), "connection.key_file", base_dir),
         known_hosts=_host_path(value.get("known_hosts"), "connection.known_hosts", base_dir),
         python=_optional_string(value.get("python"), "connection.python"),
-        workdir=_optional_string(value.get("workdir"), "connection.workdir") or defaults.workdir,
+        workdir=_workdir(value.get("workdir")) or defaults.workdir,
     )
+
+
+def _workdir(value: Any) -> str | None:
+    """connection.workdir: any folder but the filesystem's root, where the runtime's models/ would land at /."""
+    workdir = _optional_string(value, "connection.workdir")
+    if workdir is not None and posixpath.normpath(workdir) in ("/", "//"):
+        raise ProfileError(
+            f"connection.workdir: {workdir!r} is the device's root folder, where the runtime would put models/ "
+            "and runtime/; name a folder of its own, such as ~/.cache/edge-smsp-runtime"
+        )
+    return workdir
 
 
 def check_input_fits(profile: DeviceProfile, input_size: int) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -138,7 +139,41 @@ def checked_meta(data: bytes, meta_name: str) -> dict[str, Any]:
         raise PruneError(f"{meta_name}: backbone must be a model name, got {shown(meta['backbone'])}")
     if not isinstance(meta["kept_indices"], dict):
         raise PruneError(f"{meta_name}: kept_indices must be a mapping of unit groups to indices")
+    _check_labels_and_normalisation(meta, meta_name)
     return meta
+
+
+def _check_labels_and_normalisation(meta: dict[str, Any], meta_name: str) -> None:
+    """class_names and backbone_spec's mean/std, named as pruned.json names them (an export would otherwise
+    refuse them later under its own metadata names)."""
+    names = meta.get("class_names")
+    if names is not None:
+        if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
+            raise PruneError(f"{meta_name}: class_names must be a list of strings, got {shown(names)}")
+        if len(names) != meta["num_classes"]:
+            raise PruneError(
+                f"{meta_name}: class_names has {len(names)} entries but num_classes is {meta['num_classes']}; "
+                "give one name per class"
+            )
+    spec = meta.get("backbone_spec")
+    if spec is None:
+        return
+    if not isinstance(spec, dict):
+        raise PruneError(f"{meta_name}: backbone_spec must be a mapping, got {shown(spec)}")
+    for key in ("mean", "std"):
+        values = spec.get(key)
+        if values is None:
+            continue
+        numbers = isinstance(values, list) and len(values) in (1, 3)
+        numbers = numbers and all(
+            isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            for value in values
+        )
+        if not numbers or (key == "std" and min(values) <= 0):
+            wanted = "positive numbers" if key == "std" else "finite numbers"
+            raise PruneError(
+                f"{meta_name}: backbone_spec.{key} must be 1 or 3 {wanted} (one per channel), got {shown(values)}"
+            )
 
 
 def pruned_from_files(files: Mapping[str, bytes], where: str) -> tuple[nn.Module, dict[str, Any]]:
@@ -152,6 +187,17 @@ def pruned_from_files(files: Mapping[str, bytes], where: str) -> tuple[nn.Module
         state = load_safetensors(bytes(files[WEIGHTS_FILE]))
     except (SafetensorError, ValueError) as error:
         raise PruneError(f"corrupt {weights_name}: {error}") from error
+    not_finite = [
+        key
+        for key, tensor in state.items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if not_finite:
+        more = f" (+{len(not_finite) - 3} more)" if len(not_finite) > 3 else ""
+        raise PruneError(
+            f"{weights_name} holds NaN or infinite values in {', '.join(not_finite[:3])}{more}: the saved model "
+            "cannot run; prune it again from sound weights"
+        )
 
     # Architecture only: every weight comes from the file, so the original checkpoint need not still exist.
     template = templates.template(meta["backbone"], meta["image_size"])

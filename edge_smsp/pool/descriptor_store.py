@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from edge_smsp.core.documents import shown
 from edge_smsp.core.errors import DataError, PoolError
 from edge_smsp.data.descriptors import DESCRIPTOR_DTYPE, SKETCH_WIDTH, checked_descriptor, sketch
 from edge_smsp.pool.entries import BackboneRecord, EntryStore, PoolEntry, TaskRecord
@@ -123,10 +124,17 @@ class DescriptorStore(EntryStore):
         """The mean of every prototype row stored for this backbone, or None when none is."""
         with self._errors():
             row = self._db.execute(
-                "SELECT s.rows, s.total FROM descriptor_sums s JOIN backbones b ON b.id = s.backbone_id"
+                "SELECT s.rows, s.total, (SELECT COALESCE(SUM(d.rows), 0) FROM task_descriptors d"
+                " WHERE d.backbone_id = s.backbone_id)"
+                " FROM descriptor_sums s JOIN backbones b ON b.id = s.backbone_id"
                 " WHERE b.weights_hash = ? AND b.image_size = ?",
                 (backbone.weights_hash, backbone.image_size),
             ).fetchone()
+        if row is not None and row[0] != row[2]:  # the running sum and the rows it sums disagree
+            raise PoolError(
+                f"pool {self.path}: the descriptors' sum counts {shown(row[0])} rows but {row[2]} are stored; "
+                f"the database is damaged; {self._fix_hint()}"
+            )
         if row is None or row[0] == 0:
             return None
         return self._stored(row[1], np.float64, "the descriptors' sum") / row[0]

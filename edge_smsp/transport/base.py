@@ -24,6 +24,18 @@ __all__ = ["STALE_TEMP_SECONDS", "TEMP_PREFIX", "ByteCount", "RemoteResult", "Tr
 RUNTIME_PACKAGE = "edge_smsp_runtime"
 DEFAULT_TIMEOUT = 120.0
 VERIFY_BYTES_PER_SECOND = 20 * 1024**2  # hashing on a slow board's storage
+# A runtime's reply is a JSON report (an infer of thousands of images: a few MiB); a device command printing more
+# is not one, and is stopped before it fills the host's memory. Of stderr only the first lines are ever shown.
+MAX_REPLY_BYTES = 64 * 1024**2
+MAX_STDERR_BYTES = 1024**2
+
+
+def reply_too_large(command: str, where: str) -> TransportError:
+    return TransportError(
+        f"the device's {command} printed over {MAX_REPLY_BYTES // 1024**2} MiB on {where}, more than any edge-smsp "
+        "reply; it was stopped: check connection.python and the device's runtime"
+    )
+
 
 # Scripts run by the device's python. They travel base64-encoded inside `-c` so that no login shell (sh, bash,
 # csh) ever has to parse their quotes or newlines. They must run on Python 3.6, like the device runtime.

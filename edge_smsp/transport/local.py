@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import selectors
 import shutil
 import signal
 import subprocess
@@ -14,7 +15,14 @@ from pathlib import Path
 from edge_smsp.core.errors import EdgeSmspError, TransportError
 from edge_smsp.core.paths import expand_user
 from edge_smsp.devices.profiles import ConnectionSpec
-from edge_smsp.transport.base import RemoteResult, Transport, timed
+from edge_smsp.transport.base import (
+    MAX_REPLY_BYTES,
+    MAX_STDERR_BYTES,
+    RemoteResult,
+    Transport,
+    reply_too_large,
+    timed,
+)
 
 
 class LocalTransport(Transport):
@@ -66,11 +74,10 @@ class LocalTransport(Transport):
         except OSError as error:
             raise TransportError(f"cannot run {argv[0]!r}: {error.strerror or error}") from None
         try:
-            stdout, stderr = process.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            stop_process_group(process)
-            raise TransportError(f"command timed out after {timeout:g} s on the device: {argv[0]}") from None
-        except BaseException:  # interrupted (Ctrl-C, SIGTERM): the device work must not outlive the command
+            stdout, stderr = _bounded_output(process, start, timeout, argv[0])
+        except (
+            BaseException
+        ):  # timed out, too much output, interrupted: the work must not outlive the command
             stop_process_group(process)
             raise
         return RemoteResult(
@@ -100,6 +107,41 @@ class LocalTransport(Transport):
 
     def close(self) -> None:
         """Nothing to release."""
+
+
+def _bounded_output(
+    process: subprocess.Popen[bytes], start: float, timeout: float, command: str
+) -> tuple[bytes, bytes]:
+    """The command's stdout and stderr once it exits: TransportError when it runs past `timeout` or prints more
+    than MAX_REPLY_BYTES (communicate() would hold all of it); stderr past MAX_STDERR_BYTES is dropped."""
+    assert process.stdout is not None and process.stderr is not None
+    deadline = start + timeout
+    timed_out = TransportError(f"command timed out after {timeout:g} s on the device: {command}")
+    buffers = {process.stdout: bytearray(), process.stderr: bytearray()}
+    with selectors.DefaultSelector() as selector:
+        for stream in buffers:
+            selector.register(stream, selectors.EVENT_READ)
+        while selector.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise timed_out
+            for key, _ in selector.select(min(left, 1.0)):
+                chunk = os.read(key.fd, 1 << 16)
+                if not chunk:
+                    selector.unregister(key.fileobj)
+                    continue
+                buffer = buffers[key.fileobj]
+                if key.fileobj is process.stderr:
+                    buffer += chunk[: max(0, MAX_STDERR_BYTES - len(buffer))]
+                    continue
+                buffer += chunk
+                if len(buffer) > MAX_REPLY_BYTES:
+                    raise reply_too_large(command, "this machine")
+    try:
+        process.wait(timeout=max(0.0, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        raise timed_out from None
+    return bytes(buffers[process.stdout]), bytes(buffers[process.stderr])
 
 
 def stop_process_group(process: subprocess.Popen[bytes], grace: float = 2.0) -> None:

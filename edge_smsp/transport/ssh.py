@@ -8,6 +8,7 @@ import json
 import logging
 import select
 import shlex
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,9 +16,17 @@ from typing import TypeVar
 
 import paramiko
 
-from edge_smsp.core.errors import TransportError, error_text
+from edge_smsp.core.errors import PathError, TransportError, error_text
+from edge_smsp.core.paths import kind, status
 from edge_smsp.devices.profiles import ConnectionSpec
-from edge_smsp.transport.base import RemoteResult, Transport, timed
+from edge_smsp.transport.base import (
+    MAX_REPLY_BYTES,
+    MAX_STDERR_BYTES,
+    RemoteResult,
+    Transport,
+    reply_too_large,
+    timed,
+)
 from edge_smsp.transport.host_keys import _HostKeyPolicy, _UnknownHostKey, fingerprint, load_known_hosts
 from edge_smsp.transport.host_keys import record_host_key as record_host_key
 from edge_smsp.transport.ssh_link import Liveness, connect_failure
@@ -74,6 +83,20 @@ def _pid_of(stdout: bytearray) -> int | None:
     """The pid the wrapper printed on the first line of stdout, once that line is complete."""
     line, newline, _ = bytes(stdout).partition(b"\n")
     return int(line) if newline and line.strip().isdigit() else None
+
+
+def _check_key_file(key_file: str) -> None:
+    """TransportError unless `key_file` is a regular file: a folder or a FIFO is named for what it is."""
+    try:
+        found = status(Path(key_file).expanduser())
+    except PathError as error:
+        raise TransportError(f"SSH key file {error}; name the private key file itself") from None
+    if found is None:
+        raise TransportError(f"SSH key file not found: {key_file}")
+    if not stat.S_ISREG(found.st_mode):
+        raise TransportError(
+            f"SSH key file {key_file} is {kind(found.st_mode)}, not a regular file: name the private key file itself"
+        )
 
 
 class SshTransport(Transport):
@@ -133,8 +156,8 @@ class SshTransport(Transport):
                 ) from None
         client.set_missing_host_key_policy(_HostKeyPolicy(self.known_hosts, self.trust_new_host, revoked))
         key_file = self.connection.key_file
-        if key_file is not None and not Path(key_file).expanduser().is_file():
-            raise TransportError(f"SSH key file not found: {key_file}")
+        if key_file is not None:
+            _check_key_file(key_file)
         try:
             client.connect(
                 hostname=self.connection.host,
@@ -302,8 +325,10 @@ class SshTransport(Transport):
             while True:
                 while channel.recv_ready():
                     stdout += channel.recv(1 << 16)
+                    if len(stdout) > MAX_REPLY_BYTES:
+                        raise reply_too_large(argv[0], self.address)  # `finally` stops the command
                 while channel.recv_stderr_ready():
-                    stderr += channel.recv_stderr(1 << 16)
+                    stderr += channel.recv_stderr(1 << 16)[: max(0, MAX_STDERR_BYTES - len(stderr))]
                 if (
                     channel.exit_status_ready()
                     and not channel.recv_ready()

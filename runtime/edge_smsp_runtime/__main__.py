@@ -9,9 +9,8 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 from . import __version__
 from .backends import DEFAULT_BACKEND, backend_names
-from .errors import RuntimeToolError, one_line
-
-PROG = "edge-smsp-runtime"
+from .deadline import DEFAULT_RUN_TIMEOUT, FIRST_RUN_FACTOR
+from .errors import PROG, RuntimeToolError, one_line
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -101,6 +100,13 @@ def _add_runtime_option(parser: argparse.ArgumentParser) -> None:
 
 def _add_session_options(parser: argparse.ArgumentParser) -> None:
     _add_runtime_option(parser)
+    parser.add_argument(
+        "--run-timeout",
+        type=_number_in(0.1, 86400.0),
+        default=DEFAULT_RUN_TIMEOUT,
+        help=f"seconds one inference may take before it is stopped (the first: {FIRST_RUN_FACTOR} times it; "
+        "default: %(default)g)",
+    )
     parser.add_argument(
         "--precision",
         default=None,
@@ -331,6 +337,7 @@ def run_command(args: argparse.Namespace) -> Dict[str, Any]:
             batch_size=args.batch_size,
             runtime=args.runtime,
             precision=args.precision,
+            run_timeout=args.run_timeout,
         )
     if args.command == "infer":
         from .infer import run_infer
@@ -343,6 +350,7 @@ def run_command(args: argparse.Namespace) -> Dict[str, Any]:
             providers=providers,
             runtime=args.runtime,
             precision=args.precision,
+            run_timeout=args.run_timeout,
         )
     raise RuntimeToolError(f"unknown command {args.command}")
 

@@ -51,7 +51,7 @@ def check_output_path(out_path: str, bundle_directory: str) -> None:
         )
     if not os.path.isdir(directory):
         raise RuntimeToolError(f"--out: directory {directory} does not exist")
-    if os.path.abspath(out_path) == os.path.abspath(os.path.join(bundle_directory, "model.onnx")):
+    if os.path.realpath(out_path) == os.path.realpath(os.path.join(bundle_directory, "model.onnx")):
         raise RuntimeToolError("--out must not be the bundle's own model.onnx")
     try:
         os.unlink(write_atomically(out_path, b""))
@@ -319,6 +319,7 @@ def write_verified(bundle, names, out_path, val_images, threads, providers, seco
     """Write the bundle's model with the adapted `names` to a temp file beside `out_path`, run it in onnxruntime
     over `val_images` (the logits are returned), and only then rename it into place; nothing is left on failure."""
     started = time.perf_counter()
+    out_path = os.path.realpath(out_path)  # a symlink is written through, as the host's writer does
     temporary = write_atomically(out_path, adapted_bytes(bundle, names))
     seconds["write"] = time.perf_counter() - started
     try:

@@ -7,6 +7,7 @@ from typing import Any, Dict, List, Optional
 
 from . import __version__
 from .backends import get_backend
+from .deadline import DEFAULT_RUN_TIMEOUT, RunDeadline
 from .device import current_rss_mib, device_facts, now_ns, peak_rss_mib
 from .errors import RuntimeToolError, one_line
 from .model import (
@@ -69,6 +70,7 @@ def run_bench(
     batch_size: Optional[int] = None,
     runtime: Optional[str] = None,
     precision: Optional[str] = None,
+    run_timeout: float = DEFAULT_RUN_TIMEOUT,
 ) -> Dict[str, Any]:
     """Create a session, run warm-ups, then time runs until both `runs` and `min_seconds` are reached."""
     if warmup < MIN_WARMUP_RUNS:
@@ -104,10 +106,11 @@ def run_bench(
     # The batch actually run: the first dimension of the first input (a fixed batch when none was asked for).
     shapes = [feed.shape for feed in feeds.values()]
     run_batch = int(shapes[0][0]) if shapes and len(shapes[0]) else 1
-    run = session.run
+    deadline = RunDeadline(session, run_timeout, "bench", model_path)
+    run = deadline.run
     try:
         started = now_ns()
-        run(feeds)
+        run(feeds, first=True)
         first_inference_ns = now_ns() - started
         for _ in range(warmup):
             run(feeds)
@@ -131,6 +134,8 @@ def run_bench(
         raise
     except Exception as error:  # the engine's own exception types
         raise RuntimeToolError(f"inference failed on {model_path}: {one_line(error)}") from None
+    finally:
+        deadline.close()
 
     report = {
         "command": "bench",

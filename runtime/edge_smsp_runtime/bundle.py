@@ -76,6 +76,14 @@ def bundle_dir(model_path: str) -> str:
     return model_path if os.path.isdir(model_path) else os.path.dirname(os.path.abspath(model_path))
 
 
+def _short_int(text: str) -> int:
+    """A JSON integer of a spec: shapes and counts, never hundreds of digits (Python's own refusal at 4300 digits
+    advises raising a limit)."""
+    if len(text.lstrip("-")) > 30:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits, larger than any shape or count")
+    return int(text)
+
+
 def load_bundle(model_path: str) -> Bundle:
     """The bundle of `--model BUNDLE/model.onnx` (or the directory); one-line errors for what is wrong."""
     np = import_numpy()
@@ -91,7 +99,12 @@ def load_bundle(model_path: str) -> Bundle:
         )
     try:
         with open(paths["graph.json"]) as handle:
-            spec = json.load(handle)
+            spec = json.load(handle, parse_int=_short_int)
+    except RecursionError:
+        raise RuntimeToolError(
+            f"cannot read {paths['graph.json']}: nested too deeply to be a bundle's spec; export the bundle again "
+            "on the host"
+        ) from None
     except (OSError, ValueError) as error:
         raise RuntimeToolError(f"cannot read {paths['graph.json']}: {one_line(error)}") from None
     if (
@@ -182,10 +195,18 @@ def write_atomically(path: str, data: bytes) -> str:
             stream.write(data)
             stream.flush()
             os.fsync(stream.fileno())
+        # mkstemp makes it 0600: an adapted model is an ordinary file that an app running as another user loads
+        os.chmod(temporary, 0o666 & ~_umask())
     except BaseException:
         os.unlink(temporary)
         raise
     return temporary
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it: put it back at once
+    os.umask(mask)
+    return mask
 
 
 # -- protobuf, top level only -------------------------------------------------------------------------------

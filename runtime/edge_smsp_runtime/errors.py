@@ -2,6 +2,8 @@
 
 from typing import Union
 
+PROG = "edge-smsp-runtime"
+
 
 class RuntimeToolError(Exception):
     """A problem the user can act on: missing file or dependency, unreadable model or image, bad option."""

@@ -19,24 +19,27 @@ def _image_files(folder: str) -> List[str]:
     """The image files of a class folder and of its sub-folders at any depth (as the host's ImageFolder and
     torchvision's read them), not yet sorted; hidden entries are ignored, anything else must be an image."""
     files = []  # type: List[str]
-    pending = [(folder, ())]  # type: List[Tuple[str, Tuple[str, ...]]]
+    pending = [(folder, ())]  # type: List[Tuple[str, Tuple[Tuple[int, int], ...]]]
     while pending:  # no recursion: a folder nested thousands deep is read like any other
         directory, ancestors = pending.pop()
-        real = os.path.realpath(directory)
-        if real in ancestors:  # a symlink back to a folder above: walking it would never end
-            raise RuntimeToolError(
-                f"{directory} links back to {real}, a folder above it (a symlink cycle); remove the link"
-            )
         try:
+            info = os.stat(directory)
             items = sorted(os.listdir(directory))
         except OSError as error:
             raise RuntimeToolError(f"cannot read folder {directory}: {one_line(error)}") from None
+        # Folders are told apart by device and inode: realpath() of each of a deep tree's folders is quadratic.
+        identity = (info.st_dev, info.st_ino)
+        if identity in ancestors:  # a symlink back to a folder above: walking it would never end
+            raise RuntimeToolError(
+                f"{directory} links back to {os.path.realpath(directory)}, a folder above it (a symlink cycle); "
+                "remove the link"
+            )
         for item in items:
             path = os.path.join(directory, item)
             if item.startswith("."):
                 continue
             if os.path.isdir(path):
-                pending.append((path, ancestors + (real,)))
+                pending.append((path, ancestors + (identity,)))
             elif not item.lower().endswith(IMAGE_SUFFIXES):
                 raise RuntimeToolError(f"not an image file: {path} (expected {', '.join(IMAGE_SUFFIXES)})")
             else:

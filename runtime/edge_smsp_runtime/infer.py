@@ -5,6 +5,7 @@ import os
 from typing import Any, Dict, List, Optional
 
 from . import __version__
+from .deadline import DEFAULT_RUN_TIMEOUT, RunDeadline
 from .device import now_ns
 from .errors import RuntimeToolError, one_line
 from .images import load_image, preprocess
@@ -51,6 +52,13 @@ def _check_scores_output(outputs: List[Dict[str, Any]], labels: Optional[List[st
             f"output {output['name']!r} has shape {shape}; infer needs (batch, classes) class scores: "
             "give a classifier"
         )
+    if labels is None and output["name"] == "features":
+        # edge-smsp's feature graphs (describe and probe read them) end at the pooled features: a softmax over
+        # those would invent labels.
+        raise RuntimeToolError(
+            "the model's output is 'features' (a feature graph, without labels), not class scores: infer needs a "
+            "classifier such as a deploy's model.onnx"
+        )
     classes = shape[1]
     if labels is not None and isinstance(classes, int) and classes > 0 and classes != len(labels):
         raise RuntimeToolError(
@@ -68,6 +76,7 @@ def run_infer(
     use_pillow: bool = True,
     runtime: Optional[str] = None,
     precision: Optional[str] = None,
+    run_timeout: float = DEFAULT_RUN_TIMEOUT,
 ) -> Dict[str, Any]:
     """Classify each image (batch 1) and return its top-k labels with softmax probabilities."""
     np = import_numpy()
@@ -111,45 +120,51 @@ def run_infer(
     _check_scores_output(session.outputs(), labels)
 
     results = []
-    for path in images:
-        batch = preprocess(load_image(path, use_pillow=use_pillow), size, channels, mean, std)
-        if model_input["dtype"] == "tensor(float16)":  # an fp16 export without fp32 inputs
-            batch = batch.astype(np.float16)
-        try:
-            started = now_ns()
-            outputs = session.run({model_input["name"]: batch})
-            latency_ms = (now_ns() - started) / 1e6
-        except Exception as error:  # the engine's own exception types
-            raise RuntimeToolError(f"inference failed on {path}: {one_line(error)}") from None
-        scores = np.asarray(outputs[0], dtype=np.float64)
-        if scores.ndim != 2 or scores.shape[0] != 1:
-            raise RuntimeToolError(
-                f"the model's output has shape {list(scores.shape)} on {path}; infer needs (batch, classes) "
-                "class scores: give a classifier"
+    deadline = RunDeadline(session, run_timeout, "infer", model_path)
+    try:
+        for path in images:
+            batch = preprocess(load_image(path, use_pillow=use_pillow), size, channels, mean, std)
+            if model_input["dtype"] == "tensor(float16)":  # an fp16 export without fp32 inputs
+                batch = batch.astype(np.float16)
+            try:
+                started = now_ns()
+                outputs = deadline.run({model_input["name"]: batch}, first=not results)
+                latency_ms = (now_ns() - started) / 1e6
+            except RuntimeToolError:
+                raise
+            except Exception as error:  # the engine's own exception types
+                raise RuntimeToolError(f"inference failed on {path}: {one_line(error)}") from None
+            scores = np.asarray(outputs[0], dtype=np.float64)
+            if scores.ndim != 2 or scores.shape[0] != 1:
+                raise RuntimeToolError(
+                    f"the model's output has shape {list(scores.shape)} on {path}; infer needs (batch, classes) "
+                    "class scores: give a classifier"
+                )
+            logits = scores.reshape(-1)
+            if not np.all(np.isfinite(logits)):  # NaN probabilities would be invalid JSON and a silent exit 0
+                raise RuntimeToolError(f"the model gave NaN or infinite outputs on {path}")
+            if labels is not None and len(labels) != logits.size:
+                raise RuntimeToolError(
+                    f"model has {logits.size} outputs but its metadata lists {len(labels)} labels"
+                )
+            probabilities = _softmax(logits)
+            order = np.argsort(-probabilities, kind="stable")[:top_k]
+            results.append(
+                {
+                    "image": path,
+                    "top_k": [
+                        {
+                            "index": int(index),
+                            "label": labels[index] if labels is not None else str(int(index)),
+                            "probability": round(float(probabilities[index]), 6),
+                        }
+                        for index in order
+                    ],
+                    "latency_ms": round(latency_ms, 4),
+                }
             )
-        logits = scores.reshape(-1)
-        if not np.all(np.isfinite(logits)):  # NaN probabilities would be invalid JSON and a silent exit 0
-            raise RuntimeToolError(f"the model gave NaN or infinite outputs on {path}")
-        if labels is not None and len(labels) != logits.size:
-            raise RuntimeToolError(
-                f"model has {logits.size} outputs but its metadata lists {len(labels)} labels"
-            )
-        probabilities = _softmax(logits)
-        order = np.argsort(-probabilities, kind="stable")[:top_k]
-        results.append(
-            {
-                "image": path,
-                "top_k": [
-                    {
-                        "index": int(index),
-                        "label": labels[index] if labels is not None else str(int(index)),
-                        "probability": round(float(probabilities[index]), 6),
-                    }
-                    for index in order
-                ],
-                "latency_ms": round(latency_ms, 4),
-            }
-        )
+    finally:
+        deadline.close()
     return {
         "command": "infer",
         "runtime_version": __version__,

@@ -6,6 +6,7 @@ import os
 from typing import Any, Dict, List, Optional, Tuple
 
 from .backends import Backend, Session, get_backend
+from .device import mem_available_mib
 from .errors import RuntimeToolError, one_line
 from .paths import require_file
 from .precision import model_precision
@@ -260,6 +261,21 @@ def resolve_shape(
     return resolved
 
 
+def _check_input_fits(name: str, shape: List[int]) -> None:
+    """Refuse an input that cannot be made here before numpy tries: it is drawn as float64 (8 bytes a value)."""
+    values = 1
+    for side in shape:
+        values *= int(side)
+    available = mem_available_mib()
+    needed_mib = values * 8 / 2**20
+    if available is not None and needed_mib > available:
+        dims = " x ".join(str(side) for side in shape)
+        raise RuntimeToolError(
+            f"input {name!r} of {dims} values needs {needed_mib:,.0f} MiB to make, more than the "
+            f"{available:,.0f} MiB this device has available; bench a model with a smaller input"
+        )
+
+
 def seeded_feeds(
     session: Session, seed: int, input_size: Optional[Tuple[int, int]], batch_size: Optional[int] = None
 ) -> Dict[str, Any]:
@@ -273,6 +289,7 @@ def seeded_feeds(
         if dtype is None:
             raise RuntimeToolError(f"input {name!r} has unsupported type {arg['dtype']}")
         shape = resolve_shape(arg["shape"], name, input_size, batch_size)
+        _check_input_fits(name, shape)
         if dtype.startswith("float"):
             feeds[name] = rng.standard_normal(shape).astype(dtype)
         elif dtype == "bool":

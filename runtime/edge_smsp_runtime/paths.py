@@ -30,11 +30,18 @@ def path_kind(path: str) -> Optional[str]:
     return "not a regular file"
 
 
+def _missing(path: str, what: str) -> RuntimeToolError:
+    """'X not found: PATH', saying which folder a relative PATH was looked up in (the host's user may have
+    meant one of their own)."""
+    where = "" if os.path.isabs(path) else f" (looked up in {os.getcwd()}, the runtime's working folder)"
+    return RuntimeToolError(f"{what} not found: {path}{where}")
+
+
 def require_file(path: str, what: str) -> None:
     """A RuntimeToolError naming what `path` is unless it is a regular file: `what` is 'model file', 'image'..."""
     kind = path_kind(path)
     if kind == "missing":
-        raise RuntimeToolError(f"{what} not found: {path}")
+        raise _missing(path, what)
     if kind is not None:
         raise RuntimeToolError(f"{path} is {kind}, not a regular file; give the {what} to read")
 
@@ -43,7 +50,7 @@ def require_folder(path: str, what: str) -> None:
     """A RuntimeToolError naming what `path` is unless it is a folder (through symlinks)."""
     kind = path_kind(path)
     if kind == "missing":
-        raise RuntimeToolError(f"{what} not found: {path}")
+        raise _missing(path, what)
     if kind is None:
         raise RuntimeToolError(f"{path} is a file where a folder is expected; give the {what}")
     if kind != "a directory":

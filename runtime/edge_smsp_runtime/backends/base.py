@@ -14,6 +14,10 @@ class Session:
         """Outputs (numpy arrays, graph order) for inputs given by name."""
         raise NotImplementedError
 
+    def stop(self) -> bool:
+        """Ask the run in progress, from another thread, to end with an error; False when the engine cannot."""
+        return False
+
     def inputs(self) -> List[Dict[str, Any]]:
         """Graph inputs: name, shape (symbolic dims as names) and ONNX element type such as 'tensor(float)'."""
         raise NotImplementedError

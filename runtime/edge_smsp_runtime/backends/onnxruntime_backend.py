@@ -27,12 +27,17 @@ def _describe(args: Any) -> List[Dict[str, Any]]:
 
 
 class OnnxRuntimeSession(Session):
-    def __init__(self, session: Any, precision: str) -> None:
+    def __init__(self, session: Any, precision: str, run_options: Any) -> None:
         self._session = session
         self.precision = precision
+        self._run_options = run_options
 
     def run(self, feeds: Dict[str, Any]) -> List[Any]:
-        return self._session.run(None, feeds)
+        return self._session.run(None, feeds, self._run_options)
+
+    def stop(self) -> bool:
+        self._run_options.terminate = True  # checked between nodes and between a Loop's iterations
+        return True
 
     def inputs(self) -> List[Dict[str, Any]]:
         return _describe(self._session.get_inputs())
@@ -113,7 +118,7 @@ class OnnxRuntimeBackend(Backend):
             )
         except Exception as error:  # onnxruntime raises its own exception types for every load failure
             raise RuntimeToolError(f"cannot load model {path}: {one_line(error)}") from None
-        return OnnxRuntimeSession(session, precision), skipped
+        return OnnxRuntimeSession(session, precision, ort.RunOptions()), skipped
 
 
 def create() -> Backend:

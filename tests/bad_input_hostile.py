@@ -548,7 +548,10 @@ def _runtime_inputs(world: Path) -> None:
     same = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 8, 8])
     identity = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity", [image], [same])
     onnx.save(helper.make_model(identity, opset_imports=opset), str(world / "identity.onnx"))
-    pooled = [helper.make_node("GlobalAveragePool", ["x"], ["p"]), helper.make_node("Flatten", ["p"], ["features"])]
+    pooled = [
+        helper.make_node("GlobalAveragePool", ["x"], ["p"]),
+        helper.make_node("Flatten", ["p"], ["features"]),
+    ]
     features = helper.make_tensor_value_info("features", TensorProto.FLOAT, [1, 3])
     feature_graph = helper.make_graph(pooled, "features", [image], [features])
     onnx.save(helper.make_model(feature_graph, opset_imports=opset), str(world / "features.onnx"))

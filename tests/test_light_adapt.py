@@ -167,7 +167,9 @@ def test_adapt_improves_on_the_imprinted_start_and_writes_a_model_that_agrees(
     assert sorted(os.listdir(tmp_path)) == ["adapted.onnx"]
     umask = os.umask(0o022)
     os.umask(umask)
-    assert out.stat().st_mode & 0o777 == 0o666 & ~umask  # an ordinary file, as the host writes: not mkstemp's 0600
+    assert (
+        out.stat().st_mode & 0o777 == 0o666 & ~umask
+    )  # an ordinary file, as the host writes: not mkstemp's 0600
 
     # The written file alone: its initializers in the numpy engine, and a fresh onnxruntime session.
     model = onnx.load(str(out))
@@ -196,13 +198,17 @@ def test_adapt_writes_through_an_out_symlink_and_never_onto_the_bundles_model(
     args = ("adapt", "--model", str(bundle_dir), "--data", str(images), "--iters", "1", "--out")
     result = run_runtime(*args, str(link))
     assert result.returncode == 0, result.stderr
-    assert link.is_symlink() and os.readlink(link) == str(shared)  # the link stays, its target is the new model
+    assert link.is_symlink() and os.readlink(link) == str(
+        shared
+    )  # the link stays, its target is the new model
     assert onnx.load(str(link)).graph.output[0].name == "logits"
     assert sorted(os.listdir(shared.parent)) == ["current.onnx"]  # no temporary left beside it
     # A link to the bundle's own model.onnx would overwrite the model the bundle is checked against.
     (tmp_path / "sneaky.onnx").symlink_to(bundle_dir / "model.onnx")
     before = (bundle_dir / "model.onnx").read_bytes()
-    _one_line_error(run_runtime(*args, str(tmp_path / "sneaky.onnx")), "must not be the bundle's own model.onnx")
+    _one_line_error(
+        run_runtime(*args, str(tmp_path / "sneaky.onnx")), "must not be the bundle's own model.onnx"
+    )
     assert (bundle_dir / "model.onnx").read_bytes() == before
 
 

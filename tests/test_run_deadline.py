@@ -27,7 +27,9 @@ def _session(path: Path):
 def test_a_loop_that_never_ends_is_stopped_and_the_session_reports_it(tmp_path: Path) -> None:
     session = _session(endless_loop(tmp_path / "loop.onnx"))
     image = np.zeros((1, 3, 8, 8), np.float32)
-    stopped = pytest.raises(RuntimeToolError, match=r"loop\.onnx: one inference ran over 0\.3 s and was stopped")
+    stopped = pytest.raises(
+        RuntimeToolError, match=r"loop\.onnx: one inference ran over 0\.3 s and was stopped"
+    )
     with RunDeadline(session, 0.3, "bench", "loop.onnx") as deadline, stopped:
         deadline.run({"image": image})
 

@@ -345,3 +345,40 @@ def test_evidence_keeps_the_stored_rows_a_later_run_did_not_redo():
     )
     assert [r["variant"] for r in comparisons["comparisons"]] == ["control: random entry", "light tier"]
     assert comparisons["light_tier"] == [1]  # an empty fresh list keeps the stored one
+
+
+def test_evidence_pairs_each_pool_budget_on_its_own_and_keeps_both():
+    from benchmarks import evidence
+
+    def run(variant, task, accuracy, iters=100):
+        return {"variant": variant, "size": 64, "ratio": 0.5, "task": task, "seed": 0, "iters": iters,
+                "val_accuracy": accuracy}  # fmt: skip
+
+    runs = [
+        run("smsp (default)", "a", 0.90),
+        run("smsp (default)", "b", 0.80),
+        run("control: random entry", "a", 0.85),
+        run("control: random entry", "b", 0.85),
+        run("scratch@1000, batch 128", "a", 0.95, iters=1000),  # a reference: its 1000 iterations count
+        run("scratch@1000, batch 128", "b", 0.90, iters=1000),
+        run("smsp (default)", "c", 0.99, iters=50),  # not at the defaults' 100 iterations: left out
+    ]
+    small = evidence.payload_from(runs, [], pool_iters=100)["comparisons"]
+    by_variant = {row["variant"]: row for row in small}
+    assert set(by_variant) == {"control: random entry", "scratch@1000, batch 128"}
+    assert (
+        by_variant["control: random entry"]["pairs"] == 2
+        and by_variant["control: random entry"]["pool_iters"] == 100
+    )
+    assert abs(by_variant["scratch@1000, batch 128"]["difference"] - 0.075) < 1e-9
+    large = [{**row, "pool_iters": 1000, "pairs": 24} for row in small]
+    merged = evidence.merged({"comparisons": large}, {"comparisons": small})["comparisons"]
+    assert [
+        (row["pool_iters"], row["pairs"]) for row in merged if row["variant"] == "control: random entry"
+    ] == [
+        (1000, 24),
+        (100, 2),
+    ]
+    assert "| control: random entry | 64 px | @100 | 0.5 | 2 (1 seed) |" in evidence.section(
+        {"comparisons": merged}
+    )

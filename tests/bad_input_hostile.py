@@ -13,6 +13,7 @@ import shutil
 import socket
 import sqlite3
 import struct
+import sys
 import threading
 import zipfile
 from pathlib import Path
@@ -55,6 +56,7 @@ PROFILE_VARIANTS = {  # file stem -> YAML lines replacing the base profile's
     "int-providers": {"providers": "[1, 2]"},
     "text-threads": {"threads": "abc"},
     "bool-threads": {"threads": "true"},
+    "octal-threads": {"threads": "010"},
     "bool-input-size": {"input_size": "true"},
     "huge-input-size": {"input_size": "100000000000000000000"},
     "list-name": {"name": "[a, b]"},
@@ -256,7 +258,7 @@ HOSTILE_CASES = [
     Case("hostile-runtime-infer-npy-objects", (*RT_INFER, "{w}/objects.npy"), "objects|pickle", runtime=True),
     Case("hostile-runtime-infer-escape-name", (*RT_INFER, "{w}/" + ESC + ".npy"), "not found", runtime=True),
     Case("hostile-runtime-bench-escape-name", ("bench", "--model", "{w}/" + ESC + ".onnx"), "onnx", runtime=True),
-    Case("hostile-runtime-infer-long-name", (*RT_INFER, f"{{w}}/{LONG}.npy"), "not found", runtime=True),
+    Case("hostile-runtime-infer-long-name", (*RT_INFER, f"{{w}}/{LONG}.npy"), "image path is too long for this file system", runtime=True),
     Case("hostile-runtime-infer-no-inputs", ("infer", "--model", "{w}/no-inputs.onnx", "{w}/image.npy"), "no inputs", runtime=True),
     *[
         Case(f"hostile-runtime-metadata-{stem}", ("infer", "--model", f"{{w}}/meta-{stem}.onnx", "{w}/image.npy"), expect, runtime=True)
@@ -326,7 +328,7 @@ HOSTILE_CASES = [
     Case("hostile-deploy-profile-empty", (*DEPLOY, "--profile", "", "--out", "{s}/out"), "--profile: must not be empty"),
     Case("hostile-bench-profile-empty", ("bench", "--profile", "", "--model", "{w}/tiny.onnx"), "--profile: must not be empty"),
     Case("hostile-connection-empty", (*LOCAL_BENCH, "--connection", ""), "connection override is empty"),
-    Case("hostile-deploy-device-data-empty", (*DEPLOY, "--profile", "{w}/local.yaml", "--device-data", "", "--out", "{s}/out"), "--device-data: must not be empty"),
+    Case("hostile-deploy-device-data-empty", (*DEPLOY, "--profile", "{w}/local.yaml", "--device-data", "", "--out", "{s}/out"), r"--device-data: must not be empty: name a folder on the device \(see"),
     Case("hostile-profile-symlink-loop", ("bench", "--profile", "{w}/loop-a", "--model", "{w}/tiny.onnx"), "loop-a is a symlink loop"),
     Case("hostile-profile-fifo", ("bench", "--profile", "{w}/fifo", "--model", "{w}/tiny.onnx"), "fifo is a FIFO, not a regular file"),
     Case("hostile-profile-dev-null", ("bench", "--profile", "/dev/null", "--model", "{w}/tiny.onnx"), "/dev/null is a character device, not a regular file"),
@@ -358,6 +360,21 @@ HOSTILE_CASES = [
     Case("hostile-bench-model-with-external-data", ("bench", "--profile", "{w}/local.yaml", "--model", "{w}/external-data.onnx"), r"external-data\.onnx keeps its weights in 1 separate file\(s\) \(external-data\.bin\), and bench uploads the one \.onnx file"),
     Case("hostile-connection-field-glued-to-its-value", (*LOCAL_BENCH, "--connection", "{{workdir:/tmp/x}}"), r"connection\.workdir:/tmp/x: unknown field \(allowed: .*\); write 'workdir: \.\.\.' with a space after the colon"),
     Case("hostile-ssh-python-cannot-run", ("bench", "--profile", "{w}/ssh-python-false.yaml", "--model", "{w}/tiny.onnx"), "the device's Python '/usr/bin/false' could not run .*set connection.python"),
+    # --- 8. the fifth sweep: a device whose numbers no benchmark gives never reaches a plan, report or pool ---
+    Case("hostile-bench-device-reports-negative-latency", ("bench", "--profile", "{w}/lying-device.yaml", "--model", "{w}/tiny.onnx"), r"bench report is not plausible: latency_p50_ms -3\.0 \(a measurement lies from 0 to 1e\+07\)"),
+    Case("hostile-adapt-out-holds-the-users-pruned-json", (*ADAPT[:6], "{w}/users-folder", *ADAPT[7:]), r"users-folder holds a pruned\.json that is not an edge-smsp saved model's; saving would replace it"),
+    Case("hostile-prune-out-holds-another-tools-model", (*PRUNE, "--out", "{w}/hf-model"), r"hf-model holds a model\.safetensors with no pruned\.json"),
+    Case("hostile-export-card-over-the-users-json", ("export", "--model-dir", "{w}/model", "--out", "{w}/cfg/settings.onnx"), r"its model card would replace .*settings\.json, which is not an edge-smsp model card"),
+    Case("hostile-export-fp16-reference-over-the-users-file", ("export", "--model-dir", "{w}/model", "--precision", "fp16", "--out", "{w}/cfg/app.onnx"), r"the fp32 reference .*app\.fp32\.onnx would replace a file no export wrote"),
+    Case("hostile-runtime-bench-provider-twice", (*RT_BENCH, "--providers", "CPUExecutionProvider,CPUExecutionProvider"), "CPUExecutionProvider is given twice; name each provider once", runtime=True),
+    Case("hostile-deploy-device-info-negative-footprint", (*DEPLOY, *DEPLOY_POOL, "--profile", "{w}/negative-footprint-device.yaml", "--out", "{s}/out"), r"the device runtime's info is not plausible: imported_rss_mib -500"),
+    Case("hostile-bench-device-python-is-a-shell", ("bench", "--profile", "{w}/sh-python.yaml", "--model", "{w}/tiny.onnx"), r"the device's Python '/bin/sh' could not run .*set connection\.python"),
+    Case("hostile-pool-list-backbone-empty", ("pool", "list", "--pool", "{w}/good.sqlite", "--backbone", ""), r"--backbone: must not be empty: name a backbone"),
+    Case("hostile-pool-index-size-not-in-the-pool", ("pool", "index", "--pool", "{w}/good.sqlite", "--backbone", "resnet18", "--image-size", "48"), r"holds no entries of \S+ at 48 px \(its sizes: 32\)"),
+    Case("hostile-adapt-imagefolder-a-file", (*ADAPT, "--dataset", "imagefolder", "--data-dir", "{w}/tiny.onnx"), r"image folder .*tiny\.onnx is a file, not a folder"),
+    Case("hostile-runtime-model-path-too-long", ("bench", "--model", "{w}/" + "m" * 300 + ".onnx"), "model file path is too long for this file system", runtime=True),
+    Case("hostile-profile-threads-in-octal", ("bench", "--profile", "{w}/profile-octal-threads.yaml", "--model", "{w}/tiny.onnx"), r"'010' at line \d+ is an octal, binary or base-60 number in YAML 1\.1"),
+    Case("hostile-bench-device-reports-huge-peak", ("bench", "--profile", "{w}/huge-peak-device.yaml", "--model", "{w}/tiny.onnx"), r"not plausible: peak_rss_mib 1e\+300 \(a measurement lies from 0 to 1\.67772e\+07\)"),
 ]  # fmt: skip
 
 
@@ -404,6 +421,32 @@ def hostile_inputs(world: Path, ssh: dict, local: dict) -> None:
     _fashion_variants(world)
     _runtime_inputs(world)
     _last_sweep_inputs(world, local)
+    _fifth_sweep_inputs(world, local)
+
+
+def _fifth_sweep_inputs(world: Path, local: dict) -> None:
+    """Devices whose Python is the real one with its bench reports rewritten (a broken or altered device), and
+    folders holding the user's own files where an output would land."""
+    small_board_profile(world / "sh-python.yaml", "hostile-sh-python", {**local, "python": "/bin/sh"})
+    (world / "users-folder").mkdir()
+    (world / "users-folder" / "pruned.json").write_text('{"mine": 1}\n')
+    (world / "hf-model").mkdir()
+    (world / "hf-model" / "model.safetensors").write_bytes(b"not ours")
+    (world / "cfg").mkdir()
+    (world / "cfg" / "settings.json").write_text('{"theme": "dark"}\n')
+    (world / "cfg" / "app.fp32.onnx").write_bytes(b"the user's own model")
+    for stem, pattern in (
+        ("lying-device", 's/"p50": [0-9.e+-]+/"p50": -3.0/'),
+        ("huge-peak-device", 's/"peak_rss_mib": [0-9.e+-]+/"peak_rss_mib": 1e300/'),
+        ("negative-footprint-device", 's/"imported_rss_mib": [0-9.e+-]+/"imported_rss_mib": -500/'),
+    ):
+        python = world / f"{stem}-python"
+        python.write_text(
+            f'#!/bin/sh\nout=$("{sys.executable}" "$@"); rc=$?\n'
+            f"printf '%s\\n' \"$out\" | sed -E '{pattern}'\nexit $rc\n"
+        )
+        python.chmod(0o755)
+        small_board_profile(world / f"{stem}.yaml", f"hostile-{stem}", {**local, "python": str(python)})
 
 
 def _profile_lines(local: dict, changes: dict[str, str] | None = None) -> str:

@@ -11,7 +11,7 @@ import uuid
 from pathlib import Path
 
 from edge_smsp.pool import BuildKey, Pool, Writer
-from edge_smsp.pool.claims import machine_id, process_start
+from edge_smsp.pool.claims import MAX_LEASE_SECONDS, machine_id, process_start
 from edge_smsp.pool.schema import BASE_SCHEMA, MIGRATIONS, SCHEMA_VERSION, statements
 from tests.build_steps import TASK_CLASSES, training_runs
 from tests.test_pool import LITE0, add_example_entry, make_task
@@ -90,6 +90,11 @@ def test_a_dead_holder_on_this_machine_is_taken_over_at_once_and_a_foreign_one_w
         pool.claim(key_of(3), elsewhere, lease_seconds=-1)
         assert pool.claim(key_of(3), rerun).status == "claimed"
         assert pool.renew_claims(rerun, lease_seconds=3600) == 2
+        # A lease no heartbeat writes (a day or more ahead: a clock far off, a hand-edited row) is not honoured.
+        pool.claim(key_of(4), elsewhere, lease_seconds=1e300)
+        assert pool.claim(key_of(4), rerun).status == "claimed"
+        pool.claim(key_of(5), elsewhere, lease_seconds=MAX_LEASE_SECONDS - 60)
+        assert pool.claim(key_of(5), rerun).status == "held"
 
 
 def test_a_reused_pid_does_not_keep_a_dead_claim_alive(tmp_path):

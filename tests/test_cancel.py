@@ -1,4 +1,4 @@
-"""Ctrl-C or SIGTERM during `bench` stops the device's benchmark too (local and SSH transports)."""
+"""Ctrl-C, SIGTERM or a closed terminal (SIGHUP) during `bench` stops the device's benchmark too (local and SSH transports)."""
 
 from __future__ import annotations
 
@@ -53,10 +53,15 @@ def _as_from_a_terminal() -> None:
     leaves Ctrl-C ignored too."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(
+        signal.SIGHUP, signal.SIG_DFL
+    )  # a closed terminal: the runner's own setting is not inherited
 
 
 @pytest.mark.parametrize("transport", ["local", "ssh"])
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"]
+)
 def test_interrupted_bench_leaves_no_runtime_process(
     transport: str, signum: int, request: pytest.FixtureRequest, tmp_path: Path, device_python: str
 ) -> None:
@@ -108,3 +113,27 @@ def test_interrupted_bench_leaves_no_runtime_process(
         time.sleep(0.1)
     assert not _processes_mentioning(f"{workdir}/runtime"), f"runtime still running {stopped_in:.1f} s after"
     print(f"{transport} {signal.Signals(signum).name}: CLI exited {stopped_in:.2f} s after the signal")
+
+
+def test_an_interruption_a_dependency_swallowed_still_ends_the_run_as_interrupted(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C that lands where a library catches KeyboardInterrupt (an import, an exporter) used to let the command
+    run on and exit 0 as if nothing had happened: the signal was received, so the run ends as interrupted."""
+    from edge_smsp import cli
+    from edge_smsp.cli import model_commands
+
+    swallowed = []
+
+    def swallowing_handler(args: object) -> int:
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)  # the handler runs at the next bytecode; the sleep is cut short by it
+        except KeyboardInterrupt:
+            swallowed.append(True)  # what a dependency's `except BaseException` does
+        return 0
+
+    monkeypatch.setattr(model_commands, "models_command", swallowing_handler)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert cli.main(["models"]) == 128 + signal.SIGINT
+    assert swallowed == [True] and capsys.readouterr().err == "edge-smsp: interrupted\n"

@@ -88,6 +88,22 @@ def test_a_pool_on_a_read_only_file_system_lists_and_refuses_adapt_before_any_wo
     assert refused.stderr.count("\n") == 1, refused.stderr
     assert "read-only file system" in refused.stderr and "damaged" not in refused.stderr
     assert not out.exists()
+    # deploy stores the device's measurement in the pool: refused before it adapts, exports or uploads anything
+    deploy = [
+        *cli,
+        "deploy",
+        "--profile",
+        "localhost",
+        "--classes",
+        "0,1",
+        "--ratio",
+        "0.5",
+        "--pool",
+        str(path),
+    ]
+    refused = _in_read_only_mount(path.parent, *deploy, "--out", str(out))
+    assert refused.returncode == 2 and refused.stderr.count("\n") == 1, refused.stderr
+    assert "is read-only (on a read-only file system)" in refused.stderr and not out.exists()
     assert _digest(path) == before and sorted(p.name for p in path.parent.iterdir()) == ["pool.sqlite"]
 
 

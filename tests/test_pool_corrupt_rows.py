@@ -137,10 +137,38 @@ def test_an_escape_code_stored_in_a_row_never_reaches_the_terminal_raw(tmp_path:
     path = tmp_path / "p.sqlite"
     _tiny_pool(path)
     sql(path, "UPDATE tasks SET task_key = char(27) || '[2J' || char(27) || '[31mEVIL'")
-    sql(path, "UPDATE entries SET method = 'taylor' || char(7) || char(9) || 'x'")
+    sql(path, "UPDATE entries SET method = 'taylor' || char(7) || char(9) || 'x' || char(10) || 'forged row'")
     assert main(["pool", "list", "--pool", str(path)]) == 0
     listed = capsys.readouterr().out
     assert "\x1b" not in listed and "\x07" not in listed
-    assert "\\x1b[2J\\x1b[31mEVIL" in listed and "taylor\\x07\tx" in listed  # shown, tabs kept
+    assert "\\x1b[2J\\x1b[31mEVIL" in listed and "taylor\\x07\\tx\\nforged row" in listed
+    assert (
+        len(listed.splitlines()) == 3
+    )  # the header, the one entry, the count: a stored newline forges no row
     assert main(["pool", "list", "--pool", str(path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)[0]["task_id"] == "\x1b[2J\x1b[31mEVIL"  # JSON keeps the value
+
+
+def test_a_measurement_no_benchmark_gives_is_neither_stored_nor_used(tmp_path: Path) -> None:
+    from edge_smsp.pool.measurements import DeviceMeasurement
+
+    path = tmp_path / "p.sqlite"
+    honest = DeviceMeasurement("board", "resnet18", 32, 0.5, 10, 10, 1.0, 2.0, 3.0, peak_rss_mib=90.0)
+    with Pool(path) as pool:
+        first = pool.add_measurement(honest)
+        for lie, named in (
+            ({"latency_p50_ms": -3.0}, "latency_p50_ms -3.0"),
+            ({"latency_p99_ms": 1e300}, "latency_p99_ms 1e+300"),
+            ({"peak_rss_mib": -100.0}, "peak_rss_mib -100.0"),
+            ({"latency_p90_ms": 0.5}, "latency percentiles out of order"),
+        ):
+            with pytest.raises(PoolError, match=re.escape(named)):
+                pool.add_measurement(DeviceMeasurement(**{**honest.__dict__, **lie}))
+        assert [m.id for m in pool.measurements()] == [first]
+    sql(path, f"UPDATE device_measurements SET latency_p50_ms = -3 WHERE id = {first}")  # an altered row
+    with Pool(path) as pool, pytest.raises(PoolError) as caught:
+        pool.measurements(device="board")
+    assert f"device measurement {first} of this pool is not plausible: latency_p50_ms -3.0" in str(
+        caught.value
+    )
+    assert f"DELETE FROM device_measurements WHERE id = {first}" in str(caught.value)

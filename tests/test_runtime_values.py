@@ -148,3 +148,23 @@ def test_integer_pixels_outside_8_and_16_bit_levels_are_refused(tmp_path: Path) 
             load_image(str(path))
     np.save(path, np.array([[0, 1000], [2, 3]], dtype=np.int32))  # 16-bit levels
     np.testing.assert_allclose(load_image(str(path))[:, :, 0], [[0, 1000 / 65535], [2 / 65535, 3 / 65535]])
+
+
+def test_float_and_32_bit_tiff_pixels_are_read_as_the_same_array_in_npy_would_be(tmp_path: Path) -> None:
+    """Pillow's convert('L') truncated float TIFFs to 0-255 levels (0.5 became 0, NaN became black): such pixels
+    now go through the .npy rules, scaled floats kept, NaN refused, 32-bit levels scaled by their range."""
+    from edge_smsp_runtime.errors import RuntimeToolError
+    from edge_smsp_runtime.images import load_image
+    from PIL import Image
+
+    half = np.full((4, 4), 0.5, dtype=np.float32)
+    Image.fromarray(half, mode="F").save(tmp_path / "half.tiff")
+    np.save(tmp_path / "half.npy", half)
+    np.testing.assert_array_equal(
+        load_image(str(tmp_path / "half.tiff")), load_image(str(tmp_path / "half.npy"))
+    )
+    Image.fromarray(np.full((4, 4), np.nan, dtype=np.float32), mode="F").save(tmp_path / "nan.tiff")
+    with pytest.raises(RuntimeToolError, match="NaN or infinite pixels"):
+        load_image(str(tmp_path / "nan.tiff"))
+    Image.fromarray(np.full((4, 4), 300, dtype=np.int32), mode="I").save(tmp_path / "levels.tiff")
+    np.testing.assert_allclose(load_image(str(tmp_path / "levels.tiff")), 300 / 65535)

@@ -44,12 +44,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             code = int(args.handler(args) or 0)
             sys.stdout.flush()  # a full device or a closed pipe fails here, not in the interpreter's exit
+            if (
+                received
+            ):  # a dependency swallowed the interruption (caught in an import, say): it still counts
+                raise KeyboardInterrupt
             return code
         except BaseException as error:
             if received or isinstance(error, KeyboardInterrupt):
-                terminated = isinstance(error, Terminated) or signal.SIGTERM in received
+                ending = next((signum for signum in received if signum != signal.SIGINT), None)
+                terminated = isinstance(error, Terminated) or ending is not None
                 print(f"edge-smsp: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
-                return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+                if not terminated:
+                    return 128 + signal.SIGINT
+                return 128 + (ending or signal.SIGTERM)  # 143 for SIGTERM, 129 for a closed terminal
             if isinstance(error, EdgeSmspError):
                 # One line whatever the library or a dependency (paramiko, onnx) put in the message.
                 # A note (add_note) says what was kept, e.g. deploy's model when only the bench failed.

@@ -50,7 +50,10 @@ def run_adapt(args: argparse.Namespace) -> int:
         if args.add_to_pool and pool is not None:
             pool.check_writable()  # a read-only pool refuses now, before the work and before --out is written
         from edge_smsp import adaptation
+        from edge_smsp.models.pruned_model import check_model_dir_replaceable
         from edge_smsp.pool import build as pool_build
+
+        check_model_dir_replaceable(args.out)  # before the work, not after it
 
         config = config_from_args(args)
         backbone = backbone_from_args(args)

@@ -51,11 +51,19 @@ def int_in_range(minimum: int, maximum: int) -> Callable[[str], int]:
     return parse
 
 
-def nonempty_arg(text: str) -> str:
-    """A name that must not be empty ('' would mean the working directory, or nothing at all)."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("must not be empty: name a file, folder or bundled profile")
-    return text
+def nonempty_arg(what: str) -> Callable[[str], str]:
+    """A converter for a name that must not be empty ('' would mean the working directory, or nothing at all);
+    `what` says what to name instead."""
+
+    def parse(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"must not be empty: name {what}")
+        return text
+
+    return parse
+
+
+PROFILE_NAME = "a profile YAML file or a bundled profile (localhost)"
 
 
 def int_at_least(minimum: int) -> Callable[[str], int]:

@@ -22,6 +22,7 @@ from edge_smsp.cli.args import (
     task_from_args,
 )
 from edge_smsp.cli.converters import (
+    PROFILE_NAME,
     GivenOnce,
     classes_arg,
     model_dir_arg,
@@ -42,6 +43,7 @@ from edge_smsp.cli.precision_output import (
     truncation,
 )
 from edge_smsp.core.errors import ExportError
+from edge_smsp.core.paths import safe_text
 from edge_smsp.core.precisions import FP32, INT8, PRECISIONS
 from edge_smsp.training.recipe import ADAPT_BATCH_SIZE
 
@@ -93,7 +95,7 @@ def run_export(args: argparse.Namespace) -> int:
     if not model_dir.is_dir():
         raise ExportError(f"--model-dir {model_dir}: not a directory")
     from edge_smsp.export.metadata import metadata_from_pruned
-    from edge_smsp.export.onnx_export import export_onnx
+    from edge_smsp.export.onnx_export import check_replaceable, export_onnx
     from edge_smsp.models.pruned_model import load_pruned
 
     model, meta = load_pruned(model_dir)
@@ -106,6 +108,8 @@ def run_export(args: argparse.Namespace) -> int:
         from edge_smsp.export.precision import reference_path
 
         target = reference_path(args.out)
+        check_replaceable(Path(args.out))
+        check_replaceable(target, sidecar=True)
     result = export_onnx(
         model,
         target,
@@ -161,7 +165,7 @@ def register_deploy(subcommands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--profile",
-        type=nonempty_arg,
+        type=nonempty_arg(PROFILE_NAME),
         action="append",
         default=None,
         metavar="P",
@@ -217,7 +221,7 @@ def register_bench(subcommands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--profile",
-        type=nonempty_arg,
+        type=nonempty_arg(PROFILE_NAME),
         required=True,
         action=GivenOnce,
         metavar="P",
@@ -268,6 +272,7 @@ def run_deploy(args: argparse.Namespace) -> int:
 
     # Made on first use: a deploy that fails before it plans (an unreachable device) leaves no pool file.
     with Pool(pool_path(args), lazy=True) as pool:
+        pool.check_writable()  # the device's measurement is stored: a read-only pool refuses before the work
         backbone = backbone_from_args(args)
         request = DeployRequest(
             profile=profile,
@@ -381,7 +386,7 @@ def describe_deploy(report: dict[str, Any]) -> str:
     ]
     head = (
         f"deployed {report['backbone']} to {report['profile']} ({report['device_transport']}) for "
-        f"{report['task_id']} [{', '.join(report['class_names'])}] at {report['image_size']} px"
+        f"{safe_text(report['task_id'])} [{safe_text(', '.join(report['class_names']))}] at {report['image_size']} px"
     )
     return "\n".join([head] + [f"  {label:<12} {text}" for label, text in rows])
 

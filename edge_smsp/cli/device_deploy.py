@@ -13,6 +13,7 @@ from edge_smsp.cli.args import backbone_from_args, bench_settings_from_args, con
 from edge_smsp.cli.converters import int_in_range, nonempty_arg
 from edge_smsp.cli.output import print_json, show_progress
 from edge_smsp.core.errors import DataError
+from edge_smsp.core.paths import safe_text
 from edge_smsp.devices.profiles import DeviceProfile
 
 
@@ -20,7 +21,7 @@ def add_device_data_arguments(parser: argparse.ArgumentParser) -> None:
     """--device-data DIR and the light tier's knobs."""
     parser.add_argument(
         "--device-data",
-        type=nonempty_arg,
+        type=nonempty_arg("a folder on the device"),
         default=None,
         metavar="DIR",
         help="an ImageFolder ON THE DEVICE (train/ and val/, or class folders): the device describes the task, "
@@ -83,6 +84,7 @@ def run_device_deploy(args: argparse.Namespace, profile: DeviceProfile) -> int:
             print(f"edge-smsp deploy: {stage}...", file=sys.stderr, flush=True)
 
     with Pool(pool_path(args), lazy=True) as pool:
+        pool.check_writable()  # the devices' measurements are stored: refused before the work
         request = DeviceDeployRequest(
             profile=profile,
             backbone=backbone_from_args(args),
@@ -145,6 +147,6 @@ def describe_device_deploy(report: dict[str, Any]) -> str:
     ]
     head = (
         f"adapted {report['backbone']} on {report['profile']} ({report['device_transport']}) for "
-        f"{report['task_id']} [{', '.join(report['class_names'])}] at {report['image_size']} px"
+        f"{safe_text(report['task_id'])} [{safe_text(', '.join(report['class_names']))}] at {report['image_size']} px"
     )
     return "\n".join([head] + [f"  {label:<12} {text}" for label, text in rows])

@@ -90,6 +90,7 @@ def run_fleet_deploy(args: argparse.Namespace) -> int:
             print(f"edge-smsp deploy (fleet of {len(profiles)}): {stage}...", file=sys.stderr, flush=True)
 
     with Pool(pool_path(args), lazy=True) as pool:
+        pool.check_writable()  # the devices' measurements are stored: refused before the work
         backbone = backbone_from_args(args)
         request = DeployRequest(
             profile=profiles[0],

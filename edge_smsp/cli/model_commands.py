@@ -71,10 +71,11 @@ def prune_command(args: argparse.Namespace) -> int:
     """Load the backbone, score its units, prune, save, print the summary."""
     from edge_smsp.criteria import score_units
     from edge_smsp.models.prune import prune
-    from edge_smsp.models.pruned_model import save_pruned
+    from edge_smsp.models.pruned_model import check_model_dir_replaceable, save_pruned
     from edge_smsp.models.units import model_input_size
     from edge_smsp.training import host_memory
 
+    check_model_dir_replaceable(args.out)  # before the work, not after it
     model = backbone_from_args(args)
     size = model_input_size(model, args.image_size)
     host_memory.check_fits(host_memory.prune_bytes(model, size), "prune", size)  # not OOM-killed at 4096 px

@@ -73,7 +73,7 @@ class Terminated(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def unwind_on_signals() -> Iterator[list[int]]:
-    """For the duration (main thread only: other threads cannot set handlers), SIGTERM raises Terminated and
+    """For the duration (main thread only: other threads cannot set handlers), SIGTERM (and SIGHUP) raises Terminated and
     SIGINT KeyboardInterrupt where the program is, so that every `finally` runs. The yielded list records the
     signals that arrived: a dependency may turn the interruption into another error (a KeyboardInterrupt caught
     and wrapped, a module left half-imported), which is still the interruption."""
@@ -84,7 +84,7 @@ def unwind_on_signals() -> Iterator[list[int]]:
 
     def raise_terminated(signum: int, frame: FrameType | None) -> None:
         received.append(signum)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean-up short
+        signal.signal(signum, signal.SIG_IGN)  # a second one must not cut the clean-up short
         raise Terminated
 
     def raise_interrupted(signum: int, frame: FrameType | None) -> None:
@@ -95,12 +95,18 @@ def unwind_on_signals() -> Iterator[list[int]]:
     previous_int = signal.getsignal(signal.SIGINT)
     if previous_int is signal.default_int_handler:  # not when Ctrl-C is ignored (a background job)
         signal.signal(signal.SIGINT, raise_interrupted)
+    # A closed terminal (SIGHUP) ends the run as SIGTERM does, device work stopped; not under nohup (ignored).
+    previous_hup = signal.getsignal(signal.SIGHUP)
+    if previous_hup == signal.SIG_DFL:
+        signal.signal(signal.SIGHUP, raise_terminated)
     try:
         yield received
     finally:
         signal.signal(signal.SIGTERM, previous_term)
         if previous_int is signal.default_int_handler:
             signal.signal(signal.SIGINT, previous_int)
+        if previous_hup == signal.SIG_DFL:
+            signal.signal(signal.SIGHUP, previous_hup)
 
 
 def print_json(payload: Any) -> None:

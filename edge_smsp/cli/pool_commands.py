@@ -16,9 +16,10 @@ from edge_smsp.cli.args import (
     pool_path,
     task_from_args,
 )
-from edge_smsp.cli.converters import MAX_ITERS, MAX_TASKS, int_in_range, path_arg, ratio_arg
+from edge_smsp.cli.converters import MAX_ITERS, MAX_TASKS, int_in_range, nonempty_arg, path_arg, ratio_arg
 from edge_smsp.cli.output import print_json, show_progress
 from edge_smsp.core.errors import NoPoolEntriesError, PruneError
+from edge_smsp.core.paths import safe_text
 from edge_smsp.criteria import SCRATCH, criterion_names
 from edge_smsp.pool import Pool, check_pool_file
 
@@ -232,7 +233,12 @@ def run_index(args: argparse.Namespace) -> int:
                 f"(it holds: {', '.join(held) or 'none'}); pass --backbone NAME"
             )
         if args.image_size is not None:
-            sizes = [size for size in sizes if size == args.image_size]
+            if args.image_size not in sizes:  # nothing to describe at that size: say so, as for a backbone
+                raise NoPoolEntriesError(
+                    f"pool {path} holds no entries of {args.backbone} at {args.image_size} px (its sizes: "
+                    f"{', '.join(str(size) for size in sizes)}); pass one of them to --image-size, or leave it out"
+                )
+            sizes = [args.image_size]
         for size in sizes:
             args.image_size = size
             backbone = backbone_from_args(args)
@@ -260,7 +266,13 @@ def register_list(verbs: argparse._SubParsersAction) -> None:
         "list", help="list the pool's entries", description="List the pool's pruned models."
     )
     add_pool_argument(parser)
-    parser.add_argument("--backbone", metavar="NAME", default=None, help="only entries of this backbone")
+    parser.add_argument(
+        "--backbone",
+        metavar="NAME",
+        type=nonempty_arg("a backbone, such as resnet18"),
+        default=None,
+        help="only entries of this backbone",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON list of entries")
     parser.set_defaults(handler=run_list)
 
@@ -295,6 +307,11 @@ _COLUMNS: tuple[tuple[str, str], ...] = (
 
 
 def _cell(key: str, value: Any) -> str:
+    """One table cell as printable text: a newline stored in a pool row must not split it into forged rows."""
+    return safe_text(_cell_text(key, value))
+
+
+def _cell_text(key: str, value: Any) -> str:
     if value is None:
         return "-"
     if key == "classes":

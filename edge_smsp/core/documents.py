@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import reprlib
 from typing import Any
 
@@ -146,6 +147,7 @@ def _check_tree(root: yaml.Node) -> None:
             )
         sizes[id(node)] = size
         visiting.discard(id(node))
+        _check_number_spelling(node)
         if isinstance(node, yaml.MappingNode):
             seen = set()
             for key, _ in node.value:
@@ -154,6 +156,21 @@ def _check_tree(root: yaml.Node) -> None:
                         line = key.start_mark.line + 1 if key.start_mark else "?"
                         raise DocumentError(f"duplicate key {shown(key.value)} at line {line}")
                     seen.add((key.tag, key.value))
+
+
+# YAML 1.1 reads 010 as 8 (octal), 0b10 as 2 and 1:30 as 90 (base 60): a profile saying `threads: 010` would run
+# with 8 threads without a word. Such spellings of an unquoted integer are refused.
+_SURPRISING_INT = re.compile(r"[-+]?(0[0-7_]+|0b[01_]+|[1-9][0-9_]*(:[0-5]?[0-9])+)")
+
+
+def _check_number_spelling(node: yaml.Node) -> None:
+    plain_int = isinstance(node, yaml.ScalarNode) and node.tag.endswith(":int") and node.style is None
+    if plain_int and _SURPRISING_INT.fullmatch(node.value):
+        line = node.start_mark.line + 1 if node.start_mark else "?"
+        raise DocumentError(
+            f"{shown(node.value)} at line {line} is an octal, binary or base-60 number in YAML 1.1; write it "
+            "in plain decimal (no leading 0), or quote it if it is text"
+        )
 
 
 def _children(node: yaml.Node) -> list[yaml.Node]:

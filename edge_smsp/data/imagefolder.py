@@ -55,7 +55,14 @@ class ImageFolder(DatasetSource):
 def imagefolder_layout(root: Path) -> tuple[Path, Path | None]:
     """(train folder, val folder or None): DIR/train + DIR/val (or DIR/test), else DIR itself, split by seed."""
     if not root.is_dir():
-        raise DataError(f"image folder {root} does not exist")
+        what = (
+            "is a file, not a folder"
+            if root.is_file()
+            else "is not a folder"
+            if root.exists()
+            else "does not exist"
+        )
+        raise DataError(f"image folder {root} {what}: give the folder that holds the class folders")
     val = next((root / name for name in ("val", "test") if (root / name).is_dir()), None)
     if (root / "train").is_dir() and val is not None:
         return root / "train", val

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edge_smsp.core.errors import TransportError, error_text
+from edge_smsp.core.plausible import implausible_value
 from edge_smsp.device_runtime.model import read_opsets
 from edge_smsp.devices.profiles import DeviceProfile, load_profile
 from edge_smsp.devices.stack import check_device_stack
@@ -95,6 +96,7 @@ def run_bench(
         raise TransportError(
             f"the device benchmarked a file whose SHA-256 differs from {exported.onnx_path}; upload again"
         )
+    check_report_values(measured)
     try:
         latency = float(measured["latency_ms"][profile.latency_percentile])
     except (KeyError, TypeError, ValueError):
@@ -102,6 +104,29 @@ def run_bench(
             f"the device's bench report has no latency_ms.{profile.latency_percentile}"
         ) from None
     return DeviceRun(measured, latency, tuple(fallback_providers(measured)))
+
+
+def check_report_values(report: dict[str, Any]) -> None:
+    """TransportError when a bench report holds a number no benchmark measures (a negative latency, a peak of
+    1e300 MiB): a broken or altered device must not reach the plan, the report or the pool."""
+    latencies = report.get("latency_ms")
+    values = (
+        {f"latency_{name}_ms": value for name, value in latencies.items()}
+        if isinstance(latencies, dict)
+        else {}
+    )
+    values.update(
+        {name: report.get(name) for name in ("session_creation_ms", "first_inference_ms", "throughput_ips")}
+    )
+    values.update(
+        {name: report.get(name) for name in ("peak_rss_mib", "baseline_rss_mib", "imported_rss_mib")}
+    )
+    problem = implausible_value(values)
+    if problem:
+        raise TransportError(
+            f"the device's bench report is not plausible: {problem}; check the device's Python, numpy and "
+            "onnxruntime, then bench again"
+        )
 
 
 def check_onnx_file(path: Path) -> None:
@@ -175,6 +200,7 @@ def bench_model(
         report = transport.run_runtime(bench.runtime_args(remote, profile), timeout=bench.timeout)
     if report.get("model_sha256") != digest:
         raise TransportError(f"the device benchmarked a different file than {path} (SHA-256 mismatch)")
+    check_report_values(report)
     report["profile"] = profile.name
     report["remote_model_path"] = remote
     report["latency_percentile"] = profile.latency_percentile

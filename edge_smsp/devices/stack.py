@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from edge_smsp.core.errors import DeviceStackError
+from edge_smsp.core.plausible import implausible_value
 from edge_smsp.device_runtime.opsets import NEWEST_KNOWN_OPSET, major_minor, onnxruntime_max_opset
 
 __all__ = [
@@ -87,6 +88,9 @@ class DeviceStack:
         }
 
 
+MEMORY_FIELDS = ("baseline_rss_mib", "imported_rss_mib", "mem_available_mib")
+
+
 def check_device_stack(info: Mapping[str, Any], profile: StackPromise, opset: int) -> DeviceStack:
     """The device's stack from its runtime `info` report, or DeviceStackError (one line) when the device cannot run
     a model exported at `opset`, or runs older software than its profile promises."""
@@ -95,6 +99,11 @@ def check_device_stack(info: Mapping[str, Any], profile: StackPromise, opset: in
         raise DeviceStackError(
             f"the device runtime's info lacks {', '.join(missing)}: an older edge-smsp runtime answered; "
             "upload the current one"
+        )
+    problem = implausible_value({name: info.get(name) for name in MEMORY_FIELDS})
+    if problem:  # these numbers size the memory plan
+        raise DeviceStackError(
+            f"the device runtime's info is not plausible: {problem}; check the device's Python and its packages"
         )
     device = info.get("device") if isinstance(info.get("device"), Mapping) else {}
     stack = DeviceStack(

@@ -32,6 +32,7 @@ import onnx
 import torch
 from torch import nn
 
+from edge_smsp.core.documents import DocumentError, load_json
 from edge_smsp.core.errors import ExportError, OutputPathError, error_text
 from edge_smsp.core.fileio import checked_output_path, write_atomically
 from edge_smsp.data.catalog import image_size_problem
@@ -101,6 +102,32 @@ def _interruptions_kept() -> Iterator[None]:
             raise KeyboardInterrupt from None
 
 
+def is_own_card(path: Path, onnx_name: str | None = None) -> bool:
+    """Whether `path` holds a model card an export wrote (for the file `onnx_name`, when given)."""
+    try:
+        card = load_json(path.read_bytes())
+    except (OSError, DocumentError):
+        return False
+    named = onnx_name is None or card.get("onnx") == onnx_name if isinstance(card, dict) else False
+    return isinstance(card, dict) and card.get("format") == CARD_FORMAT and named
+
+
+def check_replaceable(out: Path, sidecar: bool = False) -> None:
+    """ExportError, before any work, when the export would replace a file no export wrote: the model card beside
+    `out` (a saved model's pruned.json, a settings file of the user's), and `out` itself when the user did not
+    name it (`sidecar`: the fp32 reference of an INT8 or FP16 export)."""
+    card = out.with_suffix(".json")
+    if card.exists() and not is_own_card(card):
+        raise ExportError(
+            f"output path {out}: its model card would replace {card}, which is not an edge-smsp model card; "
+            "name another --out (or move that file)"
+        )
+    if sidecar and out.exists() and not is_own_card(card, out.name):
+        raise ExportError(
+            f"the fp32 reference {out} would replace a file no export wrote; name another --out (or move that file)"
+        )
+
+
 @_interruptions_kept()
 def export_onnx(
     model: nn.Module,
@@ -124,12 +151,7 @@ def export_onnx(
     out = Path(out_path)
     if out.suffix != ".onnx":
         raise ExportError(f"output path {out} must end in .onnx")
-    card = out.with_suffix(".json")
-    if card.name == "pruned.json" and (out.parent / "model.safetensors").exists():  # data loss: refused
-        raise ExportError(
-            f"output path {out}: its model card {card} would overwrite the saved model's pruned.json; "
-            "name another file, such as model.onnx"
-        )
+    check_replaceable(out)
     try:
         checked_output_path(out, directory=False)  # refused now, not after the export's minutes
     except OutputPathError as error:

@@ -34,11 +34,36 @@ FORMAT_NAME = "edge-smsp-pruned"
 FORMAT_VERSION = 1
 
 
+def check_model_dir_replaceable(out_dir: str | os.PathLike[str]) -> None:
+    """PruneError when saving a model into `out_dir` would replace files no save wrote: a pruned.json that is not
+    a saved model's, or model.safetensors without one (another tool's model). Called before any work too."""
+    out = Path(out_dir)
+    meta, weights = out / META_FILE, out / WEIGHTS_FILE
+    if not out.is_dir():
+        return
+    if meta.exists():
+        try:
+            record = load_json(meta.read_bytes())
+        except (OSError, DocumentError):
+            record = None
+        if not isinstance(record, dict) or record.get("format") != FORMAT_NAME:
+            raise PruneError(
+                f"output folder {out} holds a {META_FILE} that is not an edge-smsp saved model's; saving would "
+                "replace it: name another --out (or move that folder)"
+            )
+    elif weights.exists():
+        raise PruneError(
+            f"output folder {out} holds a {WEIGHTS_FILE} with no {META_FILE} (another tool's model, or a save cut "
+            "short); saving would replace it: name another --out (or move that folder)"
+        )
+
+
 def save_pruned(model: nn.Module, out_dir: str | os.PathLike[str], meta: Mapping[str, Any]) -> Path:
     """Write model.safetensors + pruned.json to out_dir atomically; returns out_dir. ONNX exports of the model
     out_dir held before (a .onnx file with the card that names it and its SHA-256) are removed: they would pass
     for exports of the new model."""
     out = Path(out_dir)
+    check_model_dir_replaceable(out)
     record = _pruned_record(model, meta)
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
     text = json.dumps(record, indent=2, default=_json_default)

@@ -31,6 +31,9 @@ from edge_smsp.pool.records import BuildKey
 from edge_smsp.pool.store import now
 
 DEFAULT_LEASE_SECONDS = 60.0
+# No heartbeat pushes a lease this far ahead: a claim that says so was written by a clock far off or by hand, and
+# honouring it would block every build of its key for years.
+MAX_LEASE_SECONDS = 86400.0
 _KEY_COLUMNS = ("task_key", "weights_hash", "image_size", "ratio", "method", "iters")
 _KEY_MATCH = " AND ".join(f"{column} = ?" for column in _KEY_COLUMNS)
 
@@ -72,7 +75,8 @@ class Claim:
 
     def is_live(self, at: float) -> bool:
         """Whether the holder may still be working on it: lease running and the process not known to be gone."""
-        return self.expires > at and not holder_is_gone(self.machine, self.pid, self.process_start)
+        believable = at < self.expires <= at + MAX_LEASE_SECONDS
+        return believable and not holder_is_gone(self.machine, self.pid, self.process_start)
 
 
 @dataclass(frozen=True)

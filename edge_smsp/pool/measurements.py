@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_smsp.core.errors import PoolError
+from edge_smsp.core.plausible import implausible_value
 from edge_smsp.core.precisions import DEFAULT_PRECISION
 from edge_smsp.core.ratio import canonical_ratio
 from edge_smsp.device_runtime.backends import DEFAULT_BACKEND as DEFAULT_RUNTIME
@@ -70,6 +71,9 @@ class MeasurementStore(PoolStore):
             raise PoolError("device measurement needs a device, a backbone, a runtime and a precision")
         if m.image_size <= 0:
             raise PoolError(f"device measurement image_size must be > 0, got {m.image_size}")
+        problem = implausible_value(_measured(m))
+        if problem:
+            raise PoolError(f"device measurement not stored: {problem}")
         values = (
             m.device,
             m.backbone,
@@ -116,7 +120,7 @@ class MeasurementStore(PoolStore):
                 f"SELECT id, {', '.join(_COLUMNS)}, report, created FROM device_measurements{where} ORDER BY id",
                 [value for _, value in clauses],
             ).fetchall()
-        return [
+        found = [
             DeviceMeasurement(
                 id=row[0],
                 **dict(zip(_COLUMNS, row[1:-2], strict=True)),
@@ -125,6 +129,14 @@ class MeasurementStore(PoolStore):
             )
             for row in rows
         ]
+        for measurement in found:  # one altered row would bend every plan fitted to it
+            problem = implausible_value(_measured(measurement))
+            if problem:
+                raise PoolError(
+                    f"device measurement {measurement.id} of this pool is not plausible: {problem}; delete it "
+                    f"(sqlite3 POOL 'DELETE FROM device_measurements WHERE id = {measurement.id}') and deploy again"
+                )
+        return found
 
     def comparable_measurements(
         self,
@@ -146,3 +158,13 @@ class MeasurementStore(PoolStore):
             # Batching and threads change the fixed cost per run: one line cannot fit both regimes.
             if row.report.get("batch_size", 1) == batch_size and row.report.get("threads", threads) == threads
         ]
+
+
+def _measured(measurement: DeviceMeasurement) -> dict[str, Any]:
+    return {
+        "latency_p50_ms": measurement.latency_p50_ms,
+        "latency_p90_ms": measurement.latency_p90_ms,
+        "latency_p99_ms": measurement.latency_p99_ms,
+        "peak_rss_mib": measurement.peak_rss_mib,
+        "adapt_peak_rss_mib": measurement.adapt_peak_rss_mib,
+    }

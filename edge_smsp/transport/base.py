@@ -354,11 +354,9 @@ class Transport(ABC):
         return report
 
     def _check_python_runs(self, failed: RemoteResult) -> None:
-        """After a Python script on the device failed without a word of its own: DeviceStackError naming the
-        interpreter when it cannot run even `print` (/bin/false, a shell, a missing file), so that the message
+        """After a Python script on the device failed: DeviceStackError naming the interpreter when it cannot run
+        even `print` (/bin/false, a shell, a missing file, one that fails whatever it runs), so that the message
         says what to fix rather than how the first script failed."""
-        if failed.stderr.strip() and failed.rc != 127:  # a Python that ran and said why it failed
-            return
         probe = self.run([self.python, "-c", f"print({_PYTHON_MARK!r})"], DEFAULT_TIMEOUT)
         if probe.rc == 0 and probe.stdout.strip() == _PYTHON_MARK:
             return

@@ -267,9 +267,10 @@ class SshTransport(Transport):
                     causes.append(self._lost_reason(error_text(error)))
                 except OSError as error:
                     if self._connected():  # the link is fine: the file operation itself failed
-                        raise TransportError(
-                            f"{action} failed on {self.address}: {error_text(error)}"
-                        ) from None
+                        said = error_text(error)
+                        if said.strip() == "Failure":  # SFTP's generic code: a full disk is the usual cause
+                            said += f" (no reason given; check free space and quotas in {self.workdir})"
+                        raise TransportError(f"{action} failed on {self.address}: {said}") from None
                     causes.append(self._lost_reason(error_text(error)))
                 self._drop()
                 if attempt < attempts:

@@ -84,8 +84,14 @@ def _onnx_out_file(text: str) -> str:
 
 def _providers_text(text: str) -> str:
     """Comma-separated provider names: an empty list is refused rather than read as the default."""
-    if not any(name.strip() for name in text.split(",")):
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
         raise argparse.ArgumentTypeError("give at least one execution provider, such as CPUExecutionProvider")
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # onnxruntime would warn on stderr and drop it; the order the user meant is unclear
+        raise argparse.ArgumentTypeError(
+            "{} is given twice; name each provider once".format(", ".join(repeated))
+        )
     return text
 
 

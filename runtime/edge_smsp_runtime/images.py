@@ -146,7 +146,12 @@ def _read_pillow(path: str) -> Any:
             check_pixels(image.size[1], image.size[0], path)
             if image.mode in ("I;16", "I;16B", "I;16L"):
                 return np.asarray(image, dtype=np.float32)[:, :, None] / 65535.0
-            converted = image.convert("L" if image.mode in ("1", "L", "LA", "I", "F") else "RGB")
+            if image.mode in (
+                "I",
+                "F",
+            ):  # 32-bit levels or floats (TIFF): read as the same array in .npy would be
+                return _scale_to_unit(_to_hwc(np.asarray(image), path), path)
+            converted = image.convert("L" if image.mode in ("1", "L", "LA") else "RGB")
             array = np.asarray(converted, dtype=np.uint8)
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise RuntimeToolError(f"cannot read image {path}: {one_line(error)}") from None

@@ -44,9 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             code = int(args.handler(args) or 0)
             sys.stdout.flush()  # a full device or a closed pipe fails here, not in the interpreter's exit
-            if (
-                received
-            ):  # a dependency swallowed the interruption (caught in an import, say): it still counts
+            # A dependency may have swallowed the interruption (caught in an import, say): it still counts.
+            if received:
                 raise KeyboardInterrupt
             return code
         except BaseException as error:

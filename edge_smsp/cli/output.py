@@ -73,10 +73,10 @@ class Terminated(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def unwind_on_signals() -> Iterator[list[int]]:
-    """For the duration (main thread only: other threads cannot set handlers), SIGTERM (and SIGHUP) raises Terminated and
-    SIGINT KeyboardInterrupt where the program is, so that every `finally` runs. The yielded list records the
+    """For the duration (main thread only: other threads cannot set handlers), SIGTERM and SIGHUP raise Terminated
+    and SIGINT KeyboardInterrupt where the program is, so that every `finally` runs. The yielded list records the
     signals that arrived: a dependency may turn the interruption into another error (a KeyboardInterrupt caught
-    and wrapped, a module left half-imported), which is still the interruption."""
+    and wrapped, a module left half-imported), or swallow it, which is still the interruption."""
     received: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield received

@@ -108,8 +108,9 @@ def is_own_card(path: Path, onnx_name: str | None = None) -> bool:
         card = load_json(path.read_bytes())
     except (OSError, DocumentError):
         return False
-    named = onnx_name is None or card.get("onnx") == onnx_name if isinstance(card, dict) else False
-    return isinstance(card, dict) and card.get("format") == CARD_FORMAT and named
+    if not isinstance(card, dict) or card.get("format") != CARD_FORMAT:
+        return False
+    return onnx_name is None or card.get("onnx") == onnx_name
 
 
 def check_replaceable(out: Path, sidecar: bool = False) -> None:

@@ -21,9 +21,18 @@ def implausible_value(values: Mapping[str, Any]) -> str | None:
             continue
         high = MAX_MIB if name.endswith("_mib") else MAX_IPS if name.endswith("_ips") else MAX_MS
         number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not number or not math.isfinite(value) or not 0 <= value <= high:
-            return f"{name} {value!r} (a measurement lies from 0 to {high:g})"
+        # JSON integers have no size limit: compared, never converted (math.isfinite(10**400) overflows).
+        finite = number and (isinstance(value, int) or math.isfinite(value))
+        if not finite or not 0 <= value <= high:
+            return f"{name} {_shown(value)} (a measurement lies from 0 to {high:g})"
+        if name.startswith("latency_p") and value == 0:  # a timed run takes time: 0 ms is no measurement
+            return f"{name} 0 (a timed run takes more than 0 ms)"
     percentiles = [values.get(name) for name in ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms")]
     if None not in percentiles and not percentiles[0] <= percentiles[1] <= percentiles[2]:
         return f"latency percentiles out of order (p50 {percentiles[0]}, p90 {percentiles[1]}, p99 {percentiles[2]})"
     return None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"

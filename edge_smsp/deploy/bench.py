@@ -110,11 +110,11 @@ def check_report_values(report: dict[str, Any]) -> None:
     """TransportError when a bench report holds a number no benchmark measures (a negative latency, a peak of
     1e300 MiB): a broken or altered device must not reach the plan, the report or the pool."""
     latencies = report.get("latency_ms")
-    values = (
-        {f"latency_{name}_ms": value for name, value in latencies.items()}
-        if isinstance(latencies, dict)
-        else {}
-    )
+    if not isinstance(latencies, dict) or not latencies:
+        raise TransportError(
+            "the device's bench report has no latencies; check the device's runtime, then bench again"
+        )
+    values = {f"latency_{name}_ms": value for name, value in latencies.items()}
     values.update(
         {name: report.get(name) for name in ("session_creation_ms", "first_inference_ms", "throughput_ips")}
     )

@@ -197,11 +197,11 @@ class GivenOnce(argparse.Action):
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values, option=None):
         seen = getattr(namespace, "_given_once", set())
         if self.dest in seen:
-            raise argparse.ArgumentError(
-                self,
-                f"given more than once ({quoted(str(getattr(namespace, self.dest)), 80)}, then "
-                f"{quoted(str(values), 80)}); give it once",
-            )
+            before = getattr(namespace, self.dest)
+            simple = all(isinstance(value, (str, int, float, Path)) for value in (before, values))
+            # A parsed value (a connection's fields, say) is shown only as the user wrote it: never as a repr.
+            said = f" ({quoted(str(before), 80)}, then {quoted(str(values), 80)})" if simple else ""
+            raise argparse.ArgumentError(self, f"given more than once{said}; give it once")
         namespace._given_once = seen | {self.dest}
         setattr(namespace, self.dest, values)
 

@@ -364,8 +364,10 @@ def section(payload: dict[str, Any] | None) -> str | None:
         ),
         "",
         "Reproduce: `python -m benchmarks.research.heldout --ratio 0.5 --seeds 3 --controls`, "
-        "`python -m benchmarks.research.light_tier --ratio 0.5 --seeds 1`, then `python -m benchmarks.evidence` "
-        "and `python -m benchmarks.report`.",
+        "`python -m benchmarks.research.light_tier --ratio 0.5 --seeds 1`; the 64 px rows: "
+        "`python -m benchmarks.research.build_pools --size 64 --pool 0.5:100`, then "
+        "`python -m benchmarks.research.heldout --size 64 --pool-iters 100 --seeds 1 --ratio 0.5 --controls` and "
+        '`... --only "random + recipe"`; then `python -m benchmarks.evidence` and `python -m benchmarks.report`.',
         *device_section(payload.get("device_study")),
     ]
     return "\n".join(lines)

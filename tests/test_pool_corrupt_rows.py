@@ -171,4 +171,4 @@ def test_a_measurement_no_benchmark_gives_is_neither_stored_nor_used(tmp_path: P
     assert f"device measurement {first} of this pool is not plausible: latency_p50_ms -3.0" in str(
         caught.value
     )
-    assert f"DELETE FROM device_measurements WHERE id = {first}" in str(caught.value)
+    assert f"sqlite3 {path} 'DELETE FROM device_measurements WHERE id = {first}'" in str(caught.value)

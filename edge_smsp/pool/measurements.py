@@ -6,6 +6,7 @@ runtime and numeric precision, benchmarked with the same batch size and threads.
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -134,7 +135,8 @@ class MeasurementStore(PoolStore):
             if problem:
                 raise PoolError(
                     f"device measurement {measurement.id} of this pool is not plausible: {problem}; delete it "
-                    f"(sqlite3 POOL 'DELETE FROM device_measurements WHERE id = {measurement.id}') and deploy again"
+                    f"(sqlite3 {shlex.quote(str(self.path))} 'DELETE FROM device_measurements WHERE id = {measurement.id}') "
+                    "and deploy again"
                 )
         return found
 

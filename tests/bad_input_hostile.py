@@ -5,6 +5,7 @@ options, NaN and integer pixels, decompression bombs, bad ONNX metadata, a port 
 
 from __future__ import annotations
 
+import base64
 import gzip
 import io
 import json
@@ -79,6 +80,7 @@ CONNECTION_VARIANTS = {
     "not-ssh": {"port": "{not_ssh}"},
     "known-hosts-utf-16": {"known_hosts": "{w}/utf-16.yaml"},
     "known-hosts-under-a-file": {"known_hosts": "{w}/afile/known_hosts"},
+    "known-hosts-bad-hash": {"known_hosts": "{w}/bad-hash-known-hosts"},
     "python-false": {"python": "/usr/bin/false"},
 }
 PRUNED_JSON_VARIANTS = {  # saved-model copies whose pruned.json is broken one way
@@ -103,6 +105,11 @@ ONNX_METADATA_VARIANTS = {  # tiny.onnx copies with one metadata value broken
     "size-huge": {"input_size": "1000000"},
     "size-negative": {"input_size": "[-16, 16]"},
     "labels-deep": {"labels": "[" * 100000 + "]" * 100000},
+    "std-negative": {"std": "[-0.25, 0.25, 0.25]"},
+    "std-tiny": {"std": "[1e-30, 0.25, 0.25]"},
+    "mean-huge": {"mean": "[1e30, 0.5, 0.5]"},
+    "labels-twice": {"labels": '["a", "a", "b", "c"]'},
+    "size-not-the-graphs": {"input_size": "99"},
 }
 
 
@@ -199,6 +206,7 @@ HOSTILE_CASES = [
             ("port-99999", "port"), ("port-text", "port"), ("key-nouser", "no user"),
             ("known-hosts-nouser", "no user"), ("key-long", "too long|key file"),
             ("key-garbage", "private key|key file"), ("not-ssh", "not as an SSH server"),
+            ("known-hosts-bad-hash", r"cannot read known_hosts file .*line 1: hashed host name '\|1\|garbage\|hash' is not"),
         )
     ],
     Case("hostile-local-workdir-nouser", ("bench", "--profile", "{w}/workdir-nouser.yaml", "--model", "{w}/tiny.onnx"), "no user"),
@@ -259,12 +267,19 @@ HOSTILE_CASES = [
     Case("hostile-runtime-infer-escape-name", (*RT_INFER, "{w}/" + ESC + ".npy"), "not found", runtime=True),
     Case("hostile-runtime-bench-escape-name", ("bench", "--model", "{w}/" + ESC + ".onnx"), "onnx", runtime=True),
     Case("hostile-runtime-infer-long-name", (*RT_INFER, f"{{w}}/{LONG}.npy"), "image path is too long for this file system", runtime=True),
+    Case("hostile-runtime-infer-metadata-key-twice", ("infer", "--model", "{w}/meta-key-twice.onnx", "{w}/image.npy"), "gives metadata 'labels' twice, and only one would be used", runtime=True),
+    Case("hostile-runtime-describe-a-classifier", ("describe", "--model", "{w}/tiny.onnx", "--data", "{w}/adir"), "it is a classifier: describe needs a feature graph", runtime=True),
     Case("hostile-runtime-infer-no-inputs", ("infer", "--model", "{w}/no-inputs.onnx", "{w}/image.npy"), "no inputs", runtime=True),
     *[
         Case(f"hostile-runtime-metadata-{stem}", ("infer", "--model", f"{{w}}/meta-{stem}.onnx", "{w}/image.npy"), expect, runtime=True)
         for stem, expect in (
             ("mean-nan", "mean"), ("std-inf", "std"), ("mean-text", "mean"), ("size-bool", "input_size"),
             ("size-huge", "input_size"), ("size-negative", "input_size"), ("labels-deep", "labels"),
+            ("std-negative", r"model metadata 'std' must be positive numbers, got \[-0\.25"),
+            ("std-tiny", r"scale pixels in \[0, 1\] to 5e\+29 \(a normalisation keeps them within 10000\)"),
+            ("mean-huge", r"model metadata 'mean' \[1e\+30, 0\.5, 0\.5\] and model metadata 'std'"),
+            ("labels-twice", "model metadata 'labels' names 'a' more than once: each class needs its own label"),
+            ("size-not-the-graphs", r"model metadata 'input_size' \[99, 99\] differs from the graph's input 16x16"),
         )
     ],
     # --- 5. the sweep's last unclean ends: nothing half-written, checks before uploads, messages that say why ---
@@ -378,6 +393,32 @@ HOSTILE_CASES = [
     Case("hostile-bench-device-reports-a-400-digit-latency", ("bench", "--profile", "{w}/bigint-device.yaml", "--model", "{w}/tiny.onnx"), r"not plausible: latency_p90_ms 1000000000000000000\d*\.\.\. \(401 characters\)"),
     Case("hostile-bench-device-reports-zero-latency", ("bench", "--profile", "{w}/zero-latency-device.yaml", "--model", "{w}/tiny.onnx"), r"not plausible: latency_p50_ms 0 \(a timed run takes more than 0 ms\)"),
     Case("hostile-bench-device-reports-huge-peak", ("bench", "--profile", "{w}/huge-peak-device.yaml", "--model", "{w}/tiny.onnx"), r"not plausible: peak_rss_mib 1e\+300 \(a measurement lies from 0 to 1\.67772e\+07\)"),
+    # --- 9. the sixth sweep: a device's reply must answer what was asked, and its info be one a runtime gives;
+    # saved models whose files are no files; options that would be ignored ---
+    Case("hostile-export-model-json-a-dir", ("export", "--model-dir", "{w}/model-json-a-dir", "--out", "{s}/m.onnx"), r"model-json-a-dir/pruned\.json is a directory, not a file"),
+    Case("hostile-export-model-json-dev-zero", ("export", "--model-dir", "{w}/model-json-dev-zero", "--out", "{s}/m.onnx"), r"model-json-dev-zero/pruned\.json is a character device, not a file"),
+    Case("hostile-export-model-size-not-its-own", ("export", "--model-dir", "{w}/model-size-not-its-own", "--out", "{s}/m.onnx"), r"image_size 64 differs from backbone_spec\.input_size 32, the size the model was pruned at"),
+    Case("hostile-adapt-probe-without-pool-init", (*ADAPT, "--probe", "3"), r"--probe chooses the pool entry whose weights start the model \(--init pool\); here the backbone's weights start it"),
+    Case("hostile-adapt-classes-empty-field", (*ADAPT[:7], "--classes", "0,,2", *FAST), r"argument --classes: has an empty field in '0,,2'"),
+    Case("hostile-export-int8-gate-on-fp32", (*EXPORT, "--max-int8-drop", "2"), r"--max-int8-drop gates INT8 models, not --precision fp32: drop it"),
+    Case("hostile-connection-workdir-a-device", (*LOCAL_BENCH, "--connection", "{{workdir: /dev/null}}"), r"cannot create work dir /dev/null: /dev/null is a character device, not a folder; set connection\.workdir"),
+    Case("hostile-bench-precision-not-the-models", ("bench", "--profile", "{w}/local.yaml", "--model", "{w}/tiny.onnx", "--precision", "int8"), r"tiny\.onnx is a fp32 model, not int8: bench it with --precision fp32, or without --precision"),
+    Case("hostile-bench-trust-new-host-on-this-machine", ("bench", "--profile", "{w}/local.yaml", "--model", "{w}/tiny.onnx", "--trust-new-host"), r"--trust-new-host records SSH host keys; \S+ runs on this machine \(transport local\): drop it"),
+    *[
+        Case(f"hostile-bench-device-{case}", ("bench", "--profile", f"{{w}}/{stem}.yaml", "--model", "{w}/tiny.onnx"), expect)
+        for stem, case, expect in (
+            ("fewer-runs-device", "ran-fewer-runs", r"does not answer the bench that was asked: it reports 1 timed runs where \d+ were asked"),
+            ("other-provider-device", "ran-another-provider", r"it ran on CUDAExecutionProvider, which the profile does not list"),
+            ("precision-lie-device", "lies-about-precision", r"it reports precision 'int8' for a fp32 file"),
+            ("low-peak-device", "peak-below-its-import", r"its peak memory 1\.0 MiB is below the [\d.]+ MiB it held before the session"),
+            ("junk-histogram-device", "histogram-junk", r"its latency histogram .* is not one of its \d+ runs"),
+            ("huge-opset-device", "info-opset-huge", r"info is not plausible: max_opset 1000000000 is not the \d+ that onnxruntime \S+ runs"),
+            ("junk-engine-device", "info-engine-junk", r"info is not plausible: engine version 'x\.y' is not a version"),
+            ("no-cores-device", "info-no-cores", r"info is not plausible: cores 0 is not a number of CPU cores"),
+            ("other-version-device", "another-runtime-version", r"reply is not the uploaded runtime's: it says it is runtime '9\.9\.9', but \S+ was uploaded"),
+            ("other-command-device", "answers-another-command", r"reply is not the uploaded runtime's: it answered 'bench' to 'info'"),
+        )
+    ],
 ]  # fmt: skip
 
 
@@ -410,6 +451,9 @@ def hostile_inputs(world: Path, ssh: dict, local: dict) -> None:
     (world / "loop-a.onnx").symlink_to(world / "loop-b.onnx")
     (world / "loop-b.onnx").symlink_to(world / "loop-a.onnx")
     (world / "adir.onnx").mkdir()
+    blob = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + bytes(range(32))  # any ed25519 public key
+    key_text = base64.b64encode(blob).decode()
+    (world / "bad-hash-known-hosts").write_text(f"|1|garbage|hash ssh-ed25519 {key_text}\n")
     for stem, change in CONNECTION_VARIANTS.items():
         values = {
             key: (value.format(w=world, not_ssh=not_ssh) if isinstance(value, str) else value)
@@ -425,6 +469,19 @@ def hostile_inputs(world: Path, ssh: dict, local: dict) -> None:
     _runtime_inputs(world)
     _last_sweep_inputs(world, local)
     _fifth_sweep_inputs(world, local)
+    _sixth_sweep_inputs(world)
+
+
+def _sixth_sweep_inputs(world: Path) -> None:
+    """Saved models whose files are not files, or whose description contradicts itself."""
+    for name in ("model-json-a-dir", "model-json-dev-zero", "model-size-not-its-own"):
+        shutil.copytree(world / "model", world / name)
+    (world / "model-json-a-dir" / "pruned.json").unlink()
+    (world / "model-json-a-dir" / "pruned.json").mkdir()
+    (world / "model-json-dev-zero" / "pruned.json").unlink()
+    (world / "model-json-dev-zero" / "pruned.json").symlink_to("/dev/zero")
+    meta_path = world / "model-size-not-its-own" / "pruned.json"
+    meta_path.write_text(json.dumps({**json.loads(meta_path.read_text()), "image_size": 64}))
 
 
 def _fifth_sweep_inputs(world: Path, local: dict) -> None:
@@ -444,6 +501,19 @@ def _fifth_sweep_inputs(world: Path, local: dict) -> None:
         ("negative-footprint-device", 's/"imported_rss_mib": [0-9.e+-]+/"imported_rss_mib": -500/'),
         ("bigint-device", 's/"p90": [0-9.e+-]+/"p90": 1' + "0" * 400 + "/"),
         ("zero-latency-device", 's/"(p50|p90|p99)": [0-9.e+-]+/"\\1": 0.0/g'),
+        ("fewer-runs-device", 's/"runs": [0-9]+/"runs": 1/'),
+        (
+            "other-provider-device",
+            '/"providers": \\[/,/\\]/ s/"CPUExecutionProvider"/"CUDAExecutionProvider"/',
+        ),
+        ("precision-lie-device", 's/"precision": "fp32"/"precision": "int8"/'),
+        ("low-peak-device", 's/"peak_rss_mib": [0-9.e+-]+/"peak_rss_mib": 1.0/'),
+        ("junk-histogram-device", '/"counts": \\[/,/\\]/ s/^( *)[0-9]+/\\1-1/'),
+        ("huge-opset-device", 's/"max_opset": [0-9]+/"max_opset": 1000000000/'),
+        ("junk-engine-device", 's/"engine_version": "[^"]*"/"engine_version": "x.y"/'),
+        ("no-cores-device", 's/"cores": [0-9]+/"cores": 0/'),
+        ("other-version-device", 's/"runtime_version": "[^"]*"/"runtime_version": "9.9.9"/'),
+        ("other-command-device", 's/"command": "info"/"command": "bench"/'),
     ):
         python = world / f"{stem}-python"
         python.write_text(
@@ -572,6 +642,10 @@ def _runtime_inputs(world: Path) -> None:
         for key, value in props.items():
             copy.metadata_props.add(key=key, value=value)
         onnx.save(copy, str(world / f"meta-{stem}.onnx"))
+    twice = onnx.ModelProto()
+    twice.CopyFrom(model)
+    twice.metadata_props.add(key="labels", value='["q", "r", "s", "t"]')  # a second 'labels' entry
+    onnx.save(twice, str(world / "meta-key-twice.onnx"))
     constant = helper.make_node(
         "Constant", [], ["out"], value=helper.make_tensor("v", TensorProto.FLOAT, [1], [1.0])
     )

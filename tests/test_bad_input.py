@@ -163,6 +163,8 @@ CASES = [
     Case("pool-list-truncated", ("pool", "list", "--pool", "{w}/truncated.sqlite"), "corrupt|unreadable|malformed|damaged"),
     Case("pool-list-malformed-extra", ("pool", "list", "--pool", "{w}/bad-extra.sqlite"), "damaged"),
     Case("pool-list-malformed-classes", ("pool", "list", "--pool", "{w}/bad-classes.sqlite"), "damaged"),
+    Case("pool-list-entries-of-no-task", ("pool", "list", "--pool", "{w}/orphan-entries.sqlite"), r"1 entries \(ids 1\) point at no task or backbone row; the database is damaged"),
+    Case("pool-list-unknown-dataset", ("pool", "list", "--pool", "{w}/dataset-unknown.sqlite"), r"names dataset 'mnist-ish', neither a dataset edge-smsp knows nor an image folder's"),
     Case("pool-list-classes-beyond-the-dataset", ("pool", "list", "--pool", "{w}/classes-beyond.sqlite"), r"lists classes \[0, 1, 99\], not distinct fashion-mnist class ids from 0 to 9.*rebuild"),
     Case("pool-list-without-entries-table", ("pool", "list", "--pool", "{w}/no-entries-table.sqlite"), r"not a whole edge-smsp pool \(no such table: entries"),
     Case("pool-list-malformed-extra-json", ("pool", "list", "--json", "--pool", "{w}/bad-extra.sqlite"), "damaged"),
@@ -236,6 +238,8 @@ def _pools(world: Path) -> None:
         ("bad-extra", "UPDATE entries SET extra = '{not json'"),
         ("bad-classes", "UPDATE tasks SET classes = '[1,'"),
         ("classes-beyond", "UPDATE tasks SET classes = '[0, 1, 99]'"),
+        ("orphan-entries", "UPDATE entries SET task_id = 999"),
+        ("dataset-unknown", "UPDATE tasks SET dataset = 'mnist-ish'"),
         ("no-entries-table", "DROP TABLE entries"),
         ("newer", "UPDATE schema_version SET version = 999"),
     ):
@@ -665,3 +669,30 @@ def test_closed_stdout_is_one_line_exit_2(argv: list[str], tmp_path: Path) -> No
     )
     lines = done.stderr.splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "stdout is closed" in lines[0], done.stderr
+
+
+def test_add_to_pool_that_fails_leaves_no_model_folder(world: Path, tmp_path: Path) -> None:
+    """adapt --add-to-pool is all or nothing: when the pool refuses the entry (here a trigger raises what a full
+    disk raises), the --out folder this run made is removed, and the pool gains no entry."""
+    import sqlite3
+
+    from tests.pruning_helpers import sql
+
+    pool = tmp_path / "full.sqlite"
+    shutil.copy(world / "good.sqlite", pool)
+    sql(
+        pool,
+        "CREATE TRIGGER full BEFORE INSERT ON entries BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END",
+    )
+    out = tmp_path / "out"
+    argv = [*ADAPT, "--classes", "0,1", "--image-size", "32", "--add-to-pool", "--pool", str(pool)]
+    argv = [arg.replace("{s}/out", str(out)) for arg in argv]
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_smsp", *argv], capture_output=True, text=True, timeout=600,
+        env=_environment(tmp_path / "home"),
+    )  # fmt: skip
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "refused the write: database or disk is full" in result.stderr
+    assert not out.exists()
+    with sqlite3.connect(pool) as db:
+        assert db.execute("SELECT count(*) FROM entries").fetchone()[0] == 1  # add_tiny_entry's only

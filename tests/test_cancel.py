@@ -116,7 +116,7 @@ def test_interrupted_bench_leaves_no_runtime_process(
 
 
 def test_an_interruption_a_dependency_swallowed_still_ends_the_run_as_interrupted(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
 ) -> None:
     """Ctrl-C that lands where a library catches KeyboardInterrupt (an import, an exporter) used to let the command
     run on and exit 0 as if nothing had happened: the signal was received, so the run ends as interrupted."""
@@ -134,6 +134,8 @@ def test_an_interruption_a_dependency_swallowed_still_ends_the_run_as_interrupte
         return 0
 
     monkeypatch.setattr(model_commands, "models_command", swallowing_handler)
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # As a terminal's Ctrl-C finds it, whatever the test runner set (pytest-xdist's workers ignore SIGINT).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    request.addfinalizer(lambda: signal.signal(signal.SIGINT, previous))
     assert cli.main(["models"]) == 128 + signal.SIGINT
     assert swallowed == [True] and capsys.readouterr().err == "edge-smsp: interrupted\n"

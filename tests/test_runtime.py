@@ -406,3 +406,17 @@ def test_bench_and_infer_report_runtime_and_precision(convnet: Path, colors: Pat
     assert_one_line_error(
         run_runtime("bench", "--model", str(convnet), "--precision", "int8"), "fp32", "not 'int8'"
     )
+
+
+def test_cache_home_that_is_no_folder_leaves_stderr_empty(convnet: Path, tmp_path: Path) -> None:
+    """onnxruntime warns on stderr, whatever its log level, when XDG_CACHE_HOME cannot hold its device id; the
+    host would take that line for the command's error. The runtime drops such a setting for its own process."""
+    (tmp_path / "cache-is-a-file").write_text("")
+    env = dict(os.environ, PYTHONPATH=str(RUNTIME_DIR), XDG_CACHE_HOME=str(tmp_path / "cache-is-a-file"))
+    result = subprocess.run(
+        [sys.executable, "-m", "edge_smsp_runtime", "bench", "--model", str(convnet), "--runs", "3",
+         "--min-seconds", "0"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert json.loads(result.stdout)["runs"] >= 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 from typing import Any
 
 from edge_smsp.cli.args import (
@@ -63,12 +64,18 @@ def run_adapt(args: argparse.Namespace) -> int:
             pool_build.entry_before(pool, backbone, task, config) if args.add_to_pool and pool else None
         )
         result = adaptation.adapt(backbone, pool, task, config, progress=show_progress(args))
+        created = not args.out.exists()
         pool_build.save_adapted(result, args.out)
         report = result.to_dict()
         report["backbone"] = args.backbone
         report["out"] = str(args.out)
         if args.add_to_pool and pool is not None:
-            report["pool_entry"] = pool_build.add_to_pool(pool, backbone, result, replacing=replacing)
+            try:
+                report["pool_entry"] = pool_build.add_to_pool(pool, backbone, result, replacing=replacing)
+            except BaseException:  # --add-to-pool is all or nothing: no model folder the pool lacks
+                if created:
+                    shutil.rmtree(args.out, ignore_errors=True)
+                raise
     finally:
         if pool is not None:
             pool.close()

@@ -24,16 +24,12 @@ from edge_smsp.cli.converters import (
     path_arg,
     pool_arg,
     ratio_arg,
-    seconds_arg,
 )
-from edge_smsp.core.errors import DataError, EdgeSmspError
-from edge_smsp.core.precisions import AUTO, PRECISIONS
+from edge_smsp.core.errors import DataError
 from edge_smsp.criteria import method_names, needs_pool, pool_source_names
 from edge_smsp.criteria.pool_masks import MASK_SOURCES, WEIGHTING_ALIASES, WEIGHTINGS
 from edge_smsp.data import DATASETS
 from edge_smsp.data.catalog import check_task_request
-from edge_smsp.deploy.bench import MAX_BENCH_RUNS
-from edge_smsp.device_runtime.backends import backend_names
 from edge_smsp.pool import Pool, default_pool_path
 from edge_smsp.training.recipe import INITS, RECIPES
 from edge_smsp.transfer.estimators import DEFAULT_ESTIMATOR, DEFAULT_SHORTLIST, SIMILARITY_ESTIMATORS
@@ -43,8 +39,6 @@ if TYPE_CHECKING:  # torch loads only when a command runs
 
     from edge_smsp.adaptation import AdaptConfig
     from edge_smsp.data.tasks import Task
-    from edge_smsp.deploy.bench import BenchSettings
-    from edge_smsp.devices.profiles import DeviceProfile
 
 
 # --- the backbone -------------------------------------------------------------------------------------------
@@ -287,7 +281,7 @@ def add_recovery_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--probe",
         type=int_in_range(1, MAX_TASKS),
-        default=3,
+        default=None,
         metavar="N",
         help="with --init pool: of the N most similar pool tasks, take the entry whose own features separate "
         "the new classes best (default 3; 1: the most similar)",
@@ -318,6 +312,12 @@ def config_from_args(args: argparse.Namespace) -> AdaptConfig:
         raise DataError(
             f"{given[0]} acts on the pool's methods ({sources}), not --method {args.method}: drop it"
         )
+    init = args.init or ("pool" if needs_pool(args.method) else "backbone")
+    if args.probe is not None and init != "pool":
+        raise DataError(
+            "--probe chooses the pool entry whose weights start the model (--init pool); here the backbone's "
+            "weights start it: drop --probe"
+        )
     return AdaptConfig(
         ratio=args.ratio,
         iters=args.iters,
@@ -334,7 +334,7 @@ def config_from_args(args: argparse.Namespace) -> AdaptConfig:
         similarity=args.similarity,
         shortlist=None if args.exhaustive else args.shortlist,
         init=args.init,
-        probe=args.probe,
+        **({"probe": args.probe} if args.probe is not None else {}),
         recipe=args.recipe,
         time_budget=args.time_budget,
     )
@@ -366,85 +366,3 @@ def open_pool_for(args: argparse.Namespace, method: str) -> Pool | None:
     if draws_on_pool or getattr(args, "add_to_pool", False):
         return Pool(pool_path(args), create=not draws_on_pool, lazy=True)
     return None
-
-
-# --- the device ---------------------------------------------------------------------------------------------
-
-
-def connection_arg(text: str) -> tuple[dict, Path]:
-    """A connection override (a YAML file or an inline mapping), checked by its owner, edge_smsp.devices.profiles."""
-    from edge_smsp.devices.profiles import load_connection_override
-
-    try:
-        return load_connection_override(text)
-    except EdgeSmspError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    """--connection, --trust-new-host and the benchmark's length, shared by deploy and bench."""
-    parser.add_argument(
-        "--connection",
-        type=connection_arg,
-        default=None,
-        metavar="YAML",
-        help="reach the profile's device another way: a YAML file of connection keys (host, port, user, "
-        "key_file, known_hosts, python, workdir, transport) or an inline mapping such as "
-        "'{host: 192.168.1.20, port: 2222}'; host keys are still verified",
-    )
-    parser.add_argument(
-        "--trust-new-host", action="store_true", help="accept an unknown SSH host key and record it"
-    )
-    parser.add_argument(
-        "--runtime",
-        choices=backend_names(),
-        default=None,
-        help="the device runtime's inference engine (default: the profile's runtime, else onnxruntime)",
-    )
-    parser.add_argument(
-        "--precision",
-        choices=(*PRECISIONS, AUTO),
-        default=None,
-        help="numeric precision of the model on the device (default: the profile's precision; bench: read "
-        "from the model's graph)",
-    )
-    parser.add_argument(
-        "--bench-runs",
-        type=int_in_range(1, MAX_BENCH_RUNS),
-        default=100,
-        metavar="N",
-        help="timed runs, at least",
-    )
-    parser.add_argument(
-        "--bench-seconds",
-        type=seconds_arg,
-        default=2.0,
-        metavar="S",
-        help="timed seconds, at least (default 2)",
-    )
-
-
-def profile_from_args(args: argparse.Namespace) -> DeviceProfile:
-    """The --profile, reached through --connection when given."""
-    from edge_smsp.devices.profiles import load_profile, with_connection
-
-    profile = load_profile(args.profile)
-    if args.connection is None:
-        return profile
-    overrides, base_dir = args.connection
-    return with_connection(profile, overrides, base_dir)
-
-
-def bench_settings_from_args(
-    args: argparse.Namespace, profile: DeviceProfile, *, precision_from_profile: bool = True
-) -> BenchSettings:
-    """How long the device benchmark runs, and on which runtime and precision (the flags, else the profile's)."""
-    from edge_smsp.deploy.bench import BenchSettings
-
-    precision = args.precision or (profile.precision if precision_from_profile else None)
-    return BenchSettings(
-        runs=args.bench_runs,
-        min_seconds=args.bench_seconds,
-        runtime=args.runtime or profile.runtime,
-        precision=precision,
-    )

@@ -114,8 +114,13 @@ def opset_arg(text: str) -> int:
 
 def classes_arg(text: str) -> tuple[int, ...]:
     """'0,3,5' -> (0, 3, 5); whether the dataset has them is checked with the dataset (check_task_args)."""
+    parts = text.split(",")
+    if len(parts) > 1 and not all(part.strip() for part in parts):
+        raise argparse.ArgumentTypeError(
+            f"has an empty field in {quoted(text)}: write class ids such as 0,3,5"
+        )
     try:
-        classes = tuple(int(part) for part in text.split(",") if part.strip())
+        classes = tuple(int(part) for part in parts if part.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"must be comma-separated integers such as 0,3,5, got {quoted(text)}"

@@ -10,15 +10,12 @@ from typing import Any
 from edge_smsp.cli.args import (
     add_adapt_arguments,
     add_backbone_arguments,
-    add_device_arguments,
     add_pool_argument,
     add_task_arguments,
     backbone_from_args,
-    bench_settings_from_args,
     check_task_args,
     config_from_args,
     pool_path,
-    profile_from_args,
     task_from_args,
 )
 from edge_smsp.cli.converters import (
@@ -32,6 +29,7 @@ from edge_smsp.cli.converters import (
     out_dir_arg,
     out_file_arg,
 )
+from edge_smsp.cli.device_args import add_device_arguments, bench_settings_from_args, profile_from_args
 from edge_smsp.cli.device_deploy import add_device_data_arguments, check_device_data_args, run_device_deploy
 from edge_smsp.cli.fleet_deploy import add_fleet_arguments, fleet_requested, run_fleet_deploy
 from edge_smsp.cli.output import print_json, show_progress
@@ -40,6 +38,7 @@ from edge_smsp.cli.precision_output import (
     describe_precision,
     describe_precision_export,
     export_task_images,
+    max_int8_drop,
     truncation,
 )
 from edge_smsp.core.errors import ExportError
@@ -98,6 +97,7 @@ def run_export(args: argparse.Namespace) -> int:
     from edge_smsp.export.onnx_export import check_replaceable, export_onnx
     from edge_smsp.models.pruned_model import load_pruned
 
+    max_drop_pt = max_int8_drop(args)
     model, meta = load_pruned(model_dir)
     image_size = int(meta["image_size"])
     images = None
@@ -123,7 +123,7 @@ def run_export(args: argparse.Namespace) -> int:
         from edge_smsp.export.precision import export_precision, shipped_export
 
         checked = export_precision(
-            result.onnx_path, args.out, args.precision, **(images or {}), max_drop_pt=args.max_int8_drop
+            result.onnx_path, args.out, args.precision, **(images or {}), max_drop_pt=max_drop_pt
         )
         fp32_result, result = result, shipped_export(result, checked)
     if args.json:
@@ -286,7 +286,7 @@ def run_deploy(args: argparse.Namespace) -> int:
             bench=bench,
             progress=progress,
             opset=args.opset,
-            max_int8_drop_pt=args.max_int8_drop,
+            max_int8_drop_pt=max_int8_drop(args),
         )
         report = deploy(request, on_stage=announce)
     if args.json:

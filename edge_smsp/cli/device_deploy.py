@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_smsp.cli.args import backbone_from_args, bench_settings_from_args, config_from_args, pool_path
+from edge_smsp.cli.args import backbone_from_args, config_from_args, pool_path
 from edge_smsp.cli.converters import int_in_range, nonempty_arg
+from edge_smsp.cli.device_args import bench_settings_from_args
 from edge_smsp.cli.output import print_json, show_progress
 from edge_smsp.core.errors import DataError
 from edge_smsp.core.paths import safe_text

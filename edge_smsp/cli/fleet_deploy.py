@@ -11,14 +11,15 @@ from typing import Any
 
 from edge_smsp.cli.args import (
     backbone_from_args,
-    bench_settings_from_args,
     check_task_args,
     config_from_args,
     pool_path,
     task_from_args,
 )
 from edge_smsp.cli.converters import int_in_range
+from edge_smsp.cli.device_args import bench_settings_from_args
 from edge_smsp.cli.output import one_line, print_json, show_progress
+from edge_smsp.cli.precision_output import max_int8_drop
 from edge_smsp.core.errors import ProfileError
 from edge_smsp.devices.profiles import DeviceProfile
 
@@ -103,7 +104,7 @@ def run_fleet_deploy(args: argparse.Namespace) -> int:
             bench=bench_settings_from_args(args, profiles[0]),
             progress=progress,
             opset=args.opset,
-            max_int8_drop_pt=args.max_int8_drop,
+            max_int8_drop_pt=max_int8_drop(args),
         )
         fleet = FleetRequest(
             request=request,

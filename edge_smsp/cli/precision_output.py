@@ -9,7 +9,7 @@ from typing import Any
 
 from edge_smsp.cli.converters import number_in_range
 from edge_smsp.core.errors import ExportError
-from edge_smsp.core.precisions import DEFAULT_MAX_INT8_DROP_PT, FP32
+from edge_smsp.core.precisions import DEFAULT_MAX_INT8_DROP_PT, FP16, FP32
 
 
 def add_max_int8_drop_argument(parser: argparse.ArgumentParser) -> None:
@@ -17,11 +17,21 @@ def add_max_int8_drop_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-int8-drop",
         type=number_in_range(0.0, 100.0),
-        default=DEFAULT_MAX_INT8_DROP_PT,
+        default=None,
         metavar="PT",
         help="ship INT8 only if its val accuracy (onnxruntime) is at most PT points below fp32's, else fp32 "
         f"(default {DEFAULT_MAX_INT8_DROP_PT:g})",
     )
+
+
+def max_int8_drop(args: argparse.Namespace) -> float:
+    """--max-int8-drop's points (the default when not given); ExportError when given with a precision that
+    ships no INT8 model, where it would be ignored."""
+    if args.max_int8_drop is None:
+        return DEFAULT_MAX_INT8_DROP_PT
+    if args.precision in (FP32, FP16):
+        raise ExportError(f"--max-int8-drop gates INT8 models, not --precision {args.precision}: drop it")
+    return args.max_int8_drop
 
 
 def export_task_images(

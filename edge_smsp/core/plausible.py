@@ -6,6 +6,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from edge_smsp.core.paths import safe_text
+
 # What a real benchmark can report: milliseconds up to about 3 hours, memory up to 16 TiB, images per second up
 # to a billion. A device that says otherwise is broken or altered, and its numbers would steer the planner.
 MAX_MS = 1e7
@@ -24,7 +26,7 @@ def implausible_value(values: Mapping[str, Any]) -> str | None:
         # JSON integers have no size limit: compared, never converted (math.isfinite(10**400) overflows).
         finite = number and (isinstance(value, int) or math.isfinite(value))
         if not finite or not 0 <= value <= high:
-            return f"{name} {_shown(value)} (a measurement lies from 0 to {high:g})"
+            return f"{name} {shown(value)} (a measurement lies from 0 to {high:g})"
         if name.startswith("latency_p") and value == 0:  # a timed run takes time: 0 ms is no measurement
             return f"{name} 0 (a timed run takes more than 0 ms)"
     percentiles = [values.get(name) for name in ("latency_p50_ms", "latency_p90_ms", "latency_p99_ms")]
@@ -33,6 +35,18 @@ def implausible_value(values: Mapping[str, Any]) -> str | None:
     return None
 
 
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
+def shown(value: Any) -> str:
+    """A value a device sent, for a message: its repr, control characters escaped, cut short."""
+    text = safe_text(repr(value))
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
+
+
+def reply_problem(command: str, report: Mapping[str, Any], runtime_version: str) -> str | None:
+    """Why a JSON reply is not the answer of the uploaded runtime (version `runtime_version`) to `command`."""
+    said = report.get("command")
+    if said != command:
+        return f"it answered {shown(said)} to '{command}'"
+    version = report.get("runtime_version")
+    if version is not None and version != runtime_version:
+        return f"it says it is runtime {shown(version)}, but {runtime_version} was uploaded"
+    return None

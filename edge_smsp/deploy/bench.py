@@ -7,9 +7,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edge_smsp.core.errors import TransportError, error_text
-from edge_smsp.core.plausible import implausible_value
+from edge_smsp.core.errors import ModelError, TransportError, error_text
+from edge_smsp.core.paths import safe_text
+from edge_smsp.core.plausible import MAX_MS, implausible_value, shown
 from edge_smsp.device_runtime.model import read_opsets
+from edge_smsp.device_runtime.precision import model_precision
 from edge_smsp.devices.profiles import DeviceProfile, load_profile
 from edge_smsp.devices.stack import check_device_stack
 from edge_smsp.pool.measurements import DEFAULT_PRECISION, DEFAULT_RUNTIME
@@ -24,6 +26,7 @@ MAX_BENCH_SECONDS = 3600.0
 # The device's share of a bench before and around its timed runs: importing numpy and onnxruntime, creating
 # the session and the first inference (minutes on an emulated ARM board), plus the report's way back.
 BENCH_STARTUP_SECONDS = 300.0
+CPU_PROVIDER = "CPUExecutionProvider"
 RUN_SECONDS_CEILING = 2.0  # one inference of any model a board of this project runs (emulated ARM: ~1.2 s)
 
 
@@ -97,6 +100,7 @@ def run_bench(
             f"the device benchmarked a file whose SHA-256 differs from {exported.onnx_path}; upload again"
         )
     check_report_values(measured)
+    check_report_answers(measured, settings, profile, model_precision(str(exported.onnx_path)))
     try:
         latency = float(measured["latency_ms"][profile.latency_percentile])
     except (KeyError, TypeError, ValueError):
@@ -170,6 +174,65 @@ def external_data_files(path: Path) -> list[str]:
     return sorted(locations)
 
 
+def check_report_answers(
+    report: dict[str, Any], settings: BenchSettings, profile: DeviceProfile, precision: str
+) -> None:
+    """TransportError when a bench report does not answer what was asked: fewer timed runs, a provider the
+    profile does not list, another precision than the file's own, a histogram that is not of its runs."""
+    runs = report.get("runs")
+    problem = None
+    if isinstance(runs, bool) or not isinstance(runs, int) or runs < settings.runs:
+        problem = f"it reports {shown(runs)} timed runs where {settings.runs} were asked"
+    elif report.get("precision") != precision:
+        problem = f"it reports precision {shown(report.get('precision'))} for a {precision} file"
+    else:
+        problem = _providers_problem(report.get("providers"), profile) or _histogram_problem(
+            report.get("latency_histogram_ms"), runs
+        )
+    peak, imported = report.get("peak_rss_mib"), report.get("imported_rss_mib")
+    numbers = isinstance(peak, int | float) and isinstance(imported, int | float)
+    if problem is None and numbers and peak + 1 < imported:  # a peak is at least any size measured before it
+        problem = f"its peak memory {peak} MiB is below the {imported} MiB it held before the session"
+    if problem:
+        raise TransportError(
+            f"the device's bench report does not answer the bench that was asked: {problem}; check the "
+            "device's Python and runtime, then bench again"
+        )
+
+
+def _providers_problem(providers: Any, profile: DeviceProfile) -> str | None:
+    allowed = {*profile.providers, CPU_PROVIDER}  # onnxruntime always keeps the CPU provider as the fallback
+    if (
+        not isinstance(providers, list)
+        or not providers
+        or not all(isinstance(name, str) for name in providers)
+    ):
+        return f"its providers {shown(providers)} are not a list of names"
+    unknown = [name for name in providers if name not in allowed]
+    if unknown:
+        return f"it ran on {safe_text(', '.join(unknown))}, which the profile does not list"
+    return None
+
+
+def _histogram_problem(histogram: Any, runs: int) -> str | None:
+    if histogram is None:
+        return None
+    edges = histogram.get("edges") if isinstance(histogram, dict) else None
+    counts = histogram.get("counts") if isinstance(histogram, dict) else None
+    numbers = isinstance(edges, list) and all(
+        isinstance(edge, int | float) and not isinstance(edge, bool) and 0 <= edge <= MAX_MS  # NaN fails too
+        for edge in edges
+    )
+    whole = isinstance(counts, list) and all(
+        isinstance(count, int) and not isinstance(count, bool) and count >= 0 for count in counts
+    )
+    if not (numbers and whole and len(edges) == len(counts) + 1 and sum(counts) == runs):
+        return f"its latency histogram {shown(histogram)} is not one of its {runs} runs"
+    if edges != sorted(edges):
+        return "its latency histogram's edges are out of order"
+    return None
+
+
 def fallback_providers(measured: dict[str, Any]) -> list[str]:
     """Requested providers the device lacks: such a run must not calibrate the plan (it ran slower ones)."""
     return list(measured.get("providers_unavailable") or [])
@@ -191,6 +254,12 @@ def bench_model(
     bench = bench or BenchSettings()
     path = Path(model_path)
     check_onnx_file(path)
+    precision = model_precision(str(path))
+    if bench.precision is not None and bench.precision != precision:  # said here, not of the device's copy
+        raise ModelError(
+            f"{path} is a {precision} model, not {bench.precision}: bench it with --precision {precision}, or "
+            "without --precision"
+        )
     opset = int(read_opsets(str(path))["opset"])
     digest = sha256_file(path)
     with open_transport(profile.connection, trust_new_host=trust_new_host) as transport:
@@ -201,6 +270,7 @@ def bench_model(
     if report.get("model_sha256") != digest:
         raise TransportError(f"the device benchmarked a different file than {path} (SHA-256 mismatch)")
     check_report_values(report)
+    check_report_answers(report, bench, profile, precision)
     report["profile"] = profile.name
     report["remote_model_path"] = remote
     report["latency_percentile"] = profile.latency_percentile

@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from edge_smsp.core.errors import DeviceStackError
-from edge_smsp.core.plausible import implausible_value
+from edge_smsp.core.paths import safe_text
+from edge_smsp.core.plausible import implausible_value, shown
 from edge_smsp.device_runtime.opsets import NEWEST_KNOWN_OPSET, major_minor, onnxruntime_max_opset
 
 __all__ = [
@@ -106,6 +107,11 @@ def check_device_stack(info: Mapping[str, Any], profile: StackPromise, opset: in
             f"the device runtime's info is not plausible: {problem}; check the device's Python and its packages"
         )
     device = info.get("device") if isinstance(info.get("device"), Mapping) else {}
+    problem = _info_problem(info, device)
+    if problem:
+        raise DeviceStackError(
+            f"the device runtime's info is not plausible: {problem}; check the device's Python and its packages"
+        )
     stack = DeviceStack(
         python_version=str(info["python_version"]),
         runtime=str(info["runtime"]),
@@ -149,3 +155,23 @@ def check_device_stack(info: Mapping[str, Any], profile: StackPromise, opset: in
                 f"most; the model would be opset {opset}: export at opset {stack.max_opset}"
             )
     return stack
+
+
+def _info_problem(info: Mapping[str, Any], device: Mapping[str, Any]) -> str | None:
+    """What in an `info` report no real runtime says: an engine version that is none, a max_opset its own engine
+    version does not run (the device reads the same table as this host), no cores."""
+    engine = info["engine_version"]
+    if not isinstance(engine, str) or major_minor(engine) is None:
+        return f"engine version {shown(engine)} is not a version"
+    if info["runtime"] == "onnxruntime" and info["max_opset"] != onnxruntime_max_opset(engine):
+        return (
+            f"max_opset {shown(info['max_opset'])} is not the {onnxruntime_max_opset(engine)} that onnxruntime "
+            f"{safe_text(engine)} runs"
+        )
+    for name in ("cores", "usable_cores"):
+        cores = device.get(name)
+        if cores is not None and (
+            isinstance(cores, bool) or not isinstance(cores, int) or not 1 <= cores <= 2**20
+        ):
+            return f"{name} {shown(cores)} is not a number of CPU cores"
+    return None

@@ -9,6 +9,7 @@ import json
 import math
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ from torch import nn
 
 from edge_smsp.core.documents import DocumentError, load_json, shown
 from edge_smsp.core.errors import PruneError, error_text
+from edge_smsp.core.paths import kind
 from edge_smsp.data.catalog import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE
 from edge_smsp.models import template as templates
 from edge_smsp.models.prune import apply_kept_indices, checked_indices, kept_indices, replace_classifier
@@ -121,8 +123,17 @@ def load_pruned(model_dir: str | os.PathLike[str]) -> tuple[nn.Module, dict[str,
     """Rebuild a saved pruned model: the backbone's architecture at the saved shapes, the saved weights. No pickle."""
     directory = Path(model_dir)
     meta_path, weights_path = directory / META_FILE, directory / WEIGHTS_FILE
-    if not meta_path.is_file() or not weights_path.is_file():
-        raise PruneError(f"{directory} is not a saved pruned model (needs {META_FILE} and {WEIGHTS_FILE})")
+    for path in (meta_path, weights_path):
+        try:
+            mode = path.stat().st_mode
+        except FileNotFoundError:
+            raise PruneError(
+                f"{directory} is not a saved pruned model (needs {META_FILE} and {WEIGHTS_FILE}; {path.name} is missing)"
+            ) from None
+        except OSError as error:
+            raise PruneError(f"cannot read {path}: {error_text(error)}") from None
+        if not stat.S_ISREG(mode):  # /dev/zero would be read forever, a folder fails with a raw errno
+            raise PruneError(f"{path} is {kind(mode)}, not a file: {directory} is not a saved pruned model")
     try:
         files = {META_FILE: meta_path.read_bytes(), WEIGHTS_FILE: weights_path.read_bytes()}
     except OSError as error:
@@ -185,6 +196,14 @@ def _check_labels_and_normalisation(meta: dict[str, Any], meta_name: str) -> Non
         return
     if not isinstance(spec, dict):
         raise PruneError(f"{meta_name}: backbone_spec must be a mapping, got {shown(spec)}")
+    trained_at = spec.get("input_size")
+    if (
+        trained_at is not None and trained_at != meta["image_size"]
+    ):  # the graph would be built at another size
+        raise PruneError(
+            f"{meta_name}: image_size {meta['image_size']} differs from backbone_spec.input_size {shown(trained_at)}, "
+            "the size the model was pruned at; save the model again"
+        )
     for key in ("mean", "std"):
         values = spec.get(key)
         if values is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from edge_smsp.data.catalog import known_class_count
 from edge_smsp.pool.entry_data import NewEntry, check_plain_name, decode_arrays, new_entry
 from edge_smsp.pool.records import BackboneRecord, BuildKey, TaskRecord, entry_ratio
 from edge_smsp.pool.store import PoolStore, now
+
+IMAGE_FOLDER_TASK = re.compile(r"imagefolder(\[.+\])?")  # edge_smsp.data.imagefolder's dataset names
 
 
 @dataclass(frozen=True)
@@ -312,6 +315,15 @@ class EntryStore(PoolStore):
                 f"{where} ORDER BY e.id",
                 [value for _, value in active],
             ).fetchall()
+            orphans = self._db.execute(
+                "SELECT e.id FROM entries e LEFT JOIN tasks t ON t.id = e.task_id"
+                " LEFT JOIN backbones b ON b.id = e.backbone_id WHERE t.id IS NULL OR b.id IS NULL ORDER BY e.id"
+            ).fetchall()
+        if orphans:  # a join would hide them: the pool would look smaller, or empty, instead of damaged
+            raise PoolError(
+                f"pool {self.path}: {len(orphans)} entries (ids {', '.join(str(row[0]) for row in orphans[:5])}) "
+                f"point at no task or backbone row; the database is damaged; {self._fix_hint()}"
+            )
         return [
             PoolEntry(
                 id=row[0],
@@ -342,6 +354,11 @@ class EntryStore(PoolStore):
         """A task row's class ids: distinct ids within its dataset, else PoolError (a damaged or hand-edited row)."""
         classes = self._loads(text, f"the classes of task {task_key}", list)
         total = known_class_count(dataset)
+        if total is None and not IMAGE_FOLDER_TASK.fullmatch(str(dataset)):
+            raise PoolError(
+                f"pool {self.path}: task {task_key} names dataset {str(dataset)[:40]!r}, neither a dataset edge-smsp "
+                f"knows nor an image folder's; the database is damaged; {self._fix_hint()}"
+            )
         if (
             not classes
             or not all(

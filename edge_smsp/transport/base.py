@@ -16,6 +16,8 @@ from typing import Any, Self
 from edge_smsp.core.documents import DocumentError, load_json
 from edge_smsp.core.errors import DeviceStackError, TransportError
 from edge_smsp.core.paths import safe_text
+from edge_smsp.core.plausible import reply_problem
+from edge_smsp.device_runtime import __version__ as RUNTIME_VERSION
 from edge_smsp.devices.profiles import ConnectionSpec
 from edge_smsp.transport.temps import HOST_ID, STALE_TEMP_SECONDS, TEMP_PREFIX, abandoned_here, temp_name
 
@@ -350,6 +352,12 @@ class Transport(ABC):
             raise TransportError(
                 f"device runtime printed no valid JSON report (NaN, Infinity and duplicate keys are refused): "
                 f"{safe_text(result.stdout.strip()[:120])!r}"
+            )
+        problem = reply_problem(args[0], report, RUNTIME_VERSION)
+        if problem:
+            raise TransportError(
+                f"the device's reply is not the uploaded runtime's: {problem}; check the device's Python "
+                "(connection.python), then run again"
             )
         return report
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import binascii
 import fcntl
 import hashlib
 import os
@@ -37,11 +38,26 @@ def load_known_hosts(path: Path) -> tuple[list[paramiko.hostkeys.HostKeyEntry], 
             raise ValueError(f"line {number}: {error_text(error)}") from None
         if entry is None or entry.key is None:
             continue  # a key type paramiko does not know: it can match no server key either
+        for hostname in entry.hostnames:
+            if hostname.startswith("|1|") and not _hashed_name(hostname):  # paramiko fails on it mid-connect
+                raise ValueError(
+                    f"line {number}: hashed host name {hostname[:40]!r} is not |1|SALT|HASH in base64"
+                )
         if marker:
             revoked.append(entry.key)
         else:
             entries.append(entry)
     return entries, revoked
+
+
+def _hashed_name(hostname: str) -> bool:
+    """Whether a hashed known_hosts name is |1|salt|hash with a 20-byte base64 salt and HMAC-SHA1."""
+    parts = hostname.split("|")
+    try:
+        decoded = [base64.b64decode(part, validate=True) for part in parts[2:]]
+    except binascii.Error:
+        return False
+    return len(parts) == 4 and all(len(value) == 20 for value in decoded)
 
 
 class _UnknownHostKey(paramiko.SSHException):

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from edge_smsp.core.errors import EdgeSmspError, TransportError
-from edge_smsp.core.paths import expand_user
+from edge_smsp.core.paths import expand_user, kind
 from edge_smsp.devices.profiles import ConnectionSpec
 from edge_smsp.transport.base import (
     MAX_REPLY_BYTES,
@@ -49,10 +49,13 @@ class LocalTransport(Transport):
         try:
             workdir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            blocking = next((part for part in (workdir, *workdir.parents) if part.is_file()), None)
+            blocking = next(
+                (part for part in (workdir, *workdir.parents) if part.exists() and not part.is_dir()), None
+            )
             if blocking is not None:  # "File exists" / "Not a directory" say less than this
+                what = "a file" if blocking.is_file() else kind(blocking.stat().st_mode)
                 raise TransportError(
-                    f"cannot create work dir {workdir}: {blocking} is a file, not a folder; set connection.workdir"
+                    f"cannot create work dir {workdir}: {blocking} is {what}, not a folder; set connection.workdir"
                     " to a folder"
                 ) from None
             raise TransportError(f"cannot create work dir {workdir}: {error.strerror or error}") from None

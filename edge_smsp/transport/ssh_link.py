@@ -90,8 +90,9 @@ def connect_failure(
                 "is that the device's SSH port?"
             )
         return (
-            f"{address} accepted the TCP connection but never answered: no SSH banner within {timeout:g} s "
-            "(is sshd running there, and is nothing in between swallowing the traffic?)"
+            f"{address} accepted the TCP connection but sent no SSH banner within {timeout:g} s, nothing or "
+            "something else (is sshd running there, is that its SSH port, and is nothing in between swallowing "
+            "the traffic?)"
         )
     if not transport.initial_kex_done:
         return f"the link to {address} dropped during the SSH key exchange ({error_text(error)})"

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional
 from .errors import RuntimeToolError, one_line
 from .graph import node_label
 from .model import MAX_INPUT_SIZE, import_numpy
+from .normalisation import normalisation_problem
 
 if TYPE_CHECKING:
     from .bundle import Bundle
@@ -58,8 +59,11 @@ def spec_problem(spec: Dict[str, Any]) -> Optional[str]:
         if not _numbers(preprocessing.get(key), channels):
             count = "1 finite number" if channels == 1 else f"1 or {channels} finite numbers"
             return f"preprocessing.{key} must be {count}, got {shown(preprocessing.get(key))}"
-    if 0 in preprocessing["std"]:
-        return f"preprocessing.std must not be 0, got {preprocessing['std']!r}"
+    mean, std = preprocessing["mean"], preprocessing["std"]
+    names = ("preprocessing.mean", "preprocessing.std")
+    problem = normalisation_problem(mean * (channels // len(mean)), std * (channels // len(std)), names)
+    if problem:
+        return problem
     for key in ("input", "output"):
         entry = spec.get(key)
         if not isinstance(entry, dict) or not _is_name(entry.get("name")):

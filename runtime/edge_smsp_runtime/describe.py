@@ -18,7 +18,8 @@ from .device import peak_rss_mib
 from .errors import RuntimeToolError, one_line
 from .imagefolder import balanced_sample, load_images, read_task
 from .infer import _channel_list
-from .model import import_numpy, metadata_input_size, metadata_json, open_model
+from .model import image_size, import_numpy, metadata_json, open_model
+from .normalisation import normalisation_problem
 
 DESCRIPTOR_SAMPLES = 512  # edge_smsp.similarity.task_descriptor's samples
 BATCH = 64
@@ -33,13 +34,17 @@ def _preprocessing(session: Any) -> Dict[str, Any]:
         )
     channels = shape[1] if isinstance(shape[1], int) and shape[1] > 0 else 3
     metadata = session.metadata()
-    size = metadata_input_size(metadata)
-    if size is None:
-        if not all(isinstance(side, int) and side > 0 for side in shape[2:]):
-            raise RuntimeToolError("the model has no 'input_size' metadata and a symbolic input size")
-        size = (shape[2], shape[3])
+    if "labels" in metadata:  # a classifier's outputs are class scores: prototypes of them describe nothing
+        raise RuntimeToolError(
+            "the model has 'labels' metadata, so it is a classifier: describe needs a feature graph (the backbone "
+            "without its head, which deploy --device-data uploads)"
+        )
+    size, _ = image_size(metadata, shape)
     mean = _channel_list(metadata_json(metadata, "mean"), "mean", channels) or [0.0] * channels
     std = _channel_list(metadata_json(metadata, "std"), "std", channels) or [1.0] * channels
+    problem = normalisation_problem(mean, std)
+    if problem:
+        raise RuntimeToolError(problem + ": correct it in the model's metadata")
     return {"input_size": list(size), "channels": channels, "mean": mean, "std": std}
 
 
@@ -59,10 +64,13 @@ def run_describe(
     _, session, _ = open_model(
         model_path, "onnxruntime", list(providers or ["CPUExecutionProvider"]), threads
     )
+    preprocessing = _preprocessing(
+        session
+    )  # a model describe cannot use is refused before the folder is read
     names, train, _ = read_task(data_dir, val_fraction, seed)  # the training split, as adapt's
     labels = np.asarray([label for _, label in train], dtype=np.int64)
     picked = balanced_sample(labels, sample, seed)
-    images, labels = load_images([train[i] for i in picked], _preprocessing(session))
+    images, labels = load_images([train[i] for i in picked], preprocessing)
     model_input = session.inputs()[0]
     fixed = model_input["shape"][0]
     step = fixed if isinstance(fixed, int) and fixed > 0 else BATCH

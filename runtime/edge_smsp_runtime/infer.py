@@ -9,7 +9,8 @@ from .deadline import DEFAULT_RUN_TIMEOUT, RunDeadline
 from .device import now_ns
 from .errors import RuntimeToolError, one_line
 from .images import load_image, preprocess
-from .model import import_numpy, metadata_input_size, metadata_json, open_model
+from .model import image_size, import_numpy, metadata_json, open_model
+from .normalisation import normalisation_problem
 
 
 def _channel_list(value: Any, key: str, channels: int) -> Optional[List[float]]:
@@ -98,23 +99,26 @@ def run_infer(
             f"input {model_input['name']!r} has shape {shape}; infer expects an NCHW image input"
         )
     channels = shape[1] if isinstance(shape[1], int) and shape[1] > 0 else 3
-    size = metadata_input_size(metadata)
-    if size is None:
-        if not all(isinstance(side, int) and side > 0 for side in shape[2:]):
-            raise RuntimeToolError("the model has no 'input_size' metadata and a symbolic input size")
-        size = (shape[2], shape[3])
-        notes.append("no 'input_size' metadata: used the graph's input shape")
+    size, note = image_size(metadata, shape)
+    notes.extend([note] if note else [])
     mean = _channel_list(metadata_json(metadata, "mean"), "mean", channels)
     std = _channel_list(metadata_json(metadata, "std"), "std", channels)
     if mean is None or std is None:
         mean = mean or [0.0] * channels
         std = std or [1.0] * channels
         notes.append("no 'mean'/'std' metadata: pixels fed in [0, 1] without normalisation")
-    if any(value == 0 for value in std):
-        raise RuntimeToolError("model metadata 'std' contains a zero")
+    problem = normalisation_problem(mean, std)
+    if problem:
+        raise RuntimeToolError(problem + ": correct it in the model's metadata")
     labels = metadata_json(metadata, "labels")
     if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
         raise RuntimeToolError("model metadata 'labels' must be a JSON list of strings")
+    twice = sorted({label for label in labels or [] if labels.count(label) > 1})
+    if twice:
+        raise RuntimeToolError(
+            f"model metadata 'labels' names {one_line(repr(twice[0]))[:60]} more than once: each class needs its "
+            "own label"
+        )
     if labels is None:
         notes.append("no 'labels' metadata: labels are class indices")
     _check_scores_output(session.outputs(), labels)

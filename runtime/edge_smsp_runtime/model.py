@@ -3,7 +3,7 @@
 import hashlib
 import json
 import os
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from .backends import Backend, Session, get_backend
 from .device import mem_available_mib
@@ -66,7 +66,9 @@ def _read_varint(handle: Any) -> Optional[int]:
             raise ValueError("varint too long")
 
 
-def _parse_opset_entry(payload: bytes) -> Tuple[str, int]:
+def _parse_entry(payload: bytes) -> Tuple[str, int]:
+    """Field 1 (a string) and field 2 (if a varint) of a small message: an opset import's domain and version,
+    or a metadata entry's key."""
     import io
 
     stream = io.BytesIO(payload)
@@ -106,6 +108,7 @@ def read_opsets(path: str) -> Dict[str, Any]:
     many fields), found in bounded work: garbage is refused at once, never scanned to its end.
     """
     facts = {"ir_version": None, "opset": None, "opset_imports": {}, "problem": None}  # type: Dict[str, Any]
+    metadata_keys: Set[str] = set()
     try:
         size = os.path.getsize(path)
         if size > MAX_PROTOBUF_BYTES:
@@ -130,8 +133,13 @@ def read_opsets(path: str) -> Dict[str, Any]:
                     if length > size - handle.tell():
                         raise ValueError(f"field {field} runs past the end of the file")
                     if field == 8:
-                        domain, version = _parse_opset_entry(handle.read(length))
+                        domain, version = _parse_entry(handle.read(length))
                         facts["opset_imports"][domain or "ai.onnx"] = version
+                    elif field == 14:  # metadata_props: onnxruntime keeps one of two equal keys, silently
+                        name = _parse_entry(handle.read(length))[0]
+                        if name in metadata_keys:
+                            facts["duplicate_metadata"] = name
+                        metadata_keys.add(name)
                     else:
                         handle.seek(length, os.SEEK_CUR)
                 elif wire in (1, 5):
@@ -153,6 +161,11 @@ def check_onnx_model(path: str) -> Dict[str, Any]:
     if facts["problem"]:
         raise RuntimeToolError(
             f"cannot load model {path}: not an ONNX model ({facts['problem']}); export one with edge-smsp export"
+        )
+    if facts.get("duplicate_metadata") is not None:
+        raise RuntimeToolError(
+            f"model {path} gives metadata {facts['duplicate_metadata']!r} twice, and only one would be used: "
+            "export it again"
         )
     return facts
 
@@ -224,6 +237,23 @@ def metadata_input_size(metadata: Dict[str, str]) -> Optional[Tuple[int, int]]:
 
 
 MAX_INPUT_SIZE = 4096  # pixels a side: the host's MAX_IMAGE_SIZE
+
+
+def image_size(metadata: Dict[str, str], shape: List[Any]) -> Tuple[Tuple[int, int], Optional[str]]:
+    """(height, width) to resize images to for an NCHW input of `shape`: the metadata's input_size, which must
+    match the graph's fixed sides, else those sides; and a note when the metadata had none."""
+    size = metadata_input_size(metadata)
+    fixed = all(isinstance(side, int) and side > 0 for side in shape[2:])
+    if size is None:
+        if not fixed:
+            raise RuntimeToolError("the model has no 'input_size' metadata and a symbolic input size")
+        return (shape[2], shape[3]), "no 'input_size' metadata: used the graph's input shape"
+    if fixed and tuple(size) != (shape[2], shape[3]):
+        raise RuntimeToolError(
+            f"model metadata 'input_size' {list(size)} differs from the graph's input {shape[2]}x{shape[3]}: "
+            "correct the metadata or export the model again"
+        )
+    return size, None
 
 
 def _side(value: Any) -> bool:

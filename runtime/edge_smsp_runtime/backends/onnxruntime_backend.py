@@ -1,5 +1,6 @@
 """onnxruntime as a device backend: CPU, CUDA, TensorRT... through its execution providers."""
 
+import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..errors import RuntimeToolError, one_line
@@ -10,6 +11,11 @@ from .base import FP32, Backend, Session
 
 def import_onnxruntime() -> Any:
     """onnxruntime with its logger limited to errors, or an error naming the pip command."""
+    cache = os.environ.get("XDG_CACHE_HOME")
+    if cache and not os.path.isdir(cache):
+        # onnxruntime keeps a device id under it and warns on stderr, whatever its log level, when it cannot;
+        # without it, it uses ~/.cache as XDG says.
+        del os.environ["XDG_CACHE_HOME"]
     try:
         import onnxruntime
     except ImportError:

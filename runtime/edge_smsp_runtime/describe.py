@@ -64,9 +64,8 @@ def run_describe(
     _, session, _ = open_model(
         model_path, "onnxruntime", list(providers or ["CPUExecutionProvider"]), threads
     )
-    preprocessing = _preprocessing(
-        session
-    )  # a model describe cannot use is refused before the folder is read
+    # A model describe cannot use is refused before the folder is read.
+    preprocessing = _preprocessing(session)
     names, train, _ = read_task(data_dir, val_fraction, seed)  # the training split, as adapt's
     labels = np.asarray([label for _, label in train], dtype=np.int64)
     picked = balanced_sample(labels, sample, seed)

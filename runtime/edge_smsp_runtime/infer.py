@@ -2,7 +2,7 @@
 
 import math
 import os
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Set
 
 from . import __version__
 from .deadline import DEFAULT_RUN_TIMEOUT, RunDeadline
@@ -113,12 +113,14 @@ def run_infer(
     labels = metadata_json(metadata, "labels")
     if labels is not None and not (isinstance(labels, list) and all(isinstance(x, str) for x in labels)):
         raise RuntimeToolError("model metadata 'labels' must be a JSON list of strings")
-    twice = sorted({label for label in labels or [] if labels.count(label) > 1})
-    if twice:
-        raise RuntimeToolError(
-            f"model metadata 'labels' names {one_line(repr(twice[0]))[:60]} more than once: each class needs its "
-            "own label"
-        )
+    seen: Set[str] = set()
+    for label in labels or []:
+        if label in seen:
+            raise RuntimeToolError(
+                f"model metadata 'labels' names {one_line(repr(label))[:60]} more than once: each class needs its "
+                "own label"
+            )
+        seen.add(label)
     if labels is None:
         notes.append("no 'labels' metadata: labels are class indices")
     _check_scores_output(session.outputs(), labels)

@@ -4,4 +4,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-exec .venv/bin/python -m pytest -q -n "${EDGE_SMSP_TEST_WORKERS:-2}" --durations=15 "$@"
+exec .venv/bin/python -m pytest -q -n "${EDGE_SMSP_TEST_WORKERS:-2}" --dist loadgroup --durations=15 "$@"

@@ -106,16 +106,17 @@ def test_this_host_passes_as_the_localhost_device(host_info: dict[str, Any]) -> 
             r"set max_opset: 15 in the profile or upgrade onnxruntime on the device$",
         ),
         (
-            {"python_version": "3.6.9", "max_opset": 15},
+            {"python_version": "3.6.9", "engine_version": "1.10.0", "max_opset": 15},
             "raspberry_pi_5",
             15,
             r"runs Python 3\.6\.9, older than its profile's python_version 3\.11: correct python_version",
         ),
         (
-            {"max_opset": 15},
+            {"engine_version": "1.10.0", "max_opset": 15},
             "no max_opset",
             18,
-            r"runs ONNX opset 15 at most; the model would be opset 18: export at opset 15$",
+            r"runs onnxruntime 1\.10\.0, which runs ONNX opset 15 at most; the model would be opset 18: export at "
+            r"opset 15$",
         ),
         (
             {"python_version": "3.5.2"},
@@ -185,3 +186,10 @@ def test_deploy_refuses_an_opset_the_profile_cannot_run_before_reaching_the_devi
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1 and message in captured.err
     assert not out.exists() and not pool.exists()
+
+
+def test_an_info_whose_opset_is_not_its_engines_is_refused(host_info: dict[str, Any]) -> None:
+    """The device reads the same opset table as the host: a max_opset its own onnxruntime does not run (a device
+    that lies, or an altered runtime) must not steer the export."""
+    with pytest.raises(DeviceStackError, match=r"max_opset 15 is not the \d+ that onnxruntime \S+ runs"):
+        check_device_stack(_as_if(host_info, max_opset=15), load_profile("localhost"), 15)

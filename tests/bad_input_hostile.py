@@ -85,6 +85,7 @@ CONNECTION_VARIANTS = {
 }
 PRUNED_JSON_VARIANTS = {  # saved-model copies whose pruned.json is broken one way
     "classes-huge": lambda meta: {**meta, "num_classes": 10**12},
+    "ratio-text": lambda meta: {**meta, "ratio": "half"},
     "classes-text": lambda meta: {**meta, "num_classes": "abc"},
     "classes-bool": lambda meta: {**meta, "num_classes": True},
     "size-float": lambda meta: {**meta, "image_size": 32.5},
@@ -215,6 +216,7 @@ HOSTILE_CASES = [
         Case(f"hostile-pruned-json-{stem}", ("export", "--model-dir", f"{{w}}/model-{stem}", "--out", "{s}/m.onnx"), expect)
         for stem, expect in (
             ("classes-huge", "num_classes"), ("classes-text", "num_classes"), ("classes-bool", "num_classes"),
+            ("ratio-text", r"model-ratio-text/pruned\.json cannot be exported: metadata\.ratio"),
             ("size-float", "image_size"), ("size-huge", "image_size"), ("backbone-list", "backbone"),
             ("kept-list", "kept_indices"), ("deep", "nested"),
             ("class-names-short", r"pruned\.json: class_names has 1 entries but num_classes is \d+; give one name per class"),
@@ -284,7 +286,7 @@ HOSTILE_CASES = [
     ],
     # --- 5. the sweep's last unclean ends: nothing half-written, checks before uploads, messages that say why ---
     Case("hostile-device-data-over-budget-leaves-no-out", (*DEPLOY, *DEPLOY_POOL, "--profile", "{w}/tight.yaml", "--device-data", "{w}/device-images", "--device-train", "light", "--out", "{s}/out"), "on-device adaptation needs"),
-    Case("hostile-time-budget-too-small-leaves-no-out", (*DEPLOY, *DEPLOY_POOL, "--profile", "{w}/local.yaml", "--time-budget", "0.001", "--out", "{s}/out"), "time budget 0.001 s leaves no time", fresh_process=True),
+    Case("hostile-time-budget-too-small-leaves-no-out", (*DEPLOY[:-2], *DEPLOY_POOL, "--profile", "{w}/local.yaml", "--time-budget", "0.001", "--out", "{s}/out"), "time budget 0.001 s leaves no time", fresh_process=True),
     Case("hostile-bench-python-cannot-run", ("bench", "--profile", "{w}/python-false.yaml", "--model", "{w}/tiny.onnx"), "Python '/bin/false' could not run"),
     Case("hostile-bench-profile-twice", (*LOCAL_BENCH, "--profile", "{w}/wrong-python.yaml"), "--profile: given more than once"),
     Case("hostile-bench-opset-newer-than-the-device-runs", ("bench", "--profile", "{w}/local.yaml", "--model", "{w}/opset-40.onnx"), "the model would be opset 40"),
@@ -403,6 +405,10 @@ HOSTILE_CASES = [
     Case("hostile-export-int8-gate-on-fp32", (*EXPORT, "--max-int8-drop", "2"), r"--max-int8-drop gates INT8 models, not --precision fp32: drop it"),
     Case("hostile-connection-workdir-a-device", (*LOCAL_BENCH, "--connection", "{{workdir: /dev/null}}"), r"cannot create work dir /dev/null: /dev/null is a character device, not a folder; set connection\.workdir"),
     Case("hostile-bench-precision-not-the-models", ("bench", "--profile", "{w}/local.yaml", "--model", "{w}/tiny.onnx", "--precision", "int8"), r"tiny\.onnx is a fp32 model, not int8: bench it with --precision fp32, or without --precision"),
+    Case("hostile-adapt-iters-with-a-time-budget", (*ADAPT, "--time-budget", "20"), r"--iters and --time-budget both set how long fine-tuning runs: give one of them"),
+    Case("hostile-export-fp32-with-images", (*EXPORT, "--data-dir", "{w}/adir"), r"--data-dir gives the task's images to int8 calibration .*an fp32 export reads none: drop it"),
+    Case("hostile-runtime-bench-empty-file", (*RT_BENCH[:2], "{w}/empty.onnx", *RT_BENCH[3:]), r"empty\.onnx: not an ONNX model \(an empty file\)", runtime=True),
+    Case("hostile-runtime-bench-size-not-the-graphs", (*RT_BENCH[:2], "{w}/meta-size-not-the-graphs.onnx", *RT_BENCH[3:]), r"model metadata 'input_size' \[99, 99\] differs from the graph's input 16x16", runtime=True),
     Case("hostile-bench-trust-new-host-on-this-machine", ("bench", "--profile", "{w}/local.yaml", "--model", "{w}/tiny.onnx", "--trust-new-host"), r"--trust-new-host records SSH host keys; \S+ runs on this machine \(transport local\): drop it"),
     *[
         Case(f"hostile-bench-device-{case}", ("bench", "--profile", f"{{w}}/{stem}.yaml", "--model", "{w}/tiny.onnx"), expect)
@@ -416,6 +422,7 @@ HOSTILE_CASES = [
             ("junk-engine-device", "info-engine-junk", r"info is not plausible: engine version 'x\.y' is not a version"),
             ("no-cores-device", "info-no-cores", r"info is not plausible: cores 0 is not a number of CPU cores"),
             ("other-version-device", "another-runtime-version", r"reply is not the uploaded runtime's: it says it is runtime '9\.9\.9', but \S+ was uploaded"),
+            ("huge-ram-device", "reports-huge-ram", r"info is not plausible: total_ram_mib 1e\+308 \(a measurement lies from 0 to"),
             ("other-command-device", "answers-another-command", r"reply is not the uploaded runtime's: it answered 'bench' to 'info'"),
         )
     ],
@@ -514,6 +521,7 @@ def _fifth_sweep_inputs(world: Path, local: dict) -> None:
         ("no-cores-device", 's/"cores": [0-9]+/"cores": 0/'),
         ("other-version-device", 's/"runtime_version": "[^"]*"/"runtime_version": "9.9.9"/'),
         ("other-command-device", 's/"command": "info"/"command": "bench"/'),
+        ("huge-ram-device", 's/"total_ram_mib": [0-9.e+-]+/"total_ram_mib": 1e308/'),
     ):
         python = world / f"{stem}-python"
         python.write_text(
@@ -659,6 +667,7 @@ def _runtime_inputs(world: Path) -> None:
     onnx.save(model, str(world / "external-data.onnx"), save_as_external_data=True, location="external-data.bin",
               size_threshold=0)  # fmt: skip
     (world / "zeros.onnx").write_bytes(bytes(1 << 20))
+    (world / "empty.onnx").write_bytes(b"")
     with open(world / "sparse-3g.onnx", "wb") as stream:  # sparse: no disk, but 3 GiB of zeros to a reader
         stream.truncate(3 << 30)
     opset = [helper.make_opsetid("", 17)]

@@ -696,3 +696,24 @@ def test_add_to_pool_that_fails_leaves_no_model_folder(world: Path, tmp_path: Pa
     assert not out.exists()
     with sqlite3.connect(pool) as db:
         assert db.execute("SELECT count(*) FROM entries").fetchone()[0] == 1  # add_tiny_entry's only
+
+
+def test_a_device_string_with_a_newline_cannot_forge_a_report_line(
+    world: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A device's strings (here its CPU name) and paths are shown escaped in text reports: a newline in them
+    cannot start a line of its own that a reader or a script would take for the report's."""
+    from edge_smsp.cli import main
+
+    python = tmp_path / "python"
+    rewrite = 's/"cpu_model": "[^"]*"/"cpu_model": "evil\\\\nFAKE LINE"/'
+    python.write_text(
+        f'#!/bin/sh\nout=$("{sys.executable}" "$@"); rc=$?\nprintf \'%s\\n\' "$out" | sed -E \'{rewrite}\'\nexit $rc\n'
+    )
+    python.chmod(0o755)
+    connection = {"transport": "local", "python": str(python), "workdir": str(tmp_path / "device")}
+    small_board_profile(tmp_path / "device.yaml", "newline-device", connection)
+    argv = ["bench", "--profile", str(tmp_path / "device.yaml"), "--model", str(world / "tiny.onnx")]
+    assert main([*argv, "--bench-runs", "3", "--bench-seconds", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "evil\\nFAKE LINE" in out and not any(line.startswith("FAKE") for line in out.splitlines())

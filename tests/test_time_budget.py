@@ -37,6 +37,7 @@ def test_a_time_budget_is_spent_within_a_fifth_and_the_report_says_what_it_chose
     chosen = report["training"]["time_budget"]
     assert chosen["budget_seconds"] == budget and chosen["iters"] >= 1 and chosen["iters_done"] >= 1
     assert chosen["batch_size"] == report["training"]["batch_size"] <= 120  # 3 classes x 40 images
+    assert report["iters"] == chosen["iters_done"]  # what ran, not --iters' default
     # The whole adaptation, stages before fine-tuning and the evaluation after it included.
     assert abs(report["seconds"]["total"] - budget) <= 0.2 * budget, report["seconds"]
 

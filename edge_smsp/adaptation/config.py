@@ -159,7 +159,9 @@ class AdaptResult:
 
     @property
     def iters(self) -> int:
-        return self.config.iters
+        """Fine-tuning iterations run: the config's, or those a time budget chose and ran."""
+        budget = self.training.get("time_budget")
+        return int(budget["iters_done"]) if budget else self.config.iters
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready report (the model itself is left out)."""

@@ -19,6 +19,7 @@ from edge_smsp.cli.args import (
 )
 from edge_smsp.cli.converters import out_dir_arg
 from edge_smsp.cli.output import print_json, show_progress
+from edge_smsp.core.paths import safe_text
 from edge_smsp.training.recipe import ADAPT_BATCH_SIZE
 
 
@@ -137,5 +138,5 @@ def describe_adaptation(report: dict[str, Any]) -> str:
         f"init {seconds['init']:.1f}, fine-tuning {seconds['finetuning']:.1f}, total {seconds['total']:.1f}"
     )
     if report.get("out"):
-        lines.append(f"saved to {report['out']}")
+        lines.append(f"saved to {safe_text(report['out'])}")
     return "\n".join(lines)

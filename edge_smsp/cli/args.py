@@ -41,6 +41,8 @@ if TYPE_CHECKING:  # torch loads only when a command runs
     from edge_smsp.data.tasks import Task
 
 
+DEFAULT_ITERS = 100  # adapt's fine-tuning iterations (the held-out study's default)
+
 # --- the backbone -------------------------------------------------------------------------------------------
 
 
@@ -200,7 +202,10 @@ def add_adapt_arguments(parser: argparse.ArgumentParser, *, ratio_help: str | No
         help=ratio_help or "fraction of units removed per group",
     )
     parser.add_argument(
-        "--iters", type=int_in_range(0, MAX_ITERS), default=100, help="fine-tuning iterations (default 100)"
+        "--iters",
+        type=int_in_range(0, MAX_ITERS),
+        default=None,
+        help=f"fine-tuning iterations (default {DEFAULT_ITERS}; --time-budget chooses them instead)",
     )
     parser.add_argument("--method", choices=method_names(), default="smsp")
     parser.add_argument(
@@ -312,6 +317,8 @@ def config_from_args(args: argparse.Namespace) -> AdaptConfig:
         raise DataError(
             f"{given[0]} acts on the pool's methods ({sources}), not --method {args.method}: drop it"
         )
+    if args.iters is not None and args.time_budget is not None:
+        raise DataError("--iters and --time-budget both set how long fine-tuning runs: give one of them")
     init = args.init or ("pool" if needs_pool(args.method) else "backbone")
     if args.probe is not None and init != "pool":
         raise DataError(
@@ -320,7 +327,7 @@ def config_from_args(args: argparse.Namespace) -> AdaptConfig:
         )
     return AdaptConfig(
         ratio=args.ratio,
-        iters=args.iters,
+        iters=DEFAULT_ITERS if args.iters is None else args.iters,
         method=args.method,
         top_k=args.top_k,
         weighting=args.weighting,

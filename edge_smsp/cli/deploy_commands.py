@@ -93,13 +93,23 @@ def run_export(args: argparse.Namespace) -> int:
     model_dir: Path = args.model_dir
     if not model_dir.is_dir():
         raise ExportError(f"--model-dir {model_dir}: not a directory")
-    from edge_smsp.export.metadata import metadata_from_pruned
+    from edge_smsp.export.metadata import build_metadata, metadata_from_pruned
     from edge_smsp.export.onnx_export import check_replaceable, export_onnx
     from edge_smsp.models.pruned_model import load_pruned
 
     max_drop_pt = max_int8_drop(args)
+    if args.precision == FP32 and args.data_dir is not None:
+        raise ExportError(
+            "--data-dir gives the task's images to int8 calibration and to fp16's check; an fp32 export reads "
+            "none: drop it"
+        )
     model, meta = load_pruned(model_dir)
     image_size = int(meta["image_size"])
+    metadata = metadata_from_pruned(model, meta)
+    try:  # checked now, and named as the user's file, not as the ONNX metadata it becomes
+        build_metadata(metadata, image_size=image_size, num_classes=int(meta["num_classes"]))
+    except ExportError as error:
+        raise ExportError(f"{model_dir / 'pruned.json'} cannot be exported: {error}") from None
     images = None
     if args.precision != FP32:  # the task's images, before the export's minutes: none is one line, exit 2
         images = export_task_images(model_dir, meta, args.data_dir, required=args.precision == INT8)
@@ -114,7 +124,7 @@ def run_export(args: argparse.Namespace) -> int:
         model,
         target,
         image_size=image_size,
-        metadata=metadata_from_pruned(model, meta),
+        metadata=metadata,
         dynamic_batch=args.dynamic_batch,
         opset=args.opset,
     )
@@ -433,7 +443,8 @@ def describe_bench(report: dict[str, Any]) -> str:
         ),
     ]
     head = f"benchmarked on {report.get('profile')}"
-    return "\n".join([head] + [f"  {label:<12} {text}" for label, text in rows])
+    # Device strings and paths may hold a newline: escaped, a line of the report cannot be forged.
+    return "\n".join([safe_text(head)] + [f"  {label:<12} {safe_text(text)}" for label, text in rows])
 
 
 def _mib(size: float) -> str:

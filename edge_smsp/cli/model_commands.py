@@ -15,6 +15,7 @@ from edge_smsp.cli.args import (
 )
 from edge_smsp.cli.converters import out_dir_arg, ratio_arg
 from edge_smsp.cli.output import print_json
+from edge_smsp.core.paths import safe_text
 from edge_smsp.criteria import criterion_names
 
 
@@ -129,7 +130,7 @@ def _print_summary(report: dict[str, Any]) -> None:
         totals[2] += group["size"]
     for kind, (count, kept, size) in by_kind.items():
         print(f"  {kind:<8} {count} groups, kept {kept} of {size} units")
-    print(f"  saved to {report['out']}")
+    print(f"  saved to {safe_text(report['out'])}")
 
 
 def _millions(value: int) -> str:

@@ -125,6 +125,8 @@ def check_report_values(report: dict[str, Any]) -> None:
     values.update(
         {name: report.get(name) for name in ("peak_rss_mib", "baseline_rss_mib", "imported_rss_mib")}
     )
+    facts = report.get("device")
+    values["total_ram_mib"] = facts.get("total_ram_mib") if isinstance(facts, dict) else None
     problem = implausible_value(values)
     if problem:
         raise TransportError(

@@ -101,12 +101,14 @@ def check_device_stack(info: Mapping[str, Any], profile: StackPromise, opset: in
             f"the device runtime's info lacks {', '.join(missing)}: an older edge-smsp runtime answered; "
             "upload the current one"
         )
-    problem = implausible_value({name: info.get(name) for name in MEMORY_FIELDS})
+    device = info.get("device") if isinstance(info.get("device"), Mapping) else {}
+    problem = implausible_value(
+        {**{name: info.get(name) for name in MEMORY_FIELDS}, "total_ram_mib": device.get("total_ram_mib")}
+    )
     if problem:  # these numbers size the memory plan
         raise DeviceStackError(
             f"the device runtime's info is not plausible: {problem}; check the device's Python and its packages"
         )
-    device = info.get("device") if isinstance(info.get("device"), Mapping) else {}
     problem = _info_problem(info, device)
     if problem:
         raise DeviceStackError(

@@ -14,6 +14,7 @@ from .model import (
     check_model_path,
     check_onnx_model,
     file_sha256,
+    image_size,
     import_numpy,
     metadata_input_size,
     open_model,
@@ -102,6 +103,11 @@ def run_bench(
         raise RuntimeToolError(
             f"{model_path} has no inputs: there is nothing to feed it; bench a model that takes one"
         )
+    shape = session.inputs()[0]["shape"]
+    if metadata_input_size(metadata) is not None and len(shape) == 4:
+        image_size(
+            metadata, shape
+        )  # metadata that contradicts the graph is named, not run into an engine error
     feeds = seeded_feeds(session, seed, metadata_input_size(metadata), batch_size)
     # The batch actually run: the first dimension of the first input (a fixed batch when none was asked for).
     shapes = [feed.shape for feed in feeds.values()]

@@ -111,6 +111,9 @@ def read_opsets(path: str) -> Dict[str, Any]:
     metadata_keys: Set[str] = set()
     try:
         size = os.path.getsize(path)
+        if size == 0:
+            facts["problem"] = "an empty file"
+            return facts
         if size > MAX_PROTOBUF_BYTES:
             facts["problem"] = f"{size:,} bytes, over protobuf's 2 GiB limit on one message"
             return facts

@@ -411,7 +411,7 @@ def describe_stack(stack: dict[str, Any], opset: int) -> str:
 
 
 def describe_bench(report: dict[str, Any]) -> str:
-    """A readable summary of one device benchmark."""
+    """A readable summary of one device benchmark, its strings escaped (a newline cannot forge a line)."""
     latency = report["latency_ms"]
     percentile = report.get("latency_percentile", "p90")
     target = report.get("latency_target_ms")
@@ -443,7 +443,6 @@ def describe_bench(report: dict[str, Any]) -> str:
         ),
     ]
     head = f"benchmarked on {report.get('profile')}"
-    # Device strings and paths may hold a newline: escaped, a line of the report cannot be forged.
     return "\n".join([safe_text(head)] + [f"  {label:<12} {safe_text(text)}" for label, text in rows])
 
 

@@ -392,7 +392,7 @@ HOSTILE_CASES = [
     Case("hostile-adapt-imagefolder-a-file", (*ADAPT, "--dataset", "imagefolder", "--data-dir", "{w}/tiny.onnx"), r"image folder .*tiny\.onnx is a file, not a folder"),
     Case("hostile-runtime-model-path-too-long", ("bench", "--model", "{w}/" + "m" * 300 + ".onnx"), "model file path is too long for this file system", runtime=True),
     Case("hostile-profile-threads-in-octal", ("bench", "--profile", "{w}/profile-octal-threads.yaml", "--model", "{w}/tiny.onnx"), r"'010' at line \d+ is an octal, binary or base-60 number in YAML 1\.1"),
-    Case("hostile-bench-device-reports-a-400-digit-latency", ("bench", "--profile", "{w}/bigint-device.yaml", "--model", "{w}/tiny.onnx"), r"not plausible: latency_p90_ms 1000000000000000000\d*\.\.\. \(401 characters\)"),
+    Case("hostile-bench-device-reports-a-400-digit-latency", ("bench", "--profile", "{w}/bigint-device.yaml", "--model", "{w}/tiny.onnx"), r"not plausible: latency_p90_ms 1000000000000000000*\.\.\.0+ \(a measurement lies from 0 to 1e\+07\)"),
     Case("hostile-bench-device-reports-zero-latency", ("bench", "--profile", "{w}/zero-latency-device.yaml", "--model", "{w}/tiny.onnx"), r"not plausible: latency_p50_ms 0 \(a timed run takes more than 0 ms\)"),
     Case("hostile-bench-device-reports-huge-peak", ("bench", "--profile", "{w}/huge-peak-device.yaml", "--model", "{w}/tiny.onnx"), r"not plausible: peak_rss_mib 1e\+300 \(a measurement lies from 0 to 1\.67772e\+07\)"),
     # --- 9. the sixth sweep: a device's reply must answer what was asked, and its info be one a runtime gives;

@@ -6,7 +6,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from edge_smsp.core.paths import safe_text
+from edge_smsp.core.documents import shown
 
 # What a real benchmark can report: milliseconds up to about 3 hours, memory up to 16 TiB, images per second up
 # to a billion. A device that says otherwise is broken or altered, and its numbers would steer the planner.
@@ -33,12 +33,6 @@ def implausible_value(values: Mapping[str, Any]) -> str | None:
     if None not in percentiles and not percentiles[0] <= percentiles[1] <= percentiles[2]:
         return f"latency percentiles out of order (p50 {percentiles[0]}, p90 {percentiles[1]}, p99 {percentiles[2]})"
     return None
-
-
-def shown(value: Any) -> str:
-    """A value a device sent, for a message: its repr, control characters escaped, cut short."""
-    text = safe_text(repr(value))
-    return text if len(text) <= 60 else f"{text[:40]}... ({len(text)} characters)"
 
 
 def reply_problem(command: str, report: Mapping[str, Any], runtime_version: str) -> str | None:

@@ -7,9 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from edge_smsp.core.documents import shown
 from edge_smsp.core.errors import ModelError, TransportError, error_text
 from edge_smsp.core.paths import safe_text
-from edge_smsp.core.plausible import MAX_MS, implausible_value, shown
+from edge_smsp.core.plausible import MAX_MS, implausible_value
 from edge_smsp.device_runtime.model import read_opsets
 from edge_smsp.device_runtime.precision import model_precision
 from edge_smsp.devices.profiles import DeviceProfile, load_profile

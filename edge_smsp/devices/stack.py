@@ -11,9 +11,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from edge_smsp.core.documents import shown
 from edge_smsp.core.errors import DeviceStackError
 from edge_smsp.core.paths import safe_text
-from edge_smsp.core.plausible import implausible_value, shown
+from edge_smsp.core.plausible import implausible_value
 from edge_smsp.device_runtime.opsets import NEWEST_KNOWN_OPSET, major_minor, onnxruntime_max_opset
 
 __all__ = [

@@ -3,7 +3,8 @@
 # and an OpenSSH server on 127.0.0.1. It proves that the device side works on aarch64; it is ~1000x slower
 # than native, so never use it to measure speed.
 #
-#   scripts/arm_device.sh build   build the root once (~10 min), cached outside the checkout
+#   scripts/arm_device.sh build   build the root once (~10 min), cached outside the checkout; a second build or
+#                                 start waits for one under way
 #   scripts/arm_device.sh start   build if needed, start sshd, print a ready device profile (YAML) on stdout
 #   scripts/arm_device.sh stop    stop the instance's sshd
 #
@@ -69,12 +70,16 @@ elapsed() { awk -v a="$1" -v b="$(seconds)" 'BEGIN { printf "%.1f", b - a }'; }
 
 build() {
   require_root
+  mkdir -p "$cache"
+  # One build at a time: a `start` while CI builds in the background waits for that build, then uses it.
+  exec 9>"$cache/.build.lock"
+  flock 9
   if [ -e "$root/.edge-smsp-ready" ]; then
+    exec 9>&-
     return 0
   fi
   ensure_host_tools
   ensure_binfmt
-  mkdir -p "$cache"
   local start
   start=$(seconds)
   # debootstrap into a scratch directory; only a finished root is renamed into place.
@@ -109,6 +114,7 @@ build() {
   touch "$partial/.edge-smsp-ready"
   rm -rf "$root"
   mv "$partial" "$root"
+  exec 9>&-
   log "built $root in $(elapsed "$start") s"
 }
 

@@ -82,6 +82,8 @@ CONNECTION_VARIANTS = {
     "known-hosts-under-a-file": {"known_hosts": "{w}/afile/known_hosts"},
     "known-hosts-bad-hash": {"known_hosts": "{w}/bad-hash-known-hosts"},
     "python-false": {"python": "/usr/bin/false"},
+    "key-public": {"key_file": "{w}/id_ed25519.pub"},
+    "known-hosts-a-folder": {"known_hosts": "{w}/adir.onnx"},
 }
 PRUNED_JSON_VARIANTS = {  # saved-model copies whose pruned.json is broken one way
     "classes-huge": lambda meta: {**meta, "num_classes": 10**12},
@@ -426,6 +428,17 @@ HOSTILE_CASES = [
             ("other-command-device", "answers-another-command", r"reply is not the uploaded runtime's: it answered 'bench' to 'info'"),
         )
     ],
+    # --- 10. the seventh sweep: messages that name the file at fault and the fix; bounded device work ---
+    Case("hostile-ssh-key-file-the-public-half", ("bench", "--profile", "{w}/ssh-key-public.yaml", "--model", "{w}/tiny.onnx"), r"SSH key file .*id_ed25519\.pub is a public key: set connection\.key_file to its private half"),
+    Case("hostile-ssh-key-file-garbage-named", ("bench", "--profile", "{w}/ssh-key-garbage.yaml", "--model", "{w}/tiny.onnx"), r"SSH key file .*random\.bin is not a private key \(no '-----BEGIN' line\)"),
+    Case("hostile-ssh-known-hosts-a-folder", ("bench", "--profile", "{w}/ssh-known-hosts-a-folder.yaml", "--model", "{w}/tiny.onnx"), r"known_hosts .*adir\.onnx is a directory, not a file: set connection\.known_hosts to a file"),
+    Case("hostile-bench-device-python-missing", ("bench", "--profile", "{w}/missing-python.yaml", "--model", "{w}/tiny.onnx"), r"cannot run '/nonexistent/python': No such file or directory: set connection\.python"),
+    Case("hostile-export-out-links-to-the-users-file", (*EXPORT[:4], "{w}/link-to-victim.onnx"), r"link-to-victim\.onnx is a link to .*victim\.txt, which no export wrote"),
+    Case("hostile-export-out-holds-no-model", (*EXPORT[:4], "{w}/notes.onnx"), r"notes\.onnx holds a file that is not an ONNX model"),
+    Case("hostile-export-pruned-json-class-out-of-range", ("export", "--model-dir", "{w}/model-class-99", "--out", "{s}/m.onnx", "--precision", "int8"), r"model-class-99/pruned\.json names its task wrongly: class ids 99 out of range"),
+    Case("hostile-pool-task-dataset-not-its-keys", ("pool", "list", "--pool", "{w}/other-dataset.sqlite"), r"names dataset 'cifar100', not the fashion-mnist of its key; the database is damaged"),
+    Case("hostile-runtime-probe-a-classifier", ("probe", "--models", "{w}/tiny.onnx", "--data", "{w}/device-images"), r"classifier: probe needs a feature graph", runtime=True),
+    Case("hostile-runtime-probe-a-model-twice", ("probe", "--models", "{w}/tiny.onnx", "{w}/tiny.onnx", "--data", "{w}/device-images"), r"probe was given \S+tiny\.onnx more than once: name each model once", runtime=True),
 ]  # fmt: skip
 
 
@@ -461,6 +474,7 @@ def hostile_inputs(world: Path, ssh: dict, local: dict) -> None:
     blob = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + bytes(range(32))  # any ed25519 public key
     key_text = base64.b64encode(blob).decode()
     (world / "bad-hash-known-hosts").write_text(f"|1|garbage|hash ssh-ed25519 {key_text}\n")
+    (world / "id_ed25519.pub").write_text(f"ssh-ed25519 {key_text} user@host\n")
     for stem, change in CONNECTION_VARIANTS.items():
         values = {
             key: (value.format(w=world, not_ssh=not_ssh) if isinstance(value, str) else value)
@@ -477,6 +491,21 @@ def hostile_inputs(world: Path, ssh: dict, local: dict) -> None:
     _last_sweep_inputs(world, local)
     _fifth_sweep_inputs(world, local)
     _sixth_sweep_inputs(world)
+    _seventh_sweep_inputs(world, local)
+
+
+def _seventh_sweep_inputs(world: Path, local: dict) -> None:
+    """A device Python that is not there, an --out that links to the user's file or holds no model, a saved
+    model whose pruned.json names a class its dataset lacks."""
+    small_board_profile(world / "missing-python.yaml", "hostile-missing-python", {**local, "python": "/nonexistent/python"})  # fmt: skip
+    (world / "victim.txt").write_text("the user's notes\n")
+    (world / "link-to-victim.onnx").symlink_to(world / "victim.txt")
+    (world / "notes.onnx").write_text("not a model\n")
+    shutil.copytree(world / "model", world / "model-class-99")
+    meta_path = world / "model-class-99" / "pruned.json"
+    meta_path.write_text(
+        json.dumps({**json.loads(meta_path.read_text()), "dataset": "fashion-mnist", "classes": [0, 99]})
+    )
 
 
 def _sixth_sweep_inputs(world: Path) -> None:
@@ -593,6 +622,7 @@ def _pool_variants(world: Path) -> None:
         ("deep-extra", "UPDATE entries SET extra = '" + "[" * 100000 + "]" * 100000 + "'"),
         ("nan-extra", """UPDATE entries SET extra = '{"a": NaN}'"""),
         ("duplicate-extra", """UPDATE entries SET extra = '{"a": 1, "a": 2}'"""),
+        ("other-dataset", "UPDATE tasks SET dataset = 'cifar100'"),
         ("deep-classes", "UPDATE tasks SET classes = '" + "[" * 50000 + "]" * 50000 + "'"),
     ):
         shutil.copy(world / "good.sqlite", world / f"{name}.sqlite")

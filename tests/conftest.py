@@ -13,3 +13,8 @@ def _torch_threads():
     torch.set_num_threads(int(os.environ.get("EDGE_SMSP_TEST_THREADS", "1")))
     yield
     torch.set_num_threads(previous)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The emulated ARM board's tests run last (in their order): CI builds its root beside the rest (.ci/run)."""
+    items.sort(key=lambda item: item.get_closest_marker("arm") is not None)

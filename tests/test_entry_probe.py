@@ -31,9 +31,9 @@ def test_separated_classes_score_one_and_merged_classes_score_near_chance_betwee
 
 def test_too_few_samples_or_mismatched_labels_are_refused():
     features = torch.randn(5, 4)
-    with pytest.raises(DataError, match="two samples of every class"):
+    with pytest.raises(DataError, match="two training images of every class"):
         nearest_mean_accuracy(features, torch.tensor([0, 0, 1, 1, 2]), 3)
-    with pytest.raises(DataError, match="two samples"):
+    with pytest.raises(DataError, match="two training images"):
         nearest_mean_accuracy(features, torch.tensor([0, 0, 1, 1]), 2)
 
 

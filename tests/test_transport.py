@@ -18,7 +18,7 @@ from pathlib import Path
 import paramiko
 import pytest
 
-from edge_smsp.core.errors import TransportError
+from edge_smsp.core.errors import DeviceStackError, TransportError
 from edge_smsp.devices.profiles import ConnectionSpec
 from edge_smsp.transport import LocalTransport, Transport, open_transport
 from edge_smsp.transport.base import TEMP_PREFIX, runtime_files
@@ -118,6 +118,20 @@ def test_command_timeout_kills_the_remote_process(transport: Transport, tmp_path
     while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split()[2]
+
+
+def test_a_device_python_that_never_answers_is_waited_for_once(tmp_path: Path) -> None:
+    hanging = tmp_path / "python"
+    hanging.write_text("#!/bin/sh\nsleep 60\n")
+    hanging.chmod(0o755)
+    workdir = tmp_path / "work"
+    transport = LocalTransport(ConnectionSpec(transport="local", python=str(hanging), workdir=str(workdir)))
+    assert transport.workdir == str(workdir.resolve())
+    with pytest.raises(TransportError, match="timed out after 1 s .*did not finish: check connection.python"):
+        transport.run([transport.python, "-c", "print(1)"], timeout=1)
+    started = time.monotonic()
+    transport.cleanup()  # its stale sweep would run that Python again and wait out DEFAULT_TIMEOUT (120 s)
+    assert time.monotonic() - started < 20
 
 
 def test_a_device_command_flooding_stdout_is_stopped_and_stderr_is_bounded(
@@ -252,7 +266,10 @@ def test_local_transport_expands_home_and_reports_missing_python(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = ConnectionSpec(transport="local", python=str(tmp_path / "no-python"), workdir=str(tmp_path / "w"))
-    with pytest.raises(TransportError, match="cannot run"), LocalTransport(spec) as transport:
+    with (
+        pytest.raises(DeviceStackError, match="cannot run .*set connection.python"),
+        LocalTransport(spec) as transport,
+    ):
         transport.upload(Path(__file__), "x.py")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     transport = LocalTransport(replace(spec, python=sys.executable, workdir="~/.cache/edge-smsp"))

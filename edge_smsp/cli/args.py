@@ -30,6 +30,7 @@ from edge_smsp.criteria import method_names, needs_pool, pool_source_names
 from edge_smsp.criteria.pool_masks import MASK_SOURCES, WEIGHTING_ALIASES, WEIGHTINGS
 from edge_smsp.data import DATASETS
 from edge_smsp.data.catalog import check_task_request
+from edge_smsp.device_runtime.probe import MAX_PROBE_MODELS
 from edge_smsp.pool import Pool, default_pool_path
 from edge_smsp.training.recipe import INITS, RECIPES
 from edge_smsp.transfer.estimators import DEFAULT_ESTIMATOR, DEFAULT_SHORTLIST, SIMILARITY_ESTIMATORS
@@ -285,7 +286,7 @@ def add_recovery_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--probe",
-        type=int_in_range(1, MAX_TASKS),
+        type=int_in_range(1, MAX_PROBE_MODELS),
         default=None,
         metavar="N",
         help="with --init pool: of the N most similar pool tasks, take the entry whose own features separate "

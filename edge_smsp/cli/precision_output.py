@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_smsp.cli.converters import number_in_range
-from edge_smsp.core.errors import ExportError
+from edge_smsp.core.errors import DataError, ExportError
 from edge_smsp.core.precisions import DEFAULT_MAX_INT8_DROP_PT, FP16, FP32
 
 
@@ -38,6 +38,7 @@ def export_task_images(
     model_dir: Path, meta: dict[str, Any], data_dir: str | None, *, required: bool
 ) -> dict[str, Any] | None:
     """The saved model's task images (pruned.json names dataset, classes, mean, std): calibration and val."""
+    from edge_smsp.data.catalog import check_classes, known_class_count
     from edge_smsp.data.tasks import load_task
     from edge_smsp.export.precision import task_images
 
@@ -49,6 +50,12 @@ def export_task_images(
             f"int8 needs calibration images: {model_dir / 'pruned.json'} names no dataset and classes (a model "
             "saved by adapt or deploy does); export --precision fp32 or fp16"
         )
+    count = known_class_count(str(dataset))
+    if count is not None:  # the ids come from the user's file, not from --classes: named as its problem
+        try:
+            check_classes(classes, count, str(dataset))
+        except DataError as error:
+            raise ExportError(f"{model_dir / 'pruned.json'} names its task wrongly: {error}") from None
     task = load_task(
         str(dataset),
         [int(c) for c in classes],

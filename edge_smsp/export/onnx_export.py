@@ -127,6 +127,21 @@ def check_replaceable(out: Path, sidecar: bool = False) -> None:
         raise ExportError(
             f"the fp32 reference {out} would replace a file no export wrote; name another --out (or move that file)"
         )
+    if out.is_symlink() and out.exists() and not is_own_card(card, out.name):  # the write lands on its target
+        raise ExportError(
+            f"output path {out} is a link to {out.resolve()}, which no export wrote: name the file itself as --out"
+        )
+    if out.is_file() and not _starts_like_onnx(out):
+        raise ExportError(
+            f"output path {out} holds a file that is not an ONNX model: name another --out (or move that file)"
+        )
+
+
+def _starts_like_onnx(path: Path) -> bool:
+    """Whether a file is empty or begins as an ONNX ModelProto does (field 1, ir_version, a varint)."""
+    with contextlib.suppress(OSError), open(path, "rb") as handle:
+        return handle.read(1) in (b"", b"\x08")
+    return True  # the write reports what is wrong with the path
 
 
 @_interruptions_kept()

@@ -14,7 +14,7 @@ import numpy as np
 
 from edge_smsp.core.errors import PoolError
 from edge_smsp.core.fileio import write_atomically
-from edge_smsp.data.catalog import known_class_count
+from edge_smsp.data.catalog import dataset_name, known_class_count
 from edge_smsp.pool.entry_data import NewEntry, check_plain_name, decode_arrays, new_entry
 from edge_smsp.pool.records import BackboneRecord, BuildKey, TaskRecord, entry_ratio
 from edge_smsp.pool.store import PoolStore, now
@@ -358,6 +358,16 @@ class EntryStore(PoolStore):
             raise PoolError(
                 f"pool {self.path}: task {task_key} names dataset {str(dataset)[:40]!r}, neither a dataset edge-smsp "
                 f"knows nor an image folder's; the database is damaged; {self._fix_hint()}"
+            )
+        named = task_key.split(":", 1)[0]
+        if (
+            total is not None
+            and known_class_count(named) is not None
+            and dataset_name(named) != dataset_name(dataset)
+        ):
+            raise PoolError(
+                f"pool {self.path}: task {task_key} names dataset {str(dataset)[:40]!r}, not the {named} of its key; "
+                f"the database is damaged; {self._fix_hint()}"
             )
         if (
             not classes

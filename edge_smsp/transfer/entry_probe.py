@@ -39,7 +39,10 @@ def nearest_mean_accuracy(features: torch.Tensor, labels: torch.Tensor, num_clas
     folds; means from one fold classify the other."""
     counts = torch.bincount(labels, minlength=num_classes)
     if len(labels) != len(features) or bool((counts < 2).any()):
-        raise DataError(f"the probe needs two samples of every class, got counts {counts.tolist()}")
+        raise DataError(
+            f"the probe needs two training images of every class, got {counts.tolist()}: give "
+            "--train-per-class 2 or more, or --probe 1 (no probe)"
+        )
     unit = torch.nn.functional.normalize(features.to(torch.float64), dim=1)
     fold = torch.zeros(len(labels), dtype=torch.bool)
     for label in range(num_classes):

@@ -115,6 +115,10 @@ def python_snippet(source: str) -> str:
     return f"import base64; exec(base64.b64decode('{encoded}'))"
 
 
+class CommandTimedOut(TransportError):
+    """A device command ran past its timeout (and was stopped)."""
+
+
 @dataclass(frozen=True)
 class RemoteResult:
     """Exit status, captured output and wall time of one command on the device."""
@@ -204,6 +208,7 @@ class Transport(ABC):
         self._swept = False  # abandoned temporaries of this host removed (at the first upload)
         self._runtime_pushed = False
         self._workdir: str | None = None
+        self._python_hung = False  # the device's Python ran past a timeout once: cleanup does not wait again
         self.bytes = ByteCount()
 
     # Primitives of each transport.
@@ -242,7 +247,15 @@ class Transport(ABC):
         """Run argv[0] with arguments on the device (see `_run`), counting the command line's bytes to the
         device and its output's bytes back."""
         self.bytes.add(TO_DEVICE, "argv", "\0".join(argv).encode("utf-8"))
-        result = self._run(argv, timeout, cwd)
+        try:
+            result = self._run(argv, timeout, cwd)
+        except CommandTimedOut as error:
+            if argv[0] != self.python:
+                raise
+            self._python_hung = True
+            raise CommandTimedOut(
+                f"{error}; the device's Python did not finish: check connection.python and the device's load"
+            ) from None
         self.bytes.add(FROM_DEVICE, "stdout", result.stdout.encode("utf-8"))
         self.bytes.add(FROM_DEVICE, "stderr", result.stderr.encode("utf-8"))
         return result
@@ -392,6 +405,8 @@ class Transport(ABC):
             self._temp_paths.discard(path)
         if self._swept:  # listing needs SFTP: only where this session uploaded anything
             self._remove_abandoned_here()
+        if self._python_hung:  # the stale sweep would wait out another timeout; the next session sweeps
+            return
         argv = [self.python, "-c", python_snippet(_REMOVE_STALE), self._workdir, str(STALE_TEMP_SECONDS)]
         result = self.run([*argv, TEMP_PREFIX, f"{TEMP_PREFIX}{HOST_ID}."], DEFAULT_TIMEOUT)
         if result.rc != 0:

@@ -1,4 +1,5 @@
-"""SSH host keys: verified against known_hosts, and recorded there only when the user trusts a new host."""
+"""SSH host keys (verified against known_hosts, recorded there only when the user trusts a new host) and the
+checks of the key and known_hosts files a profile names."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import binascii
 import fcntl
 import hashlib
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 import paramiko
 
-from edge_smsp.core.errors import EdgeSmspError, TransportError, error_text
+from edge_smsp.core.errors import EdgeSmspError, PathError, TransportError, error_text
 from edge_smsp.core.fileio import replaceable_target, write_atomically
+from edge_smsp.core.paths import kind, status
 
 
 def load_known_hosts(path: Path) -> tuple[list[paramiko.hostkeys.HostKeyEntry], list[paramiko.PKey]]:
@@ -122,3 +125,44 @@ class _HostKeyPolicy(paramiko.MissingHostKeyPolicy):
             raise _UnknownHostKey(hostname, key)
         client.get_host_keys().add(hostname, key.get_name(), key)
         record_host_key(self.known_hosts, hostname, key)
+
+
+def check_key_file(key_file: str) -> None:
+    """TransportError unless `key_file` is a regular file: a folder or a FIFO is named for what it is."""
+    try:
+        found = status(Path(key_file).expanduser())
+    except PathError as error:
+        raise TransportError(f"SSH key file {error}; name the private key file itself") from None
+    if found is None:
+        raise TransportError(f"SSH key file not found: {key_file}")
+    if not stat.S_ISREG(found.st_mode):
+        raise TransportError(
+            f"SSH key file {key_file} is {kind(found.st_mode)}, not a regular file: name the private key file itself"
+        )
+    try:
+        with open(Path(key_file).expanduser(), "rb") as handle:
+            start = handle.read(64).lstrip()
+    except OSError as error:
+        raise TransportError(f"cannot read SSH key file {key_file}: {error.strerror or error}") from None
+    if start.startswith((b"ssh-", b"ecdsa-sha2-", b"sk-")):  # an authorized_keys line: the .pub half
+        raise TransportError(
+            f"SSH key file {key_file} is a public key: set connection.key_file to its private half (the file "
+            "without .pub)"
+        )
+    if not start.startswith(b"-----BEGIN "):
+        raise TransportError(
+            f"SSH key file {key_file} is not a private key (no '-----BEGIN' line): set connection.key_file to an "
+            "OpenSSH or PEM private key"
+        )
+
+
+def check_known_hosts_file(known_hosts: Path) -> None:
+    """TransportError when known_hosts exists but is no regular file (a folder would read as "key not found")."""
+    try:
+        found = status(known_hosts)
+    except PathError as error:
+        raise TransportError(f"known_hosts {error}; set connection.known_hosts to a file") from None
+    if found is not None and not stat.S_ISREG(found.st_mode) and not stat.S_ISCHR(found.st_mode):
+        raise TransportError(
+            f"known_hosts {known_hosts} is {kind(found.st_mode)}, not a file: set connection.known_hosts to a file"
+        )

@@ -12,12 +12,13 @@ import sys
 import time
 from pathlib import Path
 
-from edge_smsp.core.errors import EdgeSmspError, TransportError
+from edge_smsp.core.errors import DeviceStackError, EdgeSmspError, TransportError
 from edge_smsp.core.paths import expand_user, kind
 from edge_smsp.devices.profiles import ConnectionSpec
 from edge_smsp.transport.base import (
     MAX_REPLY_BYTES,
     MAX_STDERR_BYTES,
+    CommandTimedOut,
     RemoteResult,
     Transport,
     reply_too_large,
@@ -75,7 +76,13 @@ class LocalTransport(Transport):
                 start_new_session=True,
             )
         except OSError as error:
-            raise TransportError(f"cannot run {argv[0]!r}: {error.strerror or error}") from None
+            reason = f"cannot run {argv[0]!r}: {error.strerror or error}"
+            if argv[0] == self.python:
+                raise DeviceStackError(
+                    f"{reason}: set connection.python in the profile (or --connection) to this machine's Python "
+                    "3.6+ interpreter, such as /usr/bin/python3"
+                ) from None
+            raise TransportError(reason) from None
         try:
             stdout, stderr = _bounded_output(process, start, timeout, argv[0])
         except (
@@ -119,7 +126,7 @@ def _bounded_output(
     than MAX_REPLY_BYTES (communicate() would hold all of it); stderr past MAX_STDERR_BYTES is dropped."""
     assert process.stdout is not None and process.stderr is not None
     deadline = start + timeout
-    timed_out = TransportError(f"command timed out after {timeout:g} s on the device: {command}")
+    timed_out = CommandTimedOut(f"command timed out after {timeout:g} s on the device: {command}")
     buffers = {process.stdout: bytearray(), process.stderr: bytearray()}
     with selectors.DefaultSelector() as selector:
         for stream in buffers:

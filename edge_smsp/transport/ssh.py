@@ -8,7 +8,6 @@ import json
 import logging
 import select
 import shlex
-import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -16,18 +15,25 @@ from typing import TypeVar
 
 import paramiko
 
-from edge_smsp.core.errors import PathError, TransportError, error_text
-from edge_smsp.core.paths import kind, status
+from edge_smsp.core.errors import TransportError, error_text
 from edge_smsp.devices.profiles import ConnectionSpec
 from edge_smsp.transport.base import (
     MAX_REPLY_BYTES,
     MAX_STDERR_BYTES,
+    CommandTimedOut,
     RemoteResult,
     Transport,
     reply_too_large,
     timed,
 )
-from edge_smsp.transport.host_keys import _HostKeyPolicy, _UnknownHostKey, fingerprint, load_known_hosts
+from edge_smsp.transport.host_keys import (
+    _HostKeyPolicy,
+    _UnknownHostKey,
+    check_key_file,
+    check_known_hosts_file,
+    fingerprint,
+    load_known_hosts,
+)
 from edge_smsp.transport.host_keys import record_host_key as record_host_key
 from edge_smsp.transport.ssh_link import Liveness, connect_failure
 
@@ -85,20 +91,6 @@ def _pid_of(stdout: bytearray) -> int | None:
     return int(line) if newline and line.strip().isdigit() else None
 
 
-def _check_key_file(key_file: str) -> None:
-    """TransportError unless `key_file` is a regular file: a folder or a FIFO is named for what it is."""
-    try:
-        found = status(Path(key_file).expanduser())
-    except PathError as error:
-        raise TransportError(f"SSH key file {error}; name the private key file itself") from None
-    if found is None:
-        raise TransportError(f"SSH key file not found: {key_file}")
-    if not stat.S_ISREG(found.st_mode):
-        raise TransportError(
-            f"SSH key file {key_file} is {kind(found.st_mode)}, not a regular file: name the private key file itself"
-        )
-
-
 class SshTransport(Transport):
     """A device over SSH. Connection drops are retried `retries` times with exponential backoff."""
 
@@ -139,6 +131,7 @@ class SshTransport(Transport):
     def _connect(self, initial: bool) -> None:
         client = paramiko.SSHClient()
         revoked: list[paramiko.PKey] = []
+        check_known_hosts_file(self.known_hosts)
         if self.known_hosts.is_file():
             try:
                 entries, revoked = load_known_hosts(self.known_hosts)
@@ -157,7 +150,7 @@ class SshTransport(Transport):
         client.set_missing_host_key_policy(_HostKeyPolicy(self.known_hosts, self.trust_new_host, revoked))
         key_file = self.connection.key_file
         if key_file is not None:
-            _check_key_file(key_file)
+            check_key_file(key_file)
         try:
             client.connect(
                 hostname=self.connection.host,
@@ -341,7 +334,7 @@ class SshTransport(Transport):
                 if time.monotonic() > deadline:
                     finished = True
                     self._kill(_pid_of(stdout), transport)
-                    raise TransportError(
+                    raise CommandTimedOut(
                         f"command timed out after {timeout:g} s on {self.address}: {argv[0]}"
                     )
                 select.select([channel], [], [], _POLL_SECONDS)

@@ -25,19 +25,20 @@ DESCRIPTOR_SAMPLES = 512  # edge_smsp.similarity.task_descriptor's samples
 BATCH = 64
 
 
-def _preprocessing(session: Any) -> Dict[str, Any]:
+def feature_preprocessing(session: Any, command: str) -> Dict[str, Any]:
+    """Input size, channels and normalisation of a feature graph; `command` names the caller in errors."""
     model_input = session.inputs()[0]
     shape = model_input["shape"]
     if len(shape) != 4:
         raise RuntimeToolError(
-            f"input {model_input['name']!r} has shape {shape}; describe expects NCHW images"
+            f"input {model_input['name']!r} has shape {shape}; {command} expects NCHW images"
         )
     channels = shape[1] if isinstance(shape[1], int) and shape[1] > 0 else 3
     metadata = session.metadata()
     if "labels" in metadata:  # a classifier's outputs are class scores: prototypes of them describe nothing
         raise RuntimeToolError(
-            "the model has 'labels' metadata, so it is a classifier: describe needs a feature graph (the backbone "
-            "without its head, which deploy --device-data uploads)"
+            f"the model has 'labels' metadata, so it is a classifier: {command} needs a feature graph (the "
+            "backbone without its head, which deploy --device-data uploads)"
         )
     size, _ = image_size(metadata, shape)
     mean = _channel_list(metadata_json(metadata, "mean"), "mean", channels) or [0.0] * channels
@@ -65,7 +66,7 @@ def run_describe(
         model_path, "onnxruntime", list(providers or ["CPUExecutionProvider"]), threads
     )
     # A model describe cannot use is refused before the folder is read.
-    preprocessing = _preprocessing(session)
+    preprocessing = feature_preprocessing(session, "describe")
     names, train, _ = read_task(data_dir, val_fraction, seed)  # the training split, as adapt's
     labels = np.asarray([label for _, label in train], dtype=np.int64)
     picked = balanced_sample(labels, sample, seed)

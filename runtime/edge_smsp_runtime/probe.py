@@ -13,7 +13,7 @@ import time
 from typing import Any, Dict, List, Optional
 
 from . import __version__
-from .describe import BATCH, _preprocessing
+from .describe import BATCH, feature_preprocessing
 from .device import peak_rss_mib
 from .errors import RuntimeToolError, one_line
 from .imagefolder import balanced_sample, load_images, read_task
@@ -22,6 +22,7 @@ from .model import file_sha256, import_numpy, open_model
 from .paths import require_file
 
 PROBE_SAMPLES = 512  # edge_smsp.transfer.entry_probe.probe_entries' samples
+MAX_PROBE_MODELS = 256  # each candidate costs a model load and a forward pass over the sample: bound the work
 
 
 def run_scan(data_dir: str, *, seed: int = 0, val_fraction: float = 0.2) -> Dict[str, Any]:
@@ -69,7 +70,10 @@ def nearest_mean_accuracy(values: Any, labels: Any, num_classes: int) -> float:
     np = import_numpy()
     counts = np.bincount(labels, minlength=num_classes)
     if (counts < 2).any():
-        raise RuntimeToolError(f"the probe needs two samples of every class, got counts {counts.tolist()}")
+        raise RuntimeToolError(
+            f"the probe needs two training images of every class, got {counts.tolist()}: add images to the "
+            "folder, or probe no candidates (--probe 1 on the host)"
+        )
     unit = values / np.maximum(np.linalg.norm(values, axis=1, keepdims=True), 1e-12)
     fold = np.zeros(len(labels), dtype=bool)
     for label in range(num_classes):
@@ -96,6 +100,13 @@ def run_probe(
     """Each feature graph's nearest-mean accuracy on the task's training sample, in the order given."""
     np = import_numpy()
     started = time.perf_counter()
+    if len(model_paths) > MAX_PROBE_MODELS:
+        raise RuntimeToolError(
+            f"probe was given {len(model_paths)} models; it takes at most {MAX_PROBE_MODELS}: probe them in turns"
+        )
+    repeated = sorted({path for path in model_paths if model_paths.count(path) > 1})
+    if repeated:
+        raise RuntimeToolError(f"probe was given {repeated[0]} more than once: name each model once")
     for path in model_paths:
         require_file(path, "model")
     names, train, _ = read_task(data_dir, val_fraction, seed)
@@ -106,7 +117,7 @@ def run_probe(
         _, session, _ = open_model(path, "onnxruntime", list(providers or ["CPUExecutionProvider"]), threads)
         if not session.inputs():
             raise RuntimeToolError(f"{path} has no inputs: probe needs feature graphs that take images")
-        wanted = _preprocessing(session)
+        wanted = feature_preprocessing(session, "probe")
         if images is None:
             images, labels = load_images([train[i] for i in picked], wanted)
             preprocessing = wanted

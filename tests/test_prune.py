@@ -229,7 +229,9 @@ def test_saved_pruned_model_reloads_with_same_outputs(tmp_path, name):
     replace_classifier(once, 5)
     out = save_pruned(once, tmp_path / "pruned", {"backbone": name, "class_names": list("abcde"), "note": 1})
     assert sorted(path.name for path in out.iterdir()) == ["model.safetensors", "pruned.json"]
-    assert (out / "model.safetensors").stat().st_mode & 0o777 == 0o644  # as pruned.json; safetensors makes 0600
+    assert (
+        out / "model.safetensors"
+    ).stat().st_mode & 0o777 == 0o644  # as pruned.json; safetensors makes 0600
     meta = json.loads((out / "pruned.json").read_text())
     assert meta["backbone"] == name and meta["num_classes"] == 5 and meta["note"] == 1
     assert meta["class_names"] == list("abcde") and meta["image_size"] == 32

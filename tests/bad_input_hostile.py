@@ -17,6 +17,7 @@ import struct
 import sys
 import threading
 import zipfile
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,7 @@ PROFILE_VARIANTS = {  # file stem -> YAML lines replacing the base profile's
     "list-name": {"name": "[a, b]"},
     "deep-description": {"description": "[" * 2000 + "]" * 2000},
     "recursive-alias": {"description": "&loop [*loop]"},
+    "tiny-memory": {"memory_budget": "1KiB"},
 }
 # The connection of a profile, each broken in one way (ssh ones reach the test's sshd).
 CONNECTION_VARIANTS = {
@@ -94,12 +96,28 @@ PRUNED_JSON_VARIANTS = {  # saved-model copies whose pruned.json is broken one w
     "size-huge": lambda meta: {**meta, "image_size": 10**9},
     "backbone-list": lambda meta: {**meta, "backbone": ["resnet18"]},
     "kept-list": lambda meta: {**meta, "kept_indices": [1, 2]},
+    "kept-outside": lambda meta: {
+        **meta,
+        "kept_indices": _first_group(meta, lambda kept: [99999, *kept[1:]]),
+    },
+    "kept-twice": lambda meta: {
+        **meta,
+        "kept_indices": _first_group(meta, lambda kept: [kept[0], *kept[:-1]]),
+    },
     "version-newer": lambda meta: {**meta, "version": 99},
     "class-names-short": lambda meta: {**meta, "class_names": ["only-one"]},
     "class-names-numbers": lambda meta: {**meta, "class_names": list(range(meta["num_classes"]))},
     "std-zero": lambda meta: {**meta, "backbone_spec": {**meta["backbone_spec"], "std": [0, 0, 0]}},
     "mean-text": lambda meta: {**meta, "backbone_spec": {**meta["backbone_spec"], "mean": "grey"}},
 }
+
+
+def _first_group(meta: dict, change: Callable[[list[int]], list[int]]) -> dict:
+    """kept_indices with its first group's indices changed."""
+    first, *_ = meta["kept_indices"]
+    return {**meta["kept_indices"], first: change(meta["kept_indices"][first])}
+
+
 ONNX_METADATA_VARIANTS = {  # tiny.onnx copies with one metadata value broken
     "mean-nan": {"mean": "[NaN, 0.5, 0.5]"},
     "std-inf": {"std": "[Infinity, 1, 1]"},
@@ -208,7 +226,7 @@ HOSTILE_CASES = [
         for stem, expect in (
             ("port-99999", "port"), ("port-text", "port"), ("key-nouser", "no user"),
             ("known-hosts-nouser", "no user"), ("key-long", "too long|key file"),
-            ("key-garbage", "private key|key file"), ("not-ssh", "not as an SSH server"),
+            ("key-garbage", r"SSH key file .*random\.bin is not a private key \(no '-----BEGIN' line\)"), ("not-ssh", "not as an SSH server"),
             ("known-hosts-bad-hash", r"cannot read known_hosts file .*line 1: hashed host name '\|1\|garbage\|hash' is not"),
         )
     ],
@@ -221,6 +239,8 @@ HOSTILE_CASES = [
             ("ratio-text", r"model-ratio-text/pruned\.json cannot be exported: metadata\.ratio"),
             ("size-float", "image_size"), ("size-huge", "image_size"), ("backbone-list", "backbone"),
             ("kept-list", "kept_indices"), ("deep", "nested"),
+            ("kept-outside", r"pruned\.json: keep_indices\[.*\] must be distinct indices in \[0, \d+\); the file is damaged: prune the model again"),
+            ("kept-twice", r"pruned\.json: keep_indices\[.*\] must be distinct indices in \[0, \d+\); the file is damaged"),
             ("class-names-short", r"pruned\.json: class_names has 1 entries but num_classes is \d+; give one name per class"),
             ("class-names-numbers", r"pruned\.json: class_names must be a list of strings"),
             ("std-zero", r"pruned\.json: backbone_spec\.std must be 1 or 3 positive numbers \(one per channel\), got \[0, 0, 0\]"),
@@ -235,6 +255,10 @@ HOSTILE_CASES = [
     # --- 2. tracebacks: stdout on a full device, data files that are corrupt or inflate -----------------------
     Case("hostile-stdout-dev-full-pool-list", ("pool", "list", "--json", "--pool", "{w}/good.sqlite"), "No space left", stdout="/dev/full"),
     Case("hostile-stdout-dev-full-models", ("models", "--json"), "No space left", stdout="/dev/full"),
+    Case("hostile-stdout-dev-full-version", ("--version",), "No space left", stdout="/dev/full"),
+    Case("hostile-stdout-dev-full-help", ("prune", "--help"), "No space left", stdout="/dev/full"),
+    Case("hostile-stdout-dev-full-runtime-version", ("--version",), "cannot write to stdout: .*No space left", runtime=True, stdout="/dev/full"),
+    Case("hostile-stdout-dev-full-runtime-help", ("bench", "--help"), "cannot write to stdout: .*No space left", runtime=True, stdout="/dev/full"),
     Case("hostile-fashion-gz-bomb", (*ADAPT, "--data-dir", "{w}/fashion-bomb"), "header claims"),
     Case("hostile-fashion-gz-corrupt", (*ADAPT, "--data-dir", "{w}/fashion-corrupt"), "cannot read IDX"),
     Case("hostile-fashion-short", (*ADAPT, "--data-dir", "{w}/fashion-short"), "header claims|holds"),
@@ -426,17 +450,18 @@ HOSTILE_CASES = [
             ("other-version-device", "another-runtime-version", r"reply is not the uploaded runtime's: it says it is runtime '9\.9\.9', but \S+ was uploaded"),
             ("huge-ram-device", "reports-huge-ram", r"info is not plausible: total_ram_mib 1e\+308 \(a measurement lies from 0 to"),
             ("other-command-device", "answers-another-command", r"reply is not the uploaded runtime's: it answered 'bench' to 'info'"),
+            ("slow-min-device", "min-above-its-median", r"bench report is not plausible: latency statistics out of order \(min 5000\.0, p50 [\d.]+"),
         )
     ],
     # --- 10. the seventh sweep: messages that name the file at fault and the fix; bounded device work ---
     Case("hostile-ssh-key-file-the-public-half", ("bench", "--profile", "{w}/ssh-key-public.yaml", "--model", "{w}/tiny.onnx"), r"SSH key file .*id_ed25519\.pub is a public key: set connection\.key_file to its private half"),
-    Case("hostile-ssh-key-file-garbage-named", ("bench", "--profile", "{w}/ssh-key-garbage.yaml", "--model", "{w}/tiny.onnx"), r"SSH key file .*random\.bin is not a private key \(no '-----BEGIN' line\)"),
     Case("hostile-ssh-known-hosts-a-folder", ("bench", "--profile", "{w}/ssh-known-hosts-a-folder.yaml", "--model", "{w}/tiny.onnx"), r"known_hosts .*adir\.onnx is a directory, not a file: set connection\.known_hosts to a file"),
     Case("hostile-bench-device-python-missing", ("bench", "--profile", "{w}/missing-python.yaml", "--model", "{w}/tiny.onnx"), r"cannot run '/nonexistent/python': No such file or directory: set connection\.python"),
     Case("hostile-export-out-links-to-the-users-file", (*EXPORT[:4], "{w}/link-to-victim.onnx"), r"link-to-victim\.onnx is a link to .*victim\.txt, which no export wrote"),
     Case("hostile-export-out-holds-no-model", (*EXPORT[:4], "{w}/notes.onnx"), r"notes\.onnx holds a file that is not an ONNX model"),
     Case("hostile-export-pruned-json-class-out-of-range", ("export", "--model-dir", "{w}/model-class-99", "--out", "{s}/m.onnx", "--precision", "int8"), r"model-class-99/pruned\.json names its task wrongly: class ids 99 out of range"),
     Case("hostile-pool-task-dataset-not-its-keys", ("pool", "list", "--pool", "{w}/other-dataset.sqlite"), r"names dataset 'cifar100', not the fashion-mnist of its key; the database is damaged"),
+    Case("hostile-deploy-budget-holds-no-model", (*DEPLOY, *DEPLOY_POOL, "--profile", "{w}/profile-tiny-memory.yaml", "--out", "{s}/out"), r"memory_budget 1\.0 KiB holds no model: .*raise memory_budget in the profile"),
     Case("hostile-runtime-probe-a-classifier", ("probe", "--models", "{w}/tiny.onnx", "--data", "{w}/device-images"), r"classifier: probe needs a feature graph", runtime=True),
     Case("hostile-runtime-probe-a-model-twice", ("probe", "--models", "{w}/tiny.onnx", "{w}/tiny.onnx", "--data", "{w}/device-images"), r"probe was given \S+tiny\.onnx more than once: name each model once", runtime=True),
 ]  # fmt: skip
@@ -551,6 +576,7 @@ def _fifth_sweep_inputs(world: Path, local: dict) -> None:
         ("other-version-device", 's/"runtime_version": "[^"]*"/"runtime_version": "9.9.9"/'),
         ("other-command-device", 's/"command": "info"/"command": "bench"/'),
         ("huge-ram-device", 's/"total_ram_mib": [0-9.e+-]+/"total_ram_mib": 1e308/'),
+        ("slow-min-device", 's/"min": [0-9.e+-]+/"min": 5000.0/'),
     ):
         python = world / f"{stem}-python"
         python.write_text(

@@ -393,12 +393,14 @@ def run_case(
     values = {"w": str(world), "s": str(sandbox)}
     argv = [part.format(**values) for part in case.argv]
     if case.runtime:
+        stdout_file = open(case.stdout.format(**values), "w") if case.stdout else None  # noqa: SIM115
         try:
             done = subprocess.run(
                 [device_python, "-m", "edge_smsp_runtime", *argv],
                 cwd=sandbox / "cwd",
                 env=_environment(sandbox / "home", case.env),
-                capture_output=True,
+                stdout=stdout_file or subprocess.PIPE,
+                stderr=subprocess.PIPE,
                 text=True,
                 timeout=CASE_TIMEOUT,
                 stdin=subprocess.DEVNULL,
@@ -406,7 +408,10 @@ def run_case(
             )
         except subprocess.TimeoutExpired:
             return Ending(None, "", "")
-        return Ending(done.returncode, done.stdout, done.stderr)
+        finally:
+            if stdout_file is not None:
+                stdout_file.close()
+        return Ending(done.returncode, done.stdout or "", done.stderr)
     if case.fresh_process:
         try:
             done = subprocess.run(

@@ -49,6 +49,23 @@ def test_prune_reports_json_and_saves_a_loadable_model(capsys, tmp_path, name, r
     assert torch.isfinite(outputs(model, images())).all()
 
 
+def test_a_fixed_size_model_prunes_at_its_own_size_without_image_size(capsys, tmp_path):
+    # Its memory estimate cannot probe it at a small size (timm asserts 224 px): pruning goes on without it.
+    args = [
+        "prune",
+        "--model",
+        "vit_tiny_patch16_224",
+        "--no-pretrained",
+        "--ratio",
+        "0.3",
+        "--criterion",
+        "random",
+    ]
+    code, stdout, stderr = run_cli(capsys, *args, "--out", str(tmp_path / "vit"), "--json")
+    assert code == 0, stderr
+    assert json.loads(stdout)["image_size"] == 224 and load_pruned(tmp_path / "vit")[1]["image_size"] == 224
+
+
 def test_prune_as_a_subprocess_prints_a_readable_summary(tmp_path):
     out = tmp_path / "r18"
     command = [sys.executable, "-m", "edge_smsp", "prune", "--model", "resnet18", "--image-size", "32"]

@@ -20,7 +20,7 @@ import yaml
 
 from edge_smsp import adaptation
 from edge_smsp.cli import main
-from edge_smsp.core.errors import DataError, EdgeSmspError, PlanError
+from edge_smsp.core.errors import DataError, EdgeSmspError, PlanError, TransportError
 from edge_smsp.data.tasks import load_task
 from edge_smsp.deploy.bench import BenchSettings
 from edge_smsp.deploy.device_adapt import DeviceDeployRequest, deploy_on_device
@@ -320,6 +320,33 @@ def test_bad_input_exits_2_in_one_line(
     assert main([*common, "--connection", readonly, "--device-data", str(tmp_path)]) == 2
     captured = capsys.readouterr()
     assert captured.out == "" and captured.err.count("\n") == 1 and "work dir" in captured.err
+
+
+@pytest.mark.parametrize(
+    ("stage", "pattern", "fragment"),
+    [
+        ("probe", 's/"nearest_mean_accuracy": [0-9.e+-]+/"nearest_mean_accuracy": 7.5/',
+         "probe reply is not plausible: scores[0].nearest_mean_accuracy 7.5"),
+        ("adapt", 's/"accuracy": [0-9.e+-]+/"accuracy": 42/', "adapt reply is not plausible: accuracy 42"),
+    ],
+)  # fmt: skip
+def test_a_device_reporting_an_accuracy_above_one_is_refused(
+    stage: str, pattern: str, fragment: str, device_python: str, tiny_pool: Path, device_data: Path,
+    backbone: Any, tmp_path: Path,
+) -> None:  # fmt: skip
+    lying = tmp_path / "python"
+    lying.write_text(
+        f'#!/bin/sh\nout=$("{device_python}" "$@"); rc=$?\n'
+        f"printf '%s\\n' \"$out\" | sed -E '{pattern}'\nexit $rc\n"
+    )
+    lying.chmod(0o755)
+    profile = with_connection(
+        load_profile("localhost"), {"python": str(lying), "workdir": str(tmp_path / "w")}
+    )
+    with Pool(tiny_pool) as pool, pytest.raises(TransportError) as raised:
+        deploy_on_device(_request(profile, pool, backbone, device_data, tmp_path / "out"))
+    assert fragment in str(raised.value) and "\n" not in str(raised.value)
+    assert not (tmp_path / "out").exists()
 
 
 def test_probe_scores_match_the_hosts_nearest_mean_classifier() -> None:

@@ -160,7 +160,7 @@ def test_a_measurement_no_benchmark_gives_is_neither_stored_nor_used(tmp_path: P
             ({"latency_p50_ms": -3.0}, "latency_p50_ms -3.0"),
             ({"latency_p99_ms": 1e300}, "latency_p99_ms 1e+300"),
             ({"peak_rss_mib": -100.0}, "peak_rss_mib -100.0"),
-            ({"latency_p90_ms": 0.5}, "latency percentiles out of order"),
+            ({"latency_p90_ms": 0.5}, "latency statistics out of order"),
         ):
             with pytest.raises(PoolError, match=re.escape(named)):
                 pool.add_measurement(DeviceMeasurement(**{**honest.__dict__, **lie}))

@@ -134,6 +134,15 @@ def test_a_device_python_that_never_answers_is_waited_for_once(tmp_path: Path) -
     assert time.monotonic() - started < 20
 
 
+def test_a_command_that_exits_leaving_a_child_on_its_output_is_not_waited_for(tmp_path: Path) -> None:
+    transport = LocalTransport(ConnectionSpec(transport="local", workdir=str(tmp_path / "work")))
+    script = "import subprocess; subprocess.Popen(['sleep', '60']); print('replied', flush=True)"
+    started = time.monotonic()
+    result = transport.run([transport.python, "-c", script], timeout=50)
+    assert (result.rc, result.stdout.strip()) == (0, "replied")
+    assert time.monotonic() - started < 25  # not the child's 60 s, nor the 50 s timeout
+
+
 def test_a_device_command_flooding_stdout_is_stopped_and_stderr_is_bounded(
     transport: Transport, tmp_path: Path
 ) -> None:

@@ -33,9 +33,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
-    except SystemExit as stop:  # --help, --version, or a usage error already printed as one line
-        return int(stop.code or 0)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as stop:  # --help, --version, or a usage error already printed as one line
+            if not stop.code and sys.stdout is not None:
+                sys.stdout.flush()  # help or the version, buffered: a full device fails here
+            return int(stop.code or 0)
+    except OSError as error:  # help or the version could not be printed (stdout on a full device)
+        print(f"edge-smsp: error: {one_line(os_error_line(error))}", file=sys.stderr)
+        return 2
     if sys.stdout is None:  # started with stdout closed: say so before any work, not in a traceback after it
         print("edge-smsp: error: stdout is closed; run it with stdout open", file=sys.stderr)
         return 2

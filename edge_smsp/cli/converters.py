@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import IO, Any, NoReturn, TypeVar
 
 from edge_smsp.cli.output import one_line
 from edge_smsp.core.errors import EdgeSmspError
@@ -220,6 +221,11 @@ class OneLineParser(argparse.ArgumentParser):
         # `--out a ... --out b`). Registered, so that argument groups, which share the registry, do the same.
         self.register("action", None, GivenOnce)
         self.register("action", "store", GivenOnce)
+
+    def _print_message(self, message: str, file: IO[str] | None = None) -> None:
+        # argparse drops a failed write: help or the version on a full device would exit 0 with nothing shown.
+        if message:
+            (file or sys.stderr).write(message)
 
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")

@@ -16,7 +16,7 @@ from edge_smsp.device_runtime.precision import model_precision
 from edge_smsp.devices.profiles import DeviceProfile, load_profile
 from edge_smsp.devices.stack import check_device_stack
 from edge_smsp.pool.measurements import DEFAULT_PRECISION, DEFAULT_RUNTIME
-from edge_smsp.transport.base import Transport, sha256_file
+from edge_smsp.transport.base import INFO_TIMEOUT, Transport, sha256_file
 
 if TYPE_CHECKING:
     from edge_smsp.export.onnx_export import ExportResult
@@ -266,7 +266,9 @@ def bench_model(
     opset = int(read_opsets(str(path))["opset"])
     digest = sha256_file(path)
     with open_transport(profile.connection, trust_new_host=trust_new_host) as transport:
-        info = transport.run_runtime(["info", "--runtime", bench.runtime], timeout=bench.timeout)
+        info = transport.run_runtime(
+            ["info", "--runtime", bench.runtime], timeout=min(bench.timeout, INFO_TIMEOUT)
+        )
         check_device_stack(info, profile, opset)
         remote = transport.upload(path, f"models/{digest[:16]}.onnx")
         report = transport.run_runtime(bench.runtime_args(remote, profile), timeout=bench.timeout)

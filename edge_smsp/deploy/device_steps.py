@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from edge_smsp.core.errors import DataError, TransportError
+from edge_smsp.core.plausible import fraction_problem
 from edge_smsp.data.tasks import ImageTensorDataset, Task
 from edge_smsp.export.feature_graph import AdaptableBundle, export_feature_graph
 from edge_smsp.transfer.entry_models import borrowed_entry_model
@@ -57,6 +58,12 @@ class DeviceLog:
             report = transport.run_runtime(args, timeout=DEVICE_TIMEOUT)
         except TransportError as error:
             raise _data_error(error, stage) from None
+        problem = fraction_problem(report)
+        if problem:
+            raise TransportError(
+                f"the device's {stage} reply is not plausible: {problem}; check the device's Python, numpy and "
+                "onnxruntime, then run again"
+            )
         self.seconds[stage] = round(self.seconds.get(stage, 0.0) + time.perf_counter() - started, 3)
         moved = transport.bytes.from_device - before
         self.bytes_from_device[stage] = self.bytes_from_device.get(stage, 0) + moved

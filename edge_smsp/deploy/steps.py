@@ -45,7 +45,7 @@ from edge_smsp.models.prune import replace_classifier
 from edge_smsp.models.zoo import backbone_spec
 from edge_smsp.pool import DEFAULT_PRECISION, DEFAULT_RUNTIME, DeviceMeasurement, Pool
 from edge_smsp.pool import build as pool_build
-from edge_smsp.transport.base import Transport
+from edge_smsp.transport.base import INFO_TIMEOUT, Transport
 
 FALLBACK_METHOD = "magnitude"
 CALIBRATION_RATIOS: tuple[float, ...] = (0.0, 0.4, 0.7)
@@ -181,7 +181,7 @@ def check(
     or engine could not run the model (exported at `opset`, else the profile's), fails now with one line, not
     after fine-tuning."""
     export_opset = device_opset(opset, profile)
-    device_info = transport.run_runtime(["info", "--runtime", runtime], timeout=timeout)
+    device_info = transport.run_runtime(["info", "--runtime", runtime], timeout=min(timeout, INFO_TIMEOUT))
     stack = check_device_stack(device_info, profile, export_opset)
     return DeviceCheck(device_info, profile, stack, export_opset)
 

@@ -383,12 +383,20 @@ def _workdir(value: Any) -> str | None:
     return workdir
 
 
+MIN_MEMORY_BUDGET = 1 * MIB  # below it, no Python process runs, let alone a model
+
+
 def check_input_fits(profile: DeviceProfile, input_size: int) -> None:
     """PlanError before any forward pass when the input tensor alone (batch x 3 x size x size float32), plus the
     profile's own runtime_overhead where it states one, exceeds the memory budget: no ratio can make it fit."""
     size, batch = int(input_size), profile.batch_size
     tensor = batch * 3 * size * size * 4
     overhead = profile.runtime_overhead_bytes or 0
+    if profile.memory_budget_bytes < MIN_MEMORY_BUDGET:  # a smaller --image-size would not help: say so
+        raise PlanError(
+            f"{profile.name}'s memory_budget {_size_text(profile.memory_budget_bytes)} holds no model: Python and "
+            "ONNX Runtime alone take tens of MiB; raise memory_budget in the profile"
+        )
     if tensor + overhead <= profile.memory_budget_bytes:
         return
     largest = (
@@ -399,13 +407,18 @@ def check_input_fits(profile: DeviceProfile, input_size: int) -> None:
     with_overhead = f" plus its runtime_overhead {overhead / MIB:.1f} MiB" if overhead else ""
     raise PlanError(
         f"the input tensor alone ({batch} x 3 x {size} x {size} x 4 bytes = {tensor / MIB:.1f} MiB){with_overhead} "
-        f"exceeds {profile.name}'s memory_budget {profile.memory_budget_bytes / MIB:.1f} MiB: "
+        f"exceeds {profile.name}'s memory_budget {_size_text(profile.memory_budget_bytes)}: "
         + (
             f"use a smaller --image-size (at most {largest})"
             if largest >= 1
             else "raise memory_budget in the profile"
         )
     )
+
+
+def _size_text(size: float) -> str:
+    """Bytes as MiB, or KiB under one MiB (a 1 KiB budget is not '0.0 MiB')."""
+    return f"{size / MIB:.1f} MiB" if size >= MIB else f"{size / 1024:.1f} KiB"
 
 
 def _host_name(host: str) -> str:

@@ -53,7 +53,7 @@ def measure_cost(model: nn.Module, input_size: int, ratio: float = 0.0) -> Model
             tracer.track_input(image)
             output = model(image)
             tracer.track_output(output)
-    except RuntimeError as error:
+    except (RuntimeError, AssertionError) as error:  # timm's fixed-size models assert their input size
         raise PlanError(f"the model does not run at input size {input_size}: {error_text(error)}") from None
     finally:
         model.train(was_training)

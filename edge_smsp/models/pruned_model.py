@@ -254,7 +254,10 @@ def pruned_from_files(files: Mapping[str, bytes], where: str) -> tuple[nn.Module
     by_key = {layout.key: layout for layout in group_layouts(template)}
     if not isinstance(kept, dict) or set(kept) != set(by_key):
         raise PruneError(f"{meta_name}: kept_indices do not match the groups of backbone {meta['backbone']}")
-    checked = {key: checked_indices(key, kept[key], by_key[key].size) for key in by_key}
+    try:
+        checked = {key: checked_indices(key, kept[key], by_key[key].size) for key in by_key}
+    except PruneError as error:
+        raise PruneError(f"{meta_name}: {error}; the file is damaged: prune the model again") from None
     # Pruning a copy of the cached template again is what validates every file shape (resizing the skeleton
     # in place mis-shaped attention heads), so it is the one path.
     model = copy_with_layouts(template)

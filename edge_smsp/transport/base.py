@@ -25,6 +25,9 @@ __all__ = ["STALE_TEMP_SECONDS", "TEMP_PREFIX", "ByteCount", "RemoteResult", "Tr
 
 RUNTIME_PACKAGE = "edge_smsp_runtime"
 DEFAULT_TIMEOUT = 120.0
+# `info` imports numpy and the engine and reads a few files: ~40 s on the emulated ARM board, under a second on a
+# Jetson. It never gets a bench's long timeout: a device that hangs there is reported in this time.
+INFO_TIMEOUT = DEFAULT_TIMEOUT
 VERIFY_BYTES_PER_SECOND = 20 * 1024**2  # hashing on a slow board's storage
 # A runtime's reply is a JSON report (an infer of thousands of images: a few MiB); a device command printing more
 # is not one, and is stopped before it fills the host's memory. Of stderr only the first lines are ever shown.

@@ -119,6 +119,9 @@ class LocalTransport(Transport):
         """Nothing to release."""
 
 
+EXITED_GRACE_SECONDS = 2.0  # output still arriving after a command exits: the pipes' last bytes
+
+
 def _bounded_output(
     process: subprocess.Popen[bytes], start: float, timeout: float, command: str
 ) -> tuple[bytes, bytes]:
@@ -128,6 +131,7 @@ def _bounded_output(
     deadline = start + timeout
     timed_out = CommandTimedOut(f"command timed out after {timeout:g} s on the device: {command}")
     buffers = {process.stdout: bytearray(), process.stderr: bytearray()}
+    exited_at = None
     with selectors.DefaultSelector() as selector:
         for stream in buffers:
             selector.register(stream, selectors.EVENT_READ)
@@ -135,6 +139,13 @@ def _bounded_output(
             left = deadline - time.monotonic()
             if left <= 0:
                 raise timed_out
+            if exited_at is None and process.poll() is not None:
+                exited_at = time.monotonic()
+            if exited_at is not None and time.monotonic() - exited_at > EXITED_GRACE_SECONDS:
+                # The command exited; what still holds its pipes is a child it left behind: stop it, not wait.
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                break
             for key, _ in selector.select(min(left, 1.0)):
                 chunk = os.read(key.fd, 1 << 16)
                 if not chunk:

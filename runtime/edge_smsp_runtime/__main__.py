@@ -1,6 +1,7 @@
 """python -m edge_smsp_runtime {bench,infer,adapt,describe,scan,probe,info}: one JSON report on stdout, one-line errors, exit 2."""
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -19,6 +20,14 @@ class _OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         sys.stderr.write(f"{self.prog}: error: {one_line(message)}\n")
         sys.exit(2)
+
+    def _print_message(self, message: str, file: Any = None) -> None:
+        # argparse drops a failed write: help or the version on a full device would exit 0 with nothing shown.
+        if message:
+            try:
+                (file or sys.stderr).write(message)
+            except OSError as error:
+                sys.exit(_stdout_failed(error))
 
 
 def _int_in(minimum: int, maximum: int) -> Callable[[str], int]:
@@ -363,7 +372,17 @@ def run_command(args: argparse.Namespace) -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse, run, print one JSON report; any error is one line on stderr and exit 2."""
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as stop:
+        if (
+            not stop.code and sys.stdout is not None
+        ):  # help or the version, buffered: a full device fails here
+            try:
+                sys.stdout.flush()
+            except OSError as error:
+                return _stdout_failed(error)
+        raise
     if not _stdout_open():  # checked before any work: the report would have nowhere to go
         sys.stderr.write(f"{PROG} {args.command}: error: stdout is closed; run it with stdout open\n")
         return 2
@@ -386,11 +405,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
         sys.stdout.flush()
     except OSError as error:  # a full disk or a closed pipe behind stdout
-        sys.stderr.write(
-            f"{PROG} {args.command}: error: cannot write the report to stdout: {one_line(error)}\n"
-        )
-        return 2
+        return _stdout_failed(error, f" {args.command}", "the report ")
     return 0
+
+
+def _stdout_failed(error: OSError, command: str = "", what: str = "") -> int:
+    """One line for output that could not be written; stdout then points at /dev/null, so that the interpreter's
+    last flush of what is still buffered cannot print a second message."""
+    sys.stderr.write(f"{PROG}{command}: error: cannot write {what}to stdout: {one_line(error)}\n")
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 2
 
 
 def _stdout_open() -> bool:

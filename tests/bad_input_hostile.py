@@ -462,6 +462,9 @@ HOSTILE_CASES = [
     Case("hostile-export-pruned-json-class-out-of-range", ("export", "--model-dir", "{w}/model-class-99", "--out", "{s}/m.onnx", "--precision", "int8"), r"model-class-99/pruned\.json names its task wrongly: class ids 99 out of range"),
     Case("hostile-pool-task-dataset-not-its-keys", ("pool", "list", "--pool", "{w}/other-dataset.sqlite"), r"names dataset 'cifar100', not the fashion-mnist of its key; the database is damaged"),
     Case("hostile-deploy-budget-holds-no-model", (*DEPLOY, *DEPLOY_POOL, "--profile", "{w}/profile-tiny-memory.yaml", "--out", "{s}/out"), r"memory_budget 1\.0 KiB holds no model: .*raise memory_budget in the profile"),
+    Case("hostile-adapt-classes-negative", (*ADAPT[:7], "--classes", "-1,2", *FAST), r"argument --classes: expected one argument; a value that starts with '-' goes after '=', as in --classes=-1,2"),
+    Case("hostile-connection-workdir-takes-no-files", (*LOCAL_BENCH, "--connection", "{{workdir: /proc/self}}"), r"cannot write in work dir /proc/self: .*set connection\.workdir to a folder this user can write"),
+    Case("hostile-runtime-describe-input-too-large", ("describe", "--model", "{w}/huge-input.onnx", "--data", "{w}/device-images"), r"out of memory \(.*\): use a model with a smaller input", runtime=True),
     Case("hostile-runtime-probe-a-classifier", ("probe", "--models", "{w}/tiny.onnx", "--data", "{w}/device-images"), r"classifier: probe needs a feature graph", runtime=True),
     Case("hostile-runtime-probe-a-model-twice", ("probe", "--models", "{w}/tiny.onnx", "{w}/tiny.onnx", "--data", "{w}/device-images"), r"probe was given \S+tiny\.onnx more than once: name each model once", runtime=True),
 ]  # fmt: skip

@@ -659,8 +659,13 @@ def test_a_failed_block_removes_only_what_it_made(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "argv",
-    [["-m", "edge_smsp_runtime", "info"], ["-m", "edge_smsp", "models"]],
-    ids=["runtime-info", "host-models"],
+    [
+        ["-m", "edge_smsp_runtime", "info"],
+        ["-m", "edge_smsp", "models"],
+        ["-m", "edge_smsp", "--version"],
+        ["-m", "edge_smsp_runtime", "--version"],
+    ],
+    ids=["runtime-info", "host-models", "host-version", "runtime-version"],
 )
 def test_closed_stdout_is_one_line_exit_2(argv: list[str], tmp_path: Path) -> None:
     """Started with stdout closed (`>&-`), Python sets sys.stdout to None: said in one line, not a traceback."""

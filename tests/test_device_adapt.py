@@ -171,6 +171,8 @@ def test_device_adapts_over_ssh_on_python_36_and_no_image_leaves_it(
         report = deploy_on_device(_request(profile, pool, backbone, device_data, tmp_path / "out", record))
     payload = json.loads(json.dumps(report.to_dict()))
     assert payload == json.loads((tmp_path / "out" / "deploy_report.json").read_text())
+    page = (tmp_path / "out" / "deploy_report.html").read_text()  # as every deploy writes it (README)
+    assert "<svg" in page and "jetson_nano" in page
     assert payload["adapted_on"] == "device" and payload["device_stack"]["python_version"].startswith("3.6.")
     assert payload["opset"] == 15 and payload["method"] == "smsp" and payload["extra"]["init"] == "pool"
     assert payload["class_names"] == ["coat", "pullover", "tshirt"] and payload["trainable_blocks"] == 2
@@ -328,16 +330,19 @@ def test_bad_input_exits_2_in_one_line(
         ("probe", 's/"nearest_mean_accuracy": [0-9.e+-]+/"nearest_mean_accuracy": 7.5/',
          "probe reply is not plausible: scores[0].nearest_mean_accuracy 7.5"),
         ("adapt", 's/"accuracy": [0-9.e+-]+/"accuracy": 42/', "adapt reply is not plausible: accuracy 42"),
+        ("adapt", 's/"train_images": [0-9]+/"train_images": 0/', "says it trained on 0 images, but its scan found"),
+        ("scan", 's/"pullover"/"..\\/etc"/', "adapt reply names classes ['coat', 'pullover', 'tshirt'], but its scan"),
     ],
 )  # fmt: skip
-def test_a_device_reporting_an_accuracy_above_one_is_refused(
+def test_a_device_reply_that_no_run_gives_is_refused(
     stage: str, pattern: str, fragment: str, device_python: str, tiny_pool: Path, device_data: Path,
     backbone: Any, tmp_path: Path,
 ) -> None:  # fmt: skip
-    lying = tmp_path / "python"
+    lying = tmp_path / "python"  # the real runtime, its reply to `stage` rewritten
     lying.write_text(
         f'#!/bin/sh\nout=$("{device_python}" "$@"); rc=$?\n'
-        f"printf '%s\\n' \"$out\" | sed -E '{pattern}'\nexit $rc\n"
+        f'case " $* " in *" {stage} "*) printf \'%s\\n\' "$out" | sed -E \'{pattern}\' ;; *) printf \'%s\\n\' "$out" ;; esac\n'
+        "exit $rc\n"
     )
     lying.chmod(0o755)
     profile = with_connection(
@@ -345,7 +350,7 @@ def test_a_device_reporting_an_accuracy_above_one_is_refused(
     )
     with Pool(tiny_pool) as pool, pytest.raises(TransportError) as raised:
         deploy_on_device(_request(profile, pool, backbone, device_data, tmp_path / "out"))
-    assert fragment in str(raised.value) and "\n" not in str(raised.value)
+    assert fragment in str(raised.value) and "\n" not in str(raised.value), str(raised.value)
     assert not (tmp_path / "out").exists()
 
 

@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    if sys.stdout is None:  # started with stdout closed: say so before any work (help and --version included)
+        print("edge-smsp: error: stdout is closed; run it with stdout open", file=sys.stderr)
+        return 2
     try:
         try:
             args = parser.parse_args(argv)
@@ -41,9 +44,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             return int(stop.code or 0)
     except OSError as error:  # help or the version could not be printed (stdout on a full device)
         print(f"edge-smsp: error: {one_line(os_error_line(error))}", file=sys.stderr)
-        return 2
-    if sys.stdout is None:  # started with stdout closed: say so before any work, not in a traceback after it
-        print("edge-smsp: error: stdout is closed; run it with stdout open", file=sys.stderr)
         return 2
     # SIGTERM unwinds like Ctrl-C, so that every `finally` runs: device work is stopped, temporaries removed.
     with unwind_on_signals() as received, escaped_stdout():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -222,10 +223,20 @@ class OneLineParser(argparse.ArgumentParser):
         self.register("action", None, GivenOnce)
         self.register("action", "store", GivenOnce)
 
+    def parse_known_args(self, args: Any = None, namespace: Any = None) -> Any:
+        self._given = list(sys.argv[1:] if args is None else args)  # for error(): the words as typed
+        return super().parse_known_args(args, namespace)
+
     def _print_message(self, message: str, file: IO[str] | None = None) -> None:
         # argparse drops a failed write: help or the version on a full device would exit 0 with nothing shown.
         if message:
             (file or sys.stderr).write(message)
 
     def error(self, message: str) -> NoReturn:
+        option = re.fullmatch(r"argument (--[\w-]+)(?:/\S+)?: expected one argument", message)
+        given = getattr(self, "_given", [])
+        if option and option[1] in given[:-1]:
+            value = given[given.index(option[1]) + 1]
+            if value.startswith("-") and not value.startswith("--"):  # argparse took the value for an option
+                message += f"; a value that starts with '-' goes after '=', as in {option[1]}={value}"
         self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")

@@ -28,6 +28,7 @@ from edge_smsp.core.precisions import DEFAULT_PRECISION
 from edge_smsp.deploy import device_steps as device
 from edge_smsp.deploy import steps as stages
 from edge_smsp.deploy.bench import BenchSettings, run_bench
+from edge_smsp.deploy.html_report import HTML_NAME, write_html_report
 from edge_smsp.deploy.report import REPORT_NAME, DeployReport, write_json_atomically
 from edge_smsp.deploy.session import stage_timer
 from edge_smsp.device_runtime.adapt import DEFAULT_TRAINABLE_BLOCKS
@@ -171,6 +172,7 @@ def _deploy_on_device(
                 batch_size=chosen.batch_size, lr=chosen.lr, seed=config.seed, threads=request.profile.threads,
                 max_per_class=memory.max_per_class, tier=tier,
             )  # fmt: skip
+        device.check_adapt_reply(adapted, scanned)
         remote_model = str(adapted["out_path"])
         with stage("bench"):
             shipped = _Shipped(onnx_path=Path(remote_model), sha256=str(adapted["out_sha256"]))
@@ -245,7 +247,9 @@ def _deploy_on_device(
         device_train=tier,
         device_train_note=tier_note,
     )  # fmt: skip
-    write_json_atomically(request.out_dir / REPORT_NAME, report.to_dict())
+    payload = report.to_dict()
+    write_json_atomically(request.out_dir / REPORT_NAME, payload)
+    write_html_report(request.out_dir / HTML_NAME, [payload])
     return report
 
 

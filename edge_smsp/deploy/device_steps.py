@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from edge_smsp.core.documents import shown
 from edge_smsp.core.errors import DataError, TransportError
 from edge_smsp.core.plausible import fraction_problem
 from edge_smsp.data.tasks import ImageTensorDataset, Task
@@ -90,6 +91,23 @@ def scan(transport: Transport, data: DeviceData, log: DeviceLog, seed: int) -> d
     if len(report.get("classes") or []) < 2:
         raise DataError(f"{data.path} on the device: need at least two classes")
     return report
+
+
+def check_adapt_reply(adapted: dict[str, Any], scanned: dict[str, Any]) -> None:
+    """TransportError when the device's adapt reply contradicts its own scan of the folder: other classes, or
+    more training images than the folder holds (or none)."""
+    if adapted.get("classes") != scanned.get("classes"):
+        raise TransportError(
+            f"the device's adapt reply names classes {shown(adapted.get('classes'))}, but its scan found "
+            f"{shown(scanned.get('classes'))}; check the device's Python, then run again"
+        )
+    held = sum(int(count) for count in scanned.get("train_counts") or ())
+    trained = adapted.get("train_images")
+    if isinstance(trained, bool) or not isinstance(trained, int) or not 1 <= trained <= held:
+        raise TransportError(
+            f"the device's adapt reply says it trained on {shown(trained)} images, but its scan found {held} "
+            "training images; check the device's Python, then run again"
+        )
 
 
 def described_task(

@@ -79,10 +79,8 @@ def save_pruned(model: nn.Module, out_dir: str | os.PathLike[str], meta: Mapping
     try:
         save_file(state, str(staging / WEIGHTS_FILE), metadata={"format": "pt"})
         (staging / META_FILE).write_text(text + "\n", encoding="utf-8")
-        for name in (
-            WEIGHTS_FILE,
-            META_FILE,
-        ):  # safetensors writes 0600; a saved model is an ordinary shared file
+        # safetensors writes 0600; a saved model is an ordinary shared file.
+        for name in (WEIGHTS_FILE, META_FILE):
             os.chmod(staging / name, 0o644)
         os.chmod(staging, 0o755)  # mkdtemp makes it private; the saved model is an ordinary directory
         if not out.exists():

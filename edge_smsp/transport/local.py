@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -60,6 +61,15 @@ class LocalTransport(Transport):
                     " to a folder"
                 ) from None
             raise TransportError(f"cannot create work dir {workdir}: {error.strerror or error}") from None
+        try:  # a folder that exists but takes no files (/proc/self): said now, not as a failed copy later
+            handle, probe = tempfile.mkstemp(prefix=".edge-smsp-probe.", dir=workdir)
+            os.close(handle)
+            os.unlink(probe)
+        except OSError as error:
+            raise TransportError(
+                f"cannot write in work dir {workdir}: {error.strerror or error}; set connection.workdir to a folder "
+                "this user can write"
+            ) from None
         return str(workdir.resolve())
 
     def _run(self, argv: list[str], timeout: float, cwd: str | None = None) -> RemoteResult:

@@ -372,20 +372,19 @@ def run_command(args: argparse.Namespace) -> Dict[str, Any]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse, run, print one JSON report; any error is one line on stderr and exit 2."""
+    if not _stdout_open():  # checked before any work (help and --version included): nowhere to put the output
+        sys.stderr.write(f"{PROG}: error: stdout is closed; run it with stdout open\n")
+        return 2
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as stop:
-        if (
-            not stop.code and sys.stdout is not None
-        ):  # help or the version, buffered: a full device fails here
+        # Help or the version, buffered: a full device fails here.
+        if not stop.code and sys.stdout is not None:
             try:
                 sys.stdout.flush()
             except OSError as error:
                 return _stdout_failed(error)
         raise
-    if not _stdout_open():  # checked before any work: the report would have nowhere to go
-        sys.stderr.write(f"{PROG} {args.command}: error: stdout is closed; run it with stdout open\n")
-        return 2
     try:
         report = run_command(args)
     except RuntimeToolError as error:
@@ -394,6 +393,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         sys.stderr.write(f"{PROG} {args.command}: interrupted\n")
         return 130
+    except MemoryError as error:  # numpy's message says how much; what to change is ours to say
+        sys.stderr.write(
+            f"{PROG} {args.command}: error: out of memory ({one_line(error) or 'an allocation failed'}): use a model "
+            "with a smaller input, or fewer images\n"
+        )
+        return 2
     except (
         Exception
     ) as error:  # the contract is one line and exit 2, even for bugs; set the variable to debug

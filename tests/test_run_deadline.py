@@ -15,7 +15,7 @@ from tests.tiny_onnx import endless_loop
 
 RUNTIME = Path(__file__).resolve().parents[1] / "runtime"
 sys.path.insert(0, str(RUNTIME))
-from edge_smsp_runtime.deadline import RunDeadline  # noqa: E402
+from edge_smsp_runtime.deadline import RunDeadline, first_run_factor  # noqa: E402
 from edge_smsp_runtime.errors import RuntimeToolError  # noqa: E402
 from edge_smsp_runtime.model import open_model  # noqa: E402
 
@@ -32,6 +32,20 @@ def test_a_loop_that_never_ends_is_stopped_and_the_session_reports_it(tmp_path: 
     )
     with RunDeadline(session, 0.3, "bench", "loop.onnx") as deadline, stopped:
         deadline.run({"image": image})
+
+
+def test_the_first_run_gets_twice_the_limit_and_engines_that_build_plans_five_times(tmp_path: Path) -> None:
+    session = _session(endless_loop(tmp_path / "loop.onnx"))
+    image = np.zeros((1, 3, 8, 8), np.float32)
+    stopped = pytest.raises(
+        RuntimeToolError,
+        match=r"the first inference ran over 0\.6 s and was stopped \(--run-timeout 0\.3; the first run gets 2 "
+        r"times it on CPUExecutionProvider\)",
+    )
+    with RunDeadline(session, 0.3, "bench", "loop.onnx") as deadline, stopped:
+        deadline.run({"image": image}, first=True)
+    assert first_run_factor(["TensorrtExecutionProvider", "CUDAExecutionProvider"]) == 5
+    assert first_run_factor(["CUDAExecutionProvider", "CPUExecutionProvider"]) == 2
 
 
 def test_runs_within_the_limit_return_the_engines_outputs(tmp_path: Path) -> None:
@@ -56,6 +70,8 @@ def test_an_engine_that_cannot_stop_ends_the_process_in_one_line(tmp_path: Path)
         class Stuck(Session):
             def run(self, feeds):
                 time.sleep(60)
+            def providers(self):
+                return ["CPUExecutionProvider"]
         deadline.RunDeadline(Stuck(), 0.3, "infer", "stuck.onnx").run({{}})
         print("returned")
         """
@@ -65,6 +81,6 @@ def test_an_engine_that_cannot_stop_ends_the_process_in_one_line(tmp_path: Path)
     assert done.stdout == ""
     assert done.stderr.splitlines() == [
         "edge-smsp-runtime infer: error: stuck.onnx: one inference ran over 0.3 s and was stopped "
-        "(--run-timeout 0.3; the first run gets 5 times it); the model may loop without end: raise "
+        "(--run-timeout 0.3; the first run gets 2 times it on CPUExecutionProvider); the model may loop without end: raise "
         "--run-timeout if it is only slow"
     ]

@@ -19,6 +19,7 @@ import paramiko
 import pytest
 
 from edge_smsp.core.errors import DeviceStackError, TransportError
+from edge_smsp.deploy.bench import BenchSettings
 from edge_smsp.devices.profiles import ConnectionSpec
 from edge_smsp.transport import LocalTransport, Transport, open_transport
 from edge_smsp.transport.base import TEMP_PREFIX, runtime_files
@@ -74,8 +75,19 @@ def test_run_runtime_bench_uses_the_pushed_runtime(transport: Transport, model: 
     }
     for local_file, remote_name in shipped:
         assert sha256(Path(transport.workdir) / remote_name) == sha256(local_file)
+    assert transport.runtime_start_seconds is None
+    started = time.monotonic()
     report = transport.run_runtime(
         ["bench", "--model", remote, "--runs", "20", "--min-seconds", "0"], timeout=60
+    )
+    start_up = transport.runtime_start_seconds
+    assert start_up is not None and 0 < start_up <= time.monotonic() - started
+    # A measured start-up shortens a later bench's deadline, except on an engine that builds plans at its first run.
+    settings = BenchSettings()
+    assert settings.timeout_after(start_up, ["CPUExecutionProvider"]) < settings.timeout
+    assert (
+        settings.timeout_after(start_up, ["TensorrtExecutionProvider", "CPUExecutionProvider"])
+        == settings.timeout
     )
     assert report["runtime_path"] == os.path.join(runtime_dir, "edge_smsp_runtime")
     assert report["model_sha256"] == sha256(model)

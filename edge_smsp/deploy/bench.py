@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,12 @@ MAX_BENCH_SECONDS = 3600.0
 # The device's share of a bench before and around its timed runs: importing numpy and onnxruntime, creating
 # the session and the first inference (minutes on an emulated ARM board), plus the report's way back.
 BENCH_STARTUP_SECONDS = 300.0
+# Once the device has run a runtime command (its `info`), start-up is known: a bench gets a minute plus five times
+# that, so a device that hangs only in bench is reported in about a minute and a half, not five. TensorRT keeps
+# the full allowance: its first run builds an engine (minutes on a Jetson) however fast the device starts.
+MIN_BENCH_STARTUP_SECONDS = 60.0
+BENCH_STARTUP_FACTOR = 5.0
+ENGINE_BUILDING_PROVIDERS = ("TensorrtExecutionProvider",)
 CPU_PROVIDER = "CPUExecutionProvider"
 RUN_SECONDS_CEILING = 2.0  # one inference of any model a board of this project runs (emulated ARM: ~1.2 s)
 
@@ -52,7 +59,14 @@ class BenchSettings:
     def timeout(self) -> float:
         """The deadline of the bench command, derived from its work: start-up, the seconds asked for, and
         every warm-up and timed run at the slowest a device runs one."""
-        return BENCH_STARTUP_SECONDS + self.min_seconds + (self.warmup + self.runs) * RUN_SECONDS_CEILING
+        return self.timeout_after(None, ())
+
+    def timeout_after(self, start_seconds: float | None, providers: Sequence[str]) -> float:
+        """The bench's deadline on a device whose runtime starts in `start_seconds` (None: not measured yet)."""
+        startup = BENCH_STARTUP_SECONDS
+        if start_seconds is not None and not set(providers) & set(ENGINE_BUILDING_PROVIDERS):
+            startup = min(startup, MIN_BENCH_STARTUP_SECONDS + BENCH_STARTUP_FACTOR * start_seconds)
+        return startup + self.min_seconds + (self.warmup + self.runs) * RUN_SECONDS_CEILING
 
     def runtime_args(self, model_path: str, profile: DeviceProfile) -> list[str]:
         """`python -m edge_smsp_runtime` arguments benchmarking model_path with the profile's session options."""
@@ -95,7 +109,8 @@ def run_bench(
     settings: BenchSettings,
 ) -> DeviceRun:
     """Benchmark the uploaded model (its SHA-256 checked against the runtime's) with the profile's options."""
-    measured = transport.run_runtime(settings.runtime_args(remote_model, profile), timeout=settings.timeout)
+    timeout = settings.timeout_after(transport.runtime_start_seconds, profile.providers)
+    measured = transport.run_runtime(settings.runtime_args(remote_model, profile), timeout=timeout)
     if measured.get("model_sha256") != exported.sha256:
         raise TransportError(
             f"the device benchmarked a file whose SHA-256 differs from {exported.onnx_path}; upload again"
@@ -271,7 +286,8 @@ def bench_model(
         )
         check_device_stack(info, profile, opset)
         remote = transport.upload(path, f"models/{digest[:16]}.onnx")
-        report = transport.run_runtime(bench.runtime_args(remote, profile), timeout=bench.timeout)
+        timeout = bench.timeout_after(transport.runtime_start_seconds, profile.providers)
+        report = transport.run_runtime(bench.runtime_args(remote, profile), timeout=timeout)
     if report.get("model_sha256") != digest:
         raise TransportError(f"the device benchmarked a different file than {path} (SHA-256 mismatch)")
     check_report_values(report)

@@ -212,6 +212,9 @@ class Transport(ABC):
         self._runtime_pushed = False
         self._workdir: str | None = None
         self._python_hung = False  # the device's Python ran past a timeout once: cleanup does not wait again
+        self.runtime_start_seconds: float | None = (
+            None  # the quickest runtime command yet: its start-up at most
+        )
         self.bytes = ByteCount()
 
     # Primitives of each transport.
@@ -263,8 +266,7 @@ class Transport(ABC):
         self.bytes.add(FROM_DEVICE, "stderr", result.stderr.encode("utf-8"))
         return result
 
-    def list_names(self, remote_dir: str) -> list[str]:
-        """The names in a device directory, counted as bytes from the device."""
+    def list_names(self, remote_dir: str) -> list[str]:  # counted as bytes from the device
         names = self._list_names(remote_dir)
         self.bytes.add(FROM_DEVICE, "listing", "\0".join(names).encode("utf-8"))
         return names
@@ -303,8 +305,7 @@ class Transport(ABC):
         return self._retrying("upload", lambda: self._upload_once(plan))
 
     def upload_cached(self, files: list[tuple[Path, str]]) -> list[str]:
-        """Upload only the files the device lacks (content-addressed names: the same SHA-256 there is a cache
-        hit); returns every file's device path."""
+        """Upload only the files the device lacks (same SHA-256 there: a hit); returns every file's device path."""
         paths = [(Path(local), self.remote_path(name), sha256_file(Path(local))) for local, name in files]
         args = [word for _, remote, digest in paths for word in (remote, digest)]
         result = self.run([self.python, "-c", python_snippet(_PRESENT), *args], DEFAULT_TIMEOUT)
@@ -358,7 +359,10 @@ class Transport(ABC):
         runtime_dir = (
             self.push_runtime() if not self._runtime_pushed else posixpath.join(self.workdir, "runtime")
         )
+        started = time.monotonic()
         result = self.run([self.python, "-c", _RUN_RUNTIME, runtime_dir, *args], timeout, cwd=self.workdir)
+        took = time.monotonic() - started
+        self.runtime_start_seconds = min(took, self.runtime_start_seconds or took)
         report = self._json_or_none(result.stdout) if result.rc == 0 else None
         if not isinstance(report, dict):
             self._check_python_runs(result)

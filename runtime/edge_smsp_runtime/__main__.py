@@ -10,7 +10,7 @@ from typing import Any, Callable, Dict, Optional, Sequence
 
 from . import __version__
 from .backends import DEFAULT_BACKEND, backend_names
-from .deadline import DEFAULT_RUN_TIMEOUT, FIRST_RUN_FACTOR
+from .deadline import DEFAULT_RUN_TIMEOUT, FIRST_RUN_FACTOR, PLAIN_FIRST_RUN_FACTOR
 from .errors import PROG, RuntimeToolError, one_line
 
 
@@ -119,8 +119,8 @@ def _add_session_options(parser: argparse.ArgumentParser) -> None:
         "--run-timeout",
         type=_number_in(0.1, 86400.0),
         default=DEFAULT_RUN_TIMEOUT,
-        help=f"seconds one inference may take before it is stopped (the first: {FIRST_RUN_FACTOR} times it; "
-        "default: %(default)g)",
+        help=f"seconds one inference may take before it is stopped (the first: {PLAIN_FIRST_RUN_FACTOR} times it, "
+        f"{FIRST_RUN_FACTOR} on TensorRT, which builds its engine then; default: %(default)g)",
     )
     parser.add_argument(
         "--precision",

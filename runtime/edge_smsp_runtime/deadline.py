@@ -10,8 +10,19 @@ from .backends.base import Session
 from .errors import PROG, RuntimeToolError
 
 DEFAULT_RUN_TIMEOUT = 60.0  # seconds: far above any model a board of this project runs (emulated ARM: ~1.2 s)
-FIRST_RUN_FACTOR = 5  # the first run also builds an engine's kernels or plans (TensorRT), so it gets longer
+# The first run gets longer: it also builds an engine's kernels or plans. TensorRT builds whole engines (minutes
+# for a large model on a Jetson); other providers only pick kernels.
+FIRST_RUN_FACTOR = 5
+ENGINE_BUILDING_PROVIDERS = ("TensorrtExecutionProvider",)
+PLAIN_FIRST_RUN_FACTOR = 2
 STOP_GRACE_SECONDS = 10.0  # how long a stopped engine may take to return before the process gives up on it
+
+
+def first_run_factor(providers: List[str]) -> float:
+    """How many times --run-timeout the first inference may take on a session running on `providers`."""
+    if any(provider in ENGINE_BUILDING_PROVIDERS for provider in providers):
+        return FIRST_RUN_FACTOR
+    return PLAIN_FIRST_RUN_FACTOR
 
 
 class RunDeadline:
@@ -22,6 +33,9 @@ class RunDeadline:
     def __init__(self, session: Session, seconds: float, command: str, what: str) -> None:
         self._session = session
         self._seconds = seconds
+        providers = session.providers()
+        self._first_factor = first_run_factor(providers)
+        self._provider = providers[0] if providers else "this engine"
         self._command = command
         self._what = what
         # Written by the running thread, read by the watcher: plain attribute stores are atomic in CPython, so
@@ -38,8 +52,8 @@ class RunDeadline:
         which = "the first inference" if limit > self._seconds else "one inference"
         return (
             f"{self._what}: {which} ran over {limit:g} s and was stopped (--run-timeout {self._seconds:g}; the "
-            f"first run gets {FIRST_RUN_FACTOR} times it); the model may loop without end: raise --run-timeout "
-            "if it is only slow"
+            f"first run gets {self._first_factor:g} times it on {self._provider}); the model may loop without end: "
+            "raise --run-timeout if it is only slow"
         )
 
     def _watch(self) -> None:
@@ -64,7 +78,7 @@ class RunDeadline:
 
     def run(self, feeds: Dict[str, Any], first: bool = False) -> List[Any]:
         """The session's outputs for `feeds`, or RuntimeToolError when the run passed its limit."""
-        self._limit = self._seconds * (FIRST_RUN_FACTOR if first else 1)
+        self._limit = self._seconds * (self._first_factor if first else 1)
         self._run_number += 1
         self._run_started = time.monotonic()
         try:

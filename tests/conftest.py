@@ -16,5 +16,6 @@ def _torch_threads():
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The emulated ARM board's tests run last (in their order): CI builds its root beside the rest (.ci/run)."""
+    """The emulated ARM board's tests run last, in their order (their modules hold nothing else, so parallel workers,
+    which take whole modules, also take them last): CI builds its root beside the rest (.ci/run)."""
     items.sort(key=lambda item: item.get_closest_marker("arm") is not None)

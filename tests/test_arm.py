@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 from edge_smsp.cli import main
 from edge_smsp.deploy.steps import CALIBRATION_RATIOS
@@ -23,6 +24,7 @@ from edge_smsp.export.onnx_export import export_onnx
 from edge_smsp.models import zoo
 from edge_smsp.transport import open_transport
 from tests.required import skip_or_fail
+from tests.test_precision_deploy import _deploy_argv
 
 pytestmark = pytest.mark.arm  # everything here is about the emulated device
 
@@ -180,3 +182,26 @@ def test_without_root_the_script_refuses_in_one_line_that_the_fixture_recognises
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and CANNOT_EMULATE[0] in result.stderr
     assert not (tmp_path / "cache").exists()
+
+
+def test_an_int8_model_deploys_to_the_emulated_arm64_board(tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    # Here, not in test_precision_deploy.py: the board's tests run together, last (parallel workers take whole
+    # modules; CI builds the board's root beside the rest).
+    env = dict(os.environ, EDGE_SMSP_ARM_INSTANCE=f"pytest-int8-{os.getpid()}")
+    started = subprocess.run(
+        ["bash", str(SCRIPT), "start"], env=env, capture_output=True, text=True, timeout=1800
+    )
+    if started.returncode != 0:
+        skip_or_fail(f"no emulated ARM64 device here: {started.stderr.strip()[-300:]}")
+    try:
+        profile = tmp_path / "pi5.yaml"
+        profile.write_text(started.stdout)
+        connection = tmp_path / "connection.yaml"
+        connection.write_text(yaml.safe_dump(yaml.safe_load(started.stdout)["connection"]))
+        assert main(_deploy_argv(str(profile), connection, tmp_path / "out", tmp_path / "p.sqlite")) == 0
+        report = json.loads(capsys.readouterr().out)
+    finally:
+        subprocess.run(["bash", str(SCRIPT), "stop"], env=env, capture_output=True, timeout=120)
+    assert report["device_stack"]["machine"] == "aarch64"
+    assert report["precision"] == report["measured"]["precision"] == "int8"
+    assert report["measured"]["model_sha256"] == report["onnx_sha256"]

@@ -15,7 +15,28 @@ def _torch_threads():
     torch.set_num_threads(previous)
 
 
+# The modules with the longest tests (measured: minutes each, one thread), longest first. They start first, so that
+# parallel workers (scripts/test.sh), which take whole modules, end together instead of one waiting on the other.
+LONGEST_MODULES = (
+    "test_benchmarks",
+    "test_ray_build",
+    "test_bad_input",
+    "test_deploy",
+    "test_smsp",
+    "test_export",
+    "test_device_adapt",
+    "test_build_claims",
+    "test_precision_deploy",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """The emulated ARM board's tests run last, in their order (their modules hold nothing else, so parallel workers,
-    which take whole modules, also take them last): CI builds its root beside the rest (.ci/run)."""
-    items.sort(key=lambda item: item.get_closest_marker("arm") is not None)
+    """The longest modules first; the emulated ARM board's tests last, in their order (their modules hold nothing
+    else, so workers also take them last): CI builds the board's root beside the rest (.ci/run)."""
+
+    def order(item: pytest.Item) -> tuple[bool, int]:
+        module = item.path.stem
+        rank = LONGEST_MODULES.index(module) if module in LONGEST_MODULES else len(LONGEST_MODULES)
+        return item.get_closest_marker("arm") is not None, rank
+
+    items.sort(key=order)

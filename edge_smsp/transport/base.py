@@ -212,9 +212,7 @@ class Transport(ABC):
         self._runtime_pushed = False
         self._workdir: str | None = None
         self._python_hung = False  # the device's Python ran past a timeout once: cleanup does not wait again
-        self.runtime_start_seconds: float | None = (
-            None  # the quickest runtime command yet: its start-up at most
-        )
+        self.runtime_start_seconds: float | None = None  # the quickest runtime command yet: start-up at most
         self.bytes = ByteCount()
 
     # Primitives of each transport.

@@ -12,6 +12,7 @@ from edge_smsp.core.documents import shown
 from edge_smsp.core.errors import ModelError, TransportError, error_text
 from edge_smsp.core.paths import safe_text
 from edge_smsp.core.plausible import MAX_MS, implausible_value
+from edge_smsp.device_runtime.deadline import ENGINE_BUILDING_PROVIDERS
 from edge_smsp.device_runtime.model import read_opsets
 from edge_smsp.device_runtime.precision import model_precision
 from edge_smsp.devices.profiles import DeviceProfile, load_profile
@@ -33,7 +34,6 @@ BENCH_STARTUP_SECONDS = 300.0
 # the full allowance: its first run builds an engine (minutes on a Jetson) however fast the device starts.
 MIN_BENCH_STARTUP_SECONDS = 60.0
 BENCH_STARTUP_FACTOR = 5.0
-ENGINE_BUILDING_PROVIDERS = ("TensorrtExecutionProvider",)
 CPU_PROVIDER = "CPUExecutionProvider"
 RUN_SECONDS_CEILING = 2.0  # one inference of any model a board of this project runs (emulated ARM: ~1.2 s)
 

@@ -210,3 +210,81 @@ def test_a_job_too_big_for_this_machines_memory_is_refused_before_any_work(capsy
     # What fits is not refused: the same prune at 32 px.
     code, _, stderr = run_cli(capsys, *args, "--image-size", "32", "--out", str(out))
     assert code == 0, stderr
+
+
+def test_an_address_space_limit_below_what_a_job_maps_is_refused_before_any_work(tmp_path):
+    """Under `ulimit -v` a torch job died wherever its first mapping failed (an import's traceback, or OpenBLAS
+    exiting the process with --out left behind): it is now refused in one line before any work."""
+    import resource
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (3 * 1024**3, 3 * 1024**3))
+
+    out = tmp_path / "out"
+    commands = {
+        "export": ["export", "--model-dir", str(tmp_path), "--out", str(out / "m.onnx")],
+        "prune": [
+            "prune",
+            "--model",
+            "resnet18",
+            "--criterion",
+            "magnitude",
+            "--ratio",
+            "0.5",
+            "--out",
+            str(out),
+        ],
+        "adapt": ["adapt", "--classes", "0,1", "--method", "magnitude", "--ratio", "0.5", "--out", str(out)],
+        "deploy": ["deploy", "--ratio", "0.5", "--out", str(out)],
+        "pool build --ray": [
+            "pool",
+            "build",
+            "--pool",
+            str(out / "p.sqlite"),
+            "--tasks",
+            "1",
+            "--ratio",
+            "0.5",
+            "--ray",
+        ],
+    }
+    for job, argv in commands.items():
+        run = subprocess.run(
+            [sys.executable, "-m", "edge_smsp", *argv], capture_output=True, text=True, preexec_fn=limited
+        )
+        assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+        assert f"limit (ulimit -v) is 3.00 GiB, and `edge-smsp {job}` maps about" in run.stderr
+        assert not out.exists()
+
+
+def test_the_address_space_estimate_grows_with_the_job(monkeypatch):
+    """What fits the limit is not refused (prune at 32 px maps ~3.4 GiB); 512 px adds its activations."""
+    from edge_smsp.models import zoo
+    from edge_smsp.training import host_memory
+
+    monkeypatch.setattr(host_memory, "address_space_limit", lambda: int(3.8 * host_memory.GIB))
+    model = zoo.load_backbone("efficientnet_lite0", pretrained=False, image_size=64)
+    host_memory.check_fits(host_memory.prune_bytes(model, 32), "prune", 32)
+    with pytest.raises(host_memory.PlanError, match=r"prune at 512 px maps about 4\.\d GiB .* \(ulimit -v\)"):
+        host_memory.check_fits(host_memory.prune_bytes(model, 512), "prune", 512)
+
+
+def test_an_allocation_that_fails_is_one_line_not_a_traceback(capsys, tmp_path, monkeypatch):
+    """torch's allocator (RuntimeError), numpy's (MemoryError): `out of memory (...)` and exit 2."""
+    import numpy as np
+
+    from edge_smsp.cli import model_commands
+    from edge_smsp.core.address_space import is_memory_failure
+
+    def allocate_too_much(args):
+        torch.empty(2**50, dtype=torch.uint8)
+
+    with pytest.raises(MemoryError) as numpy_failure:
+        np.empty(2**50, dtype=np.uint8)
+    assert is_memory_failure(numpy_failure.value)
+    assert not is_memory_failure(RuntimeError("shape mismatch"))
+    monkeypatch.setattr(model_commands, "prune_command", allocate_too_much)
+    args = ["prune", "--model", "resnet18", "--criterion", "magnitude", "--ratio", "0.5"]
+    code, stdout, stderr = run_cli(capsys, *args, "--out", str(tmp_path / "out"))
+    assert code == 2 and stdout == "" and stderr.count("\n") == 1, stderr
+    assert stderr.startswith("edge-smsp: error: out of memory (") and "can't allocate memory" in stderr

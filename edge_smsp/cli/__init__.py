@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from edge_smsp.cli import adapt_commands, deploy_commands, model_commands, pool_commands
 from edge_smsp.cli.converters import OneLineParser
 from edge_smsp.cli.output import Terminated, escaped_stdout, one_line, unwind_on_signals
+from edge_smsp.core.address_space import is_memory_failure, memory_failure_line
 from edge_smsp.core.errors import EdgeSmspError
 from edge_smsp.core.version import __version__
 
@@ -68,6 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 message = "; ".join([str(error), *getattr(error, "__notes__", ())])
                 print(f"edge-smsp: error: {one_line(message)}", file=sys.stderr)
                 return error.exit_code
+            if is_memory_failure(error):  # torch's allocator, a library that could not be mapped: one line
+                print(f"edge-smsp: error: {one_line(memory_failure_line(error))}", file=sys.stderr)
+                return 2
             if isinstance(error, OSError):  # the disk filled, stdout is /dev/full or a closed pipe: one line
                 print(f"edge-smsp: error: {one_line(os_error_line(error))}", file=sys.stderr)
                 return 2

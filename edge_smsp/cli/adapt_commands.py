@@ -19,6 +19,7 @@ from edge_smsp.cli.args import (
 )
 from edge_smsp.cli.converters import out_dir_arg
 from edge_smsp.cli.output import print_json, show_progress
+from edge_smsp.core.address_space import check_address_space
 from edge_smsp.core.paths import safe_text
 from edge_smsp.training.recipe import ADAPT_BATCH_SIZE
 
@@ -47,6 +48,7 @@ def register(subcommands: argparse._SubParsersAction) -> None:
 
 def run_adapt(args: argparse.Namespace) -> int:
     check_task_args(args)  # bad input (the classes, the data's files, the pool) fails before torch loads
+    check_address_space("adapt")
     pool = open_pool_for(args, args.method)
     try:
         if args.add_to_pool and pool is not None:

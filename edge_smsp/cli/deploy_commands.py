@@ -37,10 +37,11 @@ from edge_smsp.cli.precision_output import (
     add_max_int8_drop_argument,
     describe_precision,
     describe_precision_export,
+    export_payload,
     export_task_images,
     max_int8_drop,
-    truncation,
 )
+from edge_smsp.core.address_space import check_address_space
 from edge_smsp.core.errors import ExportError
 from edge_smsp.core.paths import safe_text
 from edge_smsp.core.precisions import FP32, INT8, PRECISIONS
@@ -93,6 +94,7 @@ def run_export(args: argparse.Namespace) -> int:
     model_dir: Path = args.model_dir
     if not model_dir.is_dir():
         raise ExportError(f"--model-dir {model_dir}: not a directory")
+    check_address_space("export")
     from edge_smsp.export.metadata import build_metadata, metadata_from_pruned
     from edge_smsp.export.onnx_export import check_replaceable, export_onnx
     from edge_smsp.models.pruned_model import load_pruned
@@ -128,7 +130,7 @@ def run_export(args: argparse.Namespace) -> int:
         dynamic_batch=args.dynamic_batch,
         opset=args.opset,
     )
-    checked = None
+    checked = fp32_result = None
     if args.precision != FP32:
         from edge_smsp.export.precision import export_precision, shipped_export
 
@@ -137,19 +139,7 @@ def run_export(args: argparse.Namespace) -> int:
         )
         fp32_result, result = result, shipped_export(result, checked)
     if args.json:
-        payload = result.to_dict()
-        payload["precision"] = FP32 if checked is None else checked.precision
-        if checked is not None:
-            payload.update(
-                precision_requested=checked.requested,
-                precision_gate=checked.gate.to_dict(),
-                fp32_accuracy=checked.fp32_accuracy,
-                accuracy=checked.accuracy,
-                agreement=checked.agreement,
-                fp32_onnx_path=str(fp32_result.onnx_path),
-                **truncation(checked.details),
-            )
-        print_json(payload)
+        print_json(export_payload(result, checked, fp32_result))
     elif checked is None:
         print(
             f"exported {result.onnx_path} ({result.size_bytes / 1024**2:.2f} MiB, opset {result.opset}, "
@@ -252,6 +242,7 @@ def run_deploy(args: argparse.Namespace) -> int:
     from edge_smsp.pool import Pool
 
     check_device_data_args(args)
+    check_address_space("deploy")
     if args.device_data is None and args.classes is None:
         args.classes = classes_arg(DEFAULT_CLASSES)
     if fleet_requested(args):

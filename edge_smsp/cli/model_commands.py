@@ -15,6 +15,7 @@ from edge_smsp.cli.args import (
 )
 from edge_smsp.cli.converters import out_dir_arg, ratio_arg
 from edge_smsp.cli.output import print_json
+from edge_smsp.core.address_space import check_address_space
 from edge_smsp.core.paths import safe_text
 from edge_smsp.criteria import criterion_names
 
@@ -70,6 +71,7 @@ def models_command(args: argparse.Namespace) -> int:
 
 def prune_command(args: argparse.Namespace) -> int:
     """Load the backbone, score its units, prune, save, print the summary."""
+    check_address_space("prune")  # before torch loads: under a low limit its import alone fails
     from edge_smsp.criteria import score_units
     from edge_smsp.models.prune import prune
     from edge_smsp.models.pruned_model import check_model_dir_replaceable, save_pruned

@@ -18,6 +18,7 @@ from edge_smsp.cli.args import (
 )
 from edge_smsp.cli.converters import MAX_ITERS, MAX_TASKS, int_in_range, nonempty_arg, path_arg, ratio_arg
 from edge_smsp.cli.output import print_json, show_progress
+from edge_smsp.core.address_space import check_address_space
 from edge_smsp.core.errors import NoPoolEntriesError, PruneError
 from edge_smsp.core.paths import safe_text
 from edge_smsp.criteria import SCRATCH, criterion_names
@@ -107,6 +108,7 @@ def run_build(args: argparse.Namespace) -> int:
             f"iterations after it; use --rounds {max(args.iters, 1)} or more --iters"
         )
     args.rounds = args.rounds or DEFAULT_ROUNDS
+    check_address_space("pool build" if args.ray is None else "pool build --ray")
     if args.ray is not None:  # before anything is loaded or written: a missing Ray or cluster is one line
         from edge_smsp.pool.build.ray_build import check_reachable, import_ray
 

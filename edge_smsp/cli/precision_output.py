@@ -50,12 +50,12 @@ def export_task_images(
             f"int8 needs calibration images: {model_dir / 'pruned.json'} names no dataset and classes (a model "
             "saved by adapt or deploy does); export --precision fp32 or fp16"
         )
-    count = known_class_count(str(dataset))
-    if count is not None:  # the ids come from the user's file, not from --classes: named as its problem
-        try:
+    try:  # the dataset and ids come from the user's file, not from --dataset or --classes: named as its problem
+        count = known_class_count(str(dataset))
+        if count is not None:
             check_classes(classes, count, str(dataset))
-        except DataError as error:
-            raise ExportError(f"{model_dir / 'pruned.json'} names its task wrongly: {error}") from None
+    except DataError as error:
+        raise ExportError(f"{model_dir / 'pruned.json'} names its task wrongly: {error}") from None
     task = load_task(
         str(dataset),
         [int(c) for c in classes],
@@ -65,6 +65,23 @@ def export_task_images(
         std=meta.get("std") or (meta.get("backbone_spec") or {}).get("std"),
     )
     return task_images(task)
+
+
+def export_payload(result: Any, checked: Any, fp32: Any) -> dict[str, Any]:
+    """`export --json`'s object: the shipped file, and for int8 or fp16 the check and the fp32 reference."""
+    payload = result.to_dict()
+    payload["precision"] = FP32 if checked is None else checked.precision
+    if checked is not None:
+        payload.update(
+            precision_requested=checked.requested,
+            precision_gate=checked.gate.to_dict(),
+            fp32_accuracy=checked.fp32_accuracy,
+            accuracy=checked.accuracy,
+            agreement=checked.agreement,
+            fp32_onnx_path=str(fp32.onnx_path),
+            **truncation(checked.details),
+        )
+    return payload
 
 
 def describe_precision_export(result: Any, checked: Any, fp32: Any) -> str:

@@ -16,11 +16,11 @@ from pathlib import Path
 
 from torch import nn
 
+from edge_smsp.core.address_space import GIB, JOB_ADDRESS_SPACE, address_space_limit
 from edge_smsp.core.errors import PlanError
 from edge_smsp.models.cost import measure_cost
 from edge_smsp.training.finetune import auto_micro_batch, chunk_count
 
-GIB = 1024**3
 PROBE_SIZE = 64
 BASE_BYTES = 1 * GIB  # torch, the backbone and the process itself
 PRUNE_COPIES = 5
@@ -74,12 +74,22 @@ def available_bytes(meminfo: str = MEMINFO) -> int | None:
 
 
 def check_fits(needed: int | None, what: str, image_size: int) -> None:
-    """PlanError (one line) when a job of `needed` bytes cannot fit in this machine's available memory."""
+    """PlanError (one line) when a job of `needed` bytes cannot fit in this machine's available memory, or in
+    the address space `ulimit -v` leaves it (what the job maps at its smallest, plus its resident growth)."""
+    if needed is None:
+        return
+    advice = "lower --image-size" + (" or --micro-batch" if what == "adapt" else "")
+    limit = address_space_limit()
+    mapped = JOB_ADDRESS_SPACE[what] + max(needed - BASE_BYTES, 0)
+    if limit is not None and mapped > limit:
+        raise PlanError(
+            f"{what} at {image_size} px maps about {mapped / GIB:.1f} GiB of address space, "
+            f"more than the {limit / GIB:.1f} GiB the limit (ulimit -v) allows; {advice}, or raise the limit"
+        )
     available = available_bytes()
-    if needed is None or available is None or needed <= available:
+    if available is None or needed <= available:
         return
     raise PlanError(
         f"{what} at {image_size} px needs about {needed / GIB:.1f} GiB of memory, more than the "
-        f"{available / GIB:.1f} GiB this machine has available; lower --image-size"
-        + (" or --micro-batch" if what == "adapt" else "")
+        f"{available / GIB:.1f} GiB this machine has available; {advice}"
     )

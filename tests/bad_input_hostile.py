@@ -290,6 +290,8 @@ HOSTILE_CASES = [
     Case("hostile-runtime-infer-int64-above-16-bit", (*RT_INFER, "{w}/int64-big.npy"), "integer pixels", runtime=True),
     Case("hostile-runtime-infer-int-negative", (*RT_INFER, "{w}/int-negative.npy"), "integer pixels", runtime=True),
     Case("hostile-runtime-infer-npy-bomb", (*RT_INFER, "{w}/bomb.npy"), "pixels", runtime=True),
+    Case("hostile-runtime-infer-npy-truncated", (*RT_INFER, "{w}/truncated.npy"), r"promises 3,000,000 bytes of pixels, the file holds 16 \(truncated or corrupt\)", runtime=True),
+    Case("hostile-runtime-infer-npy-flat-huge", (*RT_INFER, "{w}/flat-huge.npy"), r"expected an HxW, HxWxC or CxHxW image array, got shape \(1000000000000,\)", runtime=True),
     Case("hostile-runtime-infer-pgm-bomb", (*RT_INFER, "{w}/bomb.pgm"), "pixels", runtime=True),
     Case("hostile-runtime-infer-npy-objects", (*RT_INFER, "{w}/objects.npy"), "objects|pickle", runtime=True),
     Case("hostile-runtime-infer-escape-name", (*RT_INFER, "{w}/" + ESC + ".npy"), "not found", runtime=True),
@@ -698,6 +700,12 @@ def _runtime_inputs(world: Path) -> None:
             stream, {"descr": "|u1", "fortran_order": False, "shape": (100000, 100000)}
         )
         stream.write(bytes(16))
+    for name, shape in (("truncated", (1000, 1000, 3)), ("flat-huge", (10**12,))):  # headers the data belies
+        with open(world / f"{name}.npy", "wb") as stream:
+            np.lib.format.write_array_header_1_0(
+                stream, {"descr": "|u1", "fortran_order": False, "shape": shape}
+            )
+            stream.write(bytes(16))
     (world / "bomb.pgm").write_bytes(b"P5\n100000 100000\n255\n" + bytes(16))
     model = onnx.load(str(world / "tiny.onnx"))
     for stem, change in ONNX_METADATA_VARIANTS.items():

@@ -161,6 +161,7 @@ def test_a_measurement_no_benchmark_gives_is_neither_stored_nor_used(tmp_path: P
             ({"latency_p99_ms": 1e300}, "latency_p99_ms 1e+300"),
             ({"peak_rss_mib": -100.0}, "peak_rss_mib -100.0"),
             ({"latency_p90_ms": 0.5}, "latency statistics out of order"),
+            ({"macs": 0}, "macs 0 (a benchmarked model has more than 0)"),
         ):
             with pytest.raises(PoolError, match=re.escape(named)):
                 pool.add_measurement(DeviceMeasurement(**{**honest.__dict__, **lie}))
@@ -172,3 +173,6 @@ def test_a_measurement_no_benchmark_gives_is_neither_stored_nor_used(tmp_path: P
         caught.value
     )
     assert f"sqlite3 {path} 'DELETE FROM device_measurements WHERE id = {first}'" in str(caught.value)
+    sql(path, f"UPDATE device_measurements SET latency_p50_ms = 1, params = 0 WHERE id = {first}")
+    with Pool(path) as pool, pytest.raises(PoolError, match=f"measurement {first} .* params 0 "):
+        pool.measurements(device="board")

@@ -19,8 +19,9 @@ import paramiko
 import pytest
 
 from edge_smsp.core.errors import DeviceStackError, TransportError
-from edge_smsp.deploy.bench import BenchSettings
-from edge_smsp.devices.profiles import ConnectionSpec
+from edge_smsp.deploy.bench import BenchSettings, startup_allowance
+from edge_smsp.device_runtime.deadline import PLAIN_FIRST_RUN_FACTOR
+from edge_smsp.devices.profiles import ConnectionSpec, load_profile
 from edge_smsp.transport import LocalTransport, Transport, open_transport
 from edge_smsp.transport.base import TEMP_PREFIX, runtime_files
 from edge_smsp.transport.ssh import SshTransport, record_host_key, remote_command
@@ -89,6 +90,18 @@ def test_run_runtime_bench_uses_the_pushed_runtime(transport: Transport, model: 
         settings.timeout_after(start_up, ["TensorrtExecutionProvider", "CPUExecutionProvider"])
         == settings.timeout
     )
+    # The runtime's own limit stops a first inference that never ends (at twice --run-timeout) before the
+    # host's deadline does, so that the error names the model, not the device's Python.
+    cpu = ["CPUExecutionProvider"]
+    run_timeout = settings.run_timeout_after(start_up, cpu)
+    assert run_timeout is not None and start_up + PLAIN_FIRST_RUN_FACTOR * run_timeout < startup_allowance(
+        start_up, cpu
+    )
+    assert settings.run_timeout_after(start_up, ["TensorrtExecutionProvider"]) is None
+    assert settings.run_timeout_after(None, cpu) is None
+    args = BenchSettings(runs=3, min_seconds=0).runtime_args(remote, load_profile("localhost"), run_timeout)
+    assert args[args.index("--run-timeout") + 1] == repr(round(run_timeout, 1))
+    assert transport.run_runtime(args, timeout=60)["runs"] >= 3
     assert report["runtime_path"] == os.path.join(runtime_dir, "edge_smsp_runtime")
     assert report["model_sha256"] == sha256(model)
     assert report["runs"] >= 20 and report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]

@@ -12,7 +12,11 @@ from edge_smsp.core.documents import shown
 from edge_smsp.core.errors import ModelError, TransportError, error_text
 from edge_smsp.core.paths import safe_text
 from edge_smsp.core.plausible import MAX_MS, implausible_value
-from edge_smsp.device_runtime.deadline import ENGINE_BUILDING_PROVIDERS
+from edge_smsp.device_runtime.deadline import (
+    DEFAULT_RUN_TIMEOUT,
+    ENGINE_BUILDING_PROVIDERS,
+    PLAIN_FIRST_RUN_FACTOR,
+)
 from edge_smsp.device_runtime.model import read_opsets
 from edge_smsp.device_runtime.precision import model_precision
 from edge_smsp.devices.profiles import DeviceProfile, load_profile
@@ -35,7 +39,17 @@ BENCH_STARTUP_SECONDS = 300.0
 MIN_BENCH_STARTUP_SECONDS = 60.0
 BENCH_STARTUP_FACTOR = 5.0
 CPU_PROVIDER = "CPUExecutionProvider"
+# The runtime's start before its first inference and its report's way back, within the start-up share.
+REPORT_SECONDS = 10.0
 RUN_SECONDS_CEILING = 2.0  # one inference of any model a board of this project runs (emulated ARM: ~1.2 s)
+
+
+def startup_allowance(start_seconds: float | None, providers: Sequence[str]) -> float:
+    """The bench deadline's share for start-up, session and first inference on a device whose runtime starts
+    in `start_seconds` (None: not measured yet)."""
+    if start_seconds is None or set(providers) & set(ENGINE_BUILDING_PROVIDERS):
+        return BENCH_STARTUP_SECONDS
+    return min(BENCH_STARTUP_SECONDS, MIN_BENCH_STARTUP_SECONDS + BENCH_STARTUP_FACTOR * start_seconds)
 
 
 @dataclass(frozen=True)
@@ -63,12 +77,23 @@ class BenchSettings:
 
     def timeout_after(self, start_seconds: float | None, providers: Sequence[str]) -> float:
         """The bench's deadline on a device whose runtime starts in `start_seconds` (None: not measured yet)."""
-        startup = BENCH_STARTUP_SECONDS
-        if start_seconds is not None and not set(providers) & set(ENGINE_BUILDING_PROVIDERS):
-            startup = min(startup, MIN_BENCH_STARTUP_SECONDS + BENCH_STARTUP_FACTOR * start_seconds)
+        startup = startup_allowance(start_seconds, providers)
         return startup + self.min_seconds + (self.warmup + self.runs) * RUN_SECONDS_CEILING
 
-    def runtime_args(self, model_path: str, profile: DeviceProfile) -> list[str]:
+    @staticmethod
+    def run_timeout_after(start_seconds: float | None, providers: Sequence[str]) -> float | None:
+        """The runtime's --run-timeout, so that a first inference that never ends is stopped by the runtime
+        (which names the model) inside the start-up share of the deadline, not by the host (which cannot tell a
+        hung model from a hung device); None keeps the runtime's default."""
+        startup = startup_allowance(start_seconds, providers)
+        if start_seconds is None or startup >= BENCH_STARTUP_SECONDS:
+            return None
+        first_run = startup - start_seconds - REPORT_SECONDS
+        return max(1.0, min(float(DEFAULT_RUN_TIMEOUT), first_run / PLAIN_FIRST_RUN_FACTOR))
+
+    def runtime_args(
+        self, model_path: str, profile: DeviceProfile, run_timeout: float | None = None
+    ) -> list[str]:
         """`python -m edge_smsp_runtime` arguments benchmarking model_path with the profile's session options."""
         return [
             "bench",
@@ -89,6 +114,7 @@ class BenchSettings:
             *(["--precision", self.precision] if self.precision else []),
             # Only when batching: a runtime older than the flag still benches batch-1 models.
             *(["--batch-size", str(profile.batch_size)] if profile.batch_size > 1 else []),
+            *(["--run-timeout", repr(round(run_timeout, 1))] if run_timeout is not None else []),
         ]
 
 
@@ -109,8 +135,12 @@ def run_bench(
     settings: BenchSettings,
 ) -> DeviceRun:
     """Benchmark the uploaded model (its SHA-256 checked against the runtime's) with the profile's options."""
-    timeout = settings.timeout_after(transport.runtime_start_seconds, profile.providers)
-    measured = transport.run_runtime(settings.runtime_args(remote_model, profile), timeout=timeout)
+    start_seconds = transport.runtime_start_seconds
+    timeout = settings.timeout_after(start_seconds, profile.providers)
+    run_timeout = settings.run_timeout_after(start_seconds, profile.providers)
+    measured = transport.run_runtime(
+        settings.runtime_args(remote_model, profile, run_timeout), timeout=timeout
+    )
     if measured.get("model_sha256") != exported.sha256:
         raise TransportError(
             f"the device benchmarked a file whose SHA-256 differs from {exported.onnx_path}; upload again"
@@ -286,8 +316,10 @@ def bench_model(
         )
         check_device_stack(info, profile, opset)
         remote = transport.upload(path, f"models/{digest[:16]}.onnx")
-        timeout = bench.timeout_after(transport.runtime_start_seconds, profile.providers)
-        report = transport.run_runtime(bench.runtime_args(remote, profile), timeout=timeout)
+        start_seconds = transport.runtime_start_seconds
+        timeout = bench.timeout_after(start_seconds, profile.providers)
+        run_timeout = bench.run_timeout_after(start_seconds, profile.providers)
+        report = transport.run_runtime(bench.runtime_args(remote, profile, run_timeout), timeout=timeout)
     if report.get("model_sha256") != digest:
         raise TransportError(f"the device benchmarked a different file than {path} (SHA-256 mismatch)")
     check_report_values(report)

@@ -10,6 +10,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge_smsp.core.documents import shown
 from edge_smsp.core.errors import PoolError
 from edge_smsp.core.plausible import implausible_value
 from edge_smsp.core.precisions import DEFAULT_PRECISION
@@ -72,7 +73,7 @@ class MeasurementStore(PoolStore):
             raise PoolError("device measurement needs a device, a backbone, a runtime and a precision")
         if m.image_size <= 0:
             raise PoolError(f"device measurement image_size must be > 0, got {m.image_size}")
-        problem = implausible_value(_measured(m))
+        problem = implausible_value(_measured(m)) or _cost_problem(m)
         if problem:
             raise PoolError(f"device measurement not stored: {problem}")
         values = (
@@ -131,7 +132,7 @@ class MeasurementStore(PoolStore):
             for row in rows
         ]
         for measurement in found:  # one altered row would bend every plan fitted to it
-            problem = implausible_value(_measured(measurement))
+            problem = implausible_value(_measured(measurement)) or _cost_problem(measurement)
             if problem:
                 raise PoolError(
                     f"device measurement {measurement.id} of this pool is not plausible: {problem}; delete it "
@@ -170,3 +171,12 @@ def _measured(measurement: DeviceMeasurement) -> dict[str, Any]:
         "peak_rss_mib": measurement.peak_rss_mib,
         "adapt_peak_rss_mib": measurement.adapt_peak_rss_mib,
     }
+
+
+def _cost_problem(measurement: DeviceMeasurement) -> str | None:
+    """A benchmarked model has parameters and computes: a count of 0 would make its latency per MAC infinite."""
+    for name in ("params", "macs"):
+        value = getattr(measurement, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            return f"{name} {shown(value)} (a benchmarked model has more than 0)"
+    return None

@@ -1,5 +1,6 @@
 """Image decoding and preprocessing: Pillow when installed, else .npy and binary PGM/PPM in pure numpy."""
 
+import os
 import warnings
 from typing import Any, List, Tuple
 
@@ -71,11 +72,23 @@ def _read_npy(path: str) -> Any:
                 shape, _, dtype = np.lib.format.read_array_header_1_0(handle)
             else:
                 shape, _, dtype = np.lib.format.read_array_header_2_0(handle)
+            pixel_bytes = os.fstat(handle.fileno()).st_size - handle.tell()
         if dtype.hasobject:
             raise RuntimeToolError(f"cannot read {path}: it holds Python objects, not pixels")
-        if len(shape) in (2, 3):
-            spatial = shape[:2] if len(shape) == 2 or shape[-1] in (1, 3, 4) else shape[1:]
-            check_pixels(int(spatial[0]), int(spatial[1]), path)
+        if len(shape) not in (2, 3):
+            raise RuntimeToolError(
+                f"{path}: expected an HxW, HxWxC or CxHxW image array, got shape {tuple(shape)}"
+            )
+        spatial = shape[:2] if len(shape) == 2 or shape[-1] in (1, 3, 4) else shape[1:]
+        check_pixels(int(spatial[0]), int(spatial[1]), path)
+        promised = dtype.itemsize
+        for extent in shape:
+            promised *= int(extent)
+        if promised > pixel_bytes:  # a header that promises more than the file holds: never allocated
+            raise RuntimeToolError(
+                f"cannot read {path}: its header promises {promised:,} bytes of pixels, the file holds "
+                f"{pixel_bytes:,} (truncated or corrupt)"
+            )
         return np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as error:
         raise RuntimeToolError(f"cannot read {path}: {one_line(error)}") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import warnings
 
@@ -197,6 +198,38 @@ def test_corrupt_idx_file_and_empty_class_folder(tmp_path):
     Image.new("RGB", (4, 4)).save(folder / "a" / "x.png")
     with pytest.raises(DataError, match="no images in"):
         data.load_task("imagefolder", [0, 1], data_dir=folder)
+
+
+def test_labels_out_of_range_and_a_fifo_device_or_folder_for_a_dataset_file_are_named(tmp_path):
+    """Labels of 200 read as 'class 0 has no train images', and a FIFO, /dev/zero or a folder in a file's place as
+    'files not found': each is now named for what it is."""
+    names = (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    )
+    for name in names[2:]:
+        shutil.copy(FASHION_DIR / f"{name}.gz", tmp_path / f"{name}.gz")
+    shutil.copy(FASHION_DIR / f"{names[0]}.gz", tmp_path / f"{names[0]}.gz")
+    with gzip.open(tmp_path / f"{names[1]}.gz", "wb") as handle:
+        handle.write(b"\x00\x00\x08\x01" + (60000).to_bytes(4, "big") + bytes([200]) * 60000)
+    with pytest.raises(
+        DataError, match=r"train-labels-idx1-ubyte.gz holds label 200, but Fashion-MNIST's classes are 0-9"
+    ):
+        data.load_task("fashion-mnist", [0, 1], data_dir=tmp_path)
+    images = tmp_path / f"{names[0]}.gz"
+    for kind, make in (
+        ("a FIFO", lambda: os.mkfifo(images)),
+        ("a character device", lambda: images.symlink_to("/dev/zero")),
+        ("a directory", images.mkdir),
+    ):
+        images.unlink() if images.is_symlink() or images.is_file() or images.is_fifo() else shutil.rmtree(
+            images
+        )
+        make()
+        with pytest.raises(DataError, match=rf"{images} is {kind}, not a dataset file"):
+            data.load_task("fashion-mnist", [0, 1], data_dir=tmp_path)
 
 
 @pytest.mark.parametrize(

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import functools
 import gzip
+import stat
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 
-from edge_smsp.core.errors import DataError
+from edge_smsp.core.errors import DataError, PathError
+from edge_smsp.core.paths import kind, status
 from edge_smsp.data.base import DatasetSource, Split, download_with_torchvision
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -62,6 +64,11 @@ class FashionMnist(DatasetSource):
                 raise DataError(
                     f"{images_path} has {len(pixels)} images but {labels_path} has {len(labels)} labels"
                 )
+            if len(labels) and int(labels.max()) >= len(FASHION_MNIST_CLASSES):
+                raise DataError(
+                    f"{labels_path} holds label {int(labels.max())}, but Fashion-MNIST's classes are 0-"
+                    f"{len(FASHION_MNIST_CLASSES) - 1}: the file is damaged or of another dataset; re-download it"
+                )
             splits.append(Split(labels=labels.astype(np.int64), pixels=pixels))
         return splits[0], splits[1], FASHION_MNIST_CLASSES
 
@@ -74,7 +81,7 @@ def fashion_mnist_files(root: Path, *, missing_ok: bool = False) -> dict[str, tu
             paths = []
             for name in names:
                 candidates = [directory / f"{name}.gz", directory / name]
-                existing = next((path for path in candidates if path.is_file()), None)
+                existing = next((path for path in candidates if _regular_file(path)), None)
                 if existing is None:
                     break
                 paths.append(existing)
@@ -89,6 +96,20 @@ def fashion_mnist_files(root: Path, *, missing_ok: bool = False) -> dict[str, tu
         f"Fashion-MNIST files not found in {root} (need {wanted}): install Debian's dataset-fashion-mnist "
         "(apt-get install dataset-fashion-mnist), pass --data-dir DIR, or download them with torchvision"
     )
+
+
+def _regular_file(path: Path) -> bool:
+    """Whether `path` is a regular file (through links); DataError when a FIFO, a device or a folder stands where a
+    dataset file belongs, which would read as missing or block a read forever."""
+    try:
+        info = status(path)
+    except PathError as error:
+        raise DataError(f"cannot read {error}") from None
+    if info is None:
+        return False
+    if not stat.S_ISREG(info.st_mode):
+        raise DataError(f"{path} is {kind(info.st_mode)}, not a dataset file: put the downloaded file there")
+    return True
 
 
 def _read_idx(path: Path, magic: int, dims: int) -> np.ndarray:

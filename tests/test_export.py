@@ -289,3 +289,35 @@ def _assert_runs_like_torch(path: Path, model: nn.Module, images: torch.Tensor) 
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= 1e-4
     assert onnx.load(str(path)).graph.output[0].name == "logits"
+
+
+def test_weights_that_overflow_and_negative_batchnorm_variances_are_named(
+    resnet18: nn.Module, tmp_path: Path
+) -> None:
+    """Weights x 1e30 gave 'onnxruntime produced non-finite outputs' after the export's seconds; a negative
+    running variance loaded silently. The first is now said of the model before the export, the second at load."""
+    import copy
+
+    from safetensors.torch import load_file, save_file
+
+    from edge_smsp.core.errors import PruneError
+    from edge_smsp.models.pruned_model import WEIGHTS_FILE, load_pruned, save_pruned
+
+    huge = copy.deepcopy(resnet18)
+    with torch.no_grad():
+        for parameter in huge.parameters():
+            parameter.mul_(1e30)
+    with pytest.raises(
+        ExportError, match=r"computes NaN or infinite scores on random inputs \(in torch, before"
+    ):
+        export_onnx(huge, tmp_path / "m.onnx", image_size=SIZE, metadata=_metadata("resnet18"))
+    assert list(tmp_path.iterdir()) == []
+    save_pruned(resnet18, tmp_path / "saved", {"backbone": "resnet18", "class_names": LABELS, "ratio": 0.0})
+    weights = tmp_path / "saved" / WEIGHTS_FILE
+    state = load_file(weights)
+    state["bn1.running_var"][3] = -1.0
+    save_file(state, weights)
+    with pytest.raises(
+        PruneError, match=r"negative BatchNorm variances in bn1.running_var: the file is damaged"
+    ):
+        load_pruned(tmp_path / "saved")

@@ -38,12 +38,16 @@ from edge_smsp.core.fileio import checked_output_path, write_atomically
 from edge_smsp.data.catalog import image_size_problem
 from edge_smsp.devices.stack import DEFAULT_OPSET, NEWEST_KNOWN_OPSET, onnxruntime_max_opset, opset_problem
 from edge_smsp.export.metadata import METADATA_KEYS, build_metadata, decode_metadata
+from edge_smsp.export.parity import (
+    INPUT_NAME,
+    OUTPUT_NAME,
+    onnxruntime_max_diff,
+    parity_batch,
+    scores_as_numpy,
+)
 
 DYNAMO_OPSET = 18  # the opset the dynamo exporter builds graphs at
 PARITY_TOLERANCE = 1e-4
-PARITY_SAMPLES = 4
-INPUT_NAME = "input"
-OUTPUT_NAME = "logits"
 EXPORTERS = ("dynamo", "torchscript")
 CARD_FORMAT = "edge-smsp-model-card"
 
@@ -185,11 +189,16 @@ def export_onnx(
     was_training = model.training
     model.eval()
     try:
-        inputs, inputs_kind = _parity_batch(model, parity_inputs, image_size)
+        inputs, inputs_kind = parity_batch(model, parity_inputs, image_size)
         with torch.no_grad():
-            reference = _as_numpy(model(inputs))
+            reference = scores_as_numpy(model(inputs))
         if reference.ndim != 2:
             raise ExportError(f"the model must output [batch, classes] logits, got shape {reference.shape}")
+        if not np.isfinite(reference).all():  # said before the export's seconds, and as the model's fault
+            raise ExportError(
+                f"the model computes NaN or infinite scores on {inputs_kind} inputs (in torch, before any export): "
+                "its weights overflow float32 or its BatchNorm statistics are damaged; adapt or prune it again"
+            )
         meta = build_metadata(metadata, image_size=image_size, num_classes=reference.shape[1])
         proto = _export(model, inputs[:1], opset, exporter, dynamic_batch, meta["backbone"])
     finally:
@@ -208,7 +217,7 @@ def export_onnx(
     except Exception as error:  # checker and shape inference raise several types
         raise ExportError(f"exported ONNX graph fails onnx.checker: {error_text(error)}") from None
     payload = proto.SerializeToString()
-    max_abs_diff = _parity(payload, inputs.detach().cpu().numpy(), reference, dynamic_batch)
+    max_abs_diff = onnxruntime_max_diff(payload, inputs.detach().cpu().numpy(), reference, dynamic_batch)
     # float32 error grows with the outputs' scale (an imprinted head gives logits of ~10-100), so the tolerance
     # is absolute up to |output| 1 and relative beyond.
     allowed = tolerance * max(1.0, float(np.abs(reference).max()))
@@ -379,61 +388,6 @@ def _simplify(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, bool]:
     except Exception:  # onnxsim fails on some graphs; the unsimplified graph is still a valid export
         return proto, False
     return (simplified, True) if ok else (proto, False)
-
-
-def _parity(payload: bytes, inputs: np.ndarray, reference: np.ndarray, dynamic_batch: bool) -> float:
-    import onnxruntime
-
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    try:
-        session = onnxruntime.InferenceSession(payload, options, providers=["CPUExecutionProvider"])
-        if dynamic_batch:
-            outputs = session.run([OUTPUT_NAME], {INPUT_NAME: inputs})[0]
-        else:
-            outputs = np.concatenate(
-                [
-                    session.run([OUTPUT_NAME], {INPUT_NAME: inputs[index : index + 1]})[0]
-                    for index in range(len(inputs))
-                ]
-            )
-    except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise ExportError(f"onnxruntime cannot run the exported model: {error_text(error)}") from None
-    if outputs.shape != reference.shape:
-        raise ExportError(f"onnxruntime output shape {outputs.shape} differs from torch {reference.shape}")
-    if not np.isfinite(outputs).all():
-        raise ExportError("onnxruntime produced non-finite outputs")
-    return float(np.abs(outputs.astype(np.float64) - reference.astype(np.float64)).max())
-
-
-def _parity_batch(
-    model: nn.Module, parity_inputs: torch.Tensor | None, image_size: int
-) -> tuple[torch.Tensor, str]:
-    try:
-        parameter = next(model.parameters())
-        device = parameter.device
-    except StopIteration:
-        device = torch.device("cpu")
-    if parity_inputs is None:
-        generator = torch.Generator().manual_seed(0)
-        batch = torch.randn(PARITY_SAMPLES, 3, image_size, image_size, generator=generator)
-        return batch.to(device), "random"
-    if not isinstance(parity_inputs, torch.Tensor):
-        raise ExportError("parity_inputs must be a float tensor [N, 3, H, W]")
-    batch = parity_inputs.unsqueeze(0) if parity_inputs.dim() == 3 else parity_inputs
-    if batch.dim() != 4 or tuple(batch.shape[1:]) != (3, image_size, image_size) or len(batch) == 0:
-        raise ExportError(
-            f"parity_inputs must have shape [N, 3, {image_size}, {image_size}], got {list(parity_inputs.shape)}"
-        )
-    return batch.detach().to(device=device, dtype=torch.float32), "given"
-
-
-def _as_numpy(output: Any) -> np.ndarray:
-    if isinstance(output, tuple | list):
-        output = output[0]
-    if not isinstance(output, torch.Tensor):
-        raise ExportError(f"the model must return a tensor, got {type(output).__name__}")
-    return output.detach().float().cpu().numpy()
 
 
 def _checked_image_size(image_size: Any) -> int:

@@ -245,6 +245,14 @@ def pruned_from_files(files: Mapping[str, bytes], where: str) -> tuple[nn.Module
             f"{weights_name} holds NaN or infinite values in {', '.join(not_finite[:3])}{more}: the saved model "
             "cannot run; prune it again from sound weights"
         )
+    negative = [
+        key for key, tensor in state.items() if key.endswith("running_var") and bool((tensor < 0).any())
+    ]
+    if negative:  # a variance below 0 has no square root: every output of the layer would be NaN
+        raise PruneError(
+            f"{weights_name} holds negative BatchNorm variances in {', '.join(negative[:3])}: the file is "
+            "damaged; prune or adapt the model again"
+        )
 
     # Architecture only: every weight comes from the file, so the original checkpoint need not still exist.
     template = templates.template(meta["backbone"], meta["image_size"])

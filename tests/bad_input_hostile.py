@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from onnx import TensorProto, helper
 
 from tests.bad_input_case import Case
@@ -78,6 +80,7 @@ CONNECTION_VARIANTS = {
     "key-fifo": {"key_file": "{w}/fifo"},
     "key-loop": {"key_file": "{w}/loop-a"},
     "known-hosts-fifo": {"known_hosts": "{w}/fifo"},
+    "known-hosts-dev-zero": {"known_hosts": "/dev/zero"},
     "known-hosts-loop": {"known_hosts": "{w}/loop-a"},
     "not-ssh": {"port": "{not_ssh}"},
     "known-hosts-utf-16": {"known_hosts": "{w}/utf-16.yaml"},
@@ -85,6 +88,8 @@ CONNECTION_VARIANTS = {
     "known-hosts-bad-hash": {"known_hosts": "{w}/bad-hash-known-hosts"},
     "python-false": {"python": "/usr/bin/false"},
     "key-public": {"key_file": "{w}/id_ed25519.pub"},
+    "key-armoured-garbage": {"key_file": "{w}/armoured-garbage.key"},
+    "key-encrypted-pem": {"key_file": "{w}/encrypted.pem"},
     "known-hosts-a-folder": {"known_hosts": "{w}/adir.onnx"},
 }
 PRUNED_JSON_VARIANTS = {  # saved-model copies whose pruned.json is broken one way
@@ -165,6 +170,7 @@ HOSTILE_CASES = [
     Case("hostile-export-out-symlink-to-fifo", ("export", "--model-dir", "{w}/model", "--out", "{w}/link-to-fifo"), "FIFO"),
     Case("hostile-prune-out-symlink-loop", (*PRUNE, "--out", "{w}/loop-a"), "symlink loop"),
     Case("hostile-deploy-out-fifo", (*DEPLOY, "--profile", "{w}/local.yaml", "--out", "{w}/fifo"), "not a directory"),
+    Case("hostile-known-hosts-dev-zero", ("bench", "--profile", "{w}/ssh-known-hosts-dev-zero.yaml", "--model", "{w}/tiny.onnx"), r"known_hosts /dev/zero is a character device, not a file: set connection.known_hosts to a file \(or /dev/null"),
     Case("hostile-trust-known-hosts-fifo", ("bench", "--profile", "{w}/ssh-known-hosts-fifo.yaml", "--model", "{w}/tiny.onnx", "--trust-new-host"), "FIFO"),
     Case("hostile-trust-known-hosts-loop", ("bench", "--profile", "{w}/ssh-known-hosts-loop.yaml", "--model", "{w}/tiny.onnx", "--trust-new-host"), "symlink loop"),
     Case("hostile-escape-profile-name", ("bench", "--profile", "{w}/" + ESC + ".yaml", "--model", "{w}/tiny.onnx"), "malformed"),
@@ -456,6 +462,8 @@ HOSTILE_CASES = [
         )
     ],
     # --- 10. the seventh sweep: messages that name the file at fault and the fix; bounded device work ---
+    Case("hostile-ssh-key-file-armoured-garbage", ("bench", "--profile", "{w}/ssh-key-armoured-garbage.yaml", "--model", "{w}/tiny.onnx"), r"SSH key file .*armoured-garbage\.key is not a private key paramiko can read \(.*\); name an OpenSSH or PEM private key"),
+    Case("hostile-ssh-key-file-encrypted-pem", ("bench", "--profile", "{w}/ssh-key-encrypted-pem.yaml", "--model", "{w}/tiny.onnx"), r"SSH key .*encrypted\.pem is encrypted: load it into ssh-agent and leave key_file empty"),
     Case("hostile-ssh-key-file-the-public-half", ("bench", "--profile", "{w}/ssh-key-public.yaml", "--model", "{w}/tiny.onnx"), r"SSH key file .*id_ed25519\.pub is a public key: set connection\.key_file to its private half"),
     Case("hostile-ssh-known-hosts-a-folder", ("bench", "--profile", "{w}/ssh-known-hosts-a-folder.yaml", "--model", "{w}/tiny.onnx"), r"known_hosts .*adir\.onnx is a directory, not a file: set connection\.known_hosts to a file"),
     Case("hostile-bench-device-python-missing", ("bench", "--profile", "{w}/missing-python.yaml", "--model", "{w}/tiny.onnx"), r"cannot run '/nonexistent/python': No such file or directory: set connection\.python"),
@@ -505,6 +513,17 @@ def hostile_inputs(world: Path, ssh: dict, local: dict) -> None:
     key_text = base64.b64encode(blob).decode()
     (world / "bad-hash-known-hosts").write_text(f"|1|garbage|hash ssh-ed25519 {key_text}\n")
     (world / "id_ed25519.pub").write_text(f"ssh-ed25519 {key_text} user@host\n")
+    armour = "-----{} OPENSSH PRIVATE KEY-----\n"
+    (world / "armoured-garbage.key").write_text(
+        armour.format("BEGIN") + "b3BlbnNzaC1rZXk=garbage\n" + armour.format("END")
+    )
+    (world / "encrypted.pem").write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
     for stem, change in CONNECTION_VARIANTS.items():
         values = {
             key: (value.format(w=world, not_ssh=not_ssh) if isinstance(value, str) else value)

@@ -154,6 +154,18 @@ def check_key_file(key_file: str) -> None:
             f"SSH key file {key_file} is not a private key (no '-----BEGIN' line): set connection.key_file to an "
             "OpenSSH or PEM private key"
         )
+    try:  # its body parsed now: a damaged key must not read as a connection that failed
+        paramiko.PKey.from_path(Path(key_file).expanduser())
+    except (paramiko.SSHException, ValueError, IndexError, TypeError, UnicodeDecodeError) as error:
+        # An encrypted PEM key is a TypeError of the cryptography package, an OpenSSH one PasswordRequiredException.
+        if isinstance(error, paramiko.PasswordRequiredException) or "password" in str(error).lower():
+            raise TransportError(
+                f"SSH key {key_file} is encrypted: load it into ssh-agent and leave key_file empty"
+            ) from None
+        raise TransportError(
+            f"SSH key file {key_file} is not a private key paramiko can read "
+            f"({error_text(error).split('. See ')[0]}); name an OpenSSH or PEM private key"
+        ) from None
 
 
 def check_known_hosts_file(known_hosts: Path) -> None:
@@ -162,7 +174,9 @@ def check_known_hosts_file(known_hosts: Path) -> None:
         found = status(known_hosts)
     except PathError as error:
         raise TransportError(f"known_hosts {error}; set connection.known_hosts to a file") from None
-    if found is not None and not stat.S_ISREG(found.st_mode) and not stat.S_ISCHR(found.st_mode):
+    null = os.path.realpath(known_hosts) == os.path.realpath(NULL_DEVICE)  # the one device it may be
+    if found is not None and not stat.S_ISREG(found.st_mode) and not null:
         raise TransportError(
-            f"known_hosts {known_hosts} is {kind(found.st_mode)}, not a file: set connection.known_hosts to a file"
+            f"known_hosts {known_hosts} is {kind(found.st_mode)}, not a file: set connection.known_hosts to a file "
+            "(or /dev/null to keep no host keys)"
         )

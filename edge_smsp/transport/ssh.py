@@ -186,11 +186,6 @@ class SshTransport(Transport):
                 f"SSH key file {key_file} is not a private key paramiko can read ({type(error).__name__}); "
                 "name an OpenSSH or PEM private key"
             ) from None
-        except paramiko.PasswordRequiredException:
-            client.close()
-            raise TransportError(
-                f"SSH key {key_file} is encrypted: load it into ssh-agent and leave key_file empty"
-            ) from None
         except (OSError, EOFError, paramiko.SSHException) as error:
             # The link failing (no answer, a drop during the key exchange or authentication) is not a refusal.
             link_failure = connect_failure(error, client, self.address, self.connect_timeout)

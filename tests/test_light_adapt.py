@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -35,12 +36,17 @@ WHEELS = Path(os.environ.get("EDGE_SMSP_WHEELS", Path.home() / ".cache" / "edge-
 
 
 def run_runtime(
-    *args: str, python: str = sys.executable, timeout: int = 120
+    *args: str, python: str = sys.executable, timeout: int = 120, preexec_fn: Any = None
 ) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(RUNTIME_DIR), OMP_NUM_THREADS="1")
     env.pop("EDGE_SMSP_RUNTIME_DEBUG", None)
     return subprocess.run(
-        [python, "-m", "edge_smsp_runtime", *args], capture_output=True, text=True, env=env, timeout=timeout
+        [python, "-m", "edge_smsp_runtime", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        preexec_fn=preexec_fn,
     )
 
 
@@ -288,7 +294,7 @@ def test_bad_data_is_one_line_and_writes_nothing(
 
 
 @pytest.mark.parametrize(
-    "kind", ["unwritable", "no such directory", "a directory", "not an .onnx name", "too many blocks"]
+    "kind", ["unwritable", "no such directory", "a directory", "not an .onnx name", "too many blocks", "full"]
 )
 def test_bad_output_or_option_is_one_line_and_writes_nothing(
     kind: str, bundle_dir: Path, images: Path, tmp_path: Path
@@ -304,6 +310,10 @@ def test_bad_output_or_option_is_one_line_and_writes_nothing(
     elif kind == "a directory":
         out, fragment = tmp_path / "d.onnx", "is a directory"
         out.mkdir()
+    elif (
+        kind == "full"
+    ):  # the file-size limit fails the write as a full disk does, inside the runtime's writer
+        out, fragment = tmp_path / "m.onnx", "m.onnx: File too large; free space there or name another --out"
     elif kind == "not an .onnx name":  # refused before the bundle is even read
         out, fragment = tmp_path / "m.txt", "argument --out: must name an .onnx file, got"
     else:
@@ -315,10 +325,19 @@ def test_bad_output_or_option_is_one_line_and_writes_nothing(
     before = sorted(os.listdir(tmp_path))
     result = run_runtime(
         "adapt", "--model", str(bundle_dir / "model.onnx"), "--data", str(images), "--iters", "2", "--out", str(out),
-        *extra,
+        *extra, preexec_fn=_small_files if kind == "full" else None,
     )  # fmt: skip
     _one_line_error(result, fragment)
     assert sorted(os.listdir(tmp_path)) == before
+
+
+def _small_files() -> None:
+    """Files of at most 4 KiB, and a write past that an error (EFBIG) instead of the signal that would kill."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
 
 
 def test_images_in_sub_folders_of_a_class_folder_are_read_by_scan_and_adapt_alike(

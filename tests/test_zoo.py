@@ -267,6 +267,19 @@ def test_missing_corrupt_and_mismatched_checkpoints(tmp_path):
     assert (
         zoo.load_backbone("resnet18", checkpoint=half).fc.weight.dtype == torch.float32
     )  # fp16 weights load
+    negative = tmp_path / "negative.pth"
+    torch.save({**state, "bn1.running_var": -state["bn1.running_var"]}, negative)
+    with pytest.raises(
+        ModelError, match=r"values unusable for resnet18: negative BatchNorm variances: bn1\.running_var$"
+    ):
+        zoo.load_backbone("resnet18", checkpoint=negative)
+    stranger = tmp_path / "stranger.pth"  # named like no tensor of the bundled model, and fewer of them
+    torch.save({"state_dict": {"x": torch.zeros(3)}}, stranger)
+    with pytest.raises(
+        ModelError,
+        match=r"holds 1 tensors, none named as efficientnet_lite0's \d+: it is not a checkpoint of",
+    ):
+        zoo.load_backbone("efficientnet_lite0", checkpoint=stranger)
     not_tensors = tmp_path / "numbers.pth"
     torch.save({"a": 1}, not_tensors)
     with pytest.raises(ModelError, match="no state dict"):

@@ -16,6 +16,7 @@ import urllib.parse
 import warnings
 import zipfile
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -323,6 +324,11 @@ def _from_checkpoint(name: str, path: Path, image_size: int | None) -> nn.Module
     probe = _create(name, image_size)
     if name in BUNDLED and not set(state) & set(probe.state_dict()):
         # The original .pth of the bundled package (or a copy of it) given as a checkpoint.
+        if len(state) != len(probe.state_dict()):  # no name matches and the count differs: another model's
+            raise ModelError(
+                f"checkpoint {path} holds {len(state)} tensors, none named as {name}'s {len(probe.state_dict())}: it "
+                f"is not a checkpoint of {name}; pass one saved from {name}"
+            )
         state = _map_by_order(tuple(state.items()), probe, f"checkpoint {path}")
     head = probe.pretrained_cfg.get("classifier") if hasattr(probe, "pretrained_cfg") else None
     head_weight = state.get(f"{head}.weight") if isinstance(head, str) else None
@@ -345,6 +351,11 @@ def _resample_position_embedding(state: dict[str, torch.Tensor], model: nn.Modul
         return
     prefix = 0 if getattr(model, "no_embed_class", False) else getattr(model, "num_prefix_tokens", 1)
     state["pos_embed"] = resample_abs_pos_embed(source, list(grid), num_prefix_tokens=prefix)
+
+
+def negative_variances(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The BatchNorm running variances of `state` with a value below 0: no square root, every output NaN."""
+    return [key for key, tensor in state.items() if key.endswith("running_var") and bool((tensor < 0).any())]
 
 
 def _load_into(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
@@ -375,6 +386,7 @@ def _load_into(model: nn.Module, state: dict[str, torch.Tensor], what: str) -> N
         ("shape mismatch", wrong_shape),
         ("not floating point", wrong_type),
         ("NaN or infinite values", not_finite),
+        ("negative BatchNorm variances", negative_variances(state)),
     ):
         if keys:
             more = f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""

@@ -47,7 +47,9 @@ logging.getLogger("paramiko").addHandler(logging.NullHandler())
 _RESOLVE_WORKDIR = (
     "import json, os, sys; path = os.path.expanduser(sys.argv[1]); "
     "path.startswith('~') and sys.exit('no such user to expand ' + path.split('/')[0]); "
-    "path = os.path.realpath(path); os.makedirs(path, exist_ok=True); print(json.dumps(path))"
+    "path = os.path.realpath(path); os.path.lexists(path) and not os.path.isdir(path) and "
+    "sys.exit(path + ' is not a folder; set connection.workdir to a folder'); "
+    "os.makedirs(path, exist_ok=True); print(json.dumps(path))"
 )
 # `sh` prints its pid, then becomes the command. sshd starts every session's command as a process group leader
 # (setsid), so that pid is also the group a timeout or an interruption stops. `timeout(1)` is not assumed.

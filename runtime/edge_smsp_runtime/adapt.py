@@ -320,7 +320,12 @@ def write_verified(bundle, names, out_path, val_images, threads, providers, seco
     over `val_images` (the logits are returned), and only then rename it into place; nothing is left on failure."""
     started = time.perf_counter()
     out_path = os.path.realpath(out_path)  # a symlink is written through, as the host's writer does
-    temporary = write_atomically(out_path, adapted_bytes(bundle, names))
+    try:
+        temporary = write_atomically(out_path, adapted_bytes(bundle, names))
+    except OSError as error:  # a full disk: said of --out, with what to do
+        raise RuntimeToolError(
+            f"cannot write {out_path}: {error.strerror or error}; free space there or name another --out"
+        ) from None
     seconds["write"] = time.perf_counter() - started
     try:
         started = time.perf_counter()

@@ -394,6 +394,8 @@ HOSTILE_CASES = [
     Case("hostile-ssh-known-hosts-utf-16", ("bench", "--profile", "{w}/ssh-known-hosts-utf-16.yaml", "--model", "{w}/tiny.onnx"), "is not UTF-8 text .*save it as UTF-8"),
     Case("hostile-deploy-trainable-blocks-without-device-data", (*DEPLOY, "--profile", "{w}/local.yaml", "--trainable-blocks", "3", "--out", "{s}/out"), "--trainable-blocks acts on --device-data only"),
     Case("hostile-deploy-device-train-without-device-data", (*DEPLOY, "--profile", "{w}/local.yaml", "--device-train", "torch", "--out", "{s}/out"), "--device-train acts on --device-data only"),
+    Case("hostile-deploy-data-dir-with-device-data", (*DEPLOY, "--profile", "{w}/local.yaml", "--device-data", "{w}/device-images", "--data-dir", "{w}", "--out", "{s}/out"), "--data-dir: with --device-data the images are the device's folders, and no host data is read; drop --data-dir"),
+    Case("hostile-deploy-dataset-with-device-data", (*DEPLOY, "--profile", "{w}/local.yaml", "--device-data", "{w}/device-images", "--dataset", "imagefolder", "--out", "{s}/out"), "--dataset: with --device-data"),
     Case("hostile-deploy-classes-with-device-data", (*DEPLOY, "--profile", "{w}/local.yaml", "--device-data", "{w}/device-images", "--classes", "0,2,4", "--out", "{s}/out"), "--classes: with --device-data the device's class folders are the task"),
     Case("hostile-prune-round-to-huge", (*PRUNE, "--round-to", "100000", "--out", "{s}/o"), "--round-to: must be an integer from 1 to 1,024"),
     Case("hostile-build-rounds-over-iters", ("pool", "build", "--tasks", "2", "--ratio", "0.5", "--iters", "1", "--rounds", "50", "--pool", "{s}/p.sqlite", "--image-size", "32"), "--rounds 50 is more than --iters 1"),

@@ -198,6 +198,10 @@ def test_parity_failure_writes_nothing(resnet18: nn.Module, tmp_path: Path) -> N
     ("changes", "message"),
     [
         ({"labels": ["a", "b"]}, "metadata.labels: 2 names for a model with 5 outputs"),
+        (
+            {"labels": ["a", "b", "c", "b", "e"]},
+            "metadata.labels: 'b' names more than one class; give each its own",
+        ),
         ({"mean": [0.5, 0.5]}, "metadata.mean: must be 3 numbers"),
         ({"std": [0.5, 0.0, 0.5]}, "metadata.std: must be positive"),
         ({"colour": "red"}, "metadata: unknown key"),

@@ -35,6 +35,8 @@ from edge_smsp.pool import Pool, default_pool_path
 from edge_smsp.training.recipe import INITS, RECIPES
 from edge_smsp.transfer.estimators import DEFAULT_ESTIMATOR, DEFAULT_SHORTLIST, SIMILARITY_ESTIMATORS
 
+DEFAULT_DATASET = "fashion-mnist"
+
 if TYPE_CHECKING:  # torch loads only when a command runs
     from torch import nn
 
@@ -111,7 +113,7 @@ def add_task_arguments(
     default_batch_size: int = 32,
 ) -> None:
     """Dataset, image size, batch size, seed and data dir, shared by pool build, adapt and deploy."""
-    parser.add_argument("--dataset", default="fashion-mnist", help=" | ".join(DATASETS))
+    parser.add_argument("--dataset", default=DEFAULT_DATASET, help=" | ".join(DATASETS))
     parser.add_argument(
         "--data-dir", type=path_arg, default=None, metavar="DIR", help="where the dataset's files are"
     )

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge_smsp.cli.args import backbone_from_args, config_from_args, pool_path
+from edge_smsp.cli.args import DEFAULT_DATASET, backbone_from_args, config_from_args, pool_path
 from edge_smsp.cli.converters import int_in_range, nonempty_arg
 from edge_smsp.cli.device_args import bench_settings_from_args
 from edge_smsp.cli.output import print_json, show_progress
@@ -65,6 +65,11 @@ def check_device_data_args(args: argparse.Namespace) -> None:
     elif args.classes is not None:
         raise DataError(
             "--classes: with --device-data the device's class folders are the task; drop --classes"
+        )
+    elif args.data_dir is not None or args.dataset != DEFAULT_DATASET:
+        flag = "--data-dir" if args.data_dir is not None else "--dataset"
+        raise DataError(
+            f"{flag}: with --device-data the images are the device's folders, and no host data is read; drop {flag}"
         )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -39,6 +40,11 @@ def build_metadata(
     labels = [str(label) for label in labels]
     if num_classes is not None and len(labels) != num_classes:
         raise ExportError(f"metadata.labels: {len(labels)} names for a model with {num_classes} outputs")
+    repeated = next((label for label, count in Counter(labels).items() if count > 1), None)
+    if repeated is not None:  # the device's runtime refuses such a model: refused here, before it ships
+        raise ExportError(
+            f"metadata.labels: {repeated[:60]!r} names more than one class; give each its own name"
+        )
     given_size = metadata.get("input_size")
     if given_size is not None and int(given_size) != image_size:
         raise ExportError(f"metadata.input_size: {given_size} differs from image_size {image_size}")

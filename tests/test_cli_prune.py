@@ -288,3 +288,34 @@ def test_an_allocation_that_fails_is_one_line_not_a_traceback(capsys, tmp_path, 
     code, stdout, stderr = run_cli(capsys, *args, "--out", str(tmp_path / "out"))
     assert code == 2 and stdout == "" and stderr.count("\n") == 1, stderr
     assert stderr.startswith("edge-smsp: error: out of memory (") and "can't allocate memory" in stderr
+
+
+def test_a_summary_that_cannot_be_printed_says_where_the_saved_model_is(tmp_path):
+    """`prune --json > /dev/full`: the model is whole and kept, and the one error line says where it is."""
+    out = tmp_path / "pruned"
+    argv = [
+        "prune",
+        "--model",
+        "resnet18",
+        "--criterion",
+        "magnitude",
+        "--ratio",
+        "0.5",
+        "--image-size",
+        "32",
+    ]
+    with open("/dev/full", "w") as full:
+        run = subprocess.run(
+            [sys.executable, "-m", "edge_smsp", *argv, "--out", str(out), "--json"],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert run.stderr.strip() == (
+        f"edge-smsp: error: No space left on device (writing the output); the command's results were written "
+        f"to {out} before that"
+    )
+    model, meta = load_pruned(out)
+    assert meta["ratio"] == 0.5 and model(torch.zeros(1, 3, 32, 32)).shape[0] == 1

@@ -7,6 +7,7 @@ import errno
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 
 from edge_smsp.cli import adapt_commands, deploy_commands, model_commands, pool_commands
@@ -16,6 +17,7 @@ from edge_smsp.core.address_space import is_memory_failure, memory_failure_line
 from edge_smsp.core.errors import EdgeSmspError
 from edge_smsp.core.version import __version__
 
+WRITING_THE_OUTPUT = " (writing the output)"
 COMMAND_MODULES = (model_commands, pool_commands, adapt_commands, deploy_commands)
 
 
@@ -46,6 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as error:  # help or the version could not be printed (stdout on a full device)
         print(f"edge-smsp: error: {one_line(os_error_line(error))}", file=sys.stderr)
         return 2
+    started = time.time()
     # SIGTERM unwinds like Ctrl-C, so that every `finally` runs: device work is stopped, temporaries removed.
     with unwind_on_signals() as received, escaped_stdout():
         try:
@@ -73,7 +76,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"edge-smsp: error: {one_line(memory_failure_line(error))}", file=sys.stderr)
                 return 2
             if isinstance(error, OSError):  # the disk filled, stdout is /dev/full or a closed pipe: one line
-                print(f"edge-smsp: error: {one_line(os_error_line(error))}", file=sys.stderr)
+                line = os_error_line(error)
+                if line.endswith(WRITING_THE_OUTPUT):  # the work is done and whole; only its summary is lost
+                    line += written_before(getattr(args, "out", None), started)
+                print(f"edge-smsp: error: {one_line(line)}", file=sys.stderr)
                 return 2
             raise
 
@@ -85,10 +91,22 @@ def os_error_line(error: OSError) -> str:
         broken_stdout = sys.stdout.fileno() >= 0 and error.errno in (errno.ENOSPC, errno.EPIPE, errno.EIO)
     except (OSError, ValueError, AttributeError):
         broken_stdout = False
-    where = f": {error.filename}" if error.filename else " (writing the output)" if broken_stdout else ""
+    where = f": {error.filename}" if error.filename else WRITING_THE_OUTPUT if broken_stdout else ""
     if broken_stdout:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return f"{error.strerror or error}{where}"
+
+
+def written_before(out: object, started: float) -> str:
+    """'; the results are in OUT' when the command wrote `out` (made or changed since `started`) before its
+    summary failed: a whole model is kept, and the user is told where."""
+    if not isinstance(out, (str, os.PathLike)):
+        return ""
+    try:
+        changed = os.stat(out).st_mtime >= started - 1
+    except OSError:
+        return ""
+    return f"; the command's results were written to {os.fspath(out)} before that" if changed else ""
 
 
 def entry_point() -> None:

@@ -134,3 +134,32 @@ def test_concurrent_add_to_pool_keeps_the_first_entry_and_refuses_the_second(tmp
         assert third_began == first
         third = pool_build.add_to_pool(pool, backbone, result, replacing=third_began)
         assert [entry.id for entry in pool.entries()] == [third] and third != first
+
+
+def test_a_first_build_that_fails_leaves_no_empty_pool_but_a_used_pool_stays(tmp_path: Path) -> None:
+    """A new pool whose build is stopped before its first entry (or whose Ray never starts) is removed with
+    SQLite's -wal and -shm; a pool holding anything is never removed."""
+    import os
+    import signal
+    import time
+
+    from edge_smsp.pool.store import remove_unused_pool
+
+    path = tmp_path / "new.sqlite"
+    argv = ["pool", "build", "--pool", str(path), "--tasks", "1", "--classes-per-task", "2", "--ratio", "0.5",
+            "--iters", "500", "--image-size", "32", "--train-per-class", "20", "--val-per-class", "10"]  # fmt: skip
+    build = subprocess.Popen(
+        [sys.executable, "-m", "edge_smsp", *argv],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.monotonic() + 120
+    while not path.exists() and build.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert path.exists(), build.stderr.read() if build.poll() is not None else "no pool file after 120 s"
+    build.send_signal(signal.SIGTERM)
+    assert build.wait(timeout=120) == 128 + signal.SIGTERM
+    assert sorted(os.listdir(tmp_path)) == []
+    used = _pool_with_entries(tmp_path / "used", count=1)
+    assert remove_unused_pool(used) is False and used.exists()

@@ -351,6 +351,36 @@ def check_pool_file(path: Path, *, create: bool = False) -> None:
             raise PoolError(f"cannot create the pool: {error}") from None
 
 
+def remove_unused_pool(path: Path) -> bool:
+    """Remove the pool file at `path` (and SQLite's -wal, -shm) when it holds nothing: no entry, measurement or
+    build claim, and no other process holds it. For a new pool whose first build failed: an
+    empty database would be left where the user expects a pool. Returns whether it was removed."""
+    tables = ("entries", "device_measurements", "build_claims")  # tasks and backbones: the build's registrations
+    try:
+        database = sqlite3.connect(path, timeout=0, isolation_level=None)
+        try:
+            database.execute("BEGIN EXCLUSIVE")  # fails while another process has the pool open for writing
+            names = {
+                row[0] for row in database.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            used = any(
+                database.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
+                for table in tables
+                if table in names
+            )
+            database.execute("ROLLBACK")
+        finally:
+            database.close()
+    except sqlite3.Error:
+        return False
+    if used:
+        return False
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(f"{path}{suffix}")
+    return True
+
+
 def _read_only_file_system(path: Path) -> bool:
     try:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)

@@ -163,3 +163,39 @@ def test_a_first_build_that_fails_leaves_no_empty_pool_but_a_used_pool_stays(tmp
     assert sorted(os.listdir(tmp_path)) == []
     used = _pool_with_entries(tmp_path / "used", count=1)
     assert remove_unused_pool(used) is False and used.exists()
+
+
+def test_a_pool_locked_past_its_wait_leaves_the_deploy_whole_with_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deploy whose pool stayed locked when the bench was stored ended in an error with no report: the
+    measurement is now reported as not stored, and the deploy's report is still written."""
+    import sqlite3
+
+    from edge_smsp.data.tasks import load_task
+    from edge_smsp.deploy.bench import DeviceRun
+    from edge_smsp.deploy.steps import record
+    from edge_smsp.devices.profiles import load_profile
+    from edge_smsp.models.cost import ModelCost
+    from edge_smsp.pool import store
+
+    monkeypatch.setattr(store, "BUSY_TIMEOUT_MS", 300)
+    path = _pool_with_entries(tmp_path, count=1)
+    task = load_task("fashion-mnist", [0, 1], image_size=32, train_per_class=2, val_per_class=2)
+    cost = ModelCost(
+        ratio=0.5, input_size=32, params=1000, weight_bytes=4000, macs=10**6, peak_activation_bytes=1
+    )
+    measured = {"latency_ms": {"p50": 1.0, "p90": 1.5, "p99": 2.0}, "peak_rss_mib": 80.0}
+    run = DeviceRun(measured=measured, latency_ms=1.5, fallback_providers=())
+    holder = sqlite3.connect(path, isolation_level=None)
+    with Pool(path) as pool:
+        holder.execute("BEGIN EXCLUSIVE")  # another process writing, and not done within the wait
+        recorded = record(pool, load_profile("localhost"), "efficientnet_lite0", 0.5, cost, run, task)
+        holder.execute("ROLLBACK")
+        assert recorded.measurement_id is None
+        assert recorded.note is not None and recorded.note.startswith(
+            f"not stored in the pool (pool {path} stayed"
+        )
+        stored = record(pool, load_profile("localhost"), "efficientnet_lite0", 0.5, cost, run, task)
+        assert stored.measurement_id is not None and stored.note is None
+    holder.close()

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from edge_smsp import adaptation
-from edge_smsp.core.errors import NoPoolEntriesError
+from edge_smsp.core.errors import NoPoolEntriesError, PoolError
 from edge_smsp.core.precisions import AUTO, FP32, PRECISIONS
 from edge_smsp.core.ratio import canonical_ratio
 from edge_smsp.criteria import needs_pool
@@ -360,7 +360,10 @@ def record(
     if pool is None:
         return Recorded(None, None)
     measurement = device_measurement(profile, backbone, ratio, cost, run.measured, task, calibration)
-    return Recorded(pool.add_measurement(measurement), None)
+    try:
+        return Recorded(pool.add_measurement(measurement), None)
+    except PoolError as error:  # locked past its wait, say: the model and its bench are whole, and reported
+        return Recorded(None, f"not stored in the pool ({error}); later plans go without this measurement")
 
 
 def device_measurement(

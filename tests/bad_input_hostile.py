@@ -396,6 +396,7 @@ HOSTILE_CASES = [
     Case("hostile-deploy-device-train-without-device-data", (*DEPLOY, "--profile", "{w}/local.yaml", "--device-train", "torch", "--out", "{s}/out"), "--device-train acts on --device-data only"),
     Case("hostile-deploy-data-dir-with-device-data", (*DEPLOY, "--profile", "{w}/local.yaml", "--device-data", "{w}/device-images", "--data-dir", "{w}", "--out", "{s}/out"), "--data-dir: with --device-data the images are the device's folders, and no host data is read; drop --data-dir"),
     Case("hostile-deploy-dataset-with-device-data", (*DEPLOY, "--profile", "{w}/local.yaml", "--device-data", "{w}/device-images", "--dataset", "imagefolder", "--out", "{s}/out"), "--dataset: with --device-data"),
+    Case("hostile-deploy-into-a-foreign-folder", (*DEPLOY, "--profile", "{w}/local.yaml", "--ratio", "0.5", "--out", "{w}/foreign-deploy"), r"foreign-deploy holds model\.onnx, deploy_report\.json, which no edge-smsp deploy wrote .*name another --out \(or move them\)$"),
     Case("hostile-deploy-classes-with-device-data", (*DEPLOY, "--profile", "{w}/local.yaml", "--device-data", "{w}/device-images", "--classes", "0,2,4", "--out", "{s}/out"), "--classes: with --device-data the device's class folders are the task"),
     Case("hostile-prune-round-to-huge", (*PRUNE, "--round-to", "100000", "--out", "{s}/o"), "--round-to: must be an integer from 1 to 1,024"),
     Case("hostile-build-rounds-over-iters", ("pool", "build", "--tasks", "2", "--ratio", "0.5", "--iters", "1", "--rounds", "50", "--pool", "{s}/p.sqlite", "--image-size", "32"), "--rounds 50 is more than --iters 1"),
@@ -517,6 +518,9 @@ def hostile_inputs(world: Path, ssh: dict, local: dict) -> None:
     key_text = base64.b64encode(blob).decode()
     (world / "bad-hash-known-hosts").write_text(f"|1|garbage|hash ssh-ed25519 {key_text}\n")
     (world / "id_ed25519.pub").write_text(f"ssh-ed25519 {key_text} user@host\n")
+    (world / "foreign-deploy").mkdir()  # another tool's output where a deploy is sent
+    (world / "foreign-deploy" / "model.onnx").write_bytes(b"\x08\x07")
+    (world / "foreign-deploy" / "deploy_report.json").write_text('{"mine": 1}')
     armour = "-----{} OPENSSH PRIVATE KEY-----\n"
     (world / "armoured-garbage.key").write_text(
         armour.format("BEGIN") + "b3BlbnNzaC1rZXk=garbage\n" + armour.format("END")

@@ -7,6 +7,7 @@ backbone and input size fits its latency model to the device instead of the prof
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -40,8 +41,30 @@ def deploy(request: DeployRequest, *, on_stage: Callable[[str], None] | None = N
     record and report; `on_stage` hears each stage's name as it starts. A deploy that fails before its model is
     exported leaves no out dir (nor anything new in an existing one); after, the exported model stays there."""
     checked_output_path(request.out_dir, directory=True)  # made once the device answered: no empty out dir
+    check_out_replaceable(request.out_dir)
     with removed_on_failure(request.out_dir) as undo:
         return _deploy(request, on_stage, undo)
+
+
+def check_out_replaceable(out: Path) -> None:
+    """ExportError before any work when the deploy would replace files in `out` that no deploy wrote: a model,
+    report or fp32 reference counts as a deploy's only beside edge-smsp's own model card (model.json)."""
+    from edge_smsp.export.onnx_export import is_own_card
+    from edge_smsp.export.precision import reference_path
+    from edge_smsp.models.pruned_model import check_model_dir_replaceable
+
+    check_model_dir_replaceable(out / "model")
+    shipped = out / "model.onnx"
+    card = shipped.with_suffix(".json")
+    if is_own_card(card, shipped.name):
+        return
+    names = (card.name, shipped.name, reference_path(shipped).name, REPORT_NAME, HTML_NAME)
+    found = [name for name in names if os.path.lexists(out / name)]
+    if found:
+        raise ExportError(
+            f"--out {out} holds {', '.join(found)}, which no edge-smsp deploy wrote (no edge-smsp model card "
+            "beside them); the deploy would replace them: name another --out (or move them)"
+        )
 
 
 def _deploy(request: DeployRequest, on_stage: Callable[[str], None] | None, undo: Undo) -> DeployReport:

@@ -355,7 +355,11 @@ def remove_unused_pool(path: Path) -> bool:
     """Remove the pool file at `path` (and SQLite's -wal, -shm) when it holds nothing: no entry, measurement or
     build claim, and no other process holds it. For a new pool whose first build failed: an
     empty database would be left where the user expects a pool. Returns whether it was removed."""
-    tables = ("entries", "device_measurements", "build_claims")  # tasks and backbones: the build's registrations
+    tables = (
+        "entries",
+        "device_measurements",
+        "build_claims",
+    )  # tasks and backbones: the build's registrations
     try:
         database = sqlite3.connect(path, timeout=0, isolation_level=None)
         try:

@@ -98,7 +98,7 @@ def os_error_line(error: OSError) -> str:
 
 
 def written_before(out: object, started: float) -> str:
-    """'; the results are in OUT' when the command wrote `out` (made or changed since `started`) before its
+    """Where the command's results are, when it wrote `out` (made or changed since `started`) before its
     summary failed: a whole model is kept, and the user is told where."""
     if not isinstance(out, (str, os.PathLike)):
         return ""

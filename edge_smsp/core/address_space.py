@@ -1,7 +1,7 @@
 """The address-space limit (`ulimit -v`, RLIMIT_AS) a job runs under, and the failures it causes.
 
 A torch process maps far more address space than it touches: shared libraries, allocator arenas and thread
-stacks. Measured VmPeak / VmHWM (x86-64, 2 cores, torch 2.14, one thread, 32 px, `/tmp/sw10/vmpeak.sh`):
+stacks. Measured VmPeak / VmHWM (x86-64, 2 cores, torch 2.14, one thread, 32 px; /proc/PID/status polled):
 prune 3.66 / 0.85 GB, adapt 3.91 / 0.95, export 4.13 / 0.95, deploy 4.50 / 1.12, pool build 4.16 / 0.99, and a
 `pool build --ray` driver 12.0 / 0.96 (Ray's own mappings). Under a lower limit the job dies wherever the first
 mapping fails: an import (onnxsim), torch's allocator, or OpenBLAS, which exits the process itself, so nothing

@@ -218,6 +218,16 @@ def test_labels_out_of_range_and_a_fifo_device_or_folder_for_a_dataset_file_are_
         DataError, match=r"train-labels-idx1-ubyte.gz holds label 200, but Fashion-MNIST's classes are 0-9"
     ):
         data.load_task("fashion-mnist", [0, 1], data_dir=tmp_path)
+    with gzip.open(tmp_path / f"{names[1]}.gz", "wb") as handle:
+        handle.write(b"\x00\x00\x08\x01" + (60000).to_bytes(4, "big") + bytes(60000))
+    shutil.copy(tmp_path / f"{names[0]}.gz", tmp_path / "kept.gz")
+    with gzip.open(tmp_path / f"{names[0]}.gz", "wb") as handle:  # 60,000 images of 0 x 0 pixels
+        handle.write(b"\x00\x00\x08\x03" + (60000).to_bytes(4, "big") + bytes(8))
+    with pytest.raises(
+        DataError, match=r"train-images-idx3-ubyte.gz holds images of 0 x 0 pixels: the file is damaged"
+    ):
+        data.load_task("fashion-mnist", [0, 1], data_dir=tmp_path)
+    os.replace(tmp_path / "kept.gz", tmp_path / f"{names[0]}.gz")
     images = tmp_path / f"{names[0]}.gz"
     for kind, make in (
         ("a FIFO", lambda: os.mkfifo(images)),

@@ -280,6 +280,10 @@ def test_missing_corrupt_and_mismatched_checkpoints(tmp_path):
         match=r"holds 1 tensors, none named as efficientnet_lite0's \d+: it is not a checkpoint of",
     ):
         zoo.load_backbone("efficientnet_lite0", checkpoint=stranger)
+    int_keys = tmp_path / "int-keys.pth"  # tensors, but named by numbers
+    torch.save({0: torch.zeros(3), 1: torch.ones(3)}, int_keys)
+    with pytest.raises(ModelError, match="no state dict"):
+        zoo.load_backbone("resnet18", checkpoint=int_keys)
     not_tensors = tmp_path / "numbers.pth"
     torch.save({"a": 1}, not_tensors)
     with pytest.raises(ModelError, match="no state dict"):

@@ -60,6 +60,11 @@ class FashionMnist(DatasetSource):
             images_path, labels_path = found[part]
             pixels = _read_idx(images_path, 2051, 3)
             labels = _read_idx(labels_path, 2049, 1)
+            if 0 in pixels.shape[1:]:
+                raise DataError(
+                    f"{images_path} holds images of {pixels.shape[1]} x {pixels.shape[2]} pixels: the file is damaged; "
+                    "re-download it"
+                )
             if len(pixels) != len(labels):
                 raise DataError(
                     f"{images_path} has {len(pixels)} images but {labels_path} has {len(labels)} labels"

@@ -314,7 +314,11 @@ def _read_checkpoint(path: Path) -> OrderedDict[str, torch.Tensor]:
             if isinstance(raw.get(key), dict):
                 raw = raw[key]
                 break
-    if not isinstance(raw, dict) or not raw or not all(isinstance(v, torch.Tensor) for v in raw.values()):
+    if (
+        not isinstance(raw, dict)
+        or not raw
+        or not all(isinstance(key, str) and isinstance(value, torch.Tensor) for key, value in raw.items())
+    ):
         raise ModelError(f"checkpoint {path} holds no state dict (a mapping of names to tensors)")
     return OrderedDict((key.removeprefix("module."), value) for key, value in raw.items())
 

@@ -183,6 +183,32 @@ def test_corrupt_or_missing_model_is_one_line_exit_2(tmp_path: Path) -> None:
     assert_one_line_error(run_runtime("bench"), "--model")  # usage errors are one line too
 
 
+def test_a_model_onnxruntime_refuses_is_said_as_its_reason_and_what_to_do(tmp_path: Path) -> None:
+    """onnxruntime's heading ('[ONNXRuntimeError] : 1 : FAIL : Load model from PATH failed:Fatal error:') and
+    C++ source locations are dropped: the reason, the onnxruntime version, and what to do remain."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Evil", ["input"], ["logits"], domain="com.evil")],
+        "custom",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.evil", 1)]
+    )
+    path = tmp_path / "custom.onnx"
+    onnx.save(model, str(path))
+    result = run_runtime("bench", "--model", str(path))
+    assert_one_line_error(
+        result,
+        f"cannot load model {path}: onnxruntime {onnxruntime.__version__} refuses it (com.evil:Evil(-1) is not a "
+        "registered function/op); export it again with edge-smsp export at an opset this onnxruntime runs",
+    )
+    assert "ONNXRuntimeError" not in result.stderr and "Load model from" not in result.stderr
+
+
 def _solid(color: int, size: int = 20) -> np.ndarray:
     image = np.zeros((size, size + 4, 3), dtype=np.uint8)
     image[:, :, color] = 230

@@ -9,7 +9,7 @@ from . import __version__
 from .backends import get_backend
 from .deadline import DEFAULT_RUN_TIMEOUT, RunDeadline
 from .device import current_rss_mib, device_facts, now_ns, peak_rss_mib
-from .errors import RuntimeToolError, one_line
+from .errors import RuntimeToolError, engine_reason
 from .model import (
     check_model_path,
     check_onnx_model,
@@ -139,7 +139,9 @@ def run_bench(
     except RuntimeToolError:
         raise
     except Exception as error:  # the engine's own exception types
-        raise RuntimeToolError(f"inference failed on {model_path}: {one_line(error)}") from None
+        raise RuntimeToolError(
+            f"inference failed on {model_path}: {engine_reason(error)}; the model does not run on its own inputs"
+        ) from None
     finally:
         deadline.close()
 

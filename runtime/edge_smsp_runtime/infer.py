@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Set
 from . import __version__
 from .deadline import DEFAULT_RUN_TIMEOUT, RunDeadline
 from .device import now_ns
-from .errors import RuntimeToolError, one_line
+from .errors import RuntimeToolError, engine_reason, one_line
 from .images import load_image, preprocess
 from .model import image_size, import_numpy, metadata_json, open_model
 from .normalisation import normalisation_problem
@@ -139,7 +139,9 @@ def run_infer(
             except RuntimeToolError:
                 raise
             except Exception as error:  # the engine's own exception types
-                raise RuntimeToolError(f"inference failed on {path}: {one_line(error)}") from None
+                raise RuntimeToolError(
+                    f"inference failed on {path}: {engine_reason(error)}; check that the model takes this image"
+                ) from None
             scores = np.asarray(outputs[0], dtype=np.float64)
             if scores.ndim != 2 or scores.shape[0] != 1:
                 raise RuntimeToolError(

@@ -3,7 +3,7 @@
 import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..errors import RuntimeToolError, one_line
+from ..errors import RuntimeToolError, engine_reason
 from ..opsets import onnxruntime_max_opset
 from ..precision import PRECISIONS, provider_options
 from .base import FP32, Backend, Session
@@ -123,7 +123,10 @@ class OnnxRuntimeBackend(Backend):
                 path, sess_options=options, providers=provider_options(usable, precision, workdir)
             )
         except Exception as error:  # onnxruntime raises its own exception types for every load failure
-            raise RuntimeToolError(f"cannot load model {path}: {one_line(error)}") from None
+            raise RuntimeToolError(
+                f"cannot load model {path}: onnxruntime {ort.__version__} refuses it ({engine_reason(error)}); "
+                "export it again with edge-smsp export at an opset this onnxruntime runs"
+            ) from None
         return OnnxRuntimeSession(session, precision, ort.RunOptions()), skipped
 
 

@@ -4,6 +4,7 @@ concurrent `adapt --add-to-pool` runs of one key never report an entry id the ot
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -46,7 +47,8 @@ def test_a_pool_opened_read_only_reads_and_refuses_writes_in_one_line(tmp_path: 
         assert "damaged" not in str(caught.value) and "rebuild" not in str(caught.value)
         with pytest.raises(PoolError, match="is read-only"):
             pool.check_writable()
-    assert _digest(path) == before  # (a reader in a writable folder may leave SQLite's empty -wal and -shm)
+    assert _digest(path) == before
+    assert sorted(os.listdir(path.parent)) == ["pool.sqlite"]  # the reader's empty -wal and -shm went with it
     with Pool(path, create=False) as pool:
         pool.check_writable()  # an ordinary pool can be written
 

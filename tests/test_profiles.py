@@ -117,6 +117,11 @@ def test_bundled_profiles_carry_their_devices_software_stack(name: str) -> None:
         ),
         (("providers",), "CPUExecutionProvider", "providers: must be a non-empty list"),
         (("throughput_gmacs",), True, "throughput_gmacs: must be a number"),
+        (
+            ("latency_target_ms",),
+            "1e-300",  # how YAML 1.1 reads 1e-300 written without a dot
+            "latency_target_ms: must be a number, got '1e-300' (YAML read it as text: write 1.0e-300, unquoted)",
+        ),
         (("connection", "transport"), "telnet", "connection.transport: must be one of ssh, local"),
         (("connection", "key_file"), 42, "connection.key_file: must be a non-empty string"),
         (("connection",), "pi@raspberrypi", "connection: must be a mapping"),

@@ -23,7 +23,6 @@ from edge_smsp.core.errors import NoPoolEntriesError, PruneError
 from edge_smsp.core.paths import safe_text
 from edge_smsp.criteria import SCRATCH, criterion_names
 from edge_smsp.pool import Pool, check_pool_file
-from edge_smsp.pool.store import remove_unused_pool
 
 DEFAULT_ROUNDS = 4  # pool build's pruning rounds unless --rounds says
 LOCAL_RAY = "local"  # --ray without an address: start a local Ray cluster for this build
@@ -160,25 +159,19 @@ def run_build(args: argparse.Namespace) -> int:
         "on_task": report,
         "on_wait": lambda task, holder: note(f"{task.task_id}: being built by {holder}; waiting for it"),
     }
-    new_pool = not path.exists()
-    try:
-        with Pool(path) as pool:
-            if args.ray is None:
-                added = pool_build.build_pool(
-                    backbone, pool, tasks, config, progress=show_progress(args), **callbacks
-                )
-            else:
-                from edge_smsp.pool.build.ray_build import ray_build_pool
+    with Pool(path) as pool:
+        if args.ray is None:
+            added = pool_build.build_pool(
+                backbone, pool, tasks, config, progress=show_progress(args), **callbacks
+            )
+        else:
+            from edge_smsp.pool.build.ray_build import ray_build_pool
 
-                address = None if args.ray == LOCAL_RAY else args.ray
-                added = ray_build_pool(
-                    backbone, pool, tasks, config, address=address, on_cluster=started, **callbacks
-                )
-            total = len(pool.entries(backbone_name=args.backbone))
-    except BaseException:
-        if new_pool:  # a first build that failed (Ray never started, say) leaves no empty pool behind
-            remove_unused_pool(path)
-        raise
+            address = None if args.ray == LOCAL_RAY else args.ray
+            added = ray_build_pool(
+                backbone, pool, tasks, config, address=address, on_cluster=started, **callbacks
+            )
+        total = len(pool.entries(backbone_name=args.backbone))
     summary = {
         "pool": str(path),
         "backbone": args.backbone,

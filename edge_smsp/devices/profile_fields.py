@@ -3,6 +3,7 @@ providers, the Python version and opset; messages name the field path and never 
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -90,9 +91,23 @@ def _port(value: Any) -> int:
     return value
 
 
+def _yaml_float(text: str) -> str | None:
+    """`text` as a YAML 1.1 float (1e-300 -> 1.0e-300), when it is a finite number that YAML read as text."""
+    try:
+        number = float(text)
+    except ValueError:
+        return None
+    if not math.isfinite(number):
+        return None
+    mantissa, _, exponent = repr(number).partition("e")
+    return f"{mantissa}{'' if '.' in mantissa else '.0'}e{exponent}" if exponent else repr(number)
+
+
 def _number(value: Any, path: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ProfileError(f"{path}: must be a number, got {shown(value)}")
+        written = _yaml_float(value) if isinstance(value, str) else None
+        hint = f" (YAML read it as text: write {written}, unquoted)" if written else ""
+        raise ProfileError(f"{path}: must be a number, got {shown(value)}{hint}")
     if not -MAX_NUMBER <= value <= MAX_NUMBER:  # also NaN and inf
         raise ProfileError(f"{path}: must be a finite number of at most {MAX_NUMBER:g}, got {shown(value)}")
     return float(value)

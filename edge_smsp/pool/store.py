@@ -66,10 +66,12 @@ class PoolStore:
         self.path = expand_user(path if path is not None else default_pool_path())
         self._connection: sqlite3.Connection | None = None
         self._file_id = (0, 0)
+        self._side_files_before = True
         self._closed = False
         self._check = check
         self.read_only_reason: str | None = "opened read-only" if read_only else None
         self._check_file(create)
+        self._made_here = create and not self.path.exists()  # removed again if the work it was for fails
         if not (lazy and create and not self.path.exists()):
             self._open(create)
 
@@ -83,6 +85,7 @@ class PoolStore:
                 raise PoolError(
                     f"cannot create the pool's folder {self.path.parent}: {error.strerror}"
                 ) from None
+        self._side_files_before = os.path.lexists(f"{self.path}-wal") or os.path.lexists(f"{self.path}-shm")
         self._connection = self._connect(create)
         self._file_id = _file_id(self.path)
         with _open_files_lock:
@@ -93,7 +96,7 @@ class PoolStore:
             if self.read_only_reason is None:
                 self._pragma("journal_mode=WAL")
         except BaseException:
-            self.close()
+            self.__exit__(BaseException)  # stopped while being made (SIGTERM, say): no empty pool left either
             raise
 
     # --- lifecycle and checks ------------------------------------------------------------------------------
@@ -101,8 +104,12 @@ class PoolStore:
     def __enter__(self) -> PoolStore:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         self.close()
+        if (
+            exc_type is not None and self._made_here
+        ):  # a first build or deploy that failed: no empty pool left
+            remove_unused_pool(self.path)
 
     def close(self) -> None:
         """Close the connection (idempotent)."""
@@ -114,6 +121,18 @@ class PoolStore:
                 _open_files[self._file_id] -= 1
                 if _open_files[self._file_id] <= 0:
                     del _open_files[self._file_id]
+            if self.read_only_reason is not None and not self._side_files_before:
+                self._remove_side_files()
+
+    def _remove_side_files(self) -> None:
+        """The -wal and -shm a read-only reader of a WAL pool made (SQLite removes them only when it can write
+        the pool), when the -wal is empty: nothing of anyone's is in them."""
+        wal, shm = Path(f"{self.path}-wal"), Path(f"{self.path}-shm")
+        with contextlib.suppress(OSError):
+            if wal.exists() and wal.stat().st_size > 0:
+                return
+            for path in (wal, shm):
+                path.unlink(missing_ok=True)
 
     def journal_mode(self) -> str:
         """The SQLite journal mode in use ("wal" once opened)."""

@@ -356,6 +356,7 @@ HOSTILE_CASES = [
     Case("hostile-runtime-bench-run-timeout-zero", (*RT_BENCH, "--run-timeout", "0"), r"--run-timeout: expected a number from 0\.1 to 86400, got '0'", runtime=True),
     Case("hostile-runtime-bench-input-too-large-to-make", (*RT_BENCH[:2], "{w}/huge-input.onnx", *RT_BENCH[3:]), r"input 'x' of 1 x 3 x 1000000 x 1000000 values needs [\d,]+ MiB to make, more than the [\d,]+ MiB this device has available", runtime=True),
     Case("hostile-runtime-infer-feature-graph", ("infer", "--model", "{w}/features.onnx", "{w}/image.npy"), r"the model's output is 'features' \(a feature graph, without labels\), not class scores", runtime=True),
+    Case("hostile-runtime-infer-class-index-output", ("infer", "--model", "{w}/int-output.onnx", "{w}/image.npy"), r"output 'idx' is tensor\(int64\), not class scores", runtime=True),
     Case("hostile-runtime-infer-not-a-classifier", ("infer", "--model", "{w}/identity.onnx", "{w}/image.npy"), r"shape \[1, 3, 8, 8\]; infer needs \(batch, classes\)", runtime=True),
     Case("hostile-runtime-scan-data-a-file", ("scan", "--data", "{w}/afile"), "afile is a file where a folder is expected", runtime=True),
     Case("hostile-runtime-scan-relative-folder-missing", ("scan", "--data", "no-such-relative-folder"), r"image folder not found: no-such-relative-folder \(looked up in /\S*, the runtime's working folder\)$", runtime=True),
@@ -735,6 +736,12 @@ def _runtime_inputs(world: Path) -> None:
             stream.write(bytes(16))
     (world / "bomb.pgm").write_bytes(b"P5\n100000 100000\n255\n" + bytes(16))
     model = onnx.load(str(world / "tiny.onnx"))
+    argmax = onnx.ModelProto()  # answers a class index, not scores
+    argmax.CopyFrom(model)
+    argmax.graph.node.append(helper.make_node("ArgMax", [argmax.graph.output[0].name], ["idx"], axis=1))
+    del argmax.graph.output[:]
+    argmax.graph.output.append(helper.make_tensor_value_info("idx", TensorProto.INT64, [1, 1]))
+    onnx.save(argmax, str(world / "int-output.onnx"))
     for stem, change in ONNX_METADATA_VARIANTS.items():
         copy = onnx.ModelProto()
         copy.CopyFrom(model)

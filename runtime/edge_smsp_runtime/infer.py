@@ -53,6 +53,12 @@ def _check_scores_output(outputs: List[Dict[str, Any]], labels: Optional[List[st
             f"output {output['name']!r} has shape {shape}; infer needs (batch, classes) class scores: "
             "give a classifier"
         )
+    dtype = str(output.get("dtype") or "")
+    if "int" in dtype or "bool" in dtype:  # an ArgMax's class index: a softmax over it would be a made-up answer
+        raise RuntimeToolError(
+            f"output {output['name']!r} is {dtype}, not class scores: infer needs a classifier whose first output "
+            "is its (batch, classes) float scores, before any ArgMax"
+        )
     if labels is None and output["name"] == "features":
         # edge-smsp's feature graphs (describe and probe read them) end at the pooled features: a softmax over
         # those would invent labels.

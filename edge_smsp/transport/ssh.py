@@ -257,9 +257,13 @@ class SshTransport(Transport):
                     causes.append(self._lost_reason(error_text(error)))
                 except OSError as error:
                     if self._connected():  # the link is fine: the file operation itself failed
-                        said = error_text(error)
+                        said = error.strerror or error_text(
+                            error
+                        )  # "No such file", not "[Errno 2] No such file"
                         if said.strip() == "Failure":  # SFTP's generic code: a full disk is the usual cause
                             said += f" (no reason given; check free space and quotas in {self.workdir})"
+                        else:
+                            said += f" in work dir {self.workdir}; set connection.workdir to a folder that user can write"
                         raise TransportError(f"{action} failed on {self.address}: {said}") from None
                     causes.append(self._lost_reason(error_text(error)))
                 self._drop()

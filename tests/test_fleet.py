@@ -212,7 +212,12 @@ def test_interrupting_a_fleet_stops_every_devices_benchmark(request: pytest.Fixt
             cli.kill()
             cli.wait()
     assert cli.returncode == 128 + signal.SIGINT
-    assert cli.stderr is not None and cli.stderr.read().strip() == "edge-smsp: interrupted"
+    assert cli.stderr is not None
+    # The devices' exported models were kept (whole) before the benches: the line says where.
+    assert cli.stderr.read().strip() in (
+        "edge-smsp: interrupted",
+        f"edge-smsp: interrupted; what it wrote before that is in {tmp_path / 'out'}",
+    )
     deadline = time.monotonic() + 5
     while any(_processes_mentioning(f"{w}/runtime") for w in workdirs) and time.monotonic() < deadline:
         time.sleep(0.1)

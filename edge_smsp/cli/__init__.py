@@ -62,7 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             if received or isinstance(error, KeyboardInterrupt):
                 ending = next((signum for signum in received if signum != signal.SIGINT), None)
                 terminated = isinstance(error, Terminated) or ending is not None
-                print(f"edge-smsp: {'terminated' if terminated else 'interrupted'}", file=sys.stderr)
+                kept = written_before(
+                    getattr(args, "out", None), started, "; what it wrote before that is in {}"
+                )
+                print(f"edge-smsp: {'terminated' if terminated else 'interrupted'}{kept}", file=sys.stderr)
                 if not terminated:
                     return 128 + signal.SIGINT
                 return 128 + (ending or signal.SIGTERM)  # 143 for SIGTERM, 129 for a closed terminal
@@ -97,7 +100,9 @@ def os_error_line(error: OSError) -> str:
     return f"{error.strerror or error}{where}"
 
 
-def written_before(out: object, started: float) -> str:
+def written_before(
+    out: object, started: float, said: str = "; the command's results were written to {} before that"
+) -> str:
     """Where the command's results are, when it wrote `out` (made or changed since `started`) before its
     summary failed: a whole model is kept, and the user is told where."""
     if not isinstance(out, (str, os.PathLike)):
@@ -106,7 +111,7 @@ def written_before(out: object, started: float) -> str:
         changed = os.stat(out).st_mtime >= started - 1
     except OSError:
         return ""
-    return f"; the command's results were written to {os.fspath(out)} before that" if changed else ""
+    return said.format(os.fspath(out)) if changed else ""
 
 
 def entry_point() -> None:

@@ -106,9 +106,9 @@ class PoolStore:
 
     def __exit__(self, exc_type: type[BaseException] | None, *exc_info: object) -> None:
         self.close()
-        if (
-            exc_type is not None and self._made_here
-        ):  # a first build or deploy that failed: no empty pool left
+        with _open_files_lock:  # another handle of this process on the file keeps it
+            shared = self._file_id in _open_files
+        if exc_type is not None and self._made_here and not shared:  # a first build or deploy that failed
             remove_unused_pool(self.path)
 
     def close(self) -> None:
@@ -378,7 +378,7 @@ def remove_unused_pool(path: Path) -> bool:
         "entries",
         "device_measurements",
         "build_claims",
-    )  # tasks and backbones: the build's registrations
+    )  # not tasks, backbones: a build's registrations
     try:
         database = sqlite3.connect(path, timeout=0, isolation_level=None)
         try:

@@ -25,6 +25,7 @@ def one_line(error: "Union[BaseException, str]") -> str:
 _ORT_HEADING = re.compile(
     r"^\[ONNXRuntimeError\] : \d+ : \w+ : (Load model from .*? failed:)?(Fatal error: )?"
 )
+MAX_REASON = 300  # characters: a C++ signature the pattern below misses must not crowd out what to do
 _ORT_SOURCE = re.compile(r"\S*onnxruntime_src\S*:\d+ \S+\(.*?\) ")  # a C++ source line and function
 
 
@@ -32,4 +33,5 @@ def engine_reason(error: BaseException) -> str:
     """An inference engine's error as its reason alone: onnxruntime's heading (error code, the model's path
     again) and C++ source locations dropped, on one line."""
     line = one_line(error)
-    return _ORT_SOURCE.sub("", _ORT_HEADING.sub("", line)) or line
+    reason = _ORT_SOURCE.sub("", _ORT_HEADING.sub("", line)) or line
+    return reason if len(reason) <= MAX_REASON else reason[: MAX_REASON - 3] + "..."

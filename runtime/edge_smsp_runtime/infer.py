@@ -54,7 +54,9 @@ def _check_scores_output(outputs: List[Dict[str, Any]], labels: Optional[List[st
             "give a classifier"
         )
     dtype = str(output.get("dtype") or "")
-    if "int" in dtype or "bool" in dtype:  # an ArgMax's class index: a softmax over it would be a made-up answer
+    if (
+        "int" in dtype or "bool" in dtype
+    ):  # an ArgMax's class index: a softmax over it would be a made-up answer
         raise RuntimeToolError(
             f"output {output['name']!r} is {dtype}, not class scores: infer needs a classifier whose first output "
             "is its (batch, classes) float scores, before any ArgMax"

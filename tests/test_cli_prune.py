@@ -14,6 +14,8 @@ from edge_smsp.cli import main
 from edge_smsp.models.pruned_model import load_pruned
 from tests.pruning_helpers import FIRST_CLASS, images, outputs  # noqa: F401 (fixture)
 
+PRUNE_RESNET18 = ("prune", "--model", "resnet18", "--criterion", "magnitude", "--ratio", "0.5")
+
 
 def run_cli(capsys, *argv):
     code = main(list(argv))
@@ -223,17 +225,7 @@ def test_an_address_space_limit_below_what_a_job_maps_is_refused_before_any_work
     out = tmp_path / "out"
     commands = {
         "export": ["export", "--model-dir", str(tmp_path), "--out", str(out / "m.onnx")],
-        "prune": [
-            "prune",
-            "--model",
-            "resnet18",
-            "--criterion",
-            "magnitude",
-            "--ratio",
-            "0.5",
-            "--out",
-            str(out),
-        ],
+        "prune": [*PRUNE_RESNET18, "--out", str(out)],
         "adapt": ["adapt", "--classes", "0,1", "--method", "magnitude", "--ratio", "0.5", "--out", str(out)],
         "deploy": ["deploy", "--ratio", "0.5", "--out", str(out)],
         "pool build --ray": [
@@ -284,8 +276,7 @@ def test_an_allocation_that_fails_is_one_line_not_a_traceback(capsys, tmp_path, 
     assert is_memory_failure(numpy_failure.value)
     assert not is_memory_failure(RuntimeError("shape mismatch"))
     monkeypatch.setattr(model_commands, "prune_command", allocate_too_much)
-    args = ["prune", "--model", "resnet18", "--criterion", "magnitude", "--ratio", "0.5"]
-    code, stdout, stderr = run_cli(capsys, *args, "--out", str(tmp_path / "out"))
+    code, stdout, stderr = run_cli(capsys, *PRUNE_RESNET18, "--out", str(tmp_path / "out"))
     assert code == 2 and stdout == "" and stderr.count("\n") == 1, stderr
     assert stderr.startswith("edge-smsp: error: out of memory (") and "can't allocate memory" in stderr
 
@@ -293,17 +284,7 @@ def test_an_allocation_that_fails_is_one_line_not_a_traceback(capsys, tmp_path, 
 def test_a_summary_that_cannot_be_printed_says_where_the_saved_model_is(tmp_path):
     """`prune --json > /dev/full`: the model is whole and kept, and the one error line says where it is."""
     out = tmp_path / "pruned"
-    argv = [
-        "prune",
-        "--model",
-        "resnet18",
-        "--criterion",
-        "magnitude",
-        "--ratio",
-        "0.5",
-        "--image-size",
-        "32",
-    ]
+    argv = [*PRUNE_RESNET18, "--image-size", "32"]
     with open("/dev/full", "w") as full:
         run = subprocess.run(
             [sys.executable, "-m", "edge_smsp", *argv, "--out", str(out), "--json"],
